@@ -1,0 +1,17 @@
+"""Higgs Audio V2 tokenizer: loading and padding-invariant batched encoding."""
+
+from .batching import BatchPolicy, default_policy, plan_batches
+from .codec import Codec, CodecIdentity, reference_encode
+from .loading import load_codec
+from .validation import CodecInputError
+
+__all__ = [
+    "BatchPolicy",
+    "Codec",
+    "CodecIdentity",
+    "CodecInputError",
+    "default_policy",
+    "load_codec",
+    "plan_batches",
+    "reference_encode",
+]

@@ -1,0 +1,244 @@
+"""`Codec`: the Higgs Audio V2 tokenizer behind a batch-friendly, padding-invariant interface."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+from .batching import BatchPolicy, default_policy, plan_batches
+from .masking import GroupNormStats, PaddingMasks, conv_output_lengths, pad_batch, time_mask
+from .validation import CodecInputError, check_bandwidth, check_waveforms
+from .windowing import Piece, split_into_pieces
+
+# transformers' HiggsAudioV2 tokenizer pads the 16 kHz signal by this much on both sides
+# before HuBERT (`_extract_semantic_features`).
+SEMANTIC_PAD = 160
+
+
+@dataclass(frozen=True)
+class CodecIdentity:
+    """What the pipeline records so that outputs can be traced to (and checked against) a codec."""
+
+    spec: str
+    revision: str | None
+    config_sha256: str
+    weights_sha256: str | None
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Codec:
+    def __init__(
+        self,
+        model,
+        identity: CodecIdentity,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        window_s: float = 30.0,
+        context_s: float = 5.0,
+        policy: BatchPolicy | None = None,
+    ):
+        self.model = model.to(device).eval()
+        self.identity = identity
+        self.device = device
+        self.dtype = dtype
+        config = model.config
+        self.sample_rate: int = config.sample_rate
+        self.hop_length: int = config.hop_length
+        self.frame_rate: float = config.sample_rate / config.hop_length
+        self.bandwidths: list[float] = list(config.target_bandwidths)
+        self.policy = policy or default_policy(device.type)
+        self.window_frames = max(1, round(window_s * self.frame_rate))
+        self.context_frames = max(0, round(context_s * self.frame_rate))
+        self._masks = PaddingMasks(model)
+        self._hubert_first_conv = model.semantic_model.feature_extractor.conv_layers[0].conv
+
+    # ---- facts about the checkpoint -------------------------------------------------------
+    def num_codebooks(self, bandwidth: float) -> int:
+        check_bandwidth(bandwidth, self.bandwidths)
+        return self.model.quantizer.get_num_quantizers_for_bandwidth(bandwidth)
+
+    def num_frames(self, num_samples: int) -> int:
+        return math.ceil(num_samples / self.hop_length)
+
+    # ---- encode -----------------------------------------------------------------------------
+    def encode(
+        self,
+        waveforms: list[np.ndarray],
+        bandwidth: float,
+        max_batch_seconds: float | None = None,
+        max_clips: int | None = None,
+    ) -> list[np.ndarray]:
+        """Codes [num_codebooks, ceil(len/hop)] (int16) for each 24 kHz mono float32 waveform.
+
+        Equal to encoding each clip alone, whatever the batch it lands in.
+        """
+        num_codebooks = self.num_codebooks(bandwidth)
+        waveforms = check_waveforms(waveforms)
+
+        def codes_of(audio, lengths, norm_stats):
+            embeddings = self._embeddings(audio, lengths, norm_stats)
+            fused = self.model.fc(torch.cat(embeddings, dim=1).float().transpose(1, 2)).transpose(1, 2)
+            return (self.model.quantizer.encode(fused, bandwidth).transpose(0, 1),)
+
+        parts = self._run(waveforms, codes_of, self._policy(max_batch_seconds, max_clips))
+        out = []
+        for (codes,) in parts:
+            codes = codes.to(torch.int16).cpu().numpy()
+            assert codes.shape[0] == num_codebooks
+            out.append(codes)
+        return out
+
+    def embeddings(
+        self, waveforms: list[np.ndarray], max_batch_seconds: float | None = None, max_clips: int | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(acoustic, semantic) encoder outputs [channels, frames] per clip, before fusion and RVQ.
+
+        Exposed so tests can check each path on its own: codes alone can hide a broken path.
+        """
+        waveforms = check_waveforms(waveforms)
+        parts = self._run(waveforms, self._embeddings, self._policy(max_batch_seconds, max_clips))
+        return [(a.float().cpu().numpy(), s.float().cpu().numpy()) for a, s in parts]
+
+    def _policy(self, max_batch_seconds, max_clips) -> BatchPolicy:
+        return BatchPolicy(
+            max_batch_seconds if max_batch_seconds is not None else self.policy.max_batch_seconds,
+            max_clips if max_clips is not None else self.policy.max_clips,
+        )
+
+    @torch.inference_mode()
+    def _run(self, waveforms: list[np.ndarray], forward, policy: BatchPolicy) -> list[tuple[torch.Tensor, ...]]:
+        """Windows, buckets and runs `forward(audio, lengths, norm_stats)`; returns its per-frame outputs per clip."""
+        hop = self.hop_length
+        padded = [np.pad(w, (0, self.num_frames(w.size) * hop - w.size)) for w in waveforms]
+        pieces: list[Piece] = []
+        clip_stats = {}
+        for index, wave in enumerate(padded):
+            clip_pieces = split_into_pieces(index, wave.size // hop, self.window_frames, self.context_frames)
+            if len(clip_pieces) > 1:
+                # windows normalise with the whole clip's statistics, as a single pass would
+                clip_stats[index] = self._clip_group_norm_stats(wave)
+            pieces += clip_pieces
+        results: list[tuple[torch.Tensor, ...] | None] = [None] * len(pieces)
+        for batch in plan_batches([p.num_frames * hop for p in pieces], self.sample_rate, policy):
+            clips = [torch.from_numpy(padded[pieces[i].clip][pieces[i].start * hop : pieces[i].stop * hop]) for i in batch]
+            total = max(c.shape[-1] for c in clips)
+            audio = pad_batch(clips, total)[:, None, :].to(self.device, non_blocking=True)
+            lengths = torch.tensor([c.shape[-1] for c in clips], device=self.device)
+            norm_stats = self._batch_norm_stats([clip_stats.get(pieces[i].clip) for i in batch])
+            unpadded = bool((lengths == total).all()) and norm_stats is None
+            outputs = forward(audio, None if unpadded else lengths, norm_stats)
+            for row, index in enumerate(batch):
+                piece = pieces[index]
+                keep = slice(piece.keep_start - piece.start, piece.keep_stop - piece.start)
+                results[index] = tuple(out[row, :, keep] for out in outputs)
+        per_clip: list[list[tuple]] = [[] for _ in waveforms]
+        for piece, result in zip(pieces, results):
+            per_clip[piece.clip].append(result)
+        return [tuple(torch.cat(parts, dim=-1) for parts in zip(*chunks)) for chunks in per_clip]
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def _batch_norm_stats(self, per_row: list) -> GroupNormStats | None:
+        if all(stats is None for stats in per_row):
+            return None
+        groups = next(stats for stats in per_row if stats is not None)[0].shape[0]
+        zero = torch.zeros(groups, device=self.device)
+        return GroupNormStats(
+            mean=torch.stack([zero if s is None else s[0] for s in per_row]),
+            var=torch.stack([zero if s is None else s[1] for s in per_row]),
+            given=torch.tensor([s is not None for s in per_row], device=self.device),
+        )
+
+    def _clip_group_norm_stats(self, wave: np.ndarray, chunk: int = 1 << 15) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance per group of HuBERT's first conv output over a whole clip, in chunks."""
+        config = self.model.config
+        speech = torch.from_numpy(wave)[None].to(self.device)
+        speech = torchaudio.functional.resample(speech, config.sample_rate, config.semantic_sample_rate)
+        speech = F.pad(speech, (SEMANTIC_PAD, SEMANTIC_PAD))
+        conv = self._hubert_first_conv
+        groups = self.model.semantic_model.feature_extractor.conv_layers[0].layer_norm.num_groups
+        kernel, stride = conv.kernel_size[0], conv.stride[0]
+        steps = (speech.shape[-1] - kernel) // stride + 1
+        total = total_sq = 0.0
+        for start in range(0, steps, chunk):
+            stop = min(steps, start + chunk)
+            out = conv(speech[:, None, start * stride : (stop - 1) * stride + kernel])[0].double()
+            out = out.reshape(groups, -1, out.shape[-1])
+            total = total + out.sum(dim=(1, 2))
+            total_sq = total_sq + (out**2).sum(dim=(1, 2))
+        count = steps * (conv.out_channels // groups)
+        mean = total / count
+        return mean.float(), (total_sq / count - mean**2).clamp_min(0).float()
+
+    def _embeddings(self, audio: torch.Tensor, lengths: torch.Tensor | None, norm_stats: GroupNormStats | None = None):
+        """Acoustic and semantic embeddings of a padded batch [B, 1, T].
+
+        `lengths` (valid samples per row) is None when no row is padded; `norm_stats` overrides
+        the first GroupNorm's statistics for rows that are windows of a longer clip."""
+        model, config = self.model, self.model.config
+        total = audio.shape[-1]
+        speech = audio[:, 0, :]
+        if config.sample_rate != config.semantic_sample_rate:
+            speech = torchaudio.functional.resample(speech, config.sample_rate, config.semantic_sample_rate)
+        attention_mask = group_norm_lengths = None
+        if lengths is not None:
+            speech_lengths = lengths * config.semantic_sample_rate // config.sample_rate
+            # the resampler's tail rings past each clip's end; alone, the clip would see zeros there
+            speech = speech * time_mask(speech_lengths, speech.shape[-1], speech.dtype)
+            hubert_lengths = speech_lengths + 2 * SEMANTIC_PAD
+            attention_mask = time_mask(hubert_lengths, speech.shape[-1] + 2 * SEMANTIC_PAD).long()
+            group_norm_lengths = conv_output_lengths(hubert_lengths, [self._hubert_first_conv])
+        speech = F.pad(speech, (SEMANTIC_PAD, SEMANTIC_PAD))
+        masks = (
+            self._masks.active(lengths, total, group_norm_lengths, norm_stats)
+            if lengths is not None
+            else contextlib.nullcontext()
+        )
+        with masks, self._autocast():
+            hidden = model.semantic_model(speech, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+            semantic = torch.stack(hidden, dim=1).mean(dim=1)[:, :: config.semantic_downsample_factor, :]
+            semantic = model.encoder_semantic(semantic.transpose(1, 2))
+            acoustic = model.acoustic_encoder(audio)
+        if acoustic.shape[-1] != semantic.shape[-1]:
+            raise RuntimeError(
+                f"acoustic ({acoustic.shape[-1]}) and semantic ({semantic.shape[-1]}) frame counts differ for "
+                f"{total} samples; this checkpoint's hop does not fit the padding-invariant encoder"
+            )
+        return acoustic, semantic
+
+    # ---- decode -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(self, codes_list: list[np.ndarray], lengths: list[int] | None = None) -> list[np.ndarray]:
+        """24 kHz float32 audio for each [num_codebooks, frames] code array, trimmed to its own length
+        (`lengths[i]` samples when given, else frames x hop)."""
+        out = []
+        for index, codes in enumerate(codes_list):
+            codes = np.asarray(codes)
+            if codes.ndim != 2 or codes.shape[0] > len(self.model.quantizer.quantizers):
+                raise CodecInputError(index, f"expected codes [num_codebooks, frames], got shape {codes.shape}")
+            tensor = torch.from_numpy(codes.astype(np.int64))[None].to(self.device)
+            audio = self.model.decode(tensor, return_dict=False)[0, 0].float().cpu().numpy()
+            length = codes.shape[1] * self.hop_length if lengths is None else lengths[index]
+            out.append(audio[:length])
+        return out
+
+
+def reference_encode(model, waveform: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Canonical codes: the clip alone, zero-padded to a multiple of the hop, through `model.encode`."""
+    hop = model.config.hop_length
+    padded = np.pad(waveform, (0, math.ceil(waveform.size / hop) * hop - waveform.size))
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        codes = model.encode(torch.from_numpy(padded)[None, None].to(device), bandwidth=bandwidth, return_dict=False)
+    return codes[0].to(torch.int16).cpu().numpy()

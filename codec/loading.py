@@ -1,0 +1,87 @@
+"""`load_codec`: a hub id, a local `save_pretrained` folder, or a random preset -> `Codec`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from transformers import HiggsAudioV2TokenizerModel
+
+from .batching import BatchPolicy
+from .codec import Codec, CodecIdentity
+from .presets import build_random_model
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return resolved
+
+
+def load_codec(
+    spec: str,
+    device: str = "auto",
+    dtype: str = "float32",
+    seed: int = 0,
+    revision: str | None = None,
+    window_s: float = 30.0,
+    context_s: float = 5.0,
+    policy: BatchPolicy | None = None,
+    allow_tf32: bool = False,
+) -> Codec:
+    """Load the tokenizer named by `spec`.
+
+    spec: 'random:tiny' / 'random:full' (random weights, deterministic for `seed`), a local
+    folder written by `save_pretrained`, or a hub id (needs the hub or its local cache).
+    dtype: 'float32' (exact), or 'bfloat16'/'float16' autocast for the encoders (faster on GPUs,
+    codes may differ; the benchmark reports by how much). The quantizer always runs in float32.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    torch_device = resolve_device(device)
+    if torch_device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+    if spec.startswith("random:"):
+        model = build_random_model(spec.split(":", 1)[1], seed)
+        identity = CodecIdentity(spec, f"seed={seed}", _config_hash(model), None)
+    else:
+        local = Path(spec)
+        if not local.is_dir() and (spec.startswith((".", "/")) or local.suffix):
+            raise FileNotFoundError(f"codec.model {spec!r} looks like a path but no such folder exists")
+        model = HiggsAudioV2TokenizerModel.from_pretrained(spec, revision=revision)
+        weights = _weights_hash(local) if local.is_dir() else None
+        commit = getattr(model.config, "_commit_hash", None) or revision
+        identity = CodecIdentity(spec, commit, _config_hash(model), weights)
+    return Codec(
+        model,
+        identity,
+        torch_device,
+        dtype=DTYPES[dtype],
+        window_s=window_s,
+        context_s=context_s,
+        policy=policy,
+    )
+
+
+def _config_hash(model) -> str:
+    config = model.config.to_dict()
+    config.pop("_commit_hash", None)
+    config.pop("transformers_version", None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _weights_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()

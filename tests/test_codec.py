@@ -1,0 +1,175 @@
+import numpy as np
+import pytest
+import torch
+
+from codec import BatchPolicy, CodecInputError, load_codec, plan_batches, reference_encode
+from codec.windowing import split_into_pieces
+
+HOP = 960
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return load_codec("random:tiny", device="cpu", window_s=2.0, context_s=1.0)
+
+
+def noise(rng, n):
+    # speech-like envelope so that frames differ in level, not just in noise
+    envelope = 0.05 + 0.3 * np.abs(np.sin(np.linspace(0, rng.uniform(2, 20), n)))
+    return (envelope * rng.standard_normal(n)).astype(np.float32)
+
+
+def random_mix(seed):
+    rng = np.random.default_rng(seed)
+    lengths = [1, 500, HOP, 3 * HOP, 24000 + 17] + [int(rng.integers(100, 24000 * 2)) for _ in range(5)]
+    rng.shuffle(lengths)
+    return rng, [noise(rng, n) for n in lengths]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_codes_equal_canonical_codes(codec, seed):
+    rng, waves = random_mix(seed)
+    budget = float(rng.uniform(1.0, 12.0))
+    got = codec.encode(waves, 2.0, max_batch_seconds=budget, max_clips=int(rng.integers(2, 8)))
+    for wave, codes in zip(waves, got):
+        expected = reference_encode(codec.model, wave, 2.0)
+        assert codes.dtype == np.int16
+        assert codes.shape == (8, -(-wave.size // HOP))
+        np.testing.assert_array_equal(codes, expected)
+
+
+def test_plain_zero_padding_changes_codes(codec):
+    # The property above is not free: the unmasked model gives other codes in a padded batch.
+    _, waves = random_mix(0)
+    total = max(w.size for w in waves)
+    total = -(-total // HOP) * HOP
+    batch = torch.zeros(len(waves), 1, total)
+    for i, w in enumerate(waves):
+        batch[i, 0, : w.size] = torch.from_numpy(w)
+    with torch.inference_mode():
+        plain = codec.model.encode(batch, bandwidth=2.0, return_dict=False).numpy()
+    agreement = [
+        (plain[i, :, : -(-w.size // HOP)] == reference_encode(codec.model, w, 2.0)).mean()
+        for i, w in enumerate(waves)
+        if w.size < total - HOP
+    ]
+    assert min(agreement) < 0.9
+
+
+def reference_embeddings(model, wave):
+    padded = np.pad(wave, (0, -(-wave.size // HOP) * HOP - wave.size))
+    audio = torch.from_numpy(padded)[None, None]
+    with torch.inference_mode():
+        semantic = model.encoder_semantic(model._extract_semantic_features(audio).transpose(1, 2))
+        acoustic = model.acoustic_encoder(audio)
+    return acoustic[0].numpy(), semantic[0].numpy()
+
+
+def test_each_path_matches_single_clip_embeddings(codec):
+    _, waves = random_mix(3)
+    got = codec.embeddings(waves, max_batch_seconds=30.0, max_clips=10)
+    for wave, (acoustic, semantic) in zip(waves, got):
+        ref_acoustic, ref_semantic = reference_embeddings(codec.model, wave)
+        for name, a, b in (("acoustic", acoustic, ref_acoustic), ("semantic", semantic, ref_semantic)):
+            scale = np.abs(b).max()
+            assert a.shape == b.shape, name
+            np.testing.assert_allclose(a, b, atol=1e-4 * scale, rtol=0, err_msg=name)
+
+
+def test_unmasked_acoustic_path_differs(codec):
+    # Without the convolution masks the acoustic embedding of a padded clip drifts: the check above can fail.
+    rng = np.random.default_rng(4)
+    short, long = noise(rng, 5 * HOP), noise(rng, 40 * HOP)
+    ref_acoustic, _ = reference_embeddings(codec.model, short)
+    handles = codec._masks._handles
+    saved = codec._masks._lengths
+    with torch.inference_mode():
+        audio = torch.zeros(2, 1, 40 * HOP)
+        audio[0, 0, : short.size] = torch.from_numpy(short)
+        audio[1, 0] = torch.from_numpy(long)
+        unmasked = codec.model.acoustic_encoder(audio)[0, :, :5].numpy()
+    assert handles and saved is None
+    assert np.abs(unmasked - ref_acoustic).max() > 1e-3 * np.abs(ref_acoustic).max()
+
+
+@pytest.mark.parametrize("bandwidth,count", [(0.5, 2), (1, 4), (1.5, 6), (2, 8)])
+def test_bandwidth_picks_codebook_count(codec, bandwidth, count):
+    assert codec.num_codebooks(bandwidth) == count
+    (codes,) = codec.encode([noise(np.random.default_rng(5), 3000)], bandwidth)
+    assert codes.shape == (count, 4)
+    assert codes.max() < 1024 and codes.min() >= 0
+
+
+def test_bad_bandwidth_lists_valid_ones(codec):
+    with pytest.raises(CodecInputError, match=r"0\.75.*\[0\.5, 1, 1\.5, 2\]"):
+        codec.encode([noise(np.random.default_rng(0), 1000)], 0.75)
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (np.zeros(0, np.float32), "clip 1: empty"),
+        (np.array([0.0, np.nan, 0.1], np.float32), "clip 1: 1 non-finite samples \\(NaN\\)"),
+        (np.array([0.0, np.inf], np.float32), "clip 1: 1 non-finite samples \\(inf\\)"),
+        (np.zeros(100, np.float64), "clip 1: expected dtype float32"),
+        (np.zeros((2, 100), np.float32), "clip 1: expected a 1-D mono waveform"),
+        ([0.1, 0.2], "clip 1: expected a numpy array"),
+    ],
+)
+def test_bad_input_names_clip_and_problem(codec, bad, message):
+    with pytest.raises(CodecInputError, match=message):
+        codec.encode([np.zeros(100, np.float32), bad], 1.0)
+
+
+def test_random_presets_are_deterministic_and_use_the_codebook():
+    rng = np.random.default_rng(6)
+    waves = [noise(rng, 24000 * 3)]
+    a = load_codec("random:tiny", device="cpu", seed=3).encode(waves, 2.0)[0]
+    b = load_codec("random:tiny", device="cpu", seed=3).encode(waves, 2.0)[0]
+    c = load_codec("random:tiny", device="cpu", seed=4).encode(waves, 2.0)[0]
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).mean() > 0.5
+    assert all(len(np.unique(row)) > 20 for row in a)
+
+
+def test_identity_names_spec_and_config(codec):
+    identity = codec.identity.as_dict()
+    assert identity["spec"] == "random:tiny" and identity["revision"] == "seed=0"
+    assert len(identity["config_sha256"]) == 64
+    assert codec.sample_rate == 24000 and codec.hop_length == HOP and codec.frame_rate == 25
+
+
+def test_decode_returns_each_clip_at_its_length(codec):
+    rng = np.random.default_rng(7)
+    waves = [noise(rng, n) for n in (700, 24000, 5 * HOP)]
+    codes = codec.encode(waves, 1.0)
+    audio = codec.decode(codes)
+    assert [a.shape for a in audio] == [(HOP,), (25 * HOP,), (5 * HOP,)]
+    trimmed = codec.decode(codes, lengths=[w.size for w in waves])
+    assert [a.size for a in trimmed] == [w.size for w in waves]
+    assert all(a.dtype == np.float32 and np.isfinite(a).all() and a.std() > 0 for a in audio)
+
+
+def test_windowed_long_encode_matches_single_pass(codec):
+    rng = np.random.default_rng(8)
+    wave = noise(rng, 24000 * 9 + 123)  # window 2 s, context 1 s -> five windows, four seams
+    (windowed,) = codec.encode([wave], 2.0)
+    single = reference_encode(codec.model, wave, 2.0)
+    assert len(split_into_pieces(0, single.shape[1], codec.window_frames, codec.context_frames)) == 5
+    assert windowed.shape == single.shape
+    assert (windowed == single).mean() >= 0.99
+    seams = [50 * k + d for k in range(1, 5) for d in (-1, 0)]
+    assert (windowed[:, seams] == single[:, seams]).mean() >= 0.9
+
+
+def test_plan_batches_respects_budget_and_covers_all():
+    rng = np.random.default_rng(9)
+    lengths = [int(x) for x in rng.integers(1, 24000 * 20, 200)]
+    policy = BatchPolicy(max_batch_seconds=60.0, max_clips=7)
+    batches = plan_batches(lengths, 24000, policy)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for batch in batches:
+        assert len(batch) <= 7
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 60 * 24000
+    with pytest.raises(ValueError, match="max_clips"):
+        BatchPolicy(max_batch_seconds=1.0, max_clips=0)
