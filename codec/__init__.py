@@ -2,7 +2,7 @@
 
 from .batching import BatchPolicy, default_policy, plan_batches
 from .codec import Codec, CodecIdentity, reference_encode
-from .loading import load_codec
+from .loading import codec_identity, load_codec
 from .validation import CodecInputError
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "CodecIdentity",
     "CodecInputError",
     "default_policy",
+    "codec_identity",
     "load_codec",
     "plan_batches",
     "reference_encode",

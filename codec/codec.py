@@ -58,6 +58,8 @@ class Codec:
         self.window_frames = max(1, round(window_s * self.frame_rate))
         self.context_frames = max(0, round(context_s * self.frame_rate))
         self._masks = PaddingMasks(model)
+        # frames of real audio vs frames the model computed (padding included), for efficiency reports
+        self.frame_counts = {"real": 0, "encoded": 0}
         self._hubert_first_conv = model.semantic_model.feature_extractor.conv_layers[0].conv
 
     # ---- facts about the checkpoint -------------------------------------------------------
@@ -130,6 +132,8 @@ class Codec:
         for batch in plan_batches([p.num_frames * hop for p in pieces], self.sample_rate, policy):
             clips = [torch.from_numpy(padded[pieces[i].clip][pieces[i].start * hop : pieces[i].stop * hop]) for i in batch]
             total = max(c.shape[-1] for c in clips)
+            self.frame_counts["real"] += sum(c.shape[-1] for c in clips) // hop
+            self.frame_counts["encoded"] += len(clips) * total // hop
             audio = pad_batch(clips, total)[:, None, :].to(self.device, non_blocking=True)
             lengths = torch.tensor([c.shape[-1] for c in clips], device=self.device)
             norm_stats = self._batch_norm_stats([clip_stats.get(pieces[i].clip) for i in batch])

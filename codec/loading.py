@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import HiggsAudioV2TokenizerModel
+from transformers import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
 
 from .batching import BatchPolicy
 from .codec import Codec, CodecIdentity
-from .presets import build_random_model
+from .presets import build_random_model, preset_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -49,17 +49,11 @@ def load_codec(
     if torch_device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         torch.backends.cudnn.allow_tf32 = allow_tf32
+    identity, _ = codec_identity(spec, seed, revision)
     if spec.startswith("random:"):
         model = build_random_model(spec.split(":", 1)[1], seed)
-        identity = CodecIdentity(spec, f"seed={seed}", _config_hash(model), None)
     else:
-        local = Path(spec)
-        if not local.is_dir() and (spec.startswith((".", "/")) or local.suffix):
-            raise FileNotFoundError(f"codec.model {spec!r} looks like a path but no such folder exists")
         model = HiggsAudioV2TokenizerModel.from_pretrained(spec, revision=revision)
-        weights = _weights_hash(local) if local.is_dir() else None
-        commit = getattr(model.config, "_commit_hash", None) or revision
-        identity = CodecIdentity(spec, commit, _config_hash(model), weights)
     return Codec(
         model,
         identity,
@@ -71,8 +65,22 @@ def load_codec(
     )
 
 
-def _config_hash(model) -> str:
-    config = model.config.to_dict()
+def codec_identity(spec: str, seed: int = 0, revision: str | None = None):
+    """(identity, config) of a codec without building the model: cheap enough for a driver."""
+    if spec.startswith("random:"):
+        config = preset_config(spec.split(":", 1)[1])
+        return CodecIdentity(spec, f"seed={seed}", _config_hash(config), None), config
+    local = Path(spec)
+    if not local.is_dir() and (spec.startswith((".", "/")) or local.suffix):
+        raise FileNotFoundError(f"codec.model {spec!r} looks like a path but no such folder exists")
+    config = HiggsAudioV2TokenizerConfig.from_pretrained(spec, revision=revision)
+    weights = _weights_hash(local) if local.is_dir() else None
+    commit = getattr(config, "_commit_hash", None) or revision
+    return CodecIdentity(spec, commit, _config_hash(config), weights), config
+
+
+def _config_hash(config) -> str:
+    config = config.to_dict()
     config.pop("_commit_hash", None)
     config.pop("transformers_version", None)
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,117 @@
+"""Codec benchmark: per-clip reference loop vs `Codec.encode`, with token agreement.
+
+    python jobs/bench_codec.py                   # CPU or GPU, whichever torch sees
+    python jobs/bench_codec.py --device cuda --dtypes float32 bfloat16 --tf32
+
+Uses the full-size architecture with random weights (`random:full`): speeds are those of the
+real model; codes are meaningless. Prints audio-seconds per second of (a) the loop a user would
+write (each clip alone through `model.encode`) and (b) `Codec.encode` under several batch
+policies, the agreement of each with the canonical codes, and the windowed-encode agreement
+on a long clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from codec import BatchPolicy, load_codec, reference_encode
+
+
+def corpus(seed: int, clips: int, max_s: float) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(np.log(4.0), 0.8, clips), 0.3, max_s)
+    waves = []
+    for seconds in lengths:
+        n = int(seconds * 24000)
+        envelope = 0.05 + 0.3 * np.abs(np.sin(np.linspace(0, rng.uniform(2, 40), n)))
+        waves.append((envelope * rng.standard_normal(n)).astype(np.float32))
+    return waves
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def agreement(codes, reference) -> tuple[float, float]:
+    per_clip = [float((a == b).mean()) for a, b in zip(codes, reference)]
+    frames = sum(r.size for r in reference)
+    overall = sum(float((a == b).sum()) for a, b in zip(codes, reference)) / frames
+    return overall, min(per_clip)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--max-seconds", type=float, default=12.0)
+    parser.add_argument("--bandwidth", type=float, default=2.0)
+    parser.add_argument("--dtypes", nargs="+", default=["float32"])
+    parser.add_argument("--tf32", action="store_true", help="also run float32 with TF32 matmuls (GPU)")
+    parser.add_argument("--policies", nargs="+", default=None, help="SECONDSxCLIPS, e.g. 60x1 120x4")
+    parser.add_argument("--long-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+
+    codec = load_codec("random:full", device=args.device)
+    device = codec.device
+    waves = corpus(0, args.clips, args.max_seconds)
+    audio_s = sum(w.size for w in waves) / 24000
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"clips={len(waves)} audio={audio_s:.1f}s bandwidth={args.bandwidth}")
+
+    reference_encode(codec.model, waves[0][:24000], args.bandwidth)  # warm-up
+    reference, ref_t = timed(lambda: [reference_encode(codec.model, w, args.bandwidth) for w in waves], device)
+    ref_speed = audio_s / ref_t
+    print(f"(a) per-clip reference loop      {ref_speed:8.2f} audio-s/s")
+
+    if args.policies:
+        policies = [BatchPolicy(float(p.split("x")[0]), int(p.split("x")[1])) for p in args.policies]
+    elif device.type == "cpu":
+        policies = [BatchPolicy(60, 1), BatchPolicy(60, 4)]
+    else:
+        policies = [BatchPolicy(s, c) for s, c in ((120, 16), (240, 32), (480, 64), (960, 128))]
+    variants = [(dtype, False) for dtype in args.dtypes] + ([("float32", True)] if args.tf32 else [])
+    best = None
+    for dtype, tf32 in variants:
+        run = load_codec("random:full", device=args.device, dtype=dtype, allow_tf32=tf32)
+        for policy in policies:
+            run.encode(waves[:2], args.bandwidth, policy.max_batch_seconds, policy.max_clips)  # warm-up
+            codes, t = timed(
+                lambda: run.encode(waves, args.bandwidth, policy.max_batch_seconds, policy.max_clips), device
+            )
+            overall, worst = agreement(codes, reference)
+            speed = audio_s / t
+            label = f"{dtype}{'+tf32' if tf32 else ''} {policy.max_batch_seconds:g}s x {policy.max_clips}"
+            print(f"(b) Codec.encode {label:<22}{speed:8.2f} audio-s/s  {speed / ref_speed:5.2f}x loop  "
+                  f"agreement {overall * 100:.3f}% (worst clip {worst * 100:.3f}%)")
+            if dtype == "float32" and not tf32 and (best is None or speed > best[0]):
+                best = (speed, label, overall, worst)
+        del run
+    print(f"best float32 policy: {best[1]}: {best[0] / ref_speed:.2f}x the per-clip loop, "
+          f"agreement {best[2] * 100:.3f}% (worst clip {best[3] * 100:.3f}%)")
+
+    long_wave = corpus(1, 1, args.long_seconds)[0]
+    long_wave = np.resize(long_wave, int(args.long_seconds * 24000))
+    single = reference_encode(codec.model, long_wave, args.bandwidth)
+    (windowed,), t = timed(lambda: codec.encode([long_wave], args.bandwidth), device)
+    seams = [k * codec.window_frames + d for k in range(1, single.shape[1] // codec.window_frames + 1) for d in (-1, 0)]
+    seams = [s for s in seams if s < single.shape[1]]
+    print(f"windowed {args.long_seconds:g}s clip (window {codec.window_frames / 25:g}s, context "
+          f"{codec.context_frames / 25:g}s): agreement {(windowed == single).mean() * 100:.3f}%, "
+          f"at seams {(windowed[:, seams] == single[:, seams]).mean() * 100:.3f}%")
+
+
+if __name__ == "__main__":
+    main()

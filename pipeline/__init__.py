@@ -1,0 +1,1 @@
+"""The tokenization pipeline: sources -> audio -> codec actors -> Parquet shards + manifest."""

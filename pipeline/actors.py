@@ -1,0 +1,31 @@
+"""The Ray actor that holds one codec (one GPU, or CPU cores) and processes shards on request."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import ray
+
+from .config import Config
+from .sources import Shard
+from .worker import ShardProcessor, ShardResult
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)
+class CodecActor:
+    def __init__(self, config: Config, name: str):
+        self.processor = ShardProcessor(config, name)
+
+    def describe(self) -> dict:
+        codec = self.processor.codec
+        return {
+            "identity": codec.identity.as_dict(),
+            "device": str(codec.device),
+            "policy": codec.policy.__dict__,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+
+    def process(self, shard: Shard) -> ShardResult:
+        return self.processor.process(shard)

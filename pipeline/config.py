@@ -1,0 +1,167 @@
+"""The run configuration: OmegaConf structured dataclasses, validated before any work starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+SOXR_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: names the key and how to fix it."""
+
+    def __init__(self, key: str, problem: str, fix: str = ""):
+        self.key = key
+        super().__init__(f"config key '{key}': {problem}" + (f" ({fix})" if fix else ""))
+
+
+@dataclass
+class SourceConfig:
+    kind: str = MISSING  # webdataset | hf
+    urls: list[str] = field(default_factory=list)  # webdataset: brace-expandable paths or fsspec URLs
+    path: Optional[str] = None  # hf: save_to_disk folder, Parquet file/folder/glob, or hub dataset name
+    split: str = "train"
+    audio_column: str = "audio"
+    key_column: Optional[str] = None  # default: 'id' when present, else shard and row index
+    rows_per_shard: int = 10_000  # hf hub datasets: rows per unit of work
+    demo_if_missing: bool = False  # demo only: write a synthetic corpus at `urls` when the tars are absent
+
+
+@dataclass
+class AudioConfig:
+    resampler_quality: str = "HQ"  # soxr quality
+    max_seconds: float = 4 * 3600.0  # longer clips are error records, not encodes
+    decode_threads: int = 2
+
+
+@dataclass
+class CodecConfig:
+    model: str = "bosonai/higgs-audio-v2-tokenizer"
+    revision: Optional[str] = None
+    bandwidth: float = 2.0
+    device: str = "auto"
+    dtype: str = "float32"
+    allow_tf32: bool = False
+    seed: int = 0  # random presets only
+    window_s: float = 30.0
+    context_s: float = 5.0
+    max_batch_seconds: Optional[float] = None  # None: the device's default policy
+    max_clips: Optional[int] = None
+
+
+@dataclass
+class OutputConfig:
+    dir: str = MISSING
+    overwrite: bool = False  # replace an output.dir written with another fingerprint
+    compression: str = "zstd"
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: the cluster of `ray job submit`, else a local runtime
+    num_actors: int = 0  # 0: one per GPU, or cluster CPUs / cpus_per_actor
+    cpus_per_actor: int = 2
+    pool_seconds: float = 300.0  # audio gathered per encode call (bucketed inside)
+    max_attempts: int = 3  # per shard, counting actor deaths
+    progress_interval_s: float = 10.0
+
+
+@dataclass
+class GuardConfig:
+    max_error_fraction: float = 0.5  # stop when more samples fail than this ...
+    min_samples: int = 200  # ... once this many have been read
+
+
+@dataclass
+class Config:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    """YAML file + OmegaConf dotlist overrides -> a validated `Config`."""
+    schema = OmegaConf.structured(Config)
+    try:
+        layers = [schema]
+        if path is not None:
+            layers.append(OmegaConf.load(path))
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        config: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        raise ConfigError(key, _first_line(error), "see configs/demo.yaml for the schema") from None
+    validate(config)
+    return config
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]
+
+
+def validate(config: Config) -> None:
+    s = config.source
+    if s.kind not in ("webdataset", "hf"):
+        raise ConfigError("source.kind", f"{s.kind!r} is not a source kind", "use 'webdataset' or 'hf'")
+    if s.kind == "webdataset" and not s.urls:
+        raise ConfigError("source.urls", "no shard URLs given", "list tar paths, e.g. ['data/shard-{000..009}.tar']")
+    if s.kind == "hf" and not s.path:
+        raise ConfigError("source.path", "no dataset given", "a save_to_disk folder, Parquet files or a hub name")
+    if s.rows_per_shard < 1:
+        raise ConfigError("source.rows_per_shard", f"{s.rows_per_shard} < 1", "use a positive row count")
+    if config.audio.resampler_quality not in SOXR_QUALITIES:
+        raise ConfigError("audio.resampler_quality", f"{config.audio.resampler_quality!r}", f"one of {SOXR_QUALITIES}")
+    if config.audio.max_seconds <= 0:
+        raise ConfigError("audio.max_seconds", "must be > 0")
+    if config.audio.decode_threads < 1:
+        raise ConfigError("audio.decode_threads", "must be >= 1")
+    c = config.codec
+    if c.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError("codec.dtype", f"{c.dtype!r}", "use float32, bfloat16 or float16")
+    if c.bandwidth <= 0:
+        raise ConfigError("codec.bandwidth", f"{c.bandwidth} kbps", "the real checkpoint offers 0.5, 1, 1.5 and 2")
+    if c.window_s <= 0 or c.context_s < 0:
+        raise ConfigError("codec.window_s", "window must be > 0 and context >= 0")
+    if c.max_batch_seconds is not None and c.max_batch_seconds <= 0:
+        raise ConfigError("codec.max_batch_seconds", "must be > 0, or null for the device default")
+    if c.max_clips is not None and c.max_clips < 1:
+        raise ConfigError("codec.max_clips", "must be >= 1, or null for the device default")
+    if not config.output.dir:
+        raise ConfigError("output.dir", "empty", "a local folder or an fsspec URL")
+    if config.output.compression not in ("zstd", "snappy", "gzip", "none"):
+        raise ConfigError("output.compression", f"{config.output.compression!r}", "use zstd, snappy, gzip or none")
+    r = config.ray
+    if r.num_actors < 0 or r.cpus_per_actor < 1 or r.max_attempts < 1 or r.pool_seconds <= 0:
+        raise ConfigError("ray", "num_actors >= 0, cpus_per_actor >= 1, max_attempts >= 1, pool_seconds > 0")
+    g = config.guard
+    if not 0 < g.max_error_fraction <= 1:
+        raise ConfigError("guard.max_error_fraction", f"{g.max_error_fraction}", "a fraction in (0, 1]")
+
+
+def as_dict(config: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+
+
+def fingerprint(config: Config, codec_identity: dict) -> tuple[str, dict]:
+    """What decides the codes: a changed fingerprint means old and new outputs would disagree."""
+    inputs = {
+        "codec": codec_identity,
+        "bandwidth": config.codec.bandwidth,
+        "dtype": config.codec.dtype,
+        "allow_tf32": config.codec.allow_tf32,
+        "window_s": config.codec.window_s,
+        "context_s": config.codec.context_s,
+        "resampler": f"soxr-{config.audio.resampler_quality}",
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return digest, inputs

@@ -1,0 +1,189 @@
+"""The driver: shards -> codec actors -> manifest, with resume, actor replacement and a failure guard.
+
+Library code: it reports through `on_event(kind, info)` and never prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from codec import codec_identity
+
+from .actors import CodecActor
+from .config import Config, ConfigError, as_dict, fingerprint
+from .manifest import MANIFEST, Manifest, check_compatible
+from .sources import Shard, list_shards
+from .storage import Storage
+from .worker import ShardResult
+
+
+class GuardTripped(RuntimeError):
+    pass
+
+
+@dataclass
+class JobSummary:
+    status: str  # complete | incomplete
+    shards_total: int
+    shards_skipped: int
+    shards_run: int
+    wall_seconds: float
+    run_audio_seconds: float
+    totals: dict
+    output_dir: str
+
+
+def _ensure_demo_corpus(config: Config) -> None:
+    import os
+
+    from braceexpand import braceexpand
+
+    from .synth import make_demo_webdataset
+
+    paths = [p for url in config.source.urls for p in braceexpand(url)]
+    if config.source.kind != "webdataset" or any("://" in p for p in paths):
+        raise ConfigError("source.demo_if_missing", "works for local webdataset paths only")
+    if not all(os.path.exists(p) for p in paths):
+        written = make_demo_webdataset(os.path.dirname(os.path.abspath(paths[0])), shards=len(paths))
+        if sorted(map(os.path.abspath, written)) != sorted(map(os.path.abspath, paths)):
+            raise ConfigError("source.urls", "the demo corpus is demo-000.tar ... in one folder", "e.g. 'demo_data/demo-{000..003}.tar'")
+
+
+def _codec_facts(config: Config) -> tuple[dict, int, float]:
+    try:
+        identity, codec_config = codec_identity(config.codec.model, config.codec.seed, config.codec.revision)
+    except (OSError, ValueError) as error:
+        raise ConfigError("codec.model", str(error).splitlines()[0], "a hub id, a save_pretrained folder or random:tiny|full") from None
+    bandwidths = list(codec_config.target_bandwidths)
+    if config.codec.bandwidth not in bandwidths:
+        raise ConfigError("codec.bandwidth", f"{config.codec.bandwidth} kbps is not offered by {config.codec.model}",
+                          f"choose one of {bandwidths}")
+    bits = codec_config.codebook_nbits
+    num_codebooks = max(1, int(config.codec.bandwidth * 1000 // (codec_config.frame_rate * bits)))
+    return identity.as_dict(), num_codebooks, codec_config.sample_rate / codec_config.hop_length
+
+
+def _open_manifest(config: Config, storage: Storage) -> Manifest:
+    identity, num_codebooks, frame_rate = _codec_facts(config)
+    digest, inputs = fingerprint(config, identity)
+    manifest = Manifest.load(storage)
+    if manifest is not None and manifest.fingerprint != digest:
+        if not config.output.overwrite:
+            check_compatible(manifest, digest, inputs)
+        for folder in ("data", "errors", MANIFEST):
+            storage.remove(folder)
+        manifest = None
+    if manifest is None:
+        manifest = Manifest(digest, inputs, identity, config.codec.bandwidth, num_codebooks, frame_rate, as_dict(config))
+        manifest.save(storage)
+    for folder in ("data", "errors"):
+        storage.remove_stale_temporaries(folder)
+    return manifest
+
+
+def ensure_ray(config: Config) -> None:
+    if not ray.is_initialized():
+        # address None: RAY_ADDRESS (set by `ray job submit`) if present, else a local runtime
+        ray.init(address=config.ray.address, log_to_driver=False, include_dashboard=False, logging_level="ERROR")
+
+
+def _actor_options(config: Config) -> tuple[int, dict]:
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if config.codec.device != "cpu" else 0
+    cpus = max(1, int(min(config.ray.cpus_per_actor, resources.get("CPU", 1))))
+    count = config.ray.num_actors or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // cpus))
+    return count, {"num_gpus": 1 if gpus else 0, "num_cpus": cpus}
+
+
+def _guard(config: Config, manifest: Manifest) -> None:
+    totals = manifest.totals()
+    read, failed = totals["samples_read"], totals["errors"]
+    if read >= config.guard.min_samples and failed > config.guard.max_error_fraction * read:
+        top = ", ".join(f"{r} x{n}" for r, n in Counter(totals["error_reasons"]).most_common(3))
+        raise GuardTripped(
+            f"stopped: {failed} of {read} samples failed ({failed / read:.0%} > guard.max_error_fraction="
+            f"{config.guard.max_error_fraction}); most common: {top}. Check source.audio_column and the audio "
+            "format; see errors/ in the output folder."
+        )
+
+
+def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
+    start = time.time()
+    storage = Storage(config.output.dir)
+    if config.source.demo_if_missing:
+        _ensure_demo_corpus(config)
+    shards = list_shards(config.source)
+    if not shards:
+        raise ConfigError("source", "no shards found", "check source.urls / source.path")
+    manifest = _open_manifest(config, storage)
+    pending = deque(s for s in shards if not manifest.done(s.id))
+    skipped = len(shards) - len(pending)
+    on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped, "manifest": manifest})
+    run_audio = 0.0
+    if pending:
+        run_audio = _dispatch(config, manifest, storage, pending, on_event)
+    totals = manifest.totals()
+    complete = all(manifest.done(s.id) for s in shards)
+    return JobSummary("complete" if complete else "incomplete", len(shards), skipped, len(shards) - skipped,
+                      time.time() - start, run_audio, totals, config.output.dir)
+
+
+def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deque, on_event) -> float:
+    ensure_ray(config)
+    count, options = _actor_options(config)
+    count = min(count, len(pending))
+
+    def new_actor(index: int):
+        return CodecActor.options(**options).remote(config, f"actor-{index}")
+
+    actors = [new_actor(i) for i in range(count)]
+    on_event("actors", {"count": count, "options": options})
+    attempts: Counter = Counter()
+    in_flight: dict = {}
+    run_audio = 0.0
+
+    def submit(index: int) -> None:
+        shard: Shard = pending.popleft()
+        in_flight[actors[index].process.remote(shard)] = (index, shard)
+
+    for index in range(count):
+        if pending:
+            submit(index)
+    try:
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=config.ray.progress_interval_s)
+            if not ready:
+                on_event("heartbeat", {"in_flight": len(in_flight)})
+                continue
+            index, shard = in_flight.pop(ready[0])
+            try:
+                result: ShardResult = ray.get(ready[0])
+            except RayActorError as error:
+                attempts[shard.id] += 1
+                on_event("actor_lost", {"shard": shard.id, "attempt": attempts[shard.id], "error": str(error)[:300]})
+                actors[index] = new_actor(index)
+                if attempts[shard.id] < config.ray.max_attempts:
+                    pending.appendleft(shard)
+                    submit(index)
+                    continue
+                result = ShardResult(shard.id, shard.url, "failed", shard_error=f"actor_died: {str(error)[:200]}",
+                                     error_reasons={"actor_died": 1})
+            except RayTaskError as error:
+                result = ShardResult(shard.id, shard.url, "failed", shard_error=f"worker_exception: {str(error)[-300:]}",
+                                     error_reasons={"worker_exception": 1})
+            manifest.record(result.as_dict())
+            manifest.save(storage)
+            run_audio += result.audio_seconds
+            on_event("shard_done", {"result": result, "manifest": manifest, "remaining": len(pending) + len(in_flight)})
+            _guard(config, manifest)
+            if pending:
+                submit(index)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    return run_audio

@@ -1,0 +1,98 @@
+"""CLI: `python -m pipeline.run CONFIG [key=value ...]` runs (or resumes) a tokenization job.
+
+Exit status: 0 complete, 1 incomplete (failed shards; rerun to retry them), 2 bad config,
+3 stopped by the failure guard or a changed fingerprint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import timedelta
+
+from .config import ConfigError, load_config
+from .job import GuardTripped, run_job
+from .manifest import FingerprintMismatch
+
+
+def _hms(seconds: float) -> str:
+    return str(timedelta(seconds=int(max(0, seconds))))
+
+
+class Progress:
+    """Turns job events into progress lines on stderr."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.started = time.time()
+        self.total = self.done = 0
+        self.audio = 0.0
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "start":
+            self.total = info["pending"]
+            self.say(f"{info['shards']} shards: {info['skipped']} already done, {info['pending']} to run")
+        elif kind == "actors":
+            o = info["options"]
+            self.say(f"started {info['count']} codec actor(s) ({o['num_gpus']} GPU, {o['num_cpus']} CPU each)")
+        elif kind == "actor_lost":
+            self.say(f"actor lost on shard {info['shard']} (attempt {info['attempt']}); replaced, shard requeued")
+        elif kind == "shard_done":
+            result = info["result"]
+            self.done += 1
+            self.audio += result.audio_seconds
+            elapsed = time.time() - self.started
+            eta = elapsed / self.done * (self.total - self.done)
+            state = "ok" if result.status == "done" else f"FAILED ({result.shard_error})"
+            self.say(
+                f"[{self.done}/{self.total}] {result.shard_id}: {result.rows} rows, {result.errors} errors, {state} | "
+                f"{self.audio / 3600:.3f} h audio, {self.audio / max(elapsed, 1e-9):.1f}x realtime, ETA {_hms(eta)}"
+            )
+        elif kind == "heartbeat":
+            self.say(f"... {info['in_flight']} shard(s) in flight, {_hms(time.time() - self.started)} elapsed")
+
+    def say(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+
+def format_summary(summary) -> str:
+    t = summary.totals
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(t["error_reasons"].items(), key=lambda kv: -kv[1])) or "none"
+    efficiency = f"{t['padding_efficiency']:.3f}" if t["padding_efficiency"] else "n/a"
+    return "\n".join([
+        f"status: {summary.status.upper()}" + ("" if summary.status == "complete" else " (rerun the same command to retry failed shards)"),
+        f"shards: {t['shards_done']} done, {t['shards_failed']} failed, {summary.shards_skipped} skipped as already done",
+        f"samples: {t['samples_read']} read, {t['rows']} encoded, {t['errors']} errors ({reasons})",
+        f"audio: {t['audio_seconds'] / 3600:.3f} h in total; this run {summary.run_audio_seconds / 3600:.3f} h in "
+        f"{_hms(summary.wall_seconds)} ({summary.run_audio_seconds / max(summary.wall_seconds, 1e-9):.1f}x realtime)",
+        f"tokens: {t['tokens']} ({t['frames']} frames), padding efficiency {efficiency}",
+        f"output: {summary.output_dir}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist, e.g. codec.bandwidth=1.0")
+    args = parser.parse_args(argv)
+    progress = Progress()
+    try:
+        config = load_config(args.config, args.overrides)
+        if config.codec.model.startswith("random:"):
+            progress.say(f"NOTE: codec.model={config.codec.model} has random weights: the codes are meaningless "
+                         "(demo/benchmark only)")
+        summary = run_job(config, progress)
+    except ConfigError as error:
+        progress.say(f"error: {error}")
+        return 2
+    except (GuardTripped, FingerprintMismatch) as error:
+        progress.say(f"error: {error}")
+        return 3
+    progress.say(format_summary(summary))
+    return 0 if summary.status == "complete" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

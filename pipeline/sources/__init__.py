@@ -1,0 +1,67 @@
+"""Sources: list the shards of a dataset and read each shard's samples."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from ..config import SourceConfig
+
+
+class ShardError(Exception):
+    """A whole shard cannot be read (missing, truncated, not the format it claims)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The unit of work and of resume."""
+
+    id: str  # stable across runs: names the output files
+    url: str
+    kind: str  # webdataset | hf-arrow | hf-parquet | hf-hub
+    start: int = 0  # hf-hub: row range
+    stop: int = 0
+
+
+@dataclass
+class RawSample:
+    key: str
+    audio: Any = None  # bytes, or (array, sample_rate)
+    metadata: dict = field(default_factory=dict)
+    error: Exception | None = None  # set when the sample is known bad before decoding
+
+
+def shard_id(url: str, suffix: str = "") -> str:
+    """Readable and stable: the file name, plus a hash of the full URL so equal names don't collide."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    name = re.sub(r"\.(tar|arrow|parquet)$", "", name)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
+    digest = hashlib.sha1(f"{url}{suffix}".encode()).hexdigest()[:10]
+    return f"{name}{suffix}-{digest}"
+
+
+def list_shards(config: SourceConfig) -> list[Shard]:
+    if config.kind == "webdataset":
+        from .webdataset import list_tar_shards
+
+        return list_tar_shards(config.urls)
+    from .hf import list_hf_shards
+
+    return list_hf_shards(config)
+
+
+def read_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
+    if shard.kind == "webdataset":
+        from .webdataset import read_tar_shard
+
+        return read_tar_shard(shard)
+    from .hf import read_hf_shard
+
+    return read_hf_shard(shard, config)

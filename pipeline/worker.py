@@ -1,0 +1,189 @@
+"""One shard in, one Parquet file (plus error records) out, on whatever device the codec holds.
+
+Decoding and resampling run in threads ahead of the encoder (soundfile, soxr and torch all
+release the GIL), so the device is not left waiting on the CPU work of the next clips.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from codec import BatchPolicy, CodecInputError, default_policy, load_codec
+
+from .audio import Audio, SampleError, decode_bytes, to_model_audio
+from .config import Config
+from .sources import RawSample, Shard, ShardError, read_shard
+from .storage import Storage
+from .writer import ShardWriter
+
+PREFETCH_SAMPLES = 64
+
+
+@dataclass
+class ShardResult:
+    shard_id: str
+    source: str
+    status: str  # done | failed
+    samples_read: int = 0
+    rows: int = 0
+    errors: int = 0
+    error_reasons: dict = field(default_factory=dict)
+    shard_error: str | None = None
+    audio_seconds: float = 0.0
+    frames: int = 0
+    encoded_frames: int = 0
+    tokens: int = 0
+    files: list = field(default_factory=list)
+    sha256: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    worker: str = ""
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def load_codec_for(config: Config):
+    c = config.codec
+    policy = None
+    if c.max_batch_seconds is not None or c.max_clips is not None:
+        base = default_policy("cuda" if c.device != "cpu" and torch.cuda.is_available() else "cpu")
+        policy = BatchPolicy(c.max_batch_seconds or base.max_batch_seconds, c.max_clips or base.max_clips)
+    return load_codec(
+        c.model,
+        device=c.device,
+        dtype=c.dtype,
+        seed=c.seed,
+        revision=c.revision,
+        window_s=c.window_s,
+        context_s=c.context_s,
+        policy=policy,
+        allow_tf32=c.allow_tf32,
+    )
+
+
+class ShardProcessor:
+    def __init__(self, config: Config, name: str = "local"):
+        self.config = config
+        self.name = name
+        self.codec = load_codec_for(config)
+        self.num_codebooks = self.codec.num_codebooks(config.codec.bandwidth)
+        self.storage = Storage(config.output.dir)
+
+    def process(self, shard: Shard) -> ShardResult:
+        start = time.perf_counter()
+        writer = ShardWriter(self.storage, shard.id, shard.url, self.config.output.compression)
+        result = ShardResult(shard.id, shard.url, "done", worker=self.name)
+        frames_before = dict(self.codec.frame_counts)
+        seen: set[str] = set()
+        pool: list[tuple[RawSample, Audio]] = []
+        pool_seconds = 0.0
+        for raw, decoded in self._decoded(shard):
+            if raw is None:  # the shard itself broke off
+                result.status, result.shard_error = "failed", f"{decoded.reason}: {decoded.detail}"
+                writer.add_error(None, decoded.reason, decoded.detail)
+                break
+            result.samples_read += 1
+            if isinstance(decoded, SampleError):
+                writer.add_error(raw.key, decoded.reason, decoded.detail)
+                continue
+            if raw.key in seen:
+                writer.add_error(raw.key, "duplicate_key", "an earlier sample of this shard has the same key")
+                continue
+            seen.add(raw.key)
+            pool.append((raw, decoded))
+            pool_seconds += decoded.wave.size / self.codec.sample_rate
+            if pool_seconds >= self.config.ray.pool_seconds:
+                self._encode(pool, writer)
+                pool, pool_seconds = [], 0.0
+        self._encode(pool, writer)
+        published = writer.publish()
+        result.files, result.sha256 = published["files"], published["sha256"]
+        result.rows = len(writer.keys)
+        result.errors = sum(1 for e in writer.errors if e.key is not None)
+        result.error_reasons = dict(Counter(e.reason for e in writer.errors))
+        result.audio_seconds = float(sum(writer.durations))
+        result.frames = int(sum(c.shape[1] for c in writer.codes))
+        result.tokens = int(sum(c.size for c in writer.codes))
+        result.encoded_frames = self.codec.frame_counts["encoded"] - frames_before["encoded"]
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _encode(self, pool: list[tuple[RawSample, Audio]], writer: ShardWriter) -> None:
+        if not pool:
+            return
+        bandwidth = self.config.codec.bandwidth
+        try:
+            codes = self.codec.encode([audio.wave for _, audio in pool], bandwidth)
+        except (CodecInputError, torch.OutOfMemoryError):
+            # one clip (or the batch size) is the problem: fall back to clip by clip
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            codes = []
+            for raw, audio in pool:
+                try:
+                    codes.append(self.codec.encode([audio.wave], bandwidth, max_clips=1)[0])
+                except (CodecInputError, torch.OutOfMemoryError) as error:
+                    codes.append(error)
+        for (raw, audio), clip_codes in zip(pool, codes):
+            if isinstance(clip_codes, Exception):
+                writer.add_error(raw.key, "encode_failed", str(clip_codes)[:200])
+            else:
+                writer.add(raw.key, clip_codes, audio.duration_s, raw.metadata)
+
+    def _decode(self, raw: RawSample) -> Audio | SampleError:
+        if raw.error is not None:
+            return raw.error if isinstance(raw.error, SampleError) else SampleError("bad_sample", str(raw.error))
+        try:
+            if isinstance(raw.audio, (bytes, bytearray)):
+                array, rate = decode_bytes(bytes(raw.audio))
+            else:
+                array, rate = raw.audio
+            audio = self.config.audio
+            return to_model_audio(array, rate, self.codec.sample_rate, audio.resampler_quality, audio.max_seconds)
+        except SampleError as error:
+            return error
+        except Exception as error:  # a decoder bug must cost one sample, not the shard
+            return SampleError("decode_failed", repr(error)[:200])
+
+    def _decoded(self, shard: Shard) -> Iterator[tuple[RawSample | None, Audio | SampleError | ShardError]]:
+        """(raw, decoded) in input order, decoded in threads ahead of the consumer; (None, ShardError) last
+        if the shard breaks off."""
+        pending: queue.Queue = queue.Queue(maxsize=PREFETCH_SAMPLES)
+        stop = threading.Event()
+        executor = ThreadPoolExecutor(self.config.audio.decode_threads, thread_name_prefix="decode")
+
+        def produce():
+            try:
+                for raw in read_shard(shard, self.config.source):
+                    if stop.is_set():
+                        return
+                    pending.put((raw, executor.submit(self._decode, raw)))
+            except ShardError as error:
+                pending.put((None, error))
+            except Exception as error:  # an unexpected reader failure is a shard error, not a crash
+                pending.put((None, ShardError("read_failed", repr(error)[:200])))
+            finally:
+                pending.put(None)
+
+        producer = threading.Thread(target=produce, name=f"read-{shard.id}", daemon=True)
+        producer.start()
+        try:
+            while (item := pending.get()) is not None:
+                raw, work = item
+                yield (raw, work.result()) if raw is not None else (None, work)
+        finally:
+            stop.set()
+            while producer.is_alive():
+                try:
+                    pending.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            executor.shutdown(wait=True)
