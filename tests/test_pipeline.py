@@ -1,0 +1,153 @@
+import json
+import os
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from omegaconf import OmegaConf
+
+from codec import reference_encode
+from pipeline.audio import decode_bytes, to_model_audio
+from pipeline.config import ConfigError, load_config
+from pipeline.job import run_job
+from pipeline.manifest import FingerprintMismatch
+from tests.corpus import hf_dataset, mixed_tar
+
+
+def config_for(tmp_path, source: dict, *overrides: str, name: str = "run.yaml"):
+    path = tmp_path / name
+    OmegaConf.save(
+        OmegaConf.create({"source": source, "codec": {"model": "random:tiny"}, "output": {"dir": str(tmp_path / "out")},
+                          "ray": {"pool_seconds": 4.0, "progress_interval_s": 1.0}}),
+        path,
+    )
+    return load_config(str(path), list(overrides))
+
+
+def read_rows(out_dir) -> list[dict]:
+    return pads.dataset(os.path.join(out_dir, "data"), format="parquet").to_table().to_pylist()
+
+
+def manifest_of(out_dir) -> dict:
+    with open(os.path.join(out_dir, "manifest.json")) as f:
+        return json.load(f)
+
+
+def expected_codes(codec, audio_bytes: bytes, bandwidth: float = 2.0) -> np.ndarray:
+    array, rate = decode_bytes(audio_bytes)
+    audio = to_model_audio(array, rate, 24000, "HQ", 3600)
+    return reference_encode(codec.model, audio.wave, bandwidth)
+
+
+def test_webdataset_run_writes_canonical_codes_with_metadata(tmp_path, ray_local, tiny_codec):
+    samples = {}
+    for i in range(3):
+        for s in mixed_tar(str(tmp_path / f"in/part-{i}.tar"), f"p{i}", 7, seed=i):
+            samples[s.key] = s
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/part-{0..2}.tar")]})
+    events = []
+    summary = run_job(config, lambda kind, info: events.append(kind))
+    assert summary.status == "complete" and summary.shards_run == 3
+    assert events.count("shard_done") == 3
+
+    rows = read_rows(config.output.dir)
+    assert sorted(r["key"] for r in rows) == sorted(samples)
+    for row in rows:
+        sample = samples[row["key"]]
+        audio_ext = next(e for e in sample.members if e not in ("txt", "json"))
+        codes = np.array(row["codes"], dtype=np.int16)
+        np.testing.assert_array_equal(codes, expected_codes(tiny_codec, sample.members[audio_ext]))
+        assert row["num_codebooks"] == 8 and row["num_frames"] == codes.shape[1]
+        assert row["text"] == sample.members["txt"].decode()
+        assert json.loads(row["metadata"]) == json.loads(sample.members["json"])
+        assert row["source"].endswith(".tar")
+        assert abs(row["duration_s"] - sample.seconds) < 0.01
+
+    manifest = manifest_of(config.output.dir)
+    assert manifest["schema_version"] == 1 and manifest["num_codebooks"] == 8
+    assert manifest["codec"]["spec"] == "random:tiny" and len(manifest["fingerprint"]) == 64
+    for entry in manifest["shards"].values():
+        assert entry["status"] == "done" and entry["rows"] + entry["errors"] == entry["samples_read"] == 7
+    schema = pq.read_schema(os.path.join(config.output.dir, manifest["shards"][next(iter(manifest["shards"]))]["files"][0]))
+    assert str(schema.field("codes").type) == "list<element: list<element: int16>>"
+    assert pq.ParquetFile(os.path.join(config.output.dir, entry["files"][0])).metadata.row_group(0).column(1).compression == "ZSTD"
+
+
+def test_hf_datasets_save_to_disk_and_parquet(tmp_path, ray_local, tiny_codec):
+    saved = hf_dataset(10, seed=1)
+    saved.save_to_disk(str(tmp_path / "saved"), num_shards=2)
+    config = config_for(tmp_path, {"kind": "hf", "path": str(tmp_path / "saved")})
+    summary = run_job(config)
+    assert summary.status == "complete" and summary.shards_total == 2
+    rows = {r["key"]: r for r in read_rows(config.output.dir)}
+    assert sorted(rows) == sorted(saved["id"])
+    for record in saved.with_format("arrow")[:3].to_pylist():
+        row = rows[record["id"]]
+        np.testing.assert_array_equal(np.array(row["codes"], np.int16), expected_codes(tiny_codec, record["audio"]["bytes"]))
+        assert row["text"] == record["text"] and row["speaker"] == record["speaker"]
+
+    no_id = hf_dataset(6, seed=2, with_id=False)
+    os.makedirs(tmp_path / "pq")
+    no_id.select(range(3)).to_parquet(str(tmp_path / "pq/a.parquet"))
+    no_id.select(range(3, 6)).to_parquet(str(tmp_path / "pq/b.parquet"))
+    config = config_for(tmp_path, {"kind": "hf", "path": str(tmp_path / "pq/*.parquet")}, f"output.dir={tmp_path}/out_pq")
+    assert run_job(config).status == "complete"
+    keys = sorted(r["key"] for r in read_rows(config.output.dir))
+    assert len(keys) == 6 and all("/" in k for k in keys)  # shard id / row index
+
+
+def test_rerun_skips_done_shards_and_picks_up_new_ones(tmp_path, ray_local):
+    mixed_tar(str(tmp_path / "in/a-0.tar"), "a0", 3, seed=10)
+    mixed_tar(str(tmp_path / "in/a-1.tar"), "a1", 3, seed=11)
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/a-*.tar")]})
+    assert run_job(config).shards_run == 2
+    data = tmp_path / "out/data"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in data.iterdir()}
+
+    again = run_job(config)
+    assert again.shards_run == 0 and again.shards_skipped == 2
+
+    mixed_tar(str(tmp_path / "in/a-2.tar"), "a2", 3, seed=12)
+    grown = run_job(config)
+    assert grown.shards_run == 1 and grown.shards_skipped == 2 and grown.status == "complete"
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in data.iterdir()}
+    assert {k: after[k] for k in before} == before
+    assert len(after) == 3 and len(read_rows(tmp_path / "out")) == 9
+
+
+def test_changed_fingerprint_stops_unless_overwrite(tmp_path, ray_local):
+    mixed_tar(str(tmp_path / "in/f.tar"), "f", 2, seed=20)
+    source = {"kind": "webdataset", "urls": [str(tmp_path / "in/f.tar")]}
+    run_job(config_for(tmp_path, source))
+    with pytest.raises(FingerprintMismatch, match="bandwidth.*output.overwrite=true"):
+        run_job(config_for(tmp_path, source, "codec.bandwidth=1.0"))
+    summary = run_job(config_for(tmp_path, source, "codec.bandwidth=1.0", "output.overwrite=true"))
+    assert summary.status == "complete" and summary.shards_run == 1
+    assert {r["num_codebooks"] for r in read_rows(tmp_path / "out")} == {4}
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "source.colour=red"], "source.colour"),
+        (["source.kind=tarball", "source.urls=[a.tar]", "output.dir=x"], "source.kind"),
+        (["source.kind=webdataset", "output.dir=x"], "source.urls"),
+        (["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "codec.bandwidth=fast"], "codec.bandwidth"),
+        (["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "audio.resampler_quality=best"],
+         "audio.resampler_quality"),
+        (["source.kind=hf", "output.dir=x"], "source.path"),
+    ],
+)
+def test_bad_config_names_the_key(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    assert error.value.key == key and f"'{key}'" in str(error.value)
+
+
+def test_bandwidth_not_in_checkpoint_fails_before_work(tmp_path):
+    mixed_tar(str(tmp_path / "in/b.tar"), "b", 1, seed=30)
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/b.tar")]}, "codec.bandwidth=3.0")
+    with pytest.raises(ConfigError, match=r"codec.bandwidth.*\[0\.5, 1, 1\.5, 2\]"):
+        run_job(config)
+    assert not (tmp_path / "out").exists()
