@@ -41,8 +41,8 @@ class Codec:
         identity: CodecIdentity,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
-        window_s: float = 30.0,
-        context_s: float = 5.0,
+        window_s: float = 45.0,
+        context_s: float = 10.0,
         policy: BatchPolicy | None = None,
     ):
         self.model = model.to(device).eval()

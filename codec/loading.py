@@ -31,8 +31,8 @@ def load_codec(
     dtype: str = "float32",
     seed: int = 0,
     revision: str | None = None,
-    window_s: float = 30.0,
-    context_s: float = 5.0,
+    window_s: float = 45.0,
+    context_s: float = 10.0,
     policy: BatchPolicy | None = None,
     allow_tf32: bool = False,
 ) -> Codec:

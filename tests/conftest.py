@@ -8,14 +8,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_local():
-    """One real local Ray runtime for the pipeline tests (2 CPUs, like CI's machine)."""
+    """A real local Ray runtime for the pipeline tests (2 CPUs, like CI's machine), shared by the
+    tests that ask for it; started again if a test had to stop it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    return ray
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_ray_at_exit():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
