@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import torchaudio
 
 from .batching import BatchPolicy, default_policy, plan_batches
+from .fast_ops import FastOps
 from .masking import GroupNormStats, PaddingMasks, conv_output_lengths, pad_batch, time_mask
 from .validation import CodecInputError, check_bandwidth, check_waveforms
 from .windowing import Piece, split_into_pieces
@@ -58,6 +59,7 @@ class Codec:
         self.window_frames = max(1, round(window_s * self.frame_rate))
         self.context_frames = max(0, round(context_s * self.frame_rate))
         self._masks = PaddingMasks(model)
+        self._fast_ops = FastOps(model)
         # frames of real audio vs frames the model computed (padding included), for efficiency reports
         self.frame_counts = {"real": 0, "encoded": 0}
         self._hubert_first_conv = model.semantic_model.feature_extractor.conv_layers[0].conv
@@ -209,7 +211,7 @@ class Codec:
             if lengths is not None
             else contextlib.nullcontext()
         )
-        with masks, self._autocast():
+        with masks, self._fast_ops.active(), self._autocast():
             hidden = model.semantic_model(speech, attention_mask=attention_mask, output_hidden_states=True).hidden_states
             semantic = torch.stack(hidden, dim=1).mean(dim=1)[:, :: config.semantic_downsample_factor, :]
             semantic = model.encoder_semantic(semantic.transpose(1, 2))

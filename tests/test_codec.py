@@ -173,3 +173,13 @@ def test_plan_batches_respects_budget_and_covers_all():
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 60 * 24000
     with pytest.raises(ValueError, match="max_clips"):
         BatchPolicy(max_batch_seconds=1.0, max_clips=0)
+
+
+def test_fast_ops_are_bit_identical_to_stock_layers(codec):
+    audio = torch.from_numpy(noise(np.random.default_rng(10), 20 * HOP))[None, None]
+    with torch.inference_mode():
+        stock = codec.model.acoustic_encoder(audio)
+        with codec._fast_ops.active():
+            fast = codec.model.acoustic_encoder(audio)
+    assert codec._fast_ops.enabled is False
+    assert torch.equal(stock, fast)
