@@ -29,15 +29,43 @@ class Audio:
     duration_s: float  # of the input audio
 
 
+# a WAV data size of 0 or all ones means "streamed, size unknown", not a truncated file
+_STREAMED_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
+
+
 def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
-    """[frames, channels] float32 and the sample rate, for anything libsndfile reads."""
+    """[frames, channels] float32 and the sample rate, for anything libsndfile reads.
+
+    libsndfile decodes a truncated WAV, Ogg or MP3 without complaint, returning what is there;
+    a silently shortened clip is data loss, so truncation is an error here.
+    """
     if not data:
         raise SampleError("empty_file", "0 bytes")
     try:
-        array, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            declared = f.frames
+            array = f.read(dtype="float32", always_2d=True)
+            rate, info, container = f.samplerate, f.extra_info, f.format
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         raise SampleError("undecodable", str(error).splitlines()[0][:200]) from None
+    truncated = _truncation(container, info, declared, len(array))
+    if truncated:
+        raise SampleError("truncated", truncated)
     return array, rate
+
+
+def _truncation(container: str, info: str, declared: int, decoded: int) -> str:
+    if container == "MP3" and decoded < 0.99 * declared:
+        return f"{decoded} of {declared} frames decodable"
+    if container == "OGG" and "lacks an end-of-stream" in info:
+        return "the Ogg stream ends without its end-of-stream page"
+    for line in info.splitlines():
+        if line.startswith("data :") and "should be" in line:
+            header = int(line.split(":")[1].split("(")[0])
+            actual = int(line.split("should be")[1].strip(" )"))
+            if header not in _STREAMED_SIZES and header > actual:
+                return f"WAV data chunk declares {header} bytes, {actual} present"
+    return ""
 
 
 def to_model_audio(array: np.ndarray, rate: int, target_rate: int, quality: str, max_seconds: float) -> Audio:

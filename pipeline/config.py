@@ -79,6 +79,7 @@ class RayConfig:
 class GuardConfig:
     max_error_fraction: float = 0.5  # stop when more samples fail than this ...
     min_samples: int = 200  # ... once this many have been read
+    min_shards: int = 5  # and stop when this many shards finished and every one of them failed
 
 
 @dataclass
@@ -147,6 +148,8 @@ def validate(config: Config) -> None:
     if r.num_actors < 0 or r.cpus_per_actor < 1 or r.max_attempts < 1 or r.pool_seconds <= 0:
         raise ConfigError("ray", "num_actors >= 0, cpus_per_actor >= 1, max_attempts >= 1, pool_seconds > 0")
     g = config.guard
+    if g.min_samples < 1 or g.min_shards < 1:
+        raise ConfigError("guard", "min_samples and min_shards must be >= 1")
     if not 0 < g.max_error_fraction <= 1:
         raise ConfigError("guard.max_error_fraction", f"{g.max_error_fraction}", "a fraction in (0, 1]")
 

@@ -80,7 +80,10 @@ def _open_manifest(config: Config, storage: Storage) -> Manifest:
         manifest = None
     if manifest is None:
         manifest = Manifest(digest, inputs, identity, config.codec.bandwidth, num_codebooks, frame_rate, as_dict(config))
-        manifest.save(storage)
+        try:
+            manifest.save(storage)
+        except OSError as error:
+            raise ConfigError("output.dir", f"cannot write there: {error}", "a writable folder or URL") from None
     for folder in ("data", "errors"):
         storage.remove_stale_temporaries(folder)
     return manifest
@@ -102,6 +105,13 @@ def _actor_options(config: Config) -> tuple[int, dict]:
 
 def _guard(config: Config, manifest: Manifest) -> None:
     totals = manifest.totals()
+    finished = totals["shards_done"] + totals["shards_failed"]
+    if finished >= config.guard.min_shards and totals["shards_failed"] == finished:
+        reasons = Counter(e.get("shard_error", "").split(":")[0] for e in manifest.shards.values())
+        raise GuardTripped(
+            f"stopped: the first {finished} shards all failed (most common: {reasons.most_common(1)[0][0]}); "
+            "check source.audio_column / source.urls. Failed shards are listed in manifest.json and errors/."
+        )
     read, failed = totals["samples_read"], totals["errors"]
     if read >= config.guard.min_samples and failed > config.guard.max_error_fraction * read:
         top = ", ".join(f"{r} x{n}" for r, n in Counter(totals["error_reasons"]).most_common(3))
@@ -142,7 +152,7 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
         return CodecActor.options(**options).remote(config, f"actor-{index}")
 
     actors = [new_actor(i) for i in range(count)]
-    on_event("actors", {"count": count, "options": options})
+    on_event("actors", {"count": count, "options": options, "actors": list(actors)})
     attempts: Counter = Counter()
     in_flight: dict = {}
     run_audio = 0.0

@@ -23,8 +23,8 @@ def _hms(seconds: float) -> str:
 class Progress:
     """Turns job events into progress lines on stderr."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
+    def __init__(self, stream=None):
+        self.stream = stream  # None: whatever sys.stderr is when a line is written
         self.started = time.time()
         self.total = self.done = 0
         self.audio = 0.0
@@ -53,7 +53,7 @@ class Progress:
             self.say(f"... {info['in_flight']} shard(s) in flight, {_hms(time.time() - self.started)} elapsed")
 
     def say(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        print(line, file=self.stream or sys.stderr, flush=True)
 
 
 def format_summary(summary) -> str:
