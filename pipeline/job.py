@@ -54,7 +54,7 @@ def _ensure_demo_corpus(config: Config) -> None:
             raise ConfigError("source.urls", "the demo corpus is demo-000.tar ... in one folder", "e.g. 'demo_data/demo-{000..003}.tar'")
 
 
-def _codec_facts(config: Config) -> tuple[dict, int, float]:
+def _codec_facts(config: Config) -> tuple[dict, int, float, int]:
     try:
         identity, codec_config = codec_identity(config.codec.model, config.codec.seed, config.codec.revision)
     except (OSError, ValueError) as error:
@@ -65,11 +65,12 @@ def _codec_facts(config: Config) -> tuple[dict, int, float]:
                           f"choose one of {bandwidths}")
     bits = codec_config.codebook_nbits
     num_codebooks = max(1, int(config.codec.bandwidth * 1000 // (codec_config.frame_rate * bits)))
-    return identity.as_dict(), num_codebooks, codec_config.sample_rate / codec_config.hop_length
+    frame_rate = codec_config.sample_rate / codec_config.hop_length
+    return identity.as_dict(), num_codebooks, frame_rate, codec_config.codebook_size
 
 
 def _open_manifest(config: Config, storage: Storage) -> Manifest:
-    identity, num_codebooks, frame_rate = _codec_facts(config)
+    identity, num_codebooks, frame_rate, codebook_size = _codec_facts(config)
     digest, inputs = fingerprint(config, identity)
     manifest = Manifest.load(storage)
     if manifest is not None and manifest.fingerprint != digest:
@@ -79,7 +80,8 @@ def _open_manifest(config: Config, storage: Storage) -> Manifest:
             storage.remove(folder)
         manifest = None
     if manifest is None:
-        manifest = Manifest(digest, inputs, identity, config.codec.bandwidth, num_codebooks, frame_rate, as_dict(config))
+        manifest = Manifest(digest, inputs, identity, config.codec.bandwidth, num_codebooks, frame_rate,
+                            as_dict(config), codebook_size)
         try:
             manifest.save(storage)
         except OSError as error:

@@ -30,6 +30,7 @@ class Manifest:
     num_codebooks: int
     frame_rate: float
     config: dict
+    codebook_size: int = 1024
     schema_version: int = SCHEMA_VERSION
     shards: dict = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
