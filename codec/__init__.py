@@ -1,12 +1,14 @@
 """Higgs Audio V2 tokenizer: loading and padding-invariant batched encoding."""
 
 from .batching import BatchPolicy, default_policy, plan_batches
+from .calibration import calibrate
 from .codec import Codec, CodecIdentity, reference_encode
 from .loading import codec_identity, load_codec
 from .validation import CodecInputError
 
 __all__ = [
     "BatchPolicy",
+    "calibrate",
     "Codec",
     "CodecIdentity",
     "CodecInputError",

@@ -133,14 +133,18 @@ class Codec:
         results: list[tuple[torch.Tensor, ...] | None] = [None] * len(pieces)
         for batch in plan_batches([p.num_frames * hop for p in pieces], self.sample_rate, policy):
             clips = [torch.from_numpy(padded[pieces[i].clip][pieces[i].start * hop : pieces[i].stop * hop]) for i in batch]
-            total = max(c.shape[-1] for c in clips)
-            self.frame_counts["real"] += sum(c.shape[-1] for c in clips) // hop
+            lengths = [c.shape[-1] for c in clips]
+            total = max(lengths)
+            self.frame_counts["real"] += sum(lengths) // hop
             self.frame_counts["encoded"] += len(clips) * total // hop
-            audio = pad_batch(clips, total)[:, None, :].to(self.device, non_blocking=True)
-            lengths = torch.tensor([c.shape[-1] for c in clips], device=self.device)
+            audio = pad_batch(clips, total)[:, None, :]
+            if self.device.type == "cuda":
+                audio = audio.pin_memory()
+            audio = audio.to(self.device, non_blocking=True)
             norm_stats = self._batch_norm_stats([clip_stats.get(pieces[i].clip) for i in batch])
-            unpadded = bool((lengths == total).all()) and norm_stats is None
-            outputs = forward(audio, None if unpadded else lengths, norm_stats)
+            unpadded = all(length == total for length in lengths) and norm_stats is None
+            # one device-to-host copy per batch, not one per clip
+            outputs = [out.cpu() for out in forward(audio, None if unpadded else lengths, norm_stats)]
             for row, index in enumerate(batch):
                 piece = pieces[index]
                 keep = slice(piece.keep_start - piece.start, piece.keep_stop - piece.start)
@@ -187,7 +191,7 @@ class Codec:
         mean = total / count
         return mean.float(), (total_sq / count - mean**2).clamp_min(0).float()
 
-    def _embeddings(self, audio: torch.Tensor, lengths: torch.Tensor | None, norm_stats: GroupNormStats | None = None):
+    def _embeddings(self, audio: torch.Tensor, lengths: list[int] | None, norm_stats: GroupNormStats | None = None):
         """Acoustic and semantic embeddings of a padded batch [B, 1, T].
 
         `lengths` (valid samples per row) is None when no row is padded; `norm_stats` overrides
@@ -199,7 +203,7 @@ class Codec:
             speech = torchaudio.functional.resample(speech, config.sample_rate, config.semantic_sample_rate)
         attention_mask = group_norm_lengths = None
         if lengths is not None:
-            speech_lengths = lengths * config.semantic_sample_rate // config.sample_rate
+            speech_lengths = torch.tensor(lengths, device=audio.device) * config.semantic_sample_rate // config.sample_rate
             # the resampler's tail rings past each clip's end; alone, the clip would see zeros there
             speech = speech * time_mask(speech_lengths, speech.shape[-1], speech.dtype)
             hubert_lengths = speech_lengths + 2 * SEMANTIC_PAD

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 class PaddingMasks:
     def __init__(self, model: nn.Module):
-        self._lengths: torch.Tensor | None = None  # valid samples per clip at the model's input rate
+        self._lengths: list[int] | None = None  # valid samples per clip at the model's input rate
+        self._cache: dict = {}
         self._total: int = 0
         self._group_norm_lengths: torch.Tensor | None = None
         self._group_norm_stats: GroupNormStats | None = None
@@ -47,28 +48,34 @@ class PaddingMasks:
             norm.forward = types.MethodType(forward, norm)
 
     @contextlib.contextmanager
-    def active(self, lengths, total: int, group_norm_lengths, group_norm_stats: GroupNormStats | None = None):
+    def active(self, lengths: list[int], total: int, group_norm_lengths, group_norm_stats: GroupNormStats | None = None):
         """Masks on for one batch: `lengths` valid input samples of each clip, `total` the padded length,
         `group_norm_stats` statistics to use instead of each row's own (windows of a long clip)."""
         self._lengths, self._total = lengths, total
         self._group_norm_lengths, self._group_norm_stats = group_norm_lengths, group_norm_stats
+        self._cache = {}
         try:
             yield
         finally:
             self._lengths, self._group_norm_lengths, self._group_norm_stats = None, None, None
+            self._cache = {}
 
     def _mask_conv_input(self, module, args):
         if self._lengths is None:
             return None
         (hidden,) = args
         steps = hidden.shape[-1]
-        # Every tensor on these paths has a length proportional to the input's (all clips are
-        # padded to a multiple of the hop), so each clip's valid length scales exactly.
-        scaled = self._lengths * steps
-        if bool((scaled % self._total).any()):
-            raise RuntimeError(f"valid lengths {self._lengths.tolist()} do not scale to {steps} steps of {self._total}")
-        valid = scaled // self._total
-        return (hidden * time_mask(valid, steps, hidden.dtype)[:, None, :],)
+        mask = self._cache.get((steps, hidden.dtype, hidden.device))
+        if mask is None:
+            # Every tensor on these paths has a length proportional to the input's (all clips are
+            # padded to a multiple of the hop), so each clip's valid length scales exactly. Plain
+            # ints here: no device round trip per convolution.
+            if any(length * steps % self._total for length in self._lengths):
+                raise RuntimeError(f"valid lengths {self._lengths} do not scale to {steps} steps of {self._total}")
+            valid = torch.tensor([length * steps // self._total for length in self._lengths], device=hidden.device)
+            mask = time_mask(valid, steps, hidden.dtype)[:, None, :]
+            self._cache[(steps, hidden.dtype, hidden.device)] = mask
+        return (hidden * mask,)
 
 
 def time_mask(valid: torch.Tensor, steps: int, dtype=torch.bool) -> torch.Tensor:

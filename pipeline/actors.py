@@ -23,6 +23,7 @@ class CodecActor:
             "identity": codec.identity.as_dict(),
             "device": str(codec.device),
             "policy": codec.policy.__dict__,
+            "calibration": self.processor.calibration,
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }

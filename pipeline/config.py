@@ -56,6 +56,7 @@ class CodecConfig:
     context_s: float = 10.0
     max_batch_seconds: Optional[float] = None  # None: the device's default policy
     max_clips: Optional[int] = None
+    calibrate: str = "auto"  # measure batch policies at actor start: auto (GPU only), on, off
 
 
 @dataclass
@@ -138,6 +139,8 @@ def validate(config: Config) -> None:
         raise ConfigError("codec.window_s", "window must be > 0 and context >= 0")
     if c.max_batch_seconds is not None and c.max_batch_seconds <= 0:
         raise ConfigError("codec.max_batch_seconds", "must be > 0, or null for the device default")
+    if c.calibrate not in ("auto", "on", "off"):
+        raise ConfigError("codec.calibrate", f"{c.calibrate!r}", "use auto (GPU only), on or off")
     if c.max_clips is not None and c.max_clips < 1:
         raise ConfigError("codec.max_clips", "must be >= 1, or null for the device default")
     if not config.output.dir:

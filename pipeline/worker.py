@@ -7,6 +7,7 @@ release the GIL), so the device is not left waiting on the CPU work of the next 
 from __future__ import annotations
 
 import queue
+import resource
 import threading
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from codec import BatchPolicy, CodecInputError, default_policy, load_codec
+from codec import BatchPolicy, CodecInputError, calibrate, default_policy, load_codec
 
 from .audio import Audio, SampleError, decode_bytes, to_model_audio
 from .config import Config
@@ -45,6 +46,8 @@ class ShardResult:
     sha256: dict = field(default_factory=dict)
     seconds: float = 0.0
     worker: str = ""
+    peak_rss_mb: float = 0.0  # of the worker process, so far
+    first_encode_s: float | None = None  # worker start to its first encode call (first shard only)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -71,11 +74,23 @@ def load_codec_for(config: Config):
 
 class ShardProcessor:
     def __init__(self, config: Config, name: str = "local"):
+        self.started = time.perf_counter()
+        self.first_encode_at: float | None = None
+        self._reported_first = False
         self.config = config
         self.name = name
         self.codec = load_codec_for(config)
         self.num_codebooks = self.codec.num_codebooks(config.codec.bandwidth)
+        self.calibration: list[dict] = []
+        if self._should_calibrate():
+            self.codec.policy, self.calibration = calibrate(self.codec, config.codec.bandwidth)
         self.storage = Storage(config.output.dir)
+
+    def _should_calibrate(self) -> bool:
+        c = self.config.codec
+        if c.max_batch_seconds is not None or c.max_clips is not None:
+            return False  # the config fixed the policy
+        return c.calibrate == "on" or (c.calibrate == "auto" and self.codec.device.type == "cuda")
 
     def process(self, shard: Shard) -> ShardResult:
         start = time.perf_counter()
@@ -114,12 +129,18 @@ class ShardProcessor:
         result.tokens = int(sum(c.size for c in writer.codes))
         result.encoded_frames = self.codec.frame_counts["encoded"] - frames_before["encoded"]
         result.seconds = time.perf_counter() - start
+        result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if self.first_encode_at is not None and not self._reported_first:
+            result.first_encode_s = self.first_encode_at - self.started
+            self._reported_first = True
         return result
 
     def _encode(self, pool: list[tuple[RawSample, Audio]], writer: ShardWriter) -> None:
         if not pool:
             return
         bandwidth = self.config.codec.bandwidth
+        if self.first_encode_at is None:
+            self.first_encode_at = time.perf_counter()
         try:
             codes = self.codec.encode([audio.wave for _, audio in pool], bandwidth)
         except (CodecInputError, torch.OutOfMemoryError):
