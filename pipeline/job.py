@@ -19,6 +19,7 @@ from .config import Config, ConfigError, as_dict, fingerprint
 from .manifest import MANIFEST, Manifest, check_compatible
 from .sources import Shard, list_shards
 from .storage import Storage
+from .synth import ensure_demo_webdataset
 from .worker import ShardResult
 
 
@@ -39,19 +40,12 @@ class JobSummary:
 
 
 def _ensure_demo_corpus(config: Config) -> None:
-    import os
-
-    from braceexpand import braceexpand
-
-    from .synth import make_demo_webdataset
-
-    paths = [p for url in config.source.urls for p in braceexpand(url)]
-    if config.source.kind != "webdataset" or any("://" in p for p in paths):
-        raise ConfigError("source.demo_if_missing", "works for local webdataset paths only")
-    if not all(os.path.exists(p) for p in paths):
-        written = make_demo_webdataset(os.path.dirname(os.path.abspath(paths[0])), shards=len(paths))
-        if sorted(map(os.path.abspath, written)) != sorted(map(os.path.abspath, paths)):
-            raise ConfigError("source.urls", "the demo corpus is demo-000.tar ... in one folder", "e.g. 'demo_data/demo-{000..003}.tar'")
+    if config.source.kind != "webdataset":
+        raise ConfigError("source.demo_if_missing", "works for webdataset sources only")
+    try:
+        ensure_demo_webdataset(config.source.urls)
+    except ValueError as error:
+        raise ConfigError("source.urls", str(error), "e.g. ['demo_data/demo-{000..003}.tar']") from None
 
 
 def _codec_facts(config: Config) -> tuple[dict, int, float, int]:
