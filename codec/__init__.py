@@ -2,13 +2,14 @@
 
 from .batching import BatchPolicy, default_policy, plan_batches
 from .calibration import calibrate
-from .codec import Codec, CodecIdentity, reference_encode
+from .codec import Codec, CodecIdentity, codebooks_for_bandwidth, reference_encode
 from .loading import codec_identity, load_codec
 from .validation import CodecInputError
 
 __all__ = [
     "BatchPolicy",
     "calibrate",
+    "codebooks_for_bandwidth",
     "Codec",
     "CodecIdentity",
     "CodecInputError",

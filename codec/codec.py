@@ -60,14 +60,14 @@ class Codec:
         self.context_frames = max(0, round(context_s * self.frame_rate))
         self._masks = PaddingMasks(model)
         self._fast_ops = FastOps(model)
-        # frames of real audio vs frames the model computed (padding included), for efficiency reports
-        self.frame_counts = {"real": 0, "encoded": 0}
+        # frames the model computed, padding and window context included; against the frames of
+        # codes returned, this is the padding efficiency the pipeline reports
+        self.encoded_frames = 0
         self._hubert_first_conv = model.semantic_model.feature_extractor.conv_layers[0].conv
 
     # ---- facts about the checkpoint -------------------------------------------------------
     def num_codebooks(self, bandwidth: float) -> int:
-        check_bandwidth(bandwidth, self.bandwidths)
-        return self.model.quantizer.get_num_quantizers_for_bandwidth(bandwidth)
+        return codebooks_for_bandwidth(self.model.config, bandwidth)
 
     def num_frames(self, num_samples: int) -> int:
         return math.ceil(num_samples / self.hop_length)
@@ -135,8 +135,7 @@ class Codec:
             clips = [torch.from_numpy(padded[pieces[i].clip][pieces[i].start * hop : pieces[i].stop * hop]) for i in batch]
             lengths = [c.shape[-1] for c in clips]
             total = max(lengths)
-            self.frame_counts["real"] += sum(lengths) // hop
-            self.frame_counts["encoded"] += len(clips) * total // hop
+            self.encoded_frames += len(clips) * total // hop
             audio = pad_batch(clips, total)[:, None, :]
             if self.device.type == "cuda":
                 audio = audio.pin_memory()
@@ -242,6 +241,13 @@ class Codec:
             length = codes.shape[1] * self.hop_length if lengths is None else lengths[index]
             out.append(audio[:length])
         return out
+
+
+def codebooks_for_bandwidth(config, bandwidth: float) -> int:
+    """RVQ stages used at `bandwidth` kbps (as transformers' quantizer picks them): 2 kbps -> 8 of 10 bits at 25 Hz."""
+    check_bandwidth(bandwidth, list(config.target_bandwidths))
+    bits_per_second = config.codebook_nbits * config.sample_rate / config.hop_length
+    return max(1, int(bandwidth * 1000 // bits_per_second))
 
 
 def reference_encode(model, waveform: np.ndarray, bandwidth: float) -> np.ndarray:

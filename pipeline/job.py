@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from codec import codec_identity
+from codec import CodecInputError, codebooks_for_bandwidth, codec_identity
 
 from .actors import CodecActor
 from .config import Config, ConfigError, as_dict, fingerprint
@@ -53,12 +53,11 @@ def _codec_facts(config: Config) -> tuple[dict, int, float, int]:
         identity, codec_config = codec_identity(config.codec.model, config.codec.seed, config.codec.revision)
     except (OSError, ValueError) as error:
         raise ConfigError("codec.model", str(error).splitlines()[0], "a hub id, a save_pretrained folder or random:tiny|full") from None
-    bandwidths = list(codec_config.target_bandwidths)
-    if config.codec.bandwidth not in bandwidths:
-        raise ConfigError("codec.bandwidth", f"{config.codec.bandwidth} kbps is not offered by {config.codec.model}",
-                          f"choose one of {bandwidths}")
-    bits = codec_config.codebook_nbits
-    num_codebooks = max(1, int(config.codec.bandwidth * 1000 // (codec_config.frame_rate * bits)))
+    try:
+        num_codebooks = codebooks_for_bandwidth(codec_config, config.codec.bandwidth)
+    except CodecInputError as error:
+        raise ConfigError("codec.bandwidth", f"{error} ({config.codec.model})",
+                          f"choose one of {list(codec_config.target_bandwidths)}") from None
     frame_rate = codec_config.sample_rate / codec_config.hop_length
     return identity.as_dict(), num_codebooks, frame_rate, codec_config.codebook_size
 
@@ -103,7 +102,7 @@ def _guard(config: Config, manifest: Manifest) -> None:
     totals = manifest.totals()
     finished = totals["shards_done"] + totals["shards_failed"]
     if finished >= config.guard.min_shards and totals["shards_failed"] == finished:
-        reasons = Counter(e.get("shard_error", "").split(":")[0] for e in manifest.shards.values())
+        reasons = Counter(totals["shard_error_reasons"])
         raise GuardTripped(
             f"stopped: the first {finished} shards all failed (most common: {reasons.most_common(1)[0][0]}); "
             "check source.audio_column / source.urls. Failed shards are listed in manifest.json and errors/."
@@ -177,11 +176,9 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
                     pending.appendleft(shard)
                     submit(index)
                     continue
-                result = ShardResult(shard.id, shard.url, "failed", shard_error=f"actor_died: {str(error)[:200]}",
-                                     error_reasons={"actor_died": 1})
+                result = ShardResult(shard.id, shard.url, "failed", shard_error=f"actor_died: {str(error)[:200]}")
             except RayTaskError as error:
-                result = ShardResult(shard.id, shard.url, "failed", shard_error=f"worker_exception: {str(error)[-300:]}",
-                                     error_reasons={"worker_exception": 1})
+                result = ShardResult(shard.id, shard.url, "failed", shard_error=f"worker_exception: {str(error)[-300:]}")
             manifest.record(result.as_dict())
             manifest.save(storage)
             run_audio += result.audio_seconds

@@ -69,6 +69,8 @@ class Manifest:
             "rows": sum(e.get("rows", 0) for e in entries),
             "errors": sum(e.get("errors", 0) for e in entries),
             "error_reasons": dict(reasons),
+            "shard_error_reasons": dict(Counter(
+                (e.get("shard_error") or "").split(":")[0] for e in entries if e["status"] != "done")),
             "audio_seconds": sum(e.get("audio_seconds", 0.0) for e in entries),
             "frames": frames,
             "tokens": sum(e.get("tokens", 0) for e in entries),

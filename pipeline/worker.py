@@ -96,7 +96,7 @@ class ShardProcessor:
         start = time.perf_counter()
         writer = ShardWriter(self.storage, shard.id, shard.url, self.config.output.compression)
         result = ShardResult(shard.id, shard.url, "done", worker=self.name)
-        frames_before = dict(self.codec.frame_counts)
+        encoded_before = self.codec.encoded_frames
         seen: set[str] = set()
         pool: list[tuple[RawSample, Audio]] = []
         pool_seconds = 0.0
@@ -123,11 +123,11 @@ class ShardProcessor:
         result.files, result.sha256 = published["files"], published["sha256"]
         result.rows = len(writer.keys)
         result.errors = sum(1 for e in writer.errors if e.key is not None)
-        result.error_reasons = dict(Counter(e.reason for e in writer.errors))
+        result.error_reasons = dict(Counter(e.reason for e in writer.errors if e.key is not None))
         result.audio_seconds = float(sum(writer.durations))
         result.frames = int(sum(c.shape[1] for c in writer.codes))
         result.tokens = int(sum(c.size for c in writer.codes))
-        result.encoded_frames = self.codec.frame_counts["encoded"] - frames_before["encoded"]
+        result.encoded_frames = self.codec.encoded_frames - encoded_before
         result.seconds = time.perf_counter() - start
         result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if self.first_encode_at is not None and not self._reported_first:
