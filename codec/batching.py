@@ -33,21 +33,37 @@ def default_policy(device_type: str) -> BatchPolicy:
     return CPU_POLICY if device_type == "cpu" else GPU_POLICY
 
 
-def plan_batches(lengths: list[int], sample_rate: int, policy: BatchPolicy) -> list[list[int]]:
-    """Indices of `lengths` grouped longest first, each group within the policy.
+# What one extra forward pass costs, as a share of a full batch's padded audio: kernel launches,
+# per-batch Python work, a smaller batch's lower device utilisation. It keeps the plan from
+# splitting batches merely to save a little padding.
+BATCH_OVERHEAD_SHARE = 0.02
 
-    Sorting by length keeps clips of similar length together, so little compute goes to padding.
+
+def plan_batches(lengths: list[int], sample_rate: int, policy: BatchPolicy) -> list[list[int]]:
+    """Indices of `lengths` grouped into batches within the policy, with the least padded audio.
+
+    Clips sorted by length are cut into consecutive runs (bucketing: similar lengths share a batch);
+    where to cut is chosen by dynamic programming over cost = padded audio of each batch + a fixed
+    overhead per batch, so a long clip does not drag shorter ones into a mostly padded batch.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     budget = policy.max_batch_seconds * sample_rate
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        longest = lengths[current[0]] if current else lengths[index]
-        if current and (len(current) + 1 > policy.max_clips or (len(current) + 1) * longest > budget):
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
+    overhead = BATCH_OVERHEAD_SHARE * budget
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[i]: cost of batching the i longest clips
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(end - 1, max(-1, end - 1 - policy.max_clips), -1):
+            longest = lengths[order[start]]  # sorted: the first clip of the run is the longest
+            count = end - start
+            if count > 1 and count * longest > budget:
+                break
+            cost = best[start] + count * longest + overhead
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    batches = []
+    end = n
+    while end > 0:
+        batches.append(order[cut[end] : end])
+        end = cut[end]
+    return batches[::-1]

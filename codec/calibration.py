@@ -29,6 +29,15 @@ def calibration_clips(seconds: float, seed: int = 0, sample_rate: int = 24000) -
     return clips
 
 
+def _worst_case(codec, bandwidth: float, policy: BatchPolicy) -> None:
+    """The largest batch this policy can form: as many window-long clips as the budget admits.
+    Speech-length calibration clips alone would not show that a policy runs out of memory on long ones."""
+    window_s = codec.window_frames / codec.frame_rate
+    count = max(1, min(policy.max_clips, int(policy.max_batch_seconds // window_s)))
+    clips = [np.zeros(int(window_s * codec.sample_rate), np.float32) for _ in range(count)]
+    codec.encode(clips, bandwidth, policy.max_batch_seconds, policy.max_clips)
+
+
 def calibrate(codec, bandwidth: float, candidates=None, seconds: float | None = None) -> tuple[BatchPolicy, list[dict]]:
     """Fastest policy among `candidates` on this device, and what each measured (audio-s/s or OOM)."""
     on_gpu = codec.device.type == "cuda"
@@ -38,6 +47,8 @@ def calibrate(codec, bandwidth: float, candidates=None, seconds: float | None = 
     table, best = [], None
     for policy in candidates:
         try:
+            if on_gpu:
+                _worst_case(codec, bandwidth, policy)
             codec.encode(clips[:2], bandwidth, policy.max_batch_seconds, policy.max_clips)  # warm-up
             if on_gpu:
                 torch.cuda.synchronize()

@@ -42,7 +42,7 @@ class Codec:
         identity: CodecIdentity,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
-        window_s: float = 45.0,
+        window_s: float = 120.0,
         context_s: float = 10.0,
         policy: BatchPolicy | None = None,
     ):

@@ -31,7 +31,7 @@ def load_codec(
     dtype: str = "float32",
     seed: int = 0,
     revision: str | None = None,
-    window_s: float = 45.0,
+    window_s: float = 120.0,
     context_s: float = 10.0,
     policy: BatchPolicy | None = None,
     allow_tf32: bool = False,

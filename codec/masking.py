@@ -98,6 +98,8 @@ def masked_group_norm(
     """GroupNorm whose statistics cover only each clip's first `valid` steps (or are given)."""
     batch, channels, steps = hidden.shape
     groups = norm.num_groups
+    dtype = hidden.dtype
+    hidden = hidden.float()  # statistics in float32, as autocast runs GroupNorm
     mask = time_mask(valid, steps, hidden.dtype)[:, None, None, :]
     grouped = hidden.reshape(batch, groups, channels // groups, steps)
     count = (valid * (channels // groups)).to(hidden.dtype)[:, None, None, None]
@@ -105,12 +107,12 @@ def masked_group_norm(
     var = (((grouped - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
     if stats is not None:
         given = stats.given[:, None, None, None]
-        mean = torch.where(given, stats.mean[:, :, None, None].to(mean.dtype), mean)
-        var = torch.where(given, stats.var[:, :, None, None].to(var.dtype), var)
+        mean = torch.where(given, stats.mean[:, :, None, None].float(), mean)
+        var = torch.where(given, stats.var[:, :, None, None].float(), var)
     normed = ((grouped - mean) * torch.rsqrt(var + norm.eps)).reshape(batch, channels, steps)
     if norm.affine:
         normed = normed * norm.weight[None, :, None] + norm.bias[None, :, None]
-    return normed
+    return normed.to(dtype)
 
 
 def conv_output_lengths(lengths: torch.Tensor, convs) -> torch.Tensor:

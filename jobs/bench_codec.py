@@ -62,6 +62,8 @@ def main():
     parser.add_argument("--tf32", action="store_true", help="also run float32 with TF32 matmuls (GPU)")
     parser.add_argument("--policies", nargs="+", default=None, help="SECONDSxCLIPS, e.g. 60x1 120x4")
     parser.add_argument("--long-seconds", type=float, default=60.0)
+    parser.add_argument("--window", type=float, default=45.0, help="window for the long-clip test (s)")
+    parser.add_argument("--context", type=float, default=10.0, help="context for the long-clip test (s)")
     args = parser.parse_args()
 
     codec = load_codec("random:full", device=args.device)
@@ -118,6 +120,7 @@ def main():
     long_wave = corpus(1, 1, args.long_seconds)[0]
     long_wave = np.resize(long_wave, int(args.long_seconds * 24000))
     single = reference_encode(codec.model, long_wave, args.bandwidth)
+    codec = load_codec("random:full", device=args.device, window_s=args.window, context_s=args.context)
     (windowed,), t = timed(lambda: codec.encode([long_wave], args.bandwidth), device)
     seams = [k * codec.window_frames + d for k in range(1, single.shape[1] // codec.window_frames + 1) for d in (-1, 0)]
     seams = [s for s in seams if s < single.shape[1]]

@@ -26,6 +26,9 @@ from .storage import Storage
 from .writer import ShardWriter
 
 PREFETCH_SAMPLES = 64
+# a pool this many batch budgets deep lets length bucketing find clips of similar length
+# (jobs/bench_pipeline.py: 0.94 padding efficiency at 4 budgets, 0.96 at 8-10, GPU policy)
+POOL_BATCHES = 8
 
 
 @dataclass
@@ -85,6 +88,7 @@ class ShardProcessor:
         if self._should_calibrate():
             self.codec.policy, self.calibration = calibrate(self.codec, config.codec.bandwidth)
         self.storage = Storage(config.output.dir)
+        self.pool_target = config.ray.pool_seconds or POOL_BATCHES * self.codec.policy.max_batch_seconds
 
     def _should_calibrate(self) -> bool:
         c = self.config.codec
@@ -115,7 +119,7 @@ class ShardProcessor:
             seen.add(raw.key)
             pool.append((raw, decoded))
             pool_seconds += decoded.wave.size / self.codec.sample_rate
-            if pool_seconds >= self.config.ray.pool_seconds:
+            if pool_seconds >= self.pool_target:
                 self._encode(pool, writer)
                 pool, pool_seconds = [], 0.0
         self._encode(pool, writer)

@@ -183,3 +183,39 @@ def test_fast_ops_are_bit_identical_to_stock_layers(codec):
             fast = codec.model.acoustic_encoder(audio)
     assert codec._fast_ops.enabled is False
     assert torch.equal(stock, fast)
+
+
+def test_calibration_measures_each_candidate_and_keeps_the_fastest(codec):
+    from codec import calibrate
+
+    candidates = (BatchPolicy(10.0, 1), BatchPolicy(10.0, 4))
+    best, table = calibrate(codec, 2.0, candidates=candidates, seconds=6.0)
+    assert [row["policy"] for row in table] == [c.__dict__ for c in candidates]
+    speeds = [row["audio_s_per_s"] for row in table]
+    assert all(s > 0 for s in speeds)
+    assert best == candidates[speeds.index(max(speeds))]
+
+
+def test_plan_batches_pads_no_more_than_greedy_filling():
+    from codec.batching import BATCH_OVERHEAD_SHARE
+
+    rng = np.random.default_rng(11)
+    lengths = [int(x * 24000) for x in np.clip(rng.lognormal(np.log(4.0), 0.8, 400), 0.5, 30)]
+    policy = BatchPolicy(max_batch_seconds=120.0, max_clips=16)
+    overhead = BATCH_OVERHEAD_SHARE * 120 * 24000
+
+    def cost(batches):
+        return sum(len(b) * max(lengths[i] for i in b) + overhead for b in batches)
+
+    order = sorted(range(400), key=lambda i: lengths[i], reverse=True)
+    greedy, current = [], []
+    for i in order:  # fill each batch to the first limit it hits
+        if current and (len(current) == 16 or (len(current) + 1) * lengths[current[0]] > 120 * 24000):
+            greedy.append(current)
+            current = []
+        current.append(i)
+    greedy.append(current)
+    planned = plan_batches(lengths, 24000, policy)
+    assert cost(planned) <= cost(greedy)
+    efficiency = sum(lengths) / sum(len(b) * max(lengths[i] for i in b) for b in planned)
+    assert efficiency > 0.9
