@@ -151,3 +151,29 @@ def test_bandwidth_not_in_checkpoint_fails_before_work(tmp_path):
     with pytest.raises(ConfigError, match=r"codec.bandwidth.*\[0\.5, 1, 1\.5, 2\]"):
         run_job(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_hf_audio_as_paths_and_arrays(tmp_path, ray_local, tiny_codec):
+    import pyarrow as pa
+
+    from pipeline.synth import encode_audio, synth_clip
+
+    rng = np.random.default_rng(7)
+    os.makedirs(tmp_path / "files")
+    paths, arrays = [], []
+    for i in range(3):
+        path = tmp_path / f"files/{i}.ogg"
+        path.write_bytes(encode_audio(synth_clip(rng, 0.8, 32000, 2), 32000, "ogg"))
+        paths.append(str(path))
+        arrays.append({"array": synth_clip(rng, 0.6, 16000)[:, 0].tolist(), "sampling_rate": 16000})
+    os.makedirs(tmp_path / "pq")
+    pq.write_table(pa.table({"id": ["p0", "p1", "p2"], "audio": paths}), tmp_path / "pq/paths.parquet")
+    pq.write_table(pa.table({"id": ["a0", "a1", "a2"], "audio": arrays}), tmp_path / "pq/arrays.parquet")
+    config = config_for(tmp_path, {"kind": "hf", "path": str(tmp_path / "pq")})
+    assert run_job(config).status == "complete"
+    rows = {r["key"]: r for r in read_rows(config.output.dir)}
+    assert sorted(rows) == ["a0", "a1", "a2", "p0", "p1", "p2"]
+    np.testing.assert_array_equal(np.array(rows["p1"]["codes"], np.int16),
+                                  expected_codes(tiny_codec, (tmp_path / "files/1.ogg").read_bytes()))
+    wave = to_model_audio(np.array(arrays[2]["array"], np.float32), 16000, 24000, "HQ", 3600).wave
+    np.testing.assert_array_equal(np.array(rows["a2"]["codes"], np.int16), reference_encode(tiny_codec.model, wave, 2.0))

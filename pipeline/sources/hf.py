@@ -96,27 +96,27 @@ def _record_batches(shard: Shard, config: SourceConfig) -> Iterator[pa.RecordBat
             raise ShardError("corrupt_file", f"{shard.url}: {str(error)[:200]}") from None
 
 
+def _read_audio_file(path: str) -> bytes:
+    try:
+        with fsspec.open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise SampleError("missing_audio_file", f"{path}: {error}") from None
+
+
 def _audio_value(value):
-    """Audio cell -> bytes or (array, rate): the datasets Audio struct, raw bytes, or array+rate."""
+    """Audio cell -> bytes or (array, rate): the datasets Audio struct, raw bytes, a path, or array+rate."""
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
+    if isinstance(value, str):
+        return _read_audio_file(value)
     if isinstance(value, dict):
         if value.get("bytes"):
             return value["bytes"]
         if value.get("array") is not None:
             return np.asarray(value["array"], dtype=np.float32), value.get("sampling_rate")
         if value.get("path"):
-            try:
-                with fsspec.open(value["path"], "rb") as f:
-                    return f.read()
-            except OSError as error:
-                raise SampleError("missing_audio_file", f"{value['path']}: {error}") from None
-    if isinstance(value, str):
-        try:
-            with fsspec.open(value, "rb") as f:
-                return f.read()
-        except OSError as error:
-            raise SampleError("missing_audio_file", f"{value}: {error}") from None
+            return _read_audio_file(value["path"])
     raise SampleError("no_audio", f"audio cell holds {type(value).__name__}")
 
 
