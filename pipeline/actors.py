@@ -12,7 +12,8 @@ from .sources import Shard
 from .worker import ShardProcessor, ShardResult
 
 
-@ray.remote(max_restarts=0, max_task_retries=0)
+# max_concurrency=2: `progress` answers while `process` runs (the driver sends one shard at a time)
+@ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)
 class CodecActor:
     def __init__(self, config: Config, name: str):
         self.processor = ShardProcessor(config, name)
@@ -27,6 +28,9 @@ class CodecActor:
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }
+
+    def progress(self) -> dict:
+        return dict(self.processor.in_shard)
 
     def process(self, shard: Shard) -> ShardResult:
         return self.processor.process(shard)

@@ -138,6 +138,19 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
                       time.time() - start, run_audio, totals, config.output.dir)
 
 
+def _in_flight_progress(actors, in_flight: dict) -> dict:
+    """Audio encoded so far in the shards under way; actors that do not answer in time count as 0."""
+    refs = [actors[index].progress.remote() for index, _ in in_flight.values()]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=2.0)
+    done = []
+    for ref in ready:
+        try:
+            done.append(ray.get(ref))
+        except ray.exceptions.RayError:
+            pass  # a dying actor: the shard's own result will say so
+    return {"audio_seconds": sum(p["audio_seconds"] for p in done), "samples": sum(p["samples"] for p in done)}
+
+
 def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deque, on_event) -> float:
     ensure_ray(config)
     count, options = _actor_options(config)
@@ -163,7 +176,7 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
         while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=config.ray.progress_interval_s)
             if not ready:
-                on_event("heartbeat", {"in_flight": len(in_flight)})
+                on_event("heartbeat", {"in_flight": len(in_flight), **_in_flight_progress(actors, in_flight)})
                 continue
             index, shard = in_flight.pop(ready[0])
             try:

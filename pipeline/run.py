@@ -50,7 +50,12 @@ class Progress:
                 f"{self.audio / 3600:.3f} h audio, {self.audio / max(elapsed, 1e-9):.1f}x realtime, ETA {_hms(eta)}"
             )
         elif kind == "heartbeat":
-            self.say(f"... {info['in_flight']} shard(s) in flight, {_hms(time.time() - self.started)} elapsed")
+            elapsed = time.time() - self.started
+            audio = self.audio + info["audio_seconds"]
+            self.say(
+                f"[{self.done}/{self.total}] {info['in_flight']} shard(s) in flight ({info['samples']} samples so far) | "
+                f"{audio / 3600:.3f} h audio, {audio / max(elapsed, 1e-9):.1f}x realtime, {_hms(elapsed)} elapsed"
+            )
 
     def say(self, line: str) -> None:
         print(line, file=self.stream or sys.stderr, flush=True)

@@ -80,6 +80,8 @@ class ShardProcessor:
         self.started = time.perf_counter()
         self.first_encode_at: float | None = None
         self._reported_first = False
+        # samples and audio seconds encoded in the shard under way; read by the driver's heartbeat
+        self.in_shard = {"samples": 0, "audio_seconds": 0.0}
         self.config = config
         self.name = name
         self.codec = load_codec_for(config)
@@ -101,6 +103,7 @@ class ShardProcessor:
         writer = ShardWriter(self.storage, shard.id, shard.url, self.config.output.compression)
         result = ShardResult(shard.id, shard.url, "done", worker=self.name)
         encoded_before = self.codec.encoded_frames
+        self.in_shard = {"samples": 0, "audio_seconds": 0.0}
         seen: set[str] = set()
         pool: list[tuple[RawSample, Audio]] = []
         pool_seconds = 0.0
@@ -162,6 +165,8 @@ class ShardProcessor:
                 writer.add_error(raw.key, "encode_failed", str(clip_codes)[:200])
             else:
                 writer.add(raw.key, clip_codes, audio.duration_s, raw.metadata)
+        self.in_shard = {"samples": self.in_shard["samples"] + len(pool),
+                         "audio_seconds": self.in_shard["audio_seconds"] + sum(a.duration_s for _, a in pool)}
 
     def _decode(self, raw: RawSample) -> Audio | SampleError:
         if raw.error is not None:

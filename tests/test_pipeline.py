@@ -177,3 +177,16 @@ def test_hf_audio_as_paths_and_arrays(tmp_path, ray_local, tiny_codec):
                                   expected_codes(tiny_codec, (tmp_path / "files/1.ogg").read_bytes()))
     wave = to_model_audio(np.array(arrays[2]["array"], np.float32), 16000, 24000, "HQ", 3600).wave
     np.testing.assert_array_equal(np.array(rows["a2"]["codes"], np.int16), reference_encode(tiny_codec.model, wave, 2.0))
+
+
+def test_shard_processor_reports_progress_within_a_shard(tmp_path):
+    from pipeline.sources import list_shards
+    from pipeline.worker import ShardProcessor
+
+    mixed_tar(str(tmp_path / "in/p.tar"), "p", 5, seed=70)
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/p.tar")]}, "ray.pool_seconds=1")
+    processor = ShardProcessor(config)
+    (shard,) = list_shards(config.source)
+    result = processor.process(shard)
+    assert result.rows == 5 and processor.in_shard["samples"] == 5
+    assert processor.in_shard["audio_seconds"] == pytest.approx(result.audio_seconds)
