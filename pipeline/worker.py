@@ -85,7 +85,7 @@ class ShardProcessor:
         self.config = config
         self.name = name
         self.codec = load_codec_for(config)
-        self.num_codebooks = self.codec.num_codebooks(config.codec.bandwidth)
+        self.codec.num_codebooks(config.codec.bandwidth)  # a bandwidth the checkpoint lacks fails here, not mid-shard
         self.calibration: list[dict] = []
         if self._should_calibrate():
             self.codec.policy, self.calibration = calibrate(self.codec, config.codec.bandwidth)
