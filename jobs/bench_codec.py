@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from codec import BatchPolicy, load_codec, reference_encode
+from codec.calibration import CPU_CANDIDATES, GPU_CANDIDATES
 
 
 def corpus(seed: int, clips: int, max_s: float) -> list[np.ndarray]:
@@ -80,18 +81,16 @@ def main():
 
     if args.policies:
         policies = [BatchPolicy(float(p.split("x")[0]), int(p.split("x")[1])) for p in args.policies]
-    elif device.type == "cpu":
-        policies = [BatchPolicy(60, 1), BatchPolicy(60, 4)]
-    else:
-        policies = [BatchPolicy(s, c) for s, c in ((120, 16), (240, 32), (480, 64), (960, 128))]
+    else:  # the candidates the actors calibrate over
+        policies = list(CPU_CANDIDATES if device.type == "cpu" else GPU_CANDIDATES)
     variants = [(dtype, False) for dtype in args.dtypes] + ([("float32", True)] if args.tf32 else [])
     best = None
     for dtype, tf32 in variants:
-        run = load_codec("random:full", device=args.device, dtype=dtype, allow_tf32=tf32)
+        variant = load_codec("random:full", device=args.device, dtype=dtype, allow_tf32=tf32)
         for policy in policies:
-            run.encode(waves[:2], args.bandwidth, policy.max_batch_seconds, policy.max_clips)  # warm-up
+            variant.encode(waves[:2], args.bandwidth, policy.max_batch_seconds, policy.max_clips)  # warm-up
             codes, t = timed(
-                lambda: run.encode(waves, args.bandwidth, policy.max_batch_seconds, policy.max_clips), device
+                lambda: variant.encode(waves, args.bandwidth, policy.max_batch_seconds, policy.max_clips), device
             )
             overall, worst = agreement(codes, reference)
             speed = audio_s / t
@@ -100,7 +99,6 @@ def main():
                   f"agreement {overall * 100:.3f}% (worst clip {worst * 100:.3f}%)")
             if dtype == "float32" and not tf32 and (best is None or speed > best[0]):
                 best = (speed, label, overall, worst)
-        del run
     print(f"best float32 policy: {best[1]}: {best[0] / ref_speed:.2f}x the per-clip loop, "
           f"agreement {best[2] * 100:.3f}% (worst clip {best[3] * 100:.3f}%)")
 

@@ -40,6 +40,13 @@ def list_units(output_dirs: list[str]) -> list[tuple[str, str, int]]:
     return units
 
 
+def read_unit(output_dir: str, name: str, group: int):
+    """One row group of one output file, as a pyarrow Table."""
+    storage = Storage(output_dir)
+    with storage.fs.open(storage.path(name), "rb") as f:
+        return pq.ParquetFile(f).read_row_group(group)
+
+
 def row_codes(table) -> Iterator[np.ndarray]:
     """The codes of each row of a table as [num_codebooks, num_frames] int16, without Python lists."""
     values = table.column("codes").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
@@ -110,9 +117,7 @@ class TokenDataset(IterableDataset):
 
     def _rows(self) -> Iterator[dict]:
         for output_dir, name, group in self._my_units():
-            storage = Storage(output_dir)
-            with storage.fs.open(storage.path(name), "rb") as f:
-                table = pq.ParquetFile(f).read_row_group(group)
+            table = read_unit(output_dir, name, group)
             others = [c for c in table.column_names if c != "codes"]
             meta = table.select(others).to_pylist()
             for row, codes in zip(meta, row_codes(table)):

@@ -18,9 +18,8 @@ import sys
 from collections import Counter, defaultdict
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from .dataset import list_units, row_codes
+from .dataset import list_units, read_unit, row_codes
 from .manifest import Manifest
 from .storage import Storage
 
@@ -36,8 +35,7 @@ def collect(output_dir: str) -> dict:
     per_category = defaultdict(lambda: {"samples": 0, "seconds": 0.0, "tokens": 0})
     durations = []
     for _, name, group in list_units([output_dir]):
-        with storage.fs.open(storage.path(name), "rb") as f:
-            table = pq.ParquetFile(f).read_row_group(group)
+        table = read_unit(output_dir, name, group)
         rows = table.select([c for c in table.column_names if c != "codes"]).to_pylist()
         for row, codes in zip(rows, row_codes(table)):
             category = row.get("category") or json.loads(row.get("metadata") or "{}").get("category") or "(none)"
@@ -134,12 +132,11 @@ def decode_key(output_dir: str, key: str, out_path: str) -> float:
     storage = Storage(output_dir)
     manifest = Manifest.load(storage)
     for _, name, group in list_units([output_dir]):
-        with storage.fs.open(storage.path(name), "rb") as f:
-            table = pq.ParquetFile(f).read_row_group(group)
+        table = read_unit(output_dir, name, group)
         keys = table.column("key").to_pylist()
         if key in keys:
             row = keys.index(key)
-            codes = next(c for i, c in enumerate(row_codes(table)) if i == row)
+            (codes,) = row_codes(table.slice(row, 1))
             identity = manifest.codec
             seed = int(identity["revision"].split("=")[1]) if str(identity.get("revision", "")).startswith("seed=") else 0
             revision = None if identity["spec"].startswith("random:") else identity.get("revision")

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from codec import load_codec, reference_encode
+from codec import load_codec
 from pipeline.job import GuardTripped, run_job
 from pipeline.run import main as cli_main
 from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
