@@ -160,17 +160,28 @@ def test_killed_actor_mid_shard_is_replaced_and_the_shard_appears_once(tmp_path,
     import ray
 
     samples = mixed_tar(str(tmp_path / "in/big.tar"), "big", 40, seed=6, max_seconds=4.0)
-    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/big.tar")]}, "ray.num_actors=1")
-    events = []
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/big.tar")]},
+                        "ray.num_actors=1", "ray.pool_seconds=2")
+    events, killed = [], []
+
+    def kill_once_it_has_encoded_something(actor):
+        pid = ray.get(actor.describe.remote())["pid"]
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            progress = ray.get(actor.progress.remote())
+            if 0 < progress["samples"] < len(samples):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(progress["samples"])
+                return
+            time.sleep(0.02)
 
     def on_event(kind, info):
         events.append(kind)
         if kind == "actors" and events.count("actors") == 1:
-            pid = ray.get(info["actors"][0].describe.remote())["pid"]
-            threading.Timer(1.5, os.kill, (pid, signal.SIGKILL)).start()
+            threading.Thread(target=kill_once_it_has_encoded_something, args=(info["actors"][0],)).start()
 
     summary = run_job(config, on_event)
-    assert "actor_lost" in events and summary.status == "complete"
+    assert killed and "actor_lost" in events and summary.status == "complete"
     keys = [r["key"] for r in read_rows(config.output.dir)]
     assert sorted(keys) == sorted(s.key for s in samples)
     assert os.listdir(tmp_path / "out/data") == [next(iter(manifest_of(config.output.dir)["shards"])) + ".parquet"]
