@@ -45,6 +45,7 @@ class Codec:
         window_s: float = 120.0,
         context_s: float = 10.0,
         policy: BatchPolicy | None = None,
+        acoustic_chunk_s: float = 20.0,
     ):
         self.model = model.to(device).eval()
         self.identity = identity
@@ -57,6 +58,8 @@ class Codec:
         self.bandwidths: list[float] = list(config.target_bandwidths)
         self.policy = policy or default_policy(device.type)
         self.window_frames = max(1, round(window_s * self.frame_rate))
+        self.acoustic_chunk_frames = max(1, round(acoustic_chunk_s * self.frame_rate))
+        self.acoustic_context_frames = receptive_field_frames(model.acoustic_encoder, self.hop_length)
         self.context_frames = max(0, round(context_s * self.frame_rate))
         self._masks = PaddingMasks(model)
         self._fast_ops = FastOps(model)
@@ -214,17 +217,46 @@ class Codec:
             if lengths is not None
             else contextlib.nullcontext()
         )
-        with masks, self._fast_ops.active(), self._autocast():
-            hidden = model.semantic_model(speech, attention_mask=attention_mask, output_hidden_states=True).hidden_states
-            semantic = torch.stack(hidden, dim=1).mean(dim=1)[:, :: config.semantic_downsample_factor, :]
-            semantic = model.encoder_semantic(semantic.transpose(1, 2))
-            acoustic = model.acoustic_encoder(audio)
+        with self._fast_ops.active(), self._autocast():
+            with masks:
+                hidden = model.semantic_model(speech, attention_mask=attention_mask, output_hidden_states=True)
+                semantic = torch.stack(hidden.hidden_states, dim=1).mean(dim=1)[:, :: config.semantic_downsample_factor, :]
+                semantic = model.encoder_semantic(semantic.transpose(1, 2))
+            acoustic = self._acoustic(audio, lengths)
         if acoustic.shape[-1] != semantic.shape[-1]:
             raise RuntimeError(
                 f"acoustic ({acoustic.shape[-1]}) and semantic ({semantic.shape[-1]}) frame counts differ for "
                 f"{total} samples; this checkpoint's hop does not fit the padding-invariant encoder"
             )
         return acoustic, semantic
+
+    def _acoustic(self, audio: torch.Tensor, lengths: list[int] | None) -> torch.Tensor:
+        """DAC encoder output for a padded batch. DAC is purely convolutional, so a long batch runs in
+        chunks of `acoustic_chunk_frames` with enough context on each side to cover its receptive
+        field: each chunk's core frames are those of a single pass, and activation memory stays bounded
+        (a single pass holds ~36 MB per audio second on CPU)."""
+        hop, total = self.hop_length, audio.shape[-1]
+        frames, chunk, context = total // hop, self.acoustic_chunk_frames, self.acoustic_context_frames
+        if frames <= chunk + 2 * context:
+            chunks = [(0, frames, 0, frames)]
+        else:
+            chunks = [(max(0, a - context), min(frames, a + chunk + context), a, min(frames, a + chunk))
+                      for a in range(0, frames, chunk)]
+        outputs = []
+        for start, stop, keep_start, keep_stop in chunks:
+            piece = audio[..., start * hop : stop * hop]
+            size = piece.shape[-1]
+            # a clip that ends inside this chunk must see zeros past its end, as it would alone
+            valid = None if lengths is None else [min(max(n - start * hop, 0), size) for n in lengths]
+            masks = (
+                self._masks.active(valid, size, None)
+                if valid is not None and any(n < size for n in valid)
+                else contextlib.nullcontext()
+            )
+            with masks:
+                out = self.model.acoustic_encoder(piece)
+            outputs.append(out[..., keep_start - start : keep_stop - start])
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
 
     # ---- decode -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -241,6 +273,18 @@ class Codec:
             length = codes.shape[1] * self.hop_length if lengths is None else lengths[index]
             out.append(audio[:length])
         return out
+
+
+def receptive_field_frames(encoder, hop: int) -> int:
+    """Frames of context on each side that cover every output's receptive field, so chunk seams cannot
+    change what a kept frame sees: each conv reaches `padding` steps back and span - 1 - padding ahead."""
+    reach, jump = 0, 1
+    for conv in encoder.modules():
+        if isinstance(conv, torch.nn.Conv1d):
+            span = (conv.kernel_size[0] - 1) * conv.dilation[0]
+            reach += max(conv.padding[0], span - conv.padding[0]) * jump
+            jump *= conv.stride[0]
+    return math.ceil(reach / hop) + 1
 
 
 def codebooks_for_bandwidth(config, bandwidth: float) -> int:

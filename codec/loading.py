@@ -35,6 +35,7 @@ def load_codec(
     context_s: float = 10.0,
     policy: BatchPolicy | None = None,
     allow_tf32: bool = False,
+    acoustic_chunk_s: float = 20.0,
 ) -> Codec:
     """Load the tokenizer named by `spec`.
 
@@ -42,6 +43,8 @@ def load_codec(
     folder written by `save_pretrained`, or a hub id (needs the hub or its local cache).
     dtype: 'float32' (exact), or 'bfloat16'/'float16' autocast for the encoders (faster on GPUs,
     codes may differ; the benchmark reports by how much). The quantizer always runs in float32.
+    acoustic_chunk_s: batches longer than this run the DAC encoder in chunks with receptive-field
+    context (same codes, bounded memory; on CPU 20 s chunks were also ~8% faster than one pass).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
@@ -62,6 +65,7 @@ def load_codec(
         window_s=window_s,
         context_s=context_s,
         policy=policy,
+        acoustic_chunk_s=acoustic_chunk_s,
     )
 
 

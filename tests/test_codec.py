@@ -219,3 +219,17 @@ def test_plan_batches_pads_no_more_than_greedy_filling():
     assert cost(planned) <= cost(greedy)
     efficiency = sum(lengths) / sum(len(b) * max(lengths[i] for i in b) for b in planned)
     assert efficiency > 0.9
+
+
+def test_chunked_acoustic_path_equals_single_pass():
+    # chunks of 10 frames with 26 frames of context: clips over ~2.5 s run in several chunks
+    chunked = load_codec("random:tiny", device="cpu", acoustic_chunk_s=0.4)
+    assert chunked.acoustic_chunk_frames == 10 and chunked.acoustic_context_frames > 10
+    rng = np.random.default_rng(12)
+    waves = [noise(rng, n) for n in (24000 * 5 + 7, 24000 * 3, 700, 24000 * 4 - 960)]
+    got = chunked.encode(waves, 2.0, max_batch_seconds=30.0, max_clips=4)
+    for wave, codes in zip(waves, got):
+        np.testing.assert_array_equal(codes, reference_encode(chunked.model, wave, 2.0))
+    for wave, (acoustic, _) in zip(waves, chunked.embeddings(waves, max_batch_seconds=30.0, max_clips=4)):
+        ref_acoustic, _ = reference_embeddings(chunked.model, wave)
+        np.testing.assert_allclose(acoustic, ref_acoustic, atol=1e-4 * np.abs(ref_acoustic).max(), rtol=0)
