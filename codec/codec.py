@@ -95,7 +95,7 @@ class Codec:
             fused = self.model.fc(torch.cat(embeddings, dim=1).float().transpose(1, 2)).transpose(1, 2)
             return (self.model.quantizer.encode(fused, bandwidth).transpose(0, 1),)
 
-        parts = self._run(waveforms, codes_of, self._policy(max_batch_seconds, max_clips))
+        parts = self._run(waveforms, codes_of, self.policy_with(max_batch_seconds, max_clips))
         out = []
         for (codes,) in parts:
             codes = codes.to(torch.int16).cpu().numpy()
@@ -111,10 +111,11 @@ class Codec:
         Exposed so tests can check each path on its own: codes alone can hide a broken path.
         """
         waveforms = check_waveforms(waveforms)
-        parts = self._run(waveforms, self._embeddings, self._policy(max_batch_seconds, max_clips))
+        parts = self._run(waveforms, self._embeddings, self.policy_with(max_batch_seconds, max_clips))
         return [(a.float().cpu().numpy(), s.float().cpu().numpy()) for a, s in parts]
 
-    def _policy(self, max_batch_seconds, max_clips) -> BatchPolicy:
+    def policy_with(self, max_batch_seconds: float | None, max_clips: int | None) -> BatchPolicy:
+        """This codec's policy with whichever of the two limits are given replaced."""
         return BatchPolicy(
             max_batch_seconds if max_batch_seconds is not None else self.policy.max_batch_seconds,
             max_clips if max_clips is not None else self.policy.max_clips,

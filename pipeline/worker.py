@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from codec import BatchPolicy, CodecInputError, calibrate, default_policy, load_codec
+from codec import CodecInputError, calibrate, load_codec
 
 from .audio import Audio, SampleError, decode_bytes, to_model_audio
 from .config import Config
@@ -58,11 +58,7 @@ class ShardResult:
 
 def load_codec_for(config: Config):
     c = config.codec
-    policy = None
-    if c.max_batch_seconds is not None or c.max_clips is not None:
-        base = default_policy("cuda" if c.device != "cpu" and torch.cuda.is_available() else "cpu")
-        policy = BatchPolicy(c.max_batch_seconds or base.max_batch_seconds, c.max_clips or base.max_clips)
-    return load_codec(
+    codec = load_codec(
         c.model,
         device=c.device,
         dtype=c.dtype,
@@ -70,9 +66,11 @@ def load_codec_for(config: Config):
         revision=c.revision,
         window_s=c.window_s,
         context_s=c.context_s,
-        policy=policy,
         allow_tf32=c.allow_tf32,
     )
+    # limits the config fixes replace the device default's
+    codec.policy = codec.policy_with(c.max_batch_seconds, c.max_clips)
+    return codec
 
 
 class ShardProcessor:

@@ -38,6 +38,12 @@ class RawSample:
     error: Exception | None = None  # set when the sample is known bad before decoding
 
 
+def full_url(fs, path: str) -> str:
+    """A path that fsspec returned (protocol stripped) as the URL to open it again."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
 def shard_id(url: str, suffix: str = "") -> str:
     """Readable and stable: the file name, plus a hash of the full URL so equal names don't collide."""
     name = url.rstrip("/").rsplit("/", 1)[-1]

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from ..audio import SampleError
 from ..config import ConfigError, SourceConfig
-from . import RawSample, Shard, ShardError, shard_id
+from . import RawSample, Shard, ShardError, full_url, shard_id
 
 BATCH_ROWS = 64
 
@@ -25,10 +25,9 @@ BATCH_ROWS = 64
 def list_hf_shards(config: SourceConfig) -> list[Shard]:
     path = config.path
     fs, root = fsspec.core.url_to_fs(path)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
     def url(p: str) -> str:
-        return p if protocol == "file" else f"{protocol}://{p}"
+        return full_url(fs, p)
 
     if any(ch in path for ch in "*?["):
         files = sorted(fs.glob(root))

@@ -10,7 +10,7 @@ import fsspec
 from braceexpand import braceexpand
 
 from ..audio import AUDIO_EXTENSIONS, SampleError
-from . import RawSample, Shard, ShardError, shard_id
+from . import RawSample, Shard, ShardError, full_url, shard_id
 
 
 def list_tar_shards(urls: list[str]) -> list[Shard]:
@@ -19,9 +19,7 @@ def list_tar_shards(urls: list[str]) -> list[Shard]:
         for url in braceexpand(pattern):
             if any(ch in url for ch in "*?["):
                 fs, _ = fsspec.core.url_to_fs(url)
-                matches = sorted(fs.glob(url))
-                protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-                expanded += [m if protocol == "file" else f"{protocol}://{m}" for m in matches]
+                expanded += [full_url(fs, m) for m in sorted(fs.glob(url))]
             else:
                 expanded.append(url)
     seen, shards = set(), []
