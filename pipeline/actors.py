@@ -6,6 +6,7 @@ import os
 import socket
 
 import ray
+import torch
 
 from .config import Config
 from .sources import Shard
@@ -16,7 +17,8 @@ from .worker import ShardProcessor, ShardResult
 @ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)
 class CodecActor:
     def __init__(self, config: Config, name: str):
-        self.processor = ShardProcessor(config, name)
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        self.processor = ShardProcessor(config, name, cpus=max(1, round(cpus)) if cpus else None)
 
     def describe(self) -> dict:
         codec = self.processor.codec
@@ -25,6 +27,8 @@ class CodecActor:
             "device": str(codec.device),
             "policy": codec.policy.__dict__,
             "calibration": self.processor.calibration,
+            "decode_threads": self.processor.decode_threads,
+            "torch_threads": torch.get_num_threads(),
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }

@@ -17,7 +17,7 @@ from codec import CodecInputError, codebooks_for_bandwidth, codec_identity
 from .actors import CodecActor
 from .config import Config, ConfigError, as_dict, fingerprint
 from .manifest import MANIFEST, Manifest, check_compatible
-from .sources import Shard, list_shards
+from .sources import Shard, largest_first, list_shards
 from .storage import Storage
 from .synth import ensure_demo_webdataset
 from .worker import ShardResult
@@ -90,12 +90,28 @@ def ensure_ray(config: Config) -> None:
         ray.init(address=config.ray.address, log_to_driver=False, include_dashboard=False, logging_level="ERROR")
 
 
-def _actor_options(config: Config) -> tuple[int, dict]:
-    resources = ray.cluster_resources()
+CPU_ACTOR_MEMORY_GB = 4.5
+GPU_ACTOR_MAX_CPUS = 8
+
+
+def _actor_options(config: Config, resources: dict) -> tuple[int, dict]:
+    """How many codec actors, and the Ray resources each one reserves (see RayConfig for the defaults)."""
+    r = config.ray
+    cpus_total = int(resources.get("CPU", 1))
     gpus = int(resources.get("GPU", 0)) if config.codec.device != "cpu" else 0
-    cpus = max(1, int(min(config.ray.cpus_per_actor, resources.get("CPU", 1))))
-    count = config.ray.num_actors or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // cpus))
-    return count, {"num_gpus": 1 if gpus else 0, "num_cpus": cpus}
+    if gpus:
+        cpus = r.cpus_per_actor or max(1, min(GPU_ACTOR_MAX_CPUS, cpus_total // gpus))
+        options = {"num_gpus": 1, "num_cpus": min(cpus, cpus_total)}
+        if r.memory_per_actor_gb:
+            options["memory"] = int(r.memory_per_actor_gb * 2**30)
+        return r.num_actors or gpus, options
+    cpus = min(r.cpus_per_actor or 1, cpus_total)
+    memory = int((r.memory_per_actor_gb or CPU_ACTOR_MEMORY_GB) * 2**30)
+    memory_total = int(resources.get("memory", memory))
+    # a cluster smaller than one actor's estimate still runs one actor rather than none
+    options = {"num_gpus": 0, "num_cpus": cpus, "memory": min(memory, memory_total)}
+    count = r.num_actors or max(1, min(cpus_total // cpus, memory_total // memory))
+    return count, options
 
 
 def _guard(config: Config, manifest: Manifest) -> None:
@@ -126,7 +142,7 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
     if not shards:
         raise ConfigError("source", "no shards found", "check source.urls / source.path")
     manifest = _open_manifest(config, storage)
-    pending = deque(s for s in shards if not manifest.done(s.id))
+    pending = deque(largest_first(s for s in shards if not manifest.done(s.id)))
     skipped = len(shards) - len(pending)
     on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped, "manifest": manifest})
     run_audio = 0.0
@@ -153,7 +169,7 @@ def _in_flight_progress(actors, in_flight: dict) -> dict:
 
 def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deque, on_event) -> float:
     ensure_ray(config)
-    count, options = _actor_options(config)
+    count, options = _actor_options(config, ray.cluster_resources())
     count = min(count, len(pending))
 
     def new_actor(index: int):

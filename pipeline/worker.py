@@ -74,7 +74,7 @@ def load_codec_for(config: Config):
 
 
 class ShardProcessor:
-    def __init__(self, config: Config, name: str = "local"):
+    def __init__(self, config: Config, name: str = "local", cpus: int | None = None):
         self.started = time.perf_counter()
         self.first_encode_at: float | None = None
         self._reported_first = False
@@ -82,6 +82,7 @@ class ShardProcessor:
         self.in_shard = {"samples": 0, "audio_seconds": 0.0}
         self.config = config
         self.name = name
+        self.decode_threads = config.audio.decode_threads or cpus or torch.get_num_threads()
         self.codec = load_codec_for(config)
         self.codec.num_codebooks(config.codec.bandwidth)  # a bandwidth the checkpoint lacks fails here, not mid-shard
         self.calibration: list[dict] = []
@@ -186,7 +187,7 @@ class ShardProcessor:
         if the shard breaks off."""
         pending: queue.Queue = queue.Queue(maxsize=PREFETCH_SAMPLES)
         stop = threading.Event()
-        executor = ThreadPoolExecutor(self.config.audio.decode_threads, thread_name_prefix="decode")
+        executor = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
 
         def produce():
             try:

@@ -9,9 +9,10 @@ from omegaconf import OmegaConf
 
 from codec import reference_encode
 from pipeline.audio import decode_bytes, to_model_audio
-from pipeline.config import ConfigError, load_config
-from pipeline.job import run_job
+from pipeline.config import ConfigError, SourceConfig, load_config
+from pipeline.job import _actor_options, run_job
 from pipeline.manifest import FingerprintMismatch
+from pipeline.sources import Shard, largest_first, list_shards
 from tests.corpus import hf_dataset, mixed_tar
 
 
@@ -46,10 +47,19 @@ def test_webdataset_run_writes_canonical_codes_with_metadata(tmp_path, ray_local
         for s in mixed_tar(str(tmp_path / f"in/part-{i}.tar"), f"p{i}", 7, seed=i):
             samples[s.key] = s
     config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/part-{0..2}.tar")]})
-    events = []
-    summary = run_job(config, lambda kind, info: events.append(kind))
+    events, described = [], []
+
+    def on_event(kind, info):
+        events.append(kind)
+        if kind == "actors":  # what the actors hold, asked while they run
+            described.extend(ray_local.get([actor.describe.remote() for actor in info["actors"]]))
+
+    summary = run_job(config, on_event)
     assert summary.status == "complete" and summary.shards_run == 3
     assert events.count("shard_done") == 3
+    # auto sizing on the 2-CPU runtime: two CPU actors of one torch thread and one decode thread each
+    assert len(described) == 2 and len({d["pid"] for d in described}) == 2
+    assert all(d["torch_threads"] == 1 and d["decode_threads"] == 1 for d in described)
 
     rows = read_rows(config.output.dir)
     assert sorted(r["key"] for r in rows) == sorted(samples)
@@ -143,6 +153,41 @@ def test_bad_config_names_the_key(overrides, key):
     with pytest.raises(ConfigError) as error:
         load_config(None, overrides)
     assert error.value.key == key and f"'{key}'" in str(error.value)
+
+
+def test_actor_sizing_by_device_cpus_and_memory():
+    config = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x"])
+    gib = 2**30
+    # CPU: one CPU per actor, and no more actors than the memory holds at 4.5 GB each
+    assert _actor_options(config, {"CPU": 2, "memory": 17 * gib}) == (2, {"num_gpus": 0, "num_cpus": 1, "memory": int(4.5 * gib)})
+    assert _actor_options(config, {"CPU": 16, "memory": 20 * gib})[0] == 4
+    # smaller than one actor's estimate: still one actor, reserving what there is
+    assert _actor_options(config, {"CPU": 2, "memory": 2 * gib}) == (1, {"num_gpus": 0, "num_cpus": 1, "memory": 2 * gib})
+    # GPU: one actor per GPU with a share of the CPUs for decoding, capped at 8
+    assert _actor_options(config, {"CPU": 96, "GPU": 8, "memory": 900 * gib}) == (8, {"num_gpus": 1, "num_cpus": 8})
+    assert _actor_options(config, {"CPU": 12, "GPU": 4, "memory": 90 * gib}) == (4, {"num_gpus": 1, "num_cpus": 3})
+    # codec.device=cpu ignores the GPUs; explicit settings win
+    cpu_only = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "codec.device=cpu",
+                                  "ray.cpus_per_actor=4", "ray.memory_per_actor_gb=2", "ray.num_actors=3"])
+    assert _actor_options(cpu_only, {"CPU": 96, "GPU": 8, "memory": 900 * gib}) == (3, {"num_gpus": 0, "num_cpus": 4, "memory": 2 * gib})
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "ray.cpus_per_actor=-1"])
+    assert error.value.key == "ray"
+
+
+def test_shards_are_listed_with_sizes_and_dispatched_largest_first(tmp_path):
+    for name, count in (("a", 2), ("b", 9), ("c", 5)):
+        mixed_tar(str(tmp_path / f"in/{name}.tar"), name, count, seed=count)
+    sizes = {name: os.path.getsize(tmp_path / f"in/{name}.tar") for name in "abc"}
+    biggest_first = sorted("abc", key=lambda name: -sizes[name])
+    assert biggest_first[0] != "a"  # the order differs from the listing's
+    by_glob = list_shards(SourceConfig(kind="webdataset", urls=[f"{tmp_path}/in/*.tar"]))
+    by_name = list_shards(SourceConfig(kind="webdataset", urls=[f"{tmp_path}/in/{{a,b,c}}.tar"]))
+    for shards in (by_glob, by_name):
+        assert [s.size for s in shards] == [sizes[n] for n in "abc"]  # listed in name order ...
+        assert [s.url[-5] for s in largest_first(shards)] == biggest_first  # ... run biggest first
+    unknown = [Shard("x", "x", "webdataset"), Shard("y", "y", "webdataset")]
+    assert largest_first(by_glob[:1] + unknown) == by_glob[:1] + unknown  # unknown sizes keep their order, last
 
 
 def test_bandwidth_not_in_checkpoint_fails_before_work(tmp_path):

@@ -28,6 +28,7 @@ class Shard:
     kind: str  # webdataset | hf-arrow | hf-parquet | hf-hub
     start: int = 0  # hf-hub: row range
     stop: int = 0
+    size: int = 0  # bytes, where listing tells it for free (0: unknown)
 
 
 @dataclass
@@ -42,6 +43,24 @@ def full_url(fs, path: str) -> str:
     """A path that fsspec returned (protocol stripped) as the URL to open it again."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
+def glob_with_sizes(fs, pattern: str) -> list[tuple[str, int]]:
+    """Sorted matches of a glob with their sizes, which the listing returns anyway (also on object stores)."""
+    found = fs.glob(pattern, detail=True)
+    return [(path, int(found[path].get("size") or 0)) for path in sorted(found)]
+
+
+def local_size(fs, path: str) -> int:
+    """A local file's size; 0 elsewhere, where asking would cost a request per shard."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return int(fs.size(path) or 0) if protocol in ("file", "local") and fs.isfile(path) else 0
+
+
+def largest_first(shards) -> list[Shard]:
+    """Dispatch order: the biggest shards first, so the run does not end on one actor finishing a big shard
+    while the others idle (longest-processing-time-first). Unknown sizes keep their listed order, last."""
+    return sorted(shards, key=lambda shard: -shard.size)
 
 
 def shard_id(url: str, suffix: str = "") -> str:

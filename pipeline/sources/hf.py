@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from ..audio import SampleError
 from ..config import ConfigError, SourceConfig
-from . import RawSample, Shard, ShardError, full_url, shard_id
+from . import RawSample, Shard, ShardError, full_url, glob_with_sizes, local_size, shard_id
 
 BATCH_ROWS = 64
 
@@ -30,10 +30,10 @@ def list_hf_shards(config: SourceConfig) -> list[Shard]:
         return full_url(fs, p)
 
     if any(ch in path for ch in "*?["):
-        files = sorted(fs.glob(root))
+        files = glob_with_sizes(fs, root)
         if not files:
             raise ConfigError("source.path", f"no files match {path!r}")
-        return [Shard(shard_id(url(f)), url(f), _kind_of(f)) for f in files]
+        return [Shard(shard_id(url(f)), url(f), _kind_of(f), size=size) for f, size in files]
     if fs.isdir(root):
         if fs.exists(f"{root}/dataset_dict.json"):
             root = f"{root}/{config.split}"
@@ -42,13 +42,13 @@ def list_hf_shards(config: SourceConfig) -> list[Shard]:
         if fs.exists(f"{root}/state.json"):
             state = json.loads(fs.cat_file(f"{root}/state.json"))
             files = [f"{root}/{entry['filename']}" for entry in state["_data_files"]]
-            return [Shard(shard_id(url(f)), url(f), "hf-arrow") for f in files]
-        files = sorted(fs.glob(f"{root}/**/*.parquet"))
+            return [Shard(shard_id(url(f)), url(f), "hf-arrow", size=local_size(fs, f)) for f in files]
+        files = glob_with_sizes(fs, f"{root}/**/*.parquet")
         if files:
-            return [Shard(shard_id(url(f)), url(f), "hf-parquet") for f in files]
+            return [Shard(shard_id(url(f)), url(f), "hf-parquet", size=size) for f, size in files]
         raise ConfigError("source.path", f"{path!r} holds neither a save_to_disk dataset nor Parquet files")
     if fs.isfile(root):
-        return [Shard(shard_id(url(root)), url(root), _kind_of(root))]
+        return [Shard(shard_id(url(root)), url(root), _kind_of(root), size=local_size(fs, root))]
     return _hub_shards(config)
 
 

@@ -10,23 +10,23 @@ import fsspec
 from braceexpand import braceexpand
 
 from ..audio import AUDIO_EXTENSIONS, SampleError
-from . import RawSample, Shard, ShardError, full_url, shard_id
+from . import RawSample, Shard, ShardError, full_url, glob_with_sizes, local_size, shard_id
 
 
 def list_tar_shards(urls: list[str]) -> list[Shard]:
     expanded = []
     for pattern in urls:
         for url in braceexpand(pattern):
+            fs, path = fsspec.core.url_to_fs(url)
             if any(ch in url for ch in "*?["):
-                fs, _ = fsspec.core.url_to_fs(url)
-                expanded += [full_url(fs, m) for m in sorted(fs.glob(url))]
+                expanded += [(full_url(fs, match), size) for match, size in glob_with_sizes(fs, url)]
             else:
-                expanded.append(url)
+                expanded.append((url, local_size(fs, path)))
     seen, shards = set(), []
-    for url in expanded:
+    for url, size in expanded:
         if url not in seen:
             seen.add(url)
-            shards.append(Shard(shard_id(url), url, "webdataset"))
+            shards.append(Shard(shard_id(url), url, "webdataset", size=size))
     return shards
 
 
