@@ -23,8 +23,10 @@ def ray_head(tmp_path):
 
     if ray.is_initialized():  # `ray stop` below ends every Ray process of this user, this one too
         ray.shutdown()
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
     bin_dir = os.path.dirname(sys.executable)
+    # the job's entrypoint shell finds `python` on the head's PATH: this interpreter's, also when pytest
+    # was started without the venv on PATH
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", PATH=f"{bin_dir}:{os.environ['PATH']}")
     dashboard = free_port()
     subprocess.run(
         [f"{bin_dir}/ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
@@ -44,7 +46,7 @@ def test_ray_job_submit_runs_the_demo(tmp_path, ray_head):
     proc = subprocess.run(
         ["bash", "jobs/submit_demo.sh", "codec.model=random:tiny", f"output.dir={out}",
          f'source.urls=["{tmp_path}/demo/demo-{{000..003}}.tar"]'],
-        cwd=ROOT, env=dict(env, RAY_ADDRESS=address, PATH=f"{os.path.dirname(sys.executable)}:{env['PATH']}"),
+        cwd=ROOT, env=dict(env, RAY_ADDRESS=address),
         capture_output=True, text=True, timeout=600,
     )
     log = proc.stdout + proc.stderr
