@@ -1,31 +1,27 @@
 """One shard in, one Parquet file (plus error records) out, on whatever device the codec holds.
 
-Decoding and resampling run in threads ahead of the encoder (soundfile, soxr and torch all
-release the GIL), so the device is not left waiting on the CPU work of the next clips.
+Decoding and resampling run in threads a pool ahead of the encoder (`prefetch.DecodeAhead`;
+soundfile, soxr and torch all release the GIL), so the device is not left waiting on the CPU work
+of the next clips.
 """
 
 from __future__ import annotations
 
-import queue
 import resource
-import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
-
 import torch
 
 from codec import CodecInputError, calibrate, load_codec
 
 from .audio import Audio, SampleError, decode_bytes, to_model_audio
 from .config import Config
-from .sources import RawSample, Shard, ShardError, read_shard
+from .prefetch import DecodeAhead
+from .sources import RawSample, Shard, read_shard
 from .storage import Storage
 from .writer import ShardWriter
 
-PREFETCH_SAMPLES = 64
 # a pool this many batch budgets deep lets length bucketing find clips of similar length
 # (jobs/bench_pipeline.py: 0.94 padding efficiency at 4 budgets, 0.96 at 8-10, GPU policy)
 POOL_BATCHES = 8
@@ -48,6 +44,7 @@ class ShardResult:
     files: list = field(default_factory=list)
     sha256: dict = field(default_factory=dict)
     seconds: float = 0.0
+    decode_wait_s: float = 0.0  # of `seconds`, the encoder waiting for decoded audio
     worker: str = ""
     peak_rss_mb: float = 0.0  # of the worker process, so far
     first_encode_s: float | None = None  # worker start to its first encode call (first shard only)
@@ -106,7 +103,10 @@ class ShardProcessor:
         seen: set[str] = set()
         pool: list[tuple[RawSample, Audio]] = []
         pool_seconds = 0.0
-        for raw, decoded in self._decoded(shard):
+        # one pool ahead: the next pool is decoded while this one encodes
+        decoded_ahead = DecodeAhead(lambda: read_shard(shard, self.config.source), self._decode, self.decode_threads,
+                                    ahead_seconds=self.pool_target, name=shard.id)
+        for raw, decoded in decoded_ahead:
             if raw is None:  # the shard itself broke off
                 result.status, result.shard_error = "failed", f"{decoded.reason}: {decoded.detail}"
                 writer.add_error(None, decoded.reason, decoded.detail)
@@ -135,6 +135,7 @@ class ShardProcessor:
         result.tokens = int(sum(c.size for c in writer.codes))
         result.encoded_frames = self.codec.encoded_frames - encoded_before
         result.seconds = time.perf_counter() - start
+        result.decode_wait_s = decoded_ahead.wait_seconds
         result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if self.first_encode_at is not None and not self._reported_first:
             result.first_encode_s = self.first_encode_at - self.started
@@ -181,38 +182,3 @@ class ShardProcessor:
             return error
         except Exception as error:  # a decoder bug must cost one sample, not the shard
             return SampleError("decode_failed", repr(error)[:200])
-
-    def _decoded(self, shard: Shard) -> Iterator[tuple[RawSample | None, Audio | SampleError | ShardError]]:
-        """(raw, decoded) in input order, decoded in threads ahead of the consumer; (None, ShardError) last
-        if the shard breaks off."""
-        pending: queue.Queue = queue.Queue(maxsize=PREFETCH_SAMPLES)
-        stop = threading.Event()
-        executor = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
-
-        def produce():
-            try:
-                for raw in read_shard(shard, self.config.source):
-                    if stop.is_set():
-                        return
-                    pending.put((raw, executor.submit(self._decode, raw)))
-            except ShardError as error:
-                pending.put((None, error))
-            except Exception as error:  # an unexpected reader failure is a shard error, not a crash
-                pending.put((None, ShardError("read_failed", repr(error)[:200])))
-            finally:
-                pending.put(None)
-
-        producer = threading.Thread(target=produce, name=f"read-{shard.id}", daemon=True)
-        producer.start()
-        try:
-            while (item := pending.get()) is not None:
-                raw, work = item
-                yield (raw, work.result()) if raw is not None else (None, work)
-        finally:
-            stop.set()
-            while producer.is_alive():
-                try:
-                    pending.get(timeout=0.1)
-                except queue.Empty:
-                    pass
-            executor.shutdown(wait=True)
