@@ -20,6 +20,7 @@ import torch
 
 from codec import BatchPolicy, load_codec, reference_encode
 from codec.calibration import CPU_CANDIDATES, GPU_CANDIDATES
+from codec.flops import flops_per_audio_second, peak_flops
 
 
 def corpus(seed: int, clips: int, max_s: float) -> list[np.ndarray]:
@@ -74,10 +75,18 @@ def main():
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"clips={len(waves)} audio={audio_s:.1f}s bandwidth={args.bandwidth}")
 
+    flops = flops_per_audio_second(codec, args.bandwidth)
+    print(f"encode cost: {flops / 1e9:.1f} GFLOP per audio second (convolutions, linears, attention; 10 s clip)")
+
+    def utilisation(speed: float, math: str) -> str:
+        peak = peak_flops(device, math)
+        achieved = f"{speed * flops / 1e12:6.2f} TFLOP/s"
+        return achieved + (f" = {speed * flops / peak * 100:4.1f}% of {math} peak" if peak else "")
+
     reference_encode(codec.model, waves[0][:24000], args.bandwidth)  # warm-up
     reference, ref_t = timed(lambda: [reference_encode(codec.model, w, args.bandwidth) for w in waves], device)
     ref_speed = audio_s / ref_t
-    print(f"(a) per-clip reference loop      {ref_speed:8.2f} audio-s/s")
+    print(f"(a) per-clip reference loop      {ref_speed:8.2f} audio-s/s  {utilisation(ref_speed, 'float32')}")
 
     if args.policies:
         policies = [BatchPolicy(float(p.split("x")[0]), int(p.split("x")[1])) for p in args.policies]
@@ -96,7 +105,8 @@ def main():
             speed = audio_s / t
             label = f"{dtype}{'+tf32' if tf32 else ''} {policy.max_batch_seconds:g}s x {policy.max_clips}"
             print(f"(b) Codec.encode {label:<22}{speed:8.2f} audio-s/s  {speed / ref_speed:5.2f}x loop  "
-                  f"agreement {overall * 100:.3f}% (worst clip {worst * 100:.3f}%)")
+                  f"agreement {overall * 100:.3f}% (worst clip {worst * 100:.3f}%)  "
+                  f"{utilisation(speed, 'tf32' if tf32 else dtype)}")
             if dtype == "float32" and not tf32 and (best is None or speed > best[0]):
                 best = (speed, label, overall, worst)
     print(f"best float32 policy: {best[1]}: {best[0] / ref_speed:.2f}x the per-clip loop, "

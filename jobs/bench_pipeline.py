@@ -1,16 +1,18 @@
 """Pipeline benchmark: the naive per-file loop vs the codec-only bound vs the whole pipeline, in one run.
 
-    python jobs/bench_pipeline.py                       # ~4 minutes of audio, whatever device torch sees
-    python jobs/bench_pipeline.py --minutes 30 --shards 16
+    python jobs/bench_pipeline.py                       # ~8 minutes of audio, whatever device torch sees
+    python jobs/bench_pipeline.py --minutes 60 --shards 64
 
 Generates its own corpus (log-normal lengths 0.5-30 s plus a share of 60-90 s files; wav, flac,
 ogg and mp3; 8-48 kHz; mono and stereo) as WebDataset tars, then measures on the full-size
-random-weight tokenizer (`random:full`; speeds are the real model's, codes are meaningless):
+random-weight tokenizer (`random:full`, saved with `save_pretrained` and loaded from that folder as
+a real checkpoint would be; speeds are the real model's, codes are meaningless):
   naive      load each file, resample (torchaudio), feature-extract (DacFeatureExtractor),
              `model.encode` one clip at a time, write Parquet: the loop from the model card;
   codec-only the same audio already decoded at 24 kHz in memory through `Codec.encode` with the
              device's batch policy: the bound for the pipeline;
   pipeline   `run_job` end to end: tars, Ray actors, decode threads, writer, manifest.
+Model loading is outside the naive and codec-only timings and inside the pipeline's.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from omegaconf import OmegaConf
 
 from codec import load_codec
 from codec.batching import GPU_POLICY, plan_batches
+from codec.flops import flops_per_audio_second, math_of, peak_flops
+from codec.presets import build_random_model
 from pipeline.audio import decode_bytes, to_model_audio
 from pipeline.config import load_config
 from pipeline.job import run_job
@@ -99,8 +103,8 @@ def naive_loop(samples, model, bandwidth: float, out_path: str) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=4.0)
-    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--long-share", type=float, default=0.04)
     parser.add_argument("--bandwidth", type=float, default=2.0)
     parser.add_argument("--device", default="auto")
@@ -114,18 +118,21 @@ def main():
           f"corpus={len(samples)} files, {audio_s / 60:.1f} min, {args.shards} shards, "
           f"{sum(s.seconds > 60 for s in samples)} of 60-90 s")
 
+    checkpoint = os.path.join(work, "checkpoint")
+    build_random_model("full", seed=0).save_pretrained(checkpoint)
     config_path = os.path.join(work, "bench.yaml")
     OmegaConf.save(OmegaConf.create({
         "source": {"kind": "webdataset", "urls": [os.path.join(work, "corpus", "bench-*.tar")]},
-        "codec": {"model": "random:full", "bandwidth": args.bandwidth, "device": args.device},
+        "codec": {"model": checkpoint, "bandwidth": args.bandwidth, "device": args.device},
         "output": {"dir": os.path.join(work, "out")},
     }), config_path)
     config = load_config(config_path)
-    results = []
-    first_done = []
+    results, first_done, layout = [], [], []
     start = time.perf_counter()
 
     def on_event(kind, info):
+        if kind == "actors":
+            layout.append(f"{info['count']} actor(s) x {info['options']}")
         if kind == "shard_done":
             results.append(info["result"])
             if not first_done:
@@ -142,12 +149,14 @@ def main():
     import ray
 
     ray.shutdown()
-    codec = load_codec("random:full", device=args.device)
+    codec = load_codec(checkpoint, device=args.device)
     naive_s = naive_loop(samples, codec.model, args.bandwidth, os.path.join(work, "naive.parquet"))
     naive = audio_s / naive_s
     print(f"naive loop        {naive:8.2f} audio-s/s  ({naive_s:.1f} s)")
 
+    decode_start = time.perf_counter()
     waves = [to_model_audio(*decode_bytes(audio_member(s)), 24000, "HQ", 1e9).wave for s in samples]
+    decode_speed = audio_s / (time.perf_counter() - decode_start)
     codec.encode(waves[:2], args.bandwidth)
     start = time.perf_counter()
     codec_codes = codec.encode(waves, args.bandwidth)
@@ -156,7 +165,9 @@ def main():
     bound_s = time.perf_counter() - start
     bound = audio_s / bound_s
     print(f"codec-only bound  {bound:8.2f} audio-s/s  ({bound_s:.1f} s, policy {codec.policy})")
-    codec_device = str(codec.device)
+    codec_device, codec_dtype = str(codec.device), math_of(codec)
+    flops = flops_per_audio_second(codec, args.bandwidth)
+    peak = peak_flops(codec.device, codec_dtype)
     del codec
 
     rows = pq.read_table(os.path.join(config.output.dir, "data")).to_pydict()
@@ -171,7 +182,11 @@ def main():
     print(f"padding efficiency {efficiency:.3f} (real frames / frames encoded, window context included); peak RSS per actor {max(r.peak_rss_mb for r in results):.0f} MB; "
           f"time to first batch {first_encode:.1f} s after actor start, first shard done {first_done[0]:.1f} s "
           f"after job start; codes equal to codec-only: {agree * 100:.3f}%")
-    print(f"audio-hours per device-hour: {pipeline:.2f} end to end ({codec_device}, {len(per_actor)} actor(s))")
+    print(f"audio-hours per device-hour: {pipeline:.2f} end to end ({codec_device}, {layout[0]})")
+    print(f"FLOPs: {flops / 1e9:.1f} GFLOP per audio second; the pipeline ran {pipeline * flops / 1e12:.2f} TFLOP/s end to end"
+          + (f" = {pipeline * flops / peak * 100:.1f}% of this GPU's {codec_dtype} peak" if peak else ""))
+    print(f"decode + resample (soundfile, soxr HQ): {decode_speed:.0f} audio-s/s on one thread; an actor encoding at "
+          f"R audio-s/s needs about R / {decode_speed:.0f} decode threads to keep them off the critical path")
     gpu_efficiency = simulated_padding_efficiency(GPU_POLICY, args.long_share)
     print(f"GPU default policy ({GPU_POLICY.max_batch_seconds:g} s x {GPU_POLICY.max_clips} clips, pools of {POOL_BATCHES}x that): "
           f"padding efficiency {gpu_efficiency:.3f} on 20 h of this length mix (planned, not run)")
