@@ -141,10 +141,14 @@ def main():
     summary = run_job(config, on_event)
     wall = time.perf_counter() - start
     pipeline = audio_s / wall
-    per_actor: dict = {}
+    spans: dict = {}  # per actor: first shard start to last shard end (an actor's shards overlap)
     for r in results:
-        per_actor[r.worker] = per_actor.get(r.worker, 0.0) + r.seconds
-    steady = audio_s / max(per_actor.values())
+        begin, end = spans.get(r.worker, (r.started_at, r.started_at + r.seconds))
+        spans[r.worker] = (min(begin, r.started_at), max(end, r.started_at + r.seconds))
+    busiest = max(end - begin for begin, end in spans.values())
+    steady = audio_s / busiest
+    encoding = sum(r.encode_s for r in results) / sum(end - begin for begin, end in spans.values())
+    decode_wait = sum(r.decode_wait_s for r in results) / sum(r.seconds for r in results)
     # in-process measurements after the pipeline (which starts from a fresh process), Ray stopped
     import ray
 
@@ -183,6 +187,8 @@ def main():
           f"time to first batch {first_encode:.1f} s after actor start, first shard done {first_done[0]:.1f} s "
           f"after job start; codes equal to codec-only: {agree * 100:.3f}%")
     print(f"audio-hours per device-hour: {pipeline:.2f} end to end ({codec_device}, {layout[0]})")
+    print(f"actors spent {encoding:.1%} of their shard-processing time encoding; shards waited on decoding for "
+          f"{decode_wait:.1%} of their time")
     print(f"FLOPs: {flops / 1e9:.1f} GFLOP per audio second; the pipeline ran {pipeline * flops / 1e12:.2f} TFLOP/s end to end"
           + (f" = {pipeline * flops / peak * 100:.1f}% of this GPU's {codec_dtype} peak" if peak else ""))
     print(f"decode + resample (soundfile, soxr HQ): {decode_speed:.0f} audio-s/s on one thread; an actor encoding at "

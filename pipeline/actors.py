@@ -13,8 +13,13 @@ from .sources import Shard
 from .worker import ShardProcessor, ShardResult
 
 
-# max_concurrency=2: `progress` answers while `process` runs (the driver sends one shard at a time)
-@ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)
+# The driver keeps this many shards on each actor: while one encodes, the next one reads and decodes
+# its first pool, so the device does not idle at shard boundaries (start-up decode, Parquet publish).
+SHARDS_IN_FLIGHT = 2
+
+
+# + 1: `progress` and `describe` answer while shards are processed
+@ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=SHARDS_IN_FLIGHT + 1)
 class CodecActor:
     def __init__(self, config: Config, name: str):
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")

@@ -14,7 +14,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from codec import CodecInputError, codebooks_for_bandwidth, codec_identity
 
-from .actors import CodecActor
+from .actors import SHARDS_IN_FLIGHT, CodecActor
 from .config import Config, ConfigError, as_dict, fingerprint
 from .manifest import MANIFEST, Manifest, check_compatible
 from .sources import Shard, largest_first, list_shards
@@ -156,7 +156,7 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
 
 def _in_flight_progress(actors, in_flight: dict) -> dict:
     """Audio encoded so far in the shards under way; actors that do not answer in time count as 0."""
-    refs = [actors[index].progress.remote() for index, _ in in_flight.values()]
+    refs = [actors[index].progress.remote() for index in {index for index, _, _ in in_flight.values()}]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=2.0)
     done = []
     for ref in ready:
@@ -183,24 +183,26 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
 
     def submit(index: int) -> None:
         shard: Shard = pending.popleft()
-        in_flight[actors[index].process.remote(shard)] = (index, shard)
+        in_flight[actors[index].process.remote(shard)] = (index, shard, actors[index])
 
-    for index in range(count):
-        if pending:
-            submit(index)
+    for _ in range(SHARDS_IN_FLIGHT):
+        for index in range(count):
+            if pending:
+                submit(index)
     try:
         while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=config.ray.progress_interval_s)
             if not ready:
                 on_event("heartbeat", {"in_flight": len(in_flight), **_in_flight_progress(actors, in_flight)})
                 continue
-            index, shard = in_flight.pop(ready[0])
+            index, shard, actor = in_flight.pop(ready[0])
             try:
                 result: ShardResult = ray.get(ready[0])
             except RayActorError as error:
                 attempts[shard.id] += 1
                 on_event("actor_lost", {"shard": shard.id, "attempt": attempts[shard.id], "error": str(error)[:300]})
-                actors[index] = new_actor(index)
+                if actors[index] is actor:  # its other shard's failure may have replaced it already
+                    actors[index] = new_actor(index)
                 if attempts[shard.id] < config.ray.max_attempts:
                     pending.appendleft(shard)
                     submit(index)

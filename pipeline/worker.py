@@ -8,6 +8,7 @@ of the next clips.
 from __future__ import annotations
 
 import resource
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ class ShardResult:
     sha256: dict = field(default_factory=dict)
     seconds: float = 0.0
     decode_wait_s: float = 0.0  # of `seconds`, the encoder waiting for decoded audio
+    encode_s: float = 0.0  # of `seconds`, the device encoding this shard
+    started_at: float = 0.0  # wall clock (time.time()); shards of one actor overlap
     worker: str = ""
     peak_rss_mb: float = 0.0  # of the worker process, so far
     first_encode_s: float | None = None  # worker start to its first encode call (first shard only)
@@ -75,8 +78,11 @@ class ShardProcessor:
         self.started = time.perf_counter()
         self.first_encode_at: float | None = None
         self._reported_first = False
-        # samples and audio seconds encoded in the shard under way; read by the driver's heartbeat
-        self.in_shard = {"samples": 0, "audio_seconds": 0.0}
+        # Shards may be processed two at a time (the next one decodes while this one encodes), but the
+        # device encodes one pool at a time: the codec's masking hooks are per call, and the device is busy.
+        self._encode_lock = threading.Lock()
+        # samples and audio seconds encoded per shard under way; read by the driver's heartbeat
+        self._progress: dict[str, dict] = {}
         self.config = config
         self.name = name
         self.decode_threads = config.audio.decode_threads or cpus or torch.get_num_threads()
@@ -88,6 +94,11 @@ class ShardProcessor:
         self.storage = Storage(config.output.dir)
         self.pool_target = config.ray.pool_seconds or POOL_BATCHES * self.codec.policy.max_batch_seconds
 
+    @property
+    def in_shard(self) -> dict:
+        under_way = list(self._progress.values())
+        return {"samples": sum(p["samples"] for p in under_way), "audio_seconds": sum(p["audio_seconds"] for p in under_way)}
+
     def _should_calibrate(self) -> bool:
         c = self.config.codec
         if c.max_batch_seconds is not None or c.max_clips is not None:
@@ -98,8 +109,20 @@ class ShardProcessor:
         start = time.perf_counter()
         writer = ShardWriter(self.storage, shard.id, shard.url, self.config.output.compression)
         result = ShardResult(shard.id, shard.url, "done", worker=self.name)
-        encoded_before = self.codec.encoded_frames
-        self.in_shard = {"samples": 0, "audio_seconds": 0.0}
+        result.started_at = time.time()
+        progress = self._progress[shard.id] = {"samples": 0, "audio_seconds": 0.0, "encoded_frames": 0, "encode_s": 0.0}
+        try:
+            self._process(shard, writer, result, progress)
+        finally:
+            self._progress.pop(shard.id, None)
+        result.seconds = time.perf_counter() - start
+        result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if self.first_encode_at is not None and not self._reported_first:
+            result.first_encode_s = self.first_encode_at - self.started
+            self._reported_first = True
+        return result
+
+    def _process(self, shard: Shard, writer: ShardWriter, result: ShardResult, progress: dict) -> None:
         seen: set[str] = set()
         pool: list[tuple[RawSample, Audio]] = []
         pool_seconds = 0.0
@@ -122,9 +145,9 @@ class ShardProcessor:
             pool.append((raw, decoded))
             pool_seconds += decoded.wave.size / self.codec.sample_rate
             if pool_seconds >= self.pool_target:
-                self._encode(pool, writer)
+                self._encode(pool, writer, progress)
                 pool, pool_seconds = [], 0.0
-        self._encode(pool, writer)
+        self._encode(pool, writer, progress)
         published = writer.publish()
         result.files, result.sha256 = published["files"], published["sha256"]
         result.rows = len(writer.keys)
@@ -133,40 +156,42 @@ class ShardProcessor:
         result.audio_seconds = float(sum(writer.durations))
         result.frames = int(sum(c.shape[1] for c in writer.codes))
         result.tokens = int(sum(c.size for c in writer.codes))
-        result.encoded_frames = self.codec.encoded_frames - encoded_before
-        result.seconds = time.perf_counter() - start
+        result.encoded_frames, result.encode_s = progress["encoded_frames"], progress["encode_s"]
         result.decode_wait_s = decoded_ahead.wait_seconds
-        result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if self.first_encode_at is not None and not self._reported_first:
-            result.first_encode_s = self.first_encode_at - self.started
-            self._reported_first = True
-        return result
 
-    def _encode(self, pool: list[tuple[RawSample, Audio]], writer: ShardWriter) -> None:
+    def _encode(self, pool: list[tuple[RawSample, Audio]], writer: ShardWriter, progress: dict) -> None:
         if not pool:
             return
-        bandwidth = self.config.codec.bandwidth
-        if self.first_encode_at is None:
-            self.first_encode_at = time.perf_counter()
-        try:
-            codes = self.codec.encode([audio.wave for _, audio in pool], bandwidth)
-        except (CodecInputError, torch.OutOfMemoryError):
-            # one clip (or the batch size) is the problem: fall back to clip by clip
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            codes = []
-            for raw, audio in pool:
-                try:
-                    codes.append(self.codec.encode([audio.wave], bandwidth, max_clips=1)[0])
-                except (CodecInputError, torch.OutOfMemoryError) as error:
-                    codes.append(error)
+        with self._encode_lock:
+            if self.first_encode_at is None:
+                self.first_encode_at = time.perf_counter()
+            encoded_before, began = self.codec.encoded_frames, time.perf_counter()
+            codes = self._encode_or_fall_back([audio.wave for _, audio in pool])
+            progress["encoded_frames"] += self.codec.encoded_frames - encoded_before
+            progress["encode_s"] += time.perf_counter() - began
         for (raw, audio), clip_codes in zip(pool, codes):
             if isinstance(clip_codes, Exception):
                 writer.add_error(raw.key, "encode_failed", str(clip_codes)[:200])
             else:
                 writer.add(raw.key, clip_codes, audio.duration_s, raw.metadata)
-        self.in_shard = {"samples": self.in_shard["samples"] + len(pool),
-                         "audio_seconds": self.in_shard["audio_seconds"] + sum(a.duration_s for _, a in pool)}
+        progress["samples"] += len(pool)
+        progress["audio_seconds"] += sum(a.duration_s for _, a in pool)
+
+    def _encode_or_fall_back(self, waves: list) -> list:
+        bandwidth = self.config.codec.bandwidth
+        try:
+            return self.codec.encode(waves, bandwidth)
+        except (CodecInputError, torch.OutOfMemoryError):
+            # one clip (or the batch size) is the problem: fall back to clip by clip
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            codes = []
+            for wave in waves:
+                try:
+                    codes.append(self.codec.encode([wave], bandwidth, max_clips=1)[0])
+                except (CodecInputError, torch.OutOfMemoryError) as error:
+                    codes.append(error)
+            return codes
 
     def _decode(self, raw: RawSample) -> Audio | SampleError:
         if raw.error is not None:

@@ -224,14 +224,29 @@ def test_hf_audio_as_paths_and_arrays(tmp_path, ray_local, tiny_codec):
     np.testing.assert_array_equal(np.array(rows["a2"]["codes"], np.int16), reference_encode(tiny_codec.model, wave, 2.0))
 
 
-def test_shard_processor_reports_progress_within_a_shard(tmp_path):
+def test_two_shards_at_once_on_one_processor_report_progress_and_their_own_counts(tmp_path, tiny_codec):
+    import threading
+    import time
+
     from pipeline.sources import list_shards
     from pipeline.worker import ShardProcessor
 
-    mixed_tar(str(tmp_path / "in/p.tar"), "p", 5, seed=70)
-    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/p.tar")]}, "ray.pool_seconds=1")
+    samples = {s.key: s for name, seed in (("p", 70), ("q", 71)) for s in mixed_tar(str(tmp_path / f"in/{name}.tar"), name, 6, seed=seed)}
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/*.tar")]}, "ray.pool_seconds=1")
     processor = ShardProcessor(config)
-    (shard,) = list_shards(config.source)
-    result = processor.process(shard)
-    assert result.rows == 5 and processor.in_shard["samples"] == 5
-    assert processor.in_shard["audio_seconds"] == pytest.approx(result.audio_seconds)
+    results, seen = [], []
+    workers = [threading.Thread(target=lambda shard=shard: results.append(processor.process(shard)))
+               for shard in list_shards(config.source)]
+    for worker in workers:
+        worker.start()
+    while any(worker.is_alive() for worker in workers):
+        seen.append(processor.in_shard["samples"])
+        time.sleep(0.005)
+    assert len(results) == 2 and all(r.status == "done" and r.rows == 6 for r in results)
+    assert 0 < max(seen) <= 12 and processor.in_shard == {"samples": 0, "audio_seconds": 0.0}
+    for r in results:  # CPU encodes clip by clip: each shard's encoded frames are exactly its own frames
+        assert r.encoded_frames == r.frames and r.encode_s > 0
+    for row in read_rows(config.output.dir):
+        sample = samples[row["key"]]
+        audio = next(v for k, v in sample.members.items() if k not in ("txt", "json"))
+        np.testing.assert_array_equal(np.array(row["codes"], np.int16), expected_codes(tiny_codec, audio))
