@@ -141,13 +141,11 @@ def main():
     summary = run_job(config, on_event)
     wall = time.perf_counter() - start
     pipeline = audio_s / wall
-    spans: dict = {}  # per actor: first shard start to last shard end (an actor's shards overlap)
-    for r in results:
-        begin, end = spans.get(r.worker, (r.started_at, r.started_at + r.seconds))
-        spans[r.worker] = (min(begin, r.started_at), max(end, r.started_at + r.seconds))
-    busiest = max(end - begin for begin, end in spans.values())
+    # shard processing: the busiest actor's first shard start to last shard end (its shards overlap)
+    busiest = max(max(r.started_at + r.seconds for r in mine) - min(r.started_at for r in mine)
+                  for mine in ([r for r in results if r.worker == w] for w in {r.worker for r in results}))
     steady = audio_s / busiest
-    encoding = sum(r.encode_s for r in results) / sum(end - begin for begin, end in spans.values())
+    encoding = summary.encoder_busy_share
     decode_wait = sum(r.decode_wait_s for r in results) / sum(r.seconds for r in results)
     # in-process measurements after the pipeline (which starts from a fresh process), Ray stopped
     import ray

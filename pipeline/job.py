@@ -20,7 +20,7 @@ from .manifest import MANIFEST, Manifest, check_compatible
 from .sources import Shard, largest_first, list_shards
 from .storage import Storage
 from .synth import ensure_demo_webdataset
-from .worker import ShardResult
+from .worker import ShardResult, encoder_busy_share
 
 
 class GuardTripped(RuntimeError):
@@ -35,6 +35,7 @@ class JobSummary:
     shards_run: int
     wall_seconds: float
     run_audio_seconds: float
+    encoder_busy_share: float | None  # this run: see worker.encoder_busy_share
     totals: dict
     output_dir: str
 
@@ -145,13 +146,14 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
     pending = deque(largest_first(s for s in shards if not manifest.done(s.id)))
     skipped = len(shards) - len(pending)
     on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped, "manifest": manifest})
-    run_audio = 0.0
+    results: list[ShardResult] = []
     if pending:
-        run_audio = _dispatch(config, manifest, storage, pending, on_event)
+        results = _dispatch(config, manifest, storage, pending, on_event)
     totals = manifest.totals()
     complete = all(manifest.done(s.id) for s in shards)
     return JobSummary("complete" if complete else "incomplete", len(shards), skipped, len(shards) - skipped,
-                      time.time() - start, run_audio, totals, config.output.dir)
+                      time.time() - start, sum(r.audio_seconds for r in results), encoder_busy_share(results),
+                      totals, config.output.dir)
 
 
 def _in_flight_progress(actors, in_flight: dict) -> dict:
@@ -167,7 +169,7 @@ def _in_flight_progress(actors, in_flight: dict) -> dict:
     return {"audio_seconds": sum(p["audio_seconds"] for p in done), "samples": sum(p["samples"] for p in done)}
 
 
-def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deque, on_event) -> float:
+def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deque, on_event) -> list[ShardResult]:
     ensure_ray(config)
     count, options = _actor_options(config, ray.cluster_resources())
     count = min(count, len(pending))
@@ -179,7 +181,7 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
     on_event("actors", {"count": count, "options": options, "actors": list(actors)})
     attempts: Counter = Counter()
     in_flight: dict = {}
-    run_audio = 0.0
+    results: list[ShardResult] = []
 
     def submit(index: int) -> None:
         shard: Shard = pending.popleft()
@@ -212,7 +214,7 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
                 result = ShardResult(shard.id, shard.url, "failed", shard_error=f"worker_exception: {str(error)[-300:]}")
             manifest.record(result.as_dict())
             manifest.save(storage)
-            run_audio += result.audio_seconds
+            results.append(result)
             on_event("shard_done", {"result": result, "manifest": manifest, "remaining": len(pending) + len(in_flight)})
             _guard(config, manifest)
             if pending:
@@ -220,4 +222,4 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
     finally:
         for actor in actors:
             ray.kill(actor)
-    return run_audio
+    return results

@@ -62,7 +62,6 @@ class Manifest:
             reasons.update(entry.get("error_reasons", {}))
         encoded = sum(e.get("encoded_frames", 0) for e in entries)
         frames = sum(e.get("frames", 0) for e in entries)
-        busy = sum(e.get("seconds", 0.0) for e in entries)
         return {
             "shards_done": sum(e["status"] == "done" for e in entries),
             "shards_failed": sum(e["status"] != "done" for e in entries),
@@ -76,8 +75,6 @@ class Manifest:
             "frames": frames,
             "tokens": sum(e.get("tokens", 0) for e in entries),
             "padding_efficiency": frames / encoded if encoded else None,
-            # share of the actors' shard time spent waiting for decoded audio: decoding on the critical path
-            "decode_wait_share": sum(e.get("decode_wait_s", 0.0) for e in entries) / busy if busy else None,
         }
 
 

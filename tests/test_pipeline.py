@@ -57,6 +57,7 @@ def test_webdataset_run_writes_canonical_codes_with_metadata(tmp_path, ray_local
     summary = run_job(config, on_event)
     assert summary.status == "complete" and summary.shards_run == 3
     assert events.count("shard_done") == 3
+    assert 0 < summary.encoder_busy_share <= 1
     # auto sizing on the 2-CPU runtime: two CPU actors of one torch thread and one decode thread each
     assert len(described) == 2 and len({d["pid"] for d in described}) == 2
     assert all(d["torch_threads"] == 1 and d["decode_threads"] == 1 for d in described)
@@ -173,6 +174,18 @@ def test_actor_sizing_by_device_cpus_and_memory():
     with pytest.raises(ConfigError) as error:
         load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "ray.cpus_per_actor=-1"])
     assert error.value.key == "ray"
+
+
+def test_encoder_busy_share_counts_overlapping_shards_once():
+    from pipeline.worker import ShardResult, encoder_busy_share
+
+    def result(worker, started_at, seconds, encode_s):
+        return ShardResult("s", "u", "done", worker=worker, started_at=started_at, seconds=seconds, encode_s=encode_s)
+
+    # actor a: shards over 100-110 and 105-115 (a 15 s span, 12 s encoding); actor b: 5 s, all encoding
+    results = [result("a", 100, 10, 6), result("a", 105, 10, 6), result("b", 100, 5, 5)]
+    assert encoder_busy_share(results) == pytest.approx(17 / 20)
+    assert encoder_busy_share([]) is None
 
 
 def test_shards_are_listed_with_sizes_and_dispatched_largest_first(tmp_path):
