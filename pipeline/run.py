@@ -65,7 +65,8 @@ def format_summary(summary) -> str:
     t = summary.totals
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(t["error_reasons"].items(), key=lambda kv: -kv[1])) or "none"
     efficiency = f"{t['padding_efficiency']:.3f}" if t["padding_efficiency"] else "n/a"
-    busy = f"{summary.encoder_busy_share:.1%}" if summary.encoder_busy_share is not None else "n/a"
+    busy = ("" if summary.encoder_busy_share is None else
+            f"; actors encoding {summary.encoder_busy_share:.1%} of their time (the rest: reading, decoding, writing)")
     return "\n".join([
         f"status: {summary.status.upper()}" + ("" if summary.status == "complete" else " (rerun the same command to retry failed shards)"),
         f"shards: {t['shards_done']} done, {t['shards_failed']} failed, {summary.shards_skipped} skipped as already done"
@@ -73,8 +74,7 @@ def format_summary(summary) -> str:
         f"samples: {t['samples_read']} read, {t['rows']} encoded, {t['errors']} errors ({reasons})",
         f"audio: {t['audio_seconds'] / 3600:.3f} h in total; this run {summary.run_audio_seconds / 3600:.3f} h in "
         f"{_hms(summary.wall_seconds)} ({summary.run_audio_seconds / max(summary.wall_seconds, 1e-9):.1f}x realtime)",
-        f"tokens: {t['tokens']} ({t['frames']} frames), padding efficiency {efficiency}; "
-        f"actors encoding {busy} of their time (the rest: reading, decoding, writing)",
+        f"tokens: {t['tokens']} ({t['frames']} frames), padding efficiency {efficiency}{busy}",
         f"output: {summary.output_dir}",
     ])
 
