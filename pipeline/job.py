@@ -95,24 +95,27 @@ CPU_ACTOR_MEMORY_GB = 4.5
 GPU_ACTOR_MAX_CPUS = 8
 
 
-def _actor_options(config: Config, resources: dict) -> tuple[int, dict]:
-    """How many codec actors, and the Ray resources each one reserves (see RayConfig for the defaults)."""
+def _actor_options(config: Config, nodes: list[dict]) -> tuple[int, dict]:
+    """How many codec actors, and the Ray resources each one reserves (see RayConfig for the defaults).
+
+    nodes: each live node's resources. Sizes are fitted to the nodes, not the cluster total: a
+    reservation no single node can hold would leave an actor pending forever."""
     r = config.ray
-    cpus_total = int(resources.get("CPU", 1))
-    gpus = int(resources.get("GPU", 0)) if config.codec.device != "cpu" else 0
-    if gpus:
-        cpus = r.cpus_per_actor or max(1, min(GPU_ACTOR_MAX_CPUS, cpus_total // gpus))
-        options = {"num_gpus": 1, "num_cpus": min(cpus, cpus_total)}
+    gpu_nodes = [n for n in nodes if int(n.get("GPU", 0)) >= 1] if config.codec.device != "cpu" else []
+    if gpu_nodes:
+        # the CPUs beside each GPU on the tightest GPU node, so every GPU can get its actor
+        share = min(int(n.get("CPU", 1)) // int(n["GPU"]) for n in gpu_nodes)
+        options = {"num_gpus": 1, "num_cpus": r.cpus_per_actor or max(1, min(GPU_ACTOR_MAX_CPUS, share))}
         if r.memory_per_actor_gb:
             options["memory"] = int(r.memory_per_actor_gb * 2**30)
-        return r.num_actors or gpus, options
-    cpus = min(r.cpus_per_actor or 1, cpus_total)
-    memory = int((r.memory_per_actor_gb or CPU_ACTOR_MEMORY_GB) * 2**30)
-    memory_total = int(resources.get("memory", memory))
-    # a cluster smaller than one actor's estimate still runs one actor rather than none
-    options = {"num_gpus": 0, "num_cpus": cpus, "memory": min(memory, memory_total)}
-    count = r.num_actors or max(1, min(cpus_total // cpus, memory_total // memory))
-    return count, options
+        return r.num_actors or sum(int(n["GPU"]) for n in gpu_nodes), options
+    biggest = max(int(n.get("CPU", 1)) for n in nodes)
+    cpus = min(r.cpus_per_actor or 1, biggest)
+    wanted = int((r.memory_per_actor_gb or CPU_ACTOR_MEMORY_GB) * 2**30)
+    # a cluster whose nodes are all smaller than one actor's estimate still runs actors rather than none
+    memory = min(wanted, max(int(n.get("memory", wanted)) for n in nodes))
+    fits = sum(min(int(n.get("CPU", 0)) // cpus, int(n.get("memory", memory)) // memory) for n in nodes)
+    return r.num_actors or max(1, fits), {"num_gpus": 0, "num_cpus": cpus, "memory": memory}
 
 
 def _guard(config: Config, manifest: Manifest) -> None:
@@ -171,7 +174,7 @@ def _in_flight_progress(actors, in_flight: dict) -> dict:
 
 def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deque, on_event) -> list[ShardResult]:
     ensure_ray(config)
-    count, options = _actor_options(config, ray.cluster_resources())
+    count, options = _actor_options(config, [n["Resources"] for n in ray.nodes() if n["Alive"]])
     count = min(count, len(pending))
 
     def new_actor(index: int):

@@ -156,21 +156,23 @@ def test_bad_config_names_the_key(overrides, key):
     assert error.value.key == key and f"'{key}'" in str(error.value)
 
 
-def test_actor_sizing_by_device_cpus_and_memory():
+def test_actor_sizing_by_device_cpus_and_memory_fits_each_node():
     config = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x"])
     gib = 2**30
-    # CPU: one CPU per actor, and no more actors than the memory holds at 4.5 GB each
-    assert _actor_options(config, {"CPU": 2, "memory": 17 * gib}) == (2, {"num_gpus": 0, "num_cpus": 1, "memory": int(4.5 * gib)})
-    assert _actor_options(config, {"CPU": 16, "memory": 20 * gib})[0] == 4
-    # smaller than one actor's estimate: still one actor, reserving what there is
-    assert _actor_options(config, {"CPU": 2, "memory": 2 * gib}) == (1, {"num_gpus": 0, "num_cpus": 1, "memory": 2 * gib})
-    # GPU: one actor per GPU with a share of the CPUs for decoding, capped at 8
-    assert _actor_options(config, {"CPU": 96, "GPU": 8, "memory": 900 * gib}) == (8, {"num_gpus": 1, "num_cpus": 8})
-    assert _actor_options(config, {"CPU": 12, "GPU": 4, "memory": 90 * gib}) == (4, {"num_gpus": 1, "num_cpus": 3})
+    # CPU: one CPU per actor, and no more actors than each node's memory holds at 4.5 GB each
+    assert _actor_options(config, [{"CPU": 2, "memory": 17 * gib}]) == (2, {"num_gpus": 0, "num_cpus": 1, "memory": int(4.5 * gib)})
+    assert _actor_options(config, [{"CPU": 16, "memory": 20 * gib}, {"CPU": 2, "memory": 40 * gib}])[0] == 4 + 2
+    # nodes smaller than one actor's estimate: still actors, reserving what a node has
+    assert _actor_options(config, [{"CPU": 2, "memory": 2 * gib}]) == (1, {"num_gpus": 0, "num_cpus": 1, "memory": 2 * gib})
+    # GPU: one actor per GPU with the CPUs beside each GPU on the tightest GPU node, capped at 8;
+    # a big CPU-only head node does not count
+    head = {"CPU": 64, "memory": 200 * gib}
+    assert _actor_options(config, [head, {"CPU": 96, "GPU": 8, "memory": 900 * gib}]) == (8, {"num_gpus": 1, "num_cpus": 8})
+    assert _actor_options(config, [head, {"CPU": 12, "GPU": 4}, {"CPU": 4, "GPU": 2}]) == (6, {"num_gpus": 1, "num_cpus": 2})
     # codec.device=cpu ignores the GPUs; explicit settings win
     cpu_only = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "codec.device=cpu",
                                   "ray.cpus_per_actor=4", "ray.memory_per_actor_gb=2", "ray.num_actors=3"])
-    assert _actor_options(cpu_only, {"CPU": 96, "GPU": 8, "memory": 900 * gib}) == (3, {"num_gpus": 0, "num_cpus": 4, "memory": 2 * gib})
+    assert _actor_options(cpu_only, [{"CPU": 96, "GPU": 8, "memory": 900 * gib}]) == (3, {"num_gpus": 0, "num_cpus": 4, "memory": 2 * gib})
     with pytest.raises(ConfigError) as error:
         load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "ray.cpus_per_actor=-1"])
     assert error.value.key == "ray"
