@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+
 import torch
 
 from codec import CodecInputError, calibrate, load_codec
