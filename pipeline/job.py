@@ -205,9 +205,14 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
                 result: ShardResult = ray.get(ready[0])
             except RayActorError as error:
                 attempts[shard.id] += 1
-                on_event("actor_lost", {"shard": shard.id, "attempt": attempts[shard.id], "error": str(error)[:300]})
-                if actors[index] is actor:  # its other shard's failure may have replaced it already
+                # replaced once for all its shards: a second replacement would start a surplus actor
+                # (on a GPU cluster one that waits forever for a GPU, with a shard queued on it)
+                replaced = actors[index] is actor
+                if replaced:
                     actors[index] = new_actor(index)
+                on_event("actor_lost", {"shard": shard.id, "attempt": attempts[shard.id], "replaced": replaced,
+                                        "requeued": attempts[shard.id] < config.ray.max_attempts,
+                                        "error": str(error)[:300]})
                 if attempts[shard.id] < config.ray.max_attempts:
                     pending.appendleft(shard)
                     submit(index)

@@ -37,7 +37,9 @@ class Progress:
             o = info["options"]
             self.say(f"started {info['count']} codec actor(s) ({o['num_gpus']} GPU, {o['num_cpus']} CPU each)")
         elif kind == "actor_lost":
-            self.say(f"actor lost on shard {info['shard']} (attempt {info['attempt']}); replaced, shard requeued")
+            what = ["replaced" if info["replaced"] else "already replaced",
+                    "shard requeued" if info["requeued"] else "shard failed: ray.max_attempts reached"]
+            self.say(f"actor lost on shard {info['shard']} (attempt {info['attempt']}); {', '.join(what)}")
         elif kind == "shard_done":
             result = info["result"]
             self.done += 1

@@ -110,7 +110,8 @@ class ShardProcessor:
     @property
     def in_shard(self) -> dict:
         under_way = list(self._progress.values())
-        return {"samples": sum(p["samples"] for p in under_way), "audio_seconds": sum(p["audio_seconds"] for p in under_way)}
+        return {"shards": len(under_way), "samples": sum(p["samples"] for p in under_way),
+                "audio_seconds": sum(p["audio_seconds"] for p in under_way)}
 
     def _should_calibrate(self) -> bool:
         c = self.config.codec

@@ -1,5 +1,6 @@
 """Nothing lost, nothing duplicated: bad samples, bad shards, the failure guard, killed processes."""
 
+import io
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 
 from codec import load_codec
 from pipeline.job import GuardTripped, run_job
+from pipeline.run import Progress
 from pipeline.run import main as cli_main
 from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
 from pipeline.verify import main as verify_main
@@ -160,31 +162,43 @@ def test_killed_actor_mid_shard_is_replaced_and_the_shard_appears_once(tmp_path,
     import ray
 
     samples = mixed_tar(str(tmp_path / "in/big.tar"), "big", 40, seed=6, max_seconds=4.0)
-    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/big.tar")]},
-                        "ray.num_actors=1", "ray.pool_seconds=2")
-    events, killed = [], []
+    others = mixed_tar(str(tmp_path / "in/other.tar"), "other", 30, seed=7)
+    # one actor holds both shards (two in flight): its death loses both, and it must be replaced once,
+    # not once per lost shard (a second replacement would drop the first one's retry; max_attempts=2
+    # leaves no room for that)
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/big.tar"), str(tmp_path / "in/other.tar")]},
+                        "ray.num_actors=1", "ray.pool_seconds=2", "ray.max_attempts=2")
+    events, killed, replacements = [], [], []
 
     def kill_once_it_has_encoded_something(actor):
         pid = ray.get(actor.describe.remote())["pid"]
         deadline = time.time() + 120
         while time.time() < deadline:
             progress = ray.get(actor.progress.remote())
-            if 0 < progress["samples"] < len(samples):
+            if progress["shards"] == 2 and progress["samples"] > 0:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(progress["samples"])
                 return
             time.sleep(0.02)
 
+    shown = io.StringIO()
+    progress = Progress(shown)  # what the CLI would print
+
     def on_event(kind, info):
         events.append(kind)
+        progress(kind, info)
+        if kind == "actor_lost":
+            replacements.append(info["replaced"])
         if kind == "actors" and events.count("actors") == 1:
             threading.Thread(target=kill_once_it_has_encoded_something, args=(info["actors"][0],)).start()
 
     summary = run_job(config, on_event)
-    assert killed and "actor_lost" in events and summary.status == "complete"
+    assert killed and summary.status == "complete"
+    assert sorted(replacements) == [False, True]  # both shards lost, one replacement actor
+    assert "; replaced, shard requeued" in shown.getvalue() and "; already replaced, shard requeued" in shown.getvalue()
     keys = [r["key"] for r in read_rows(config.output.dir)]
-    assert sorted(keys) == sorted(s.key for s in samples)
-    assert os.listdir(tmp_path / "out/data") == [next(iter(manifest_of(config.output.dir)["shards"])) + ".parquet"]
+    assert sorted(keys) == sorted(s.key for s in samples + others)
+    assert sorted(os.listdir(tmp_path / "out/data")) == sorted(f"{shard}.parquet" for shard in manifest_of(config.output.dir)["shards"])
     assert verify(config.output.dir) == []
 
 
