@@ -73,10 +73,11 @@ class RayConfig:
     num_actors: int = 0  # 0: one per GPU; on CPU as many as the cluster's CPUs and memory hold
     # 0: auto. CPU actors take 1 CPU each: on 2 cores two 1-thread actors encoded 1.11x faster than one
     # 2-thread actor (torch's intra-op threads scale poorly on these convolutions). GPU actors take
-    # the cluster's CPUs per GPU, up to 8, for decoding and resampling.
+    # the CPUs per GPU of the tightest GPU node, up to 8, for decoding and resampling.
     cpus_per_actor: int = 0
-    # 0: auto. CPU actors reserve 4.5 GB of Ray memory each (peak RSS measured 4.1 GB with 90 s clips,
-    # jobs/bench_pipeline.py), so a node never runs more of them than its memory holds. GPU actors: none.
+    # 0: auto. CPU actors reserve 4.5 GB of Ray memory each (peak RSS 3.2-3.6 GB measured with 60-90 s
+    # clips and two shards in flight, jobs/bench_pipeline.py), so a node never runs more of them than
+    # its memory holds. GPU actors: none.
     memory_per_actor_gb: float = 0.0
     pool_seconds: float = 0.0  # audio gathered per encode call, bucketed inside; 0: 8x the batch budget
     max_attempts: int = 3  # per shard, counting actor deaths

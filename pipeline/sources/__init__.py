@@ -39,10 +39,17 @@ class RawSample:
     error: Exception | None = None  # set when the sample is known bad before decoding
 
 
+def _protocol(fs) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
+def _is_local(fs) -> bool:
+    return _protocol(fs) in ("file", "local")
+
+
 def full_url(fs, path: str) -> str:
     """A path that fsspec returned (protocol stripped) as the URL to open it again."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+    return path if _is_local(fs) else f"{_protocol(fs)}://{path}"
 
 
 def glob_with_sizes(fs, pattern: str) -> list[tuple[str, int]]:
@@ -53,8 +60,7 @@ def glob_with_sizes(fs, pattern: str) -> list[tuple[str, int]]:
 
 def local_size(fs, path: str) -> int:
     """A local file's size; 0 elsewhere, where asking would cost a request per shard."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return int(fs.size(path) or 0) if protocol in ("file", "local") and fs.isfile(path) else 0
+    return int(fs.size(path) or 0) if _is_local(fs) and fs.isfile(path) else 0
 
 
 def largest_first(shards) -> list[Shard]:
