@@ -1,11 +1,12 @@
-"""FLOPs of an encode, counted by torch, for the benchmarks' FLOP-utilisation estimates."""
+"""FLOPs of an encode, counted with forward hooks, for the benchmarks' FLOP-utilisation estimates."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-# dense peak FLOP/s by (device name fragment, math): vendor datasheet figures, SXM parts
+# dense peak FLOP/s by (device name fragment, math): vendor datasheet figures for SXM parts (a PCIe
+# card matches the same fragment and has lower peaks, so its utilisation reads low)
 PEAK_FLOPS = {
     ("H100", "float32"): 67e12,
     ("H100", "tf32"): 495e12,
