@@ -39,7 +39,7 @@ from codec.presets import build_random_model
 from pipeline.audio import decode_bytes, to_model_audio
 from pipeline.config import load_config
 from pipeline.job import run_job
-from pipeline.worker import POOL_BATCHES
+from pipeline.worker import POOL_BATCHES, actor_spans
 from pipeline.synth import SynthSample, lognormal_seconds, random_sample, write_tar
 from pipeline.writer import codes_array
 
@@ -141,10 +141,7 @@ def main():
     summary = run_job(config, on_event)
     wall = time.perf_counter() - start
     pipeline = audio_s / wall
-    # shard processing: the busiest actor's first shard start to last shard end (its shards overlap)
-    busiest = max(max(r.started_at + r.seconds for r in mine) - min(r.started_at for r in mine)
-                  for mine in ([r for r in results if r.worker == w] for w in {r.worker for r in results}))
-    steady = audio_s / busiest
+    steady = audio_s / max(actor_spans(results).values())  # shard processing: the busiest actor's span
     encoding = summary.encoder_busy_share
     decode_wait = sum(r.decode_wait_s for r in results) / sum(r.seconds for r in results)
     # in-process measurements after the pipeline (which starts from a fresh process), Ray stopped

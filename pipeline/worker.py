@@ -57,15 +57,20 @@ class ShardResult:
         return dict(self.__dict__)
 
 
-def encoder_busy_share(results: list[ShardResult]) -> float | None:
-    """Of the time each actor had shards (first start to last end; its shards overlap), the share its
-    device spent encoding. Below ~0.95 something else (decoding, reading, writing) is on the critical path."""
+def actor_spans(results: list[ShardResult]) -> dict[str, float]:
+    """Per actor, the time it had shards: first start to last end (its shards overlap)."""
     spans: dict[str, tuple[float, float]] = {}
     for r in results:
         if r.started_at:
             begin, end = spans.get(r.worker, (r.started_at, r.started_at + r.seconds))
             spans[r.worker] = (min(begin, r.started_at), max(end, r.started_at + r.seconds))
-    total = sum(end - begin for begin, end in spans.values())
+    return {worker: end - begin for worker, (begin, end) in spans.items()}
+
+
+def encoder_busy_share(results: list[ShardResult]) -> float | None:
+    """Of the time each actor had shards, the share its device spent encoding. Below ~0.95 something
+    else (decoding, reading, writing) is on the critical path."""
+    total = sum(actor_spans(results).values())
     return sum(r.encode_s for r in results) / total if total else None
 
 
