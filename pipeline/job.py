@@ -118,8 +118,7 @@ def _actor_options(config: Config, nodes: list[dict]) -> tuple[int, dict]:
     return r.num_actors or max(1, fits), {"num_gpus": 0, "num_cpus": cpus, "memory": memory}
 
 
-def _guard(config: Config, manifest: Manifest) -> None:
-    totals = manifest.totals()
+def _guard(config: Config, totals: dict) -> None:
     finished = totals["shards_done"] + totals["shards_failed"]
     if finished >= config.guard.min_shards and totals["shards_failed"] == finished:
         reasons = Counter(totals["shard_error_reasons"])
@@ -221,10 +220,10 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
             except RayTaskError as error:
                 result = ShardResult(shard.id, shard.url, "failed", shard_error=f"worker_exception: {str(error)[-300:]}")
             manifest.record(result.as_dict())
-            manifest.save(storage)
+            totals = manifest.save(storage)
             results.append(result)
             on_event("shard_done", {"result": result, "manifest": manifest, "remaining": len(pending) + len(in_flight)})
-            _guard(config, manifest)
+            _guard(config, totals)
             if pending:
                 submit(index)
     finally:

@@ -44,10 +44,12 @@ class Manifest:
         data.pop("totals", None)
         return cls(**data)
 
-    def save(self, storage: Storage) -> None:
+    def save(self, storage: Storage) -> dict:
+        """Write it with its totals; returns those totals, so callers need not add them up again."""
         self.updated_at = time.time()
-        data = dict(self.__dict__, totals=self.totals())
-        storage.write_bytes(MANIFEST, json.dumps(data, indent=1, sort_keys=True).encode())
+        totals = self.totals()
+        storage.write_bytes(MANIFEST, json.dumps(dict(self.__dict__, totals=totals), indent=1, sort_keys=True).encode())
+        return totals
 
     def done(self, shard_id: str) -> bool:
         return self.shards.get(shard_id, {}).get("status") == "done"
