@@ -5,21 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-# dense peak FLOP/s by (device name fragment, math): vendor datasheet figures for SXM parts (a PCIe
-# card matches the same fragment and has lower peaks, so its utilisation reads low)
+# dense peak FLOP/s by math, for device names containing the key: vendor datasheet figures for SXM
+# parts (a PCIe card matches the same key and has lower peaks, so its utilisation reads low)
+_HOPPER = {"float32": 67e12, "tf32": 495e12, "bfloat16": 989e12, "float16": 989e12}  # H200: H100's compute
 PEAK_FLOPS = {
-    ("H100", "float32"): 67e12,
-    ("H100", "tf32"): 495e12,
-    ("H100", "bfloat16"): 989e12,
-    ("H100", "float16"): 989e12,
-    ("H200", "float32"): 67e12,
-    ("H200", "tf32"): 495e12,
-    ("H200", "bfloat16"): 989e12,
-    ("H200", "float16"): 989e12,
-    ("A100", "float32"): 19.5e12,
-    ("A100", "tf32"): 156e12,
-    ("A100", "bfloat16"): 312e12,
-    ("A100", "float16"): 312e12,
+    "H100": _HOPPER,
+    "H200": _HOPPER,
+    "A100": {"float32": 19.5e12, "tf32": 156e12, "bfloat16": 312e12, "float16": 312e12},
 }
 
 
@@ -55,7 +47,7 @@ def peak_flops(device: torch.device, math: str) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((peak for (fragment, kind), peak in PEAK_FLOPS.items() if fragment in name and kind == math), None)
+    return next((peaks.get(math) for key, peaks in PEAK_FLOPS.items() if key in name), None)
 
 
 def math_of(codec) -> str:
