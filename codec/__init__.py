@@ -3,19 +3,22 @@
 from .batching import BatchPolicy, default_policy, plan_batches
 from .calibration import calibrate
 from .codec import Codec, CodecIdentity, codebooks_for_bandwidth, reference_encode
-from .loading import codec_identity, load_codec
+from .checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
+from .loading import load_codec
 from .validation import CodecInputError
 
 __all__ = [
     "BatchPolicy",
     "calibrate",
     "codebooks_for_bandwidth",
+    "Checkpoint",
+    "CheckpointError",
     "Codec",
     "CodecIdentity",
     "CodecInputError",
     "default_policy",
-    "codec_identity",
     "load_codec",
     "plan_batches",
     "reference_encode",
+    "resolve_checkpoint",
 ]

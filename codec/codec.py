@@ -27,9 +27,11 @@ class CodecIdentity:
     """What the pipeline records so that outputs can be traced to (and checked against) a codec."""
 
     spec: str
-    revision: str | None
+    revision: str | None  # the hub commit the weights came from; seed=N for random presets
     config_sha256: str
-    weights_sha256: str | None
+    weights_sha256: str | None  # the weight file's sha256 (several files: a hash of their names and hashes)
+    format: str = "transformers"  # transformers | original (converted on load) | random
+    converter: str | None = None  # the conversion's version, for the original format
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)

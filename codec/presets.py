@@ -13,22 +13,11 @@ from __future__ import annotations
 import torch
 from transformers import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
 
+from .original_format import RELEASED_ACOUSTIC, RELEASED_BANDWIDTHS, released_config
+
 # hop 960 = 8*5*4*2*3 at 24 kHz -> 25 frames/s; HuBERT's 320x stride at 16 kHz gives
 # 50 frames/s, which the tokenizer halves, so the semantic path lines up with the acoustic one.
-_FULL_ACOUSTIC = dict(
-    encoder_hidden_size=64,
-    downsampling_ratios=[8, 5, 4, 2, 3],
-    decoder_hidden_size=1024,
-    upsampling_ratios=[8, 5, 4, 2, 3],
-    hidden_size=256,
-)
-_TINY_ACOUSTIC = dict(
-    encoder_hidden_size=4,
-    downsampling_ratios=[8, 5, 4, 2, 3],
-    decoder_hidden_size=64,
-    upsampling_ratios=[8, 5, 4, 2, 3],
-    hidden_size=16,
-)
+_TINY_ACOUSTIC = dict(RELEASED_ACOUSTIC, encoder_hidden_size=4, decoder_hidden_size=64, hidden_size=16)
 _TINY_SEMANTIC = dict(
     hidden_size=32,
     num_hidden_layers=2,
@@ -41,14 +30,16 @@ _TINY_SEMANTIC = dict(
 
 PRESETS = {
     "tiny": dict(acoustic_model_config=_TINY_ACOUSTIC, semantic_model_config=_TINY_SEMANTIC, codebook_dim=8),
-    "full": dict(acoustic_model_config=_FULL_ACOUSTIC),
 }
 
 
 def preset_config(name: str) -> HiggsAudioV2TokenizerConfig:
+    """'full': the released checkpoint's architecture; 'tiny': the same layout, a few channels wide."""
+    if name == "full":
+        return released_config()
     if name not in PRESETS:
-        raise ValueError(f"unknown random preset {name!r}; choose one of {sorted(PRESETS)} (spec 'random:NAME')")
-    return HiggsAudioV2TokenizerConfig(target_bandwidths=[0.5, 1, 1.5, 2], **PRESETS[name])
+        raise ValueError(f"unknown random preset {name!r}; choose one of {sorted(PRESETS) + ['full']} (spec 'random:NAME')")
+    return HiggsAudioV2TokenizerConfig(target_bandwidths=list(RELEASED_BANDWIDTHS), **PRESETS[name])
 
 
 @torch.no_grad()

@@ -8,6 +8,8 @@ import socket
 import ray
 import torch
 
+from codec import Checkpoint
+
 from .config import Config
 from .sources import Shard
 from .worker import ShardProcessor, ShardResult
@@ -21,9 +23,9 @@ SHARDS_IN_FLIGHT = 2
 # + 1: `progress` and `describe` answer while shards are processed
 @ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=SHARDS_IN_FLIGHT + 1)
 class CodecActor:
-    def __init__(self, config: Config, name: str):
+    def __init__(self, config: Config, name: str, checkpoint: Checkpoint):
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-        self.processor = ShardProcessor(config, name, cpus=max(1, round(cpus)) if cpus else None)
+        self.processor = ShardProcessor(config, name, cpus=max(1, round(cpus)) if cpus else None, checkpoint=checkpoint)
 
     def describe(self) -> dict:
         codec = self.processor.codec

@@ -42,8 +42,11 @@ class AudioConfig:
 
 @dataclass
 class CodecConfig:
+    # a hub repo id or a local folder, in transformers' format or the original release's (converted on
+    # load); random:tiny|full for tests and demos. revision: a hub branch, tag or commit (pins the files)
     model: str = "bosonai/higgs-audio-v2-tokenizer"
     revision: Optional[str] = None
+    cache_dir: Optional[str] = None  # node-local folder for converted original checkpoints; None: $AUDIOTOK_CACHE or ~/.cache/audiotok
     bandwidth: float = 2.0
     device: str = "auto"
     dtype: str = "float32"

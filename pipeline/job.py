@@ -5,14 +5,15 @@ Library code: it reports through `on_event(kind, info)` and never prints.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from codec import CodecInputError, codebooks_for_bandwidth, codec_identity
+from codec import Checkpoint, CheckpointError, CodecInputError, codebooks_for_bandwidth, resolve_checkpoint
 
 from .actors import SHARDS_IN_FLIGHT, CodecActor
 from .config import Config, ConfigError, as_dict, fingerprint
@@ -27,6 +28,17 @@ class GuardTripped(RuntimeError):
     pass
 
 
+class ActorStartFailed(RuntimeError):
+    """Codec actors die in their constructor, and their replacements too: nothing can run."""
+
+
+def start_error(error: RayActorError) -> str | None:
+    """The constructor's error and traceback when an actor died starting; None when it died later."""
+    if not getattr(error, "actor_init_failed", False):
+        return None
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+
+
 @dataclass
 class JobSummary:
     status: str  # complete | incomplete
@@ -38,6 +50,7 @@ class JobSummary:
     encoder_busy_share: float | None  # this run: see worker.encoder_busy_share
     totals: dict
     output_dir: str
+    actor_start_failures: list = field(default_factory=list)  # constructor errors of actors that were replaced
 
 
 def _ensure_demo_corpus(config: Config) -> None:
@@ -49,23 +62,41 @@ def _ensure_demo_corpus(config: Config) -> None:
         raise ConfigError("source.urls", str(error), "e.g. ['demo_data/demo-{000..003}.tar']") from None
 
 
-def _codec_facts(config: Config) -> tuple[dict, int, float, int]:
+@dataclass
+class CodecFacts:
+    """The codec as the driver resolved it: every actor loads `checkpoint` (the same commit)."""
+
+    checkpoint: Checkpoint
+    identity: dict
+    num_codebooks: int
+    frame_rate: float
+    codebook_size: int
+    sample_rate: int
+    hop_length: int
+    codebooks_per_bandwidth: dict
+
+
+def resolve_codec(config: Config) -> CodecFacts:
+    """Check `codec.model` and `codec.bandwidth` before any actor starts: a ConfigError says what was found."""
+    c = config.codec
     try:
-        identity, codec_config = codec_identity(config.codec.model, config.codec.seed, config.codec.revision)
-    except (OSError, ValueError) as error:
-        raise ConfigError("codec.model", str(error).splitlines()[0], "a hub id, a save_pretrained folder or random:tiny|full") from None
+        checkpoint, codec_config = resolve_checkpoint(c.model, c.revision, c.seed)
+    except CheckpointError as error:
+        raise ConfigError("codec.model", str(error), "a hub repo id (ORG/NAME), a folder in transformers' or the "
+                          "original release's format, or random:tiny|full") from None
     try:
-        num_codebooks = codebooks_for_bandwidth(codec_config, config.codec.bandwidth)
+        num_codebooks = codebooks_for_bandwidth(codec_config, c.bandwidth)
     except CodecInputError as error:
-        raise ConfigError("codec.bandwidth", f"{error} ({config.codec.model})",
+        raise ConfigError("codec.bandwidth", f"{error} ({c.model})",
                           f"choose one of {list(codec_config.target_bandwidths)}") from None
-    frame_rate = codec_config.sample_rate / codec_config.hop_length
-    return identity.as_dict(), num_codebooks, frame_rate, codec_config.codebook_size
+    per_bandwidth = {float(b): codebooks_for_bandwidth(codec_config, b) for b in codec_config.target_bandwidths}
+    return CodecFacts(checkpoint, checkpoint.identity().as_dict(), num_codebooks,
+                      codec_config.sample_rate / codec_config.hop_length, codec_config.codebook_size,
+                      codec_config.sample_rate, codec_config.hop_length, per_bandwidth)
 
 
-def _open_manifest(config: Config, storage: Storage) -> Manifest:
-    identity, num_codebooks, frame_rate, codebook_size = _codec_facts(config)
-    digest, inputs = fingerprint(config, identity)
+def _open_manifest(config: Config, storage: Storage, codec: CodecFacts) -> Manifest:
+    digest, inputs = fingerprint(config, codec.identity)
     manifest = Manifest.load(storage)
     if manifest is not None and manifest.fingerprint != digest:
         if not config.output.overwrite:
@@ -74,8 +105,8 @@ def _open_manifest(config: Config, storage: Storage) -> Manifest:
             storage.remove(folder)
         manifest = None
     if manifest is None:
-        manifest = Manifest(digest, inputs, identity, config.codec.bandwidth, num_codebooks, frame_rate,
-                            as_dict(config), codebook_size)
+        manifest = Manifest(digest, inputs, codec.identity, config.codec.bandwidth, codec.num_codebooks,
+                            codec.frame_rate, as_dict(config), codec.codebook_size)
         try:
             manifest.save(storage)
         except OSError as error:
@@ -144,18 +175,21 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
     shards = list_shards(config.source)
     if not shards:
         raise ConfigError("source", "no shards found", "check source.urls / source.path")
-    manifest = _open_manifest(config, storage)
+    codec = resolve_codec(config)
+    on_event("codec", {"codec": codec})
+    manifest = _open_manifest(config, storage, codec)
     pending = deque(largest_first(s for s in shards if not manifest.done(s.id)))
     skipped = len(shards) - len(pending)
     on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped, "manifest": manifest})
     results: list[ShardResult] = []
+    start_failures: list[str] = []
     if pending:
-        results = _dispatch(config, manifest, storage, pending, on_event)
+        results = _dispatch(config, manifest, storage, pending, on_event, codec.checkpoint, start_failures)
     totals = manifest.totals()
     complete = all(manifest.done(s.id) for s in shards)
     return JobSummary("complete" if complete else "incomplete", len(shards), skipped, len(shards) - skipped,
                       time.time() - start, sum(r.audio_seconds for r in results), encoder_busy_share(results),
-                      totals, config.output.dir)
+                      totals, config.output.dir, start_failures)
 
 
 def _in_flight_progress(actors, in_flight: dict) -> dict:
@@ -171,17 +205,19 @@ def _in_flight_progress(actors, in_flight: dict) -> dict:
     return {"audio_seconds": sum(p["audio_seconds"] for p in done), "samples": sum(p["samples"] for p in done)}
 
 
-def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deque, on_event) -> list[ShardResult]:
+def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deque, on_event,
+              checkpoint: Checkpoint, start_failures: list[str]) -> list[ShardResult]:
     ensure_ray(config)
     count, options = _actor_options(config, [n["Resources"] for n in ray.nodes() if n["Alive"]])
     count = min(count, len(pending))
 
     def new_actor(index: int):
-        return CodecActor.options(**options).remote(config, f"actor-{index}")
+        return CodecActor.options(**options).remote(config, f"actor-{index}", checkpoint)
 
     actors = [new_actor(i) for i in range(count)]
     on_event("actors", {"count": count, "options": options, "actors": list(actors)})
     attempts: Counter = Counter()
+    failed_starts: Counter = Counter()  # per actor slot, start failures since its last finished shard
     in_flight: dict = {}
     results: list[ShardResult] = []
 
@@ -203,10 +239,25 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
             try:
                 result: ShardResult = ray.get(ready[0])
             except RayActorError as error:
-                attempts[shard.id] += 1
                 # replaced once for all its shards: a second replacement would start a surplus actor
                 # (on a GPU cluster one that waits forever for a GPU, with a shard queued on it)
                 replaced = actors[index] is actor
+                message = start_error(error)
+                if message is not None:
+                    # the shard never ran: requeue it uncharged; a slot whose replacement fails to start
+                    # too stops the run with the constructor's own message
+                    if replaced:
+                        failed_starts[index] += 1
+                        start_failures.append(message)
+                        on_event("actor_start_failed", {"actor": index, "error": message,
+                                                        "replacing": failed_starts[index] < 2})
+                        if failed_starts[index] >= 2:
+                            raise ActorStartFailed(message)
+                        actors[index] = new_actor(index)
+                    pending.appendleft(shard)
+                    submit(index)
+                    continue
+                attempts[shard.id] += 1
                 if replaced:
                     actors[index] = new_actor(index)
                 on_event("actor_lost", {"shard": shard.id, "attempt": attempts[shard.id], "replaced": replaced,
@@ -219,6 +270,8 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
                 result = ShardResult(shard.id, shard.url, "failed", shard_error=f"actor_died: {str(error)[:200]}")
             except RayTaskError as error:
                 result = ShardResult(shard.id, shard.url, "failed", shard_error=f"worker_exception: {str(error)[-300:]}")
+            if actor is actors[index]:
+                failed_starts[index] = 0  # this slot's actor started
             manifest.record(result.as_dict())
             totals = manifest.save(storage)
             results.append(result)

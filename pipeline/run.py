@@ -1,7 +1,7 @@
 """CLI: `python -m pipeline.run CONFIG [key=value ...]` runs (or resumes) a tokenization job.
 
 Exit status: 0 complete, 1 incomplete (failed shards; rerun to retry them), 2 bad config,
-3 stopped by the failure guard or a changed fingerprint.
+3 stopped: by the failure guard, a changed fingerprint, or codec actors that cannot start.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from datetime import timedelta
 
 from .config import ConfigError, load_config
-from .job import GuardTripped, run_job
+from .job import ActorStartFailed, GuardTripped, run_job
 from .manifest import FingerprintMismatch
 
 
@@ -30,7 +30,10 @@ class Progress:
         self.audio = 0.0
 
     def __call__(self, kind: str, info: dict) -> None:
-        if kind == "start":
+        if kind == "codec":
+            for line in codec_lines(info["codec"]):
+                self.say(line)
+        elif kind == "start":
             self.total = info["pending"]
             self.say(f"{info['shards']} shards: {info['skipped']} already done, {info['pending']} to run")
         elif kind == "actors":
@@ -40,6 +43,11 @@ class Progress:
             what = ["replaced" if info["replaced"] else "already replaced",
                     "shard requeued" if info["requeued"] else "shard failed: ray.max_attempts reached"]
             self.say(f"actor lost on shard {info['shard']} (attempt {info['attempt']}); {', '.join(what)}")
+        elif kind == "actor_start_failed":
+            if info["replacing"]:
+                self.say(f"codec actor {info['actor']} failed to start; replacing it:\n{_indent(info['error'])}")
+            else:
+                self.say(f"codec actor {info['actor']} failed to start; its replacement failed the same way: stopping")
         elif kind == "shard_done":
             result = info["result"]
             self.done += 1
@@ -63,6 +71,25 @@ class Progress:
         print(line, file=self.stream or sys.stderr, flush=True)
 
 
+def _indent(text: str, lines: int = 12) -> str:
+    kept = text.splitlines()
+    kept = kept[:2] + (["..."] if len(kept) > lines else []) + kept[max(2, len(kept) - lines + 2):]
+    return "\n".join("    " + line for line in kept)
+
+
+def codec_lines(codec) -> list[str]:
+    """The loaded codec's facts, printed at start."""
+    c = codec.checkpoint
+    where = f"{c.repo} @ commit {c.commit}" if c.repo else c.spec
+    fmt = {"original": "original release format, converted on load", "transformers": "transformers format",
+           "random": f"random weights, seed {c.seed}"}[c.format]
+    bandwidths = ", ".join(f"{b:g} kbps -> {n}" for b, n in codec.codebooks_per_bandwidth.items())
+    lines = [f"codec: {where} ({fmt}); weights sha256 {(c.weights_sha256 or 'n/a')[:16]}",
+             f"codec: {codec.sample_rate} Hz, hop {codec.hop_length} ({codec.frame_rate:g} frames/s), "
+             f"{codec.codebook_size} codes per codebook; codebooks per bandwidth: {bandwidths}"]
+    return lines + [f"codec: note: {note}" for note in c.notes]
+
+
 def format_summary(summary) -> str:
     t = summary.totals
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(t["error_reasons"].items(), key=lambda kv: -kv[1])) or "none"
@@ -78,7 +105,7 @@ def format_summary(summary) -> str:
         f"{_hms(summary.wall_seconds)} ({summary.run_audio_seconds / max(summary.wall_seconds, 1e-9):.1f}x realtime)",
         f"tokens: {t['tokens']} ({t['frames']} frames), padding efficiency {efficiency}{busy}",
         f"output: {summary.output_dir}",
-    ])
+    ] + [f"actor start failure (replaced):\n{_indent(message)}" for message in summary.actor_start_failures])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         progress.say(f"error: {error}")
         return 2
+    except ActorStartFailed as error:
+        progress.say(f"error: codec actors cannot start, so nothing can run; the constructor says:\n{_indent(str(error), 40)}")
+        return 3
     except (GuardTripped, FingerprintMismatch) as error:
         progress.say(f"error: {error}")
         return 3

@@ -7,7 +7,6 @@ Hidden names (leading '.') are skipped by pyarrow, datasets and polars readers.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -72,10 +71,3 @@ class Storage:
             self.fs.rm(self.path(folder, name))
         return len(stale)
 
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()

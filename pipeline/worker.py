@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from codec import CodecInputError, calibrate, load_codec
+from codec import Checkpoint, CodecInputError, calibrate, load_codec
 
 from .audio import Audio, SampleError, decode_bytes, to_model_audio
 from .config import Config
@@ -74,10 +74,11 @@ def encoder_busy_share(results: list[ShardResult]) -> float | None:
     return sum(r.encode_s for r in results) / total if total else None
 
 
-def load_codec_for(config: Config):
+def load_codec_for(config: Config, checkpoint: Checkpoint | None = None):
+    """The codec of `config`; `checkpoint`: the one the driver resolved (pins the commit for every actor)."""
     c = config.codec
     codec = load_codec(
-        c.model,
+        checkpoint or c.model,
         device=c.device,
         dtype=c.dtype,
         seed=c.seed,
@@ -85,6 +86,7 @@ def load_codec_for(config: Config):
         window_s=c.window_s,
         context_s=c.context_s,
         allow_tf32=c.allow_tf32,
+        cache_dir=c.cache_dir,
     )
     # limits the config fixes replace the device default's
     codec.policy = codec.policy_with(c.max_batch_seconds, c.max_clips)
@@ -92,7 +94,8 @@ def load_codec_for(config: Config):
 
 
 class ShardProcessor:
-    def __init__(self, config: Config, name: str = "local", cpus: int | None = None):
+    def __init__(self, config: Config, name: str = "local", cpus: int | None = None,
+                 checkpoint: Checkpoint | None = None):
         self.started = time.perf_counter()
         self.first_encode_at: float | None = None
         self._reported_first = False
@@ -104,7 +107,7 @@ class ShardProcessor:
         self.config = config
         self.name = name
         self.decode_threads = config.audio.decode_threads or cpus or torch.get_num_threads()
-        self.codec = load_codec_for(config)
+        self.codec = load_codec_for(config, checkpoint)
         self.codec.num_codebooks(config.codec.bandwidth)  # a bandwidth the checkpoint lacks fails here, not mid-shard
         self.calibration: list[dict] = []
         if self._should_calibrate():

@@ -10,7 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .storage import Storage, sha256_file
+from codec.hashing import sha256_file
+
+from .storage import Storage
 
 SCHEMA_VERSION = 1
 BASE_COLUMNS = ("key", "codes", "num_frames", "num_codebooks", "duration_s", "source")
