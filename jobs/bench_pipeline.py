@@ -41,7 +41,7 @@ from pipeline.config import load_config
 from pipeline.job import run_job
 from pipeline.worker import POOL_BATCHES, actor_spans
 from pipeline.synth import SynthSample, lognormal_seconds, random_sample, write_tar
-from pipeline.writer import codes_array
+from pipeline.schema import codes_array
 
 
 def make_corpus(folder: str, minutes: float, shards: int, long_share: float, seed: int) -> list[SynthSample]:

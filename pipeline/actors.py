@@ -23,9 +23,10 @@ SHARDS_IN_FLIGHT = 2
 # + 1: `progress` and `describe` answer while shards are processed
 @ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=SHARDS_IN_FLIGHT + 1)
 class CodecActor:
-    def __init__(self, config: Config, name: str, checkpoint: Checkpoint):
+    def __init__(self, config: Config, name: str, checkpoint: Checkpoint, schema, versions: dict):
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-        self.processor = ShardProcessor(config, name, cpus=max(1, round(cpus)) if cpus else None, checkpoint=checkpoint)
+        self.processor = ShardProcessor(config, name, cpus=max(1, round(cpus)) if cpus else None,
+                                        checkpoint=checkpoint, schema=schema, versions=versions)
 
     def describe(self) -> dict:
         codec = self.processor.codec

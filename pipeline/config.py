@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,12 +22,13 @@ class ConfigError(ValueError):
 @dataclass
 class SourceConfig:
     kind: str = MISSING  # webdataset | hf
-    urls: list[str] = field(default_factory=list)  # webdataset: brace-expandable paths or fsspec URLs
-    path: Optional[str] = None  # hf: save_to_disk folder, Parquet file/folder/glob, or hub dataset name
+    # webdataset: brace-expandable paths or fsspec URLs; a list, or one string
+    urls: Any = field(default_factory=list)
+    path: Optional[str] = None  # hf: save_to_disk folder, Parquet file/folder/glob, or hub dataset name (ORG/NAME)
     split: str = "train"
+    revision: Optional[str] = None  # hf hub datasets: branch, tag or commit (resolved once, recorded)
     audio_column: str = "audio"
     key_column: Optional[str] = None  # default: 'id' when present, else shard and row index
-    rows_per_shard: int = 10_000  # hf hub datasets: rows per unit of work
     demo_if_missing: bool = False  # demo only: write a synthetic corpus at `urls` when the tars are absent
 
 
@@ -66,8 +65,11 @@ class CodecConfig:
 @dataclass
 class OutputConfig:
     dir: str = MISSING
-    overwrite: bool = False  # replace an output.dir written with another fingerprint
+    overwrite: bool = False  # replace an output.dir written with other settings (run state first, then data)
     compression: str = "zstd"
+    summary_interval_s: float = 300.0  # rewrite manifest.json from the commit records at most this often (and at the end)
+    lease_timeout_s: float = 300.0  # a lease without a heartbeat for this long is taken over (a dead driver elsewhere)
+    accept_new_versions: bool = False  # go on with an output after a torch/transformers/soxr upgrade (recorded)
 
 
 @dataclass
@@ -129,12 +131,16 @@ def validate(config: Config) -> None:
     s = config.source
     if s.kind not in ("webdataset", "hf"):
         raise ConfigError("source.kind", f"{s.kind!r} is not a source kind", "use 'webdataset' or 'hf'")
+    if isinstance(s.urls, str):
+        s.urls = [s.urls]
+    if not isinstance(s.urls, (list, tuple)) or not all(isinstance(u, str) for u in s.urls):
+        raise ConfigError("source.urls", f"{s.urls!r} is not a URL or a list of URLs",
+                          "e.g. 'data/shard-{000..009}.tar' or ['a.tar', 's3://bucket/b-*.tar']")
+    s.urls = list(s.urls)
     if s.kind == "webdataset" and not s.urls:
         raise ConfigError("source.urls", "no shard URLs given", "list tar paths, e.g. ['data/shard-{000..009}.tar']")
     if s.kind == "hf" and not s.path:
         raise ConfigError("source.path", "no dataset given", "a save_to_disk folder, Parquet files or a hub name")
-    if s.rows_per_shard < 1:
-        raise ConfigError("source.rows_per_shard", f"{s.rows_per_shard} < 1", "use a positive row count")
     if config.audio.resampler_quality not in SOXR_QUALITIES:
         raise ConfigError("audio.resampler_quality", f"{config.audio.resampler_quality!r}", f"one of {SOXR_QUALITIES}")
     if config.audio.max_seconds <= 0:
@@ -156,6 +162,8 @@ def validate(config: Config) -> None:
         raise ConfigError("codec.max_clips", "must be >= 1, or null for the device default")
     if not config.output.dir:
         raise ConfigError("output.dir", "empty", "a local folder or an fsspec URL")
+    if config.output.summary_interval_s < 0 or config.output.lease_timeout_s <= 0:
+        raise ConfigError("output.summary_interval_s", "summary_interval_s must be >= 0 and lease_timeout_s > 0")
     if config.output.compression not in ("zstd", "snappy", "gzip", "none"):
         raise ConfigError("output.compression", f"{config.output.compression!r}", "use zstd, snappy, gzip or none")
     r = config.ray
@@ -171,18 +179,3 @@ def validate(config: Config) -> None:
 
 def as_dict(config: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-
-
-def fingerprint(config: Config, codec_identity: dict) -> tuple[str, dict]:
-    """What decides the codes: a changed fingerprint means old and new outputs would disagree."""
-    inputs = {
-        "codec": codec_identity,
-        "bandwidth": config.codec.bandwidth,
-        "dtype": config.codec.dtype,
-        "allow_tf32": config.codec.allow_tf32,
-        "window_s": config.codec.window_s,
-        "context_s": config.codec.context_s,
-        "resampler": f"soxr-{config.audio.resampler_quality}",
-    }
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-    return digest, inputs

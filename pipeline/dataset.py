@@ -1,8 +1,8 @@
 """Read tokenized output in LM training: a PyTorch IterableDataset over one or more output folders.
 
 Work is split by Parquet row group across (distributed rank x DataLoader worker), so every row is
-read exactly once per epoch whatever the number of ranks and workers. Only shards the manifest
-records as done are read.
+read exactly once per epoch whatever the number of ranks and workers. Only shards with a done commit
+record are read.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .manifest import Manifest
+from .runstate import read_run
 from .storage import Storage
 
 
@@ -25,14 +25,9 @@ def list_units(output_dirs: list[str]) -> list[tuple[str, str, int]]:
     units = []
     for output_dir in output_dirs:
         storage = Storage(output_dir)
-        manifest = Manifest.load(storage)
-        if manifest is None:
-            raise FileNotFoundError(f"no manifest.json in {output_dir}: not a pipeline output folder")
-        for shard_id in sorted(manifest.shards):
-            entry = manifest.shards[shard_id]
-            if entry["status"] != "done":
-                continue
-            for name in entry["files"]:
+        done = read_run(storage).done()
+        for shard_id in sorted(done):
+            for name in done[shard_id]["files"]:
                 if name.endswith(".parquet"):
                     with storage.fs.open(storage.path(name), "rb") as f:
                         groups = pq.ParquetFile(f).num_row_groups

@@ -20,17 +20,15 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from .dataset import list_units, read_unit, row_codes
-from .manifest import Manifest
+from .runstate import OutputError, Totals, read_run
 from .storage import Storage
 
 
 def collect(output_dir: str) -> dict:
-    storage = Storage(output_dir)
-    manifest = Manifest.load(storage)
-    if manifest is None:
-        raise FileNotFoundError(f"no manifest.json in {output_dir}")
-    size = manifest.codebook_size
-    usage = np.zeros((manifest.num_codebooks, size), np.int64)
+    run = read_run(Storage(output_dir))
+    manifest = run.manifest
+    size = manifest["codebook_size"]
+    usage = np.zeros((manifest["num_codebooks"], size), np.int64)
     per_source = defaultdict(lambda: {"samples": 0, "seconds": 0.0, "tokens": 0})
     per_category = defaultdict(lambda: {"samples": 0, "seconds": 0.0, "tokens": 0})
     durations = []
@@ -46,12 +44,12 @@ def collect(output_dir: str) -> dict:
             durations.append(row["duration_s"])
             for k in range(min(codes.shape[0], usage.shape[0])):
                 usage[k] += np.bincount(codes[k].astype(np.int64), minlength=size)[:size]
-    totals = manifest.totals()
+    totals = Totals(run.records.values()).as_dict()
     return {
         "output_dir": output_dir,
-        "codec": manifest.codec,
-        "bandwidth": manifest.bandwidth,
-        "num_codebooks": manifest.num_codebooks,
+        "codec": manifest["codec"],
+        "bandwidth": manifest["bandwidth"],
+        "num_codebooks": manifest["num_codebooks"],
         "totals": totals,
         "per_source": dict(per_source),
         "per_category": dict(per_category),
@@ -129,15 +127,13 @@ def decode_key(output_dir: str, key: str, out_path: str) -> float:
 
     from codec import load_codec
 
-    storage = Storage(output_dir)
-    manifest = Manifest.load(storage)
+    identity = read_run(Storage(output_dir)).manifest["codec"]
     for _, name, group in list_units([output_dir]):
         table = read_unit(output_dir, name, group)
         keys = table.column("key").to_pylist()
         if key in keys:
             row = keys.index(key)
             (codes,) = row_codes(table.slice(row, 1))
-            identity = manifest.codec
             seed = int(identity["revision"].split("=")[1]) if str(identity.get("revision", "")).startswith("seed=") else 0
             revision = None if identity["spec"].startswith("random:") else identity.get("revision")
             codec = load_codec(identity["spec"], device="auto", seed=seed, revision=revision)
@@ -163,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out} ({seconds:.2f} s at 24 kHz)")
             return 0
         stats = collect(args.output_dir)
-    except (FileNotFoundError, KeyError) as error:
+    except (FileNotFoundError, KeyError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(summary_text(stats))

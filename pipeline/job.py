@@ -1,4 +1,4 @@
-"""The driver: shards -> codec actors -> manifest, with resume, actor replacement and a failure guard.
+"""The driver: shards -> codec actors -> commit records, with resume, actor replacement and a failure guard.
 
 Library code: it reports through `on_event(kind, info)` and never prints.
 """
@@ -16,12 +16,14 @@ from ray.exceptions import RayActorError, RayTaskError
 from codec import Checkpoint, CheckpointError, CodecInputError, codebooks_for_bandwidth, resolve_checkpoint
 
 from .actors import SHARDS_IN_FLIGHT, CodecActor
-from .config import Config, ConfigError, as_dict, fingerprint
-from .manifest import MANIFEST, Manifest, check_compatible
-from .sources import Shard, largest_first, list_shards
+from .config import Config, ConfigError, as_dict
+from .runstate import RunState, library_versions
+from .schema import describe, output_schema, schema_to_text
+from .sources import Shard, SourceListing, largest_first, list_shards
 from .storage import Storage
 from .synth import ensure_demo_webdataset
 from .worker import ShardResult, encoder_busy_share
+from .writer import publish_shard_failure
 
 
 class GuardTripped(RuntimeError):
@@ -95,25 +97,28 @@ def resolve_codec(config: Config) -> CodecFacts:
                       codec_config.sample_rate, codec_config.hop_length, per_bandwidth)
 
 
-def _open_manifest(config: Config, storage: Storage, codec: CodecFacts) -> Manifest:
-    digest, inputs = fingerprint(config, codec.identity)
-    manifest = Manifest.load(storage)
-    if manifest is not None and manifest.fingerprint != digest:
-        if not config.output.overwrite:
-            check_compatible(manifest, digest, inputs)
-        for folder in ("data", "errors", MANIFEST):
-            storage.remove(folder)
-        manifest = None
-    if manifest is None:
-        manifest = Manifest(digest, inputs, codec.identity, config.codec.bandwidth, codec.num_codebooks,
-                            codec.frame_rate, as_dict(config), codec.codebook_size)
-        try:
-            manifest.save(storage)
-        except OSError as error:
-            raise ConfigError("output.dir", f"cannot write there: {error}", "a writable folder or URL") from None
-    for folder in ("data", "errors"):
-        storage.remove_stale_temporaries(folder)
-    return manifest
+def _identity(config: Config, codec: CodecFacts, source_identity: dict) -> dict:
+    """Everything that decides which samples a shard id denotes, their keys and their codes."""
+    c = config.codec
+    return {
+        "codec": codec.identity, "bandwidth": c.bandwidth, "dtype": c.dtype, "allow_tf32": c.allow_tf32,
+        "window_s": c.window_s, "context_s": c.context_s, "resampler": f"soxr-{config.audio.resampler_quality}",
+        "source": source_identity, "versions": library_versions(),
+    }
+
+
+def open_run_state(config: Config, storage: Storage, codec: CodecFacts, listing: SourceListing, on_event) -> RunState:
+    schema = output_schema(listing.fields)
+    header = {
+        "identity": _identity(config, codec, listing.identity), "codec": codec.identity,
+        "bandwidth": config.codec.bandwidth, "num_codebooks": codec.num_codebooks, "frame_rate": codec.frame_rate,
+        "codebook_size": codec.codebook_size, "config": as_dict(config),
+        "output_schema": schema_to_text(schema), "output_columns": describe(schema),
+    }
+    try:
+        return RunState.open(storage, header, config.output, on_event)
+    except (PermissionError, NotADirectoryError, FileExistsError) as error:
+        raise ConfigError("output.dir", f"cannot write there: {error}", "a writable folder or URL") from None
 
 
 def ensure_ray(config: Config) -> None:
@@ -172,24 +177,34 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
     storage = Storage(config.output.dir)
     if config.source.demo_if_missing:
         _ensure_demo_corpus(config)
-    shards = list_shards(config.source)
+    listing = list_shards(config.source)
+    shards = listing.shards
     if not shards:
         raise ConfigError("source", "no shards found", "check source.urls / source.path")
     codec = resolve_codec(config)
     on_event("codec", {"codec": codec})
-    manifest = _open_manifest(config, storage, codec)
-    pending = deque(largest_first(s for s in shards if not manifest.done(s.id)))
-    skipped = len(shards) - len(pending)
-    on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped, "manifest": manifest})
-    results: list[ShardResult] = []
-    start_failures: list[str] = []
-    if pending:
-        results = _dispatch(config, manifest, storage, pending, on_event, codec.checkpoint, start_failures)
-    totals = manifest.totals()
-    complete = all(manifest.done(s.id) for s in shards)
+    state = open_run_state(config, storage, codec, listing, on_event)
+    try:
+        pending = deque(largest_first(s for s in shards if not state.done(s.id)))
+        skipped = len(shards) - len(pending)
+        on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped})
+        results: list[ShardResult] = []
+        start_failures: list[str] = []
+        if pending:
+            setup = (codec.checkpoint, state.schema, state.header["identity"]["versions"])
+            results = _dispatch(config, state, storage, pending, on_event, setup, start_failures)
+        complete = all(state.done(s.id) for s in shards)
+    finally:
+        state.close()
     return JobSummary("complete" if complete else "incomplete", len(shards), skipped, len(shards) - skipped,
                       time.time() - start, sum(r.audio_seconds for r in results), encoder_busy_share(results),
-                      totals, config.output.dir, start_failures)
+                      state.totals(), config.output.dir, start_failures)
+
+
+def _failed(storage: Storage, shard: Shard, reason: str, detail: str) -> ShardResult:
+    """A shard the driver gives up on: its shard-level error record, no rows."""
+    files = publish_shard_failure(storage, shard.id, shard.url, reason, detail)
+    return ShardResult(shard.id, shard.url, "failed", shard_error=f"{reason}: {detail}", files=files)
 
 
 def _in_flight_progress(actors, in_flight: dict) -> dict:
@@ -205,14 +220,15 @@ def _in_flight_progress(actors, in_flight: dict) -> dict:
     return {"audio_seconds": sum(p["audio_seconds"] for p in done), "samples": sum(p["samples"] for p in done)}
 
 
-def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deque, on_event,
-              checkpoint: Checkpoint, start_failures: list[str]) -> list[ShardResult]:
+def _dispatch(config: Config, state: RunState, storage: Storage, pending: deque, on_event, setup: tuple,
+              start_failures: list[str]) -> list[ShardResult]:
+    """setup: (checkpoint, schema, library versions) every actor is built with."""
     ensure_ray(config)
     count, options = _actor_options(config, [n["Resources"] for n in ray.nodes() if n["Alive"]])
     count = min(count, len(pending))
 
     def new_actor(index: int):
-        return CodecActor.options(**options).remote(config, f"actor-{index}", checkpoint)
+        return CodecActor.options(**options).remote(config, f"actor-{index}", *setup)
 
     actors = [new_actor(i) for i in range(count)]
     on_event("actors", {"count": count, "options": options, "actors": list(actors)})
@@ -232,6 +248,7 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
     try:
         while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=config.ray.progress_interval_s)
+            state.check_lease()
             if not ready:
                 on_event("heartbeat", {"in_flight": len(in_flight), **_in_flight_progress(actors, in_flight)})
                 continue
@@ -267,16 +284,15 @@ def _dispatch(config: Config, manifest: Manifest, storage: Storage, pending: deq
                     pending.appendleft(shard)
                     submit(index)
                     continue
-                result = ShardResult(shard.id, shard.url, "failed", shard_error=f"actor_died: {str(error)[:200]}")
+                result = _failed(storage, shard, "actor_died", str(error)[:200])
             except RayTaskError as error:
-                result = ShardResult(shard.id, shard.url, "failed", shard_error=f"worker_exception: {str(error)[-300:]}")
+                result = _failed(storage, shard, "worker_exception", str(error)[-300:])
             if actor is actors[index]:
                 failed_starts[index] = 0  # this slot's actor started
-            manifest.record(result.as_dict())
-            totals = manifest.save(storage)
+            state.commit(result.as_dict())
             results.append(result)
-            on_event("shard_done", {"result": result, "manifest": manifest, "remaining": len(pending) + len(in_flight)})
-            _guard(config, totals)
+            on_event("shard_done", {"result": result, "remaining": len(pending) + len(in_flight)})
+            _guard(config, state.totals())
             if pending:
                 submit(index)
     finally:

@@ -1,7 +1,8 @@
 """CLI: `python -m pipeline.run CONFIG [key=value ...]` runs (or resumes) a tokenization job.
 
 Exit status: 0 complete, 1 incomplete (failed shards; rerun to retry them), 2 bad config,
-3 stopped: by the failure guard, a changed fingerprint, or codec actors that cannot start.
+3 stopped: by the failure guard, changed settings or an older output, or codec actors that cannot start;
+4 output.dir is in use by another run (or this run's lease was taken over).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import timedelta
 
 from .config import ConfigError, load_config
 from .job import ActorStartFailed, GuardTripped, run_job
-from .manifest import FingerprintMismatch
+from .runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError
 
 
 def _hms(seconds: float) -> str:
@@ -43,6 +44,15 @@ class Progress:
             what = ["replaced" if info["replaced"] else "already replaced",
                     "shard requeued" if info["requeued"] else "shard failed: ray.max_attempts reached"]
             self.say(f"actor lost on shard {info['shard']} (attempt {info['attempt']}); {', '.join(what)}")
+        elif kind == "lease_taken_over":
+            self.say(f"output.dir: taking over the lease ({info['note']})")
+        elif kind == "corrupt_commits":
+            self.say(f"{len(info['corrupt'])} commit record(s) cannot be trusted; their shards run again: "
+                     + "; ".join(list(info["corrupt"].values())[:3]))
+        elif kind == "identity_changed":
+            self.say("output.accept_new_versions: going on after " + "; ".join(info["changes"]) + " (recorded in manifest.json)")
+        elif kind == "cleared":
+            self.say(f"output.overwrite: cleared {info['output']} (run state, then data and errors)")
         elif kind == "actor_start_failed":
             if info["replacing"]:
                 self.say(f"codec actor {info['actor']} failed to start; replacing it:\n{_indent(info['error'])}")
@@ -127,9 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     except ActorStartFailed as error:
         progress.say(f"error: codec actors cannot start, so nothing can run; the constructor says:\n{_indent(str(error), 40)}")
         return 3
-    except (GuardTripped, FingerprintMismatch) as error:
+    except (GuardTripped, IdentityChanged, OutputError) as error:
         progress.say(f"error: {error}")
         return 3
+    except (LeaseHeld, LeaseLost) as error:
+        progress.say(f"error: {error}")
+        return 4
     progress.say(format_summary(summary))
     return 0 if summary.status == "complete" else 1
 

@@ -41,10 +41,42 @@ class Storage:
         if self.fs.exists(self.path(relative)):
             self.fs.rm(self.path(relative), recursive=True)
 
+    def remove_file(self, relative: str) -> None:
+        """Delete one file; absent already is fine (a retried delete, a concurrent cleanup)."""
+        try:
+            self.fs.rm_file(self.path(relative))
+        except FileNotFoundError:
+            pass
+
     def write_bytes(self, relative: str, data: bytes) -> None:
-        with tempfile.NamedTemporaryFile(delete=False) as tmp:
-            tmp.write(data)
-        self.put_file(tmp.name, relative)
+        """Replace `relative` with `data` atomically: a staged file renamed over it (local), one PUT (object store)."""
+        final = self.path(relative)
+        if not self.local:
+            self.fs.pipe_file(final, data)
+            return
+        folder = final.rsplit("/", 1)[0]
+        os.makedirs(folder, exist_ok=True)
+        staged = f"{folder}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[-1]}"
+        with open(staged, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staged, final)
+
+    def create(self, relative: str, data: bytes) -> None:
+        """Write `relative` only if it does not exist (FileExistsError otherwise): O_EXCL locally, a conditional
+        PUT (If-None-Match) on stores that have one (S3, GCS through their fsspec drivers)."""
+        final = self.path(relative)
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.pipe_file(final, data, mode="create")
+
+    def read_many(self, relatives: list[str]) -> dict[str, bytes | Exception]:
+        """Several small files in one call (concurrent on object stores); a file that cannot be read maps to its error."""
+        if not relatives:
+            return {}
+        paths = {self.path(r): r for r in relatives}
+        found = self.fs.cat(list(paths), on_error="return")
+        return {paths[p]: found.get(p, FileNotFoundError(p)) for p in paths}
 
     def put_file(self, local_path: str, relative: str) -> None:
         """Move a finished local file to `relative`, atomically; the local file is consumed."""

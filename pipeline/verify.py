@@ -1,7 +1,9 @@
-"""`python -m pipeline.verify OUTPUT_DIR`: check an output folder against its manifest.
+"""`python -m pipeline.verify OUTPUT_DIR`: check an output folder against its commit records.
 
-Reports files that are missing, extra (not in the manifest), corrupt (checksum or unreadable) or
-with the wrong row count, and shards that did not finish. Exit status 0 only when all is well.
+Reports files that are missing, corrupt (checksum or unreadable), of another schema than the run's
+or with the wrong row or error count; files in data/ or errors/ that no commit record names (a
+shard whose driver was killed between writing it and committing it: a rerun redoes it); commit
+records that cannot be trusted; shards that failed. Exit status 0 only when all is well.
 """
 
 from __future__ import annotations
@@ -14,48 +16,57 @@ import sys
 
 import pyarrow.parquet as pq
 
-from .manifest import Manifest
+from .runstate import DONE, OutputError, Totals, read_run
+from .schema import schema_from_text
 from .storage import Storage
 
 
+def _check_file(storage: Storage, name: str, record: dict, schema) -> str | None:
+    if not storage.exists(name):
+        return f"missing: {name}"
+    data = storage.read_bytes(name)
+    checksum = record.get("sha256", {}).get(name)
+    if checksum and hashlib.sha256(data).hexdigest() != checksum:
+        return f"corrupt: {name} (checksum differs from its commit record)"
+    if name.endswith(".parquet"):
+        try:
+            metadata = pq.ParquetFile(io.BytesIO(data)).metadata
+        except Exception as error:  # any unreadable file is a finding, not a crash
+            return f"corrupt: {name} ({str(error)[:120]})"
+        if not metadata.schema.to_arrow_schema().remove_metadata().equals(schema.remove_metadata()):
+            return f"schema: {name} differs from the run's schema"
+        if metadata.num_rows != record["rows"]:
+            return f"row count: {name} has {metadata.num_rows}, its commit record says {record['rows']}"
+    elif name.endswith(".jsonl") and record["status"] == DONE:
+        lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+        if sum(1 for r in lines if r.get("key") is not None) != record["errors"]:
+            return f"error count: {name} has {len(lines)} records, its commit record says {record['errors']}"
+    return None
+
+
 def verify(output_dir: str) -> list[str]:
-    """Problems found, one line each; empty when the folder matches its manifest."""
+    """Problems found, one line each; empty when the folder matches its commit records."""
     storage = Storage(output_dir)
-    manifest = Manifest.load(storage)
-    if manifest is None:
-        return [f"no manifest.json in {output_dir}"]
-    problems = []
+    try:
+        run = read_run(storage)
+    except (FileNotFoundError, OutputError) as error:
+        return [str(error)]
+    schema = schema_from_text(run.manifest["output_schema"])
+    problems = [f"commit record: {why} (the shard counts as not done)" for why in run.corrupt.values()]
     expected = set()
-    for shard_id, entry in sorted(manifest.shards.items()):
-        if entry["status"] != "done":
-            problems.append(f"shard {shard_id}: not finished ({entry.get('shard_error')})")
-        for name in entry.get("files", []):
+    for shard_id, record in sorted(run.records.items()):
+        if record["status"] != DONE:
+            problems.append(f"shard {shard_id}: failed ({record.get('shard_error')})")
+        for name in record.get("files", []):
             expected.add(name)
-            if not storage.exists(name):
-                problems.append(f"missing: {name}")
-                continue
-            data = storage.read_bytes(name)
-            checksum = entry.get("sha256", {}).get(name)
-            if checksum and hashlib.sha256(data).hexdigest() != checksum:
-                problems.append(f"corrupt: {name} (checksum differs from the manifest)")
-                continue
-            if name.endswith(".parquet"):
-                try:
-                    rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
-                except Exception as error:  # any unreadable file is a finding, not a crash
-                    problems.append(f"corrupt: {name} ({str(error)[:120]})")
-                    continue
-                if rows != entry["rows"]:
-                    problems.append(f"row count: {name} has {rows}, manifest says {entry['rows']}")
-            elif name.endswith(".jsonl"):
-                lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-                if sum(1 for r in lines if r.get("key") is not None) != entry["errors"]:
-                    problems.append(f"error count: {name} has {len(lines)} records, manifest says {entry['errors']}")
+            problem = _check_file(storage, name, record, schema)
+            if problem:
+                problems.append(problem)
     for folder in ("data", "errors"):
         for name in storage.list(folder):
             if f"{folder}/{name}" not in expected:
-                kind = "leftover temporary" if name.startswith(".tmp-") else "extra"
-                problems.append(f"{kind}: {folder}/{name} (not in the manifest)")
+                kind = "leftover temporary" if name.startswith(".tmp-") else "uncommitted"
+                problems.append(f"{kind}: {folder}/{name} (no commit record names it; a rerun redoes its shard)")
     return problems
 
 
@@ -70,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"FAILED: {len(problems)} problem(s) in {args.output_dir}")
         return 1
-    manifest = Manifest.load(Storage(args.output_dir))
-    totals = manifest.totals()
-    print(f"OK: {totals['shards_done']} shards, {totals['rows']} rows, {totals['errors']} error records match the manifest")
+    run = read_run(Storage(args.output_dir))
+    totals = Totals(run.records.values()).as_dict()
+    lag = "; manifest.json lags the commit records (the next run rewrites it)" if run.summary_stale else ""
+    print(f"OK: {totals['shards_done']} shards, {totals['rows']} rows, {totals['errors']} error records match their "
+          f"commit records{lag}")
     return 0
 
 

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 import torch
 
 from codec import Checkpoint, CodecInputError, calibrate, load_codec
@@ -20,9 +21,11 @@ from codec import Checkpoint, CodecInputError, calibrate, load_codec
 from .audio import Audio, SampleError, decode_bytes, to_model_audio
 from .config import Config
 from .prefetch import DecodeAhead
+from .runstate import library_versions
+from .schema import output_schema
 from .sources import RawSample, Shard, read_shard
 from .storage import Storage
-from .writer import ShardWriter
+from .writer import ShardWriter, publish_shard_failure
 
 # a pool this many batch budgets deep lets length bucketing find clips of similar length
 # (jobs/bench_pipeline.py: 0.94 padding efficiency at 4 budgets, 0.96 at 8-10, GPU policy)
@@ -95,7 +98,13 @@ def load_codec_for(config: Config, checkpoint: Checkpoint | None = None):
 
 class ShardProcessor:
     def __init__(self, config: Config, name: str = "local", cpus: int | None = None,
-                 checkpoint: Checkpoint | None = None):
+                 checkpoint: Checkpoint | None = None, schema: pa.Schema | None = None, versions: dict | None = None):
+        """checkpoint, schema, versions: what the driver resolved and recorded for the run (None: work them out
+        here, for use outside a run). An actor whose libraries differ from the run's refuses to start."""
+        if versions is not None and versions != library_versions():
+            raise RuntimeError(f"this worker's libraries {library_versions()} differ from the run's {versions}: "
+                               "codes would differ; install the same versions on every node")
+        self.schema = schema if schema is not None else output_schema([])
         self.started = time.perf_counter()
         self.first_encode_at: float | None = None
         self._reported_first = False
@@ -129,7 +138,7 @@ class ShardProcessor:
 
     def process(self, shard: Shard) -> ShardResult:
         start = time.perf_counter()
-        writer = ShardWriter(self.storage, shard.id, shard.url, self.config.output.compression)
+        writer = ShardWriter(self.storage, shard.id, shard.url, self.schema, self.config.output.compression)
         result = ShardResult(shard.id, shard.url, "done", worker=self.name)
         result.started_at = time.time()
         progress = self._progress[shard.id] = {"samples": 0, "audio_seconds": 0.0, "encoded_frames": 0, "encode_s": 0.0}
@@ -152,10 +161,11 @@ class ShardProcessor:
         decoded_ahead = DecodeAhead(lambda: read_shard(shard, self.config.source), self._decode, self.decode_threads,
                                     ahead_seconds=self.pool_target, name=shard.id)
         for raw, decoded in decoded_ahead:
-            if raw is None:  # the shard itself broke off
+            if raw is None:  # the shard itself broke off: no rows, one shard-level record (redone whole on a rerun)
                 result.status, result.shard_error = "failed", f"{decoded.reason}: {decoded.detail}"
-                writer.add_error(None, decoded.reason, decoded.detail)
-                break
+                result.files = publish_shard_failure(self.storage, shard.id, shard.url, decoded.reason, decoded.detail)
+                result.decode_wait_s = decoded_ahead.wait_seconds
+                return
             result.samples_read += 1
             if isinstance(decoded, SampleError):
                 writer.add_error(raw.key, decoded.reason, decoded.detail)

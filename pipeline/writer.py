@@ -1,4 +1,5 @@
-"""Rows of one shard -> one Parquet file under data/, error records -> one JSONL file under errors/."""
+"""Rows of one shard -> one Parquet file under data/ (in the run's schema), error records -> one JSONL
+file under errors/. A shard that fails publishes no rows: only its shard-level error record."""
 
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ import pyarrow.parquet as pq
 
 from codec.hashing import sha256_file
 
+from .schema import build_table
 from .storage import Storage
 
-SCHEMA_VERSION = 1
-BASE_COLUMNS = ("key", "codes", "num_frames", "num_codebooks", "duration_s", "source")
 ROW_GROUP_ROWS = 1024
 
 
@@ -31,16 +31,6 @@ class ErrorRecord:
         return dict(self.__dict__)
 
 
-def codes_array(codes: list[np.ndarray]) -> pa.Array:
-    """list<list<int16>> (outer: codebook, inner: frame) built from flat buffers, not Python lists."""
-    flat = np.concatenate([c.reshape(-1) for c in codes]) if codes else np.zeros(0, np.int16)
-    inner_sizes = np.concatenate([np.full(c.shape[0], c.shape[1]) for c in codes]) if codes else np.zeros(0)
-    inner_offsets = np.concatenate([[0], np.cumsum(inner_sizes)]).astype(np.int32)
-    outer_offsets = np.concatenate([[0], np.cumsum([c.shape[0] for c in codes])]).astype(np.int32)
-    inner = pa.ListArray.from_arrays(pa.array(inner_offsets), pa.array(flat.astype(np.int16)))
-    return pa.ListArray.from_arrays(pa.array(outer_offsets), inner)
-
-
 class ShardWriter:
     """Collects a shard's rows in input order and publishes them as one file when the shard ends.
 
@@ -48,8 +38,9 @@ class ShardWriter:
     holding them until the end is cheap and lets the file appear whole or not at all.
     """
 
-    def __init__(self, storage: Storage, shard_id: str, source: str, compression: str = "zstd"):
+    def __init__(self, storage: Storage, shard_id: str, source: str, schema: pa.Schema, compression: str = "zstd"):
         self.storage, self.shard_id, self.source, self.compression = storage, shard_id, source, compression
+        self.schema = schema
         self.keys: list[str] = []
         self.codes: list[np.ndarray] = []
         self.durations: list[float] = []
@@ -66,22 +57,10 @@ class ShardWriter:
         self.errors.append(ErrorRecord(key, self.shard_id, self.source, reason, detail))
 
     def table(self) -> pa.Table:
-        columns = {
-            "key": pa.array(self.keys, pa.string()),
-            "codes": codes_array(self.codes),
-            "num_frames": pa.array([c.shape[1] for c in self.codes], pa.int32()),
-            "num_codebooks": pa.array([c.shape[0] for c in self.codes], pa.int16()),
-            "duration_s": pa.array(self.durations, pa.float32()),
-            "source": pa.array([self.source] * len(self.keys), pa.string()),
-        }
-        names = sorted({name for meta in self.metadata for name in meta})
-        for name in names:
-            column = name if name not in columns else f"meta_{name}"
-            columns[column] = pa.array([meta.get(name) for meta in self.metadata])
-        return pa.table(columns)
+        return build_table(self.schema, self.keys, self.codes, self.durations, self.source, self.metadata)
 
     def publish(self) -> dict:
-        """Write data/ and errors/ files; returns what the manifest records for them."""
+        """Write data/ and errors/ files; returns what the commit record keeps of them."""
         files, checksums = [], {}
         with tempfile.NamedTemporaryFile(suffix=".parquet", delete=False) as tmp:
             local = tmp.name
@@ -99,3 +78,11 @@ class ShardWriter:
         else:
             self.storage.remove(error_name)  # a clean redo of a shard that once failed
         return {"files": files, "sha256": checksums}
+
+
+def publish_shard_failure(storage: Storage, shard_id: str, source: str, reason: str, detail: str = "") -> list[str]:
+    """A failed shard: no rows in data/, one shard-level error record standing for all of its samples."""
+    error_name = f"errors/{shard_id}.jsonl"
+    record = ErrorRecord(None, shard_id, source, reason, detail)
+    storage.write_bytes(error_name, (json.dumps(record.as_dict()) + "\n").encode())
+    return [error_name]

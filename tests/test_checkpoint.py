@@ -22,6 +22,8 @@ from codec import checkpoint as checkpoint_module
 from codec.original_format import ConversionError, convert_state_dict
 from codec.presets import build_random_model
 from pipeline.run import main as run_main
+from pipeline.runstate import read_run
+from pipeline.storage import Storage
 from pipeline.synth import random_sample, write_tar
 
 INNER = ["snake1", "conv1", "snake2", "conv2"]  # a DAC residual unit's block.0-3
@@ -289,5 +291,4 @@ def test_original_format_end_to_end_and_actor_start_failure_stops_the_run(releas
     assert code == 3, err
     assert err.count("failed to start") == 2 and "replacing it" in err and "failed the same way" in err
     assert "is not a readable torch state dict" in err and 'File "' in err and "in __init__" in err  # the traceback
-    manifest = json.loads((tmp_path / "out2" / "manifest.json").read_text())
-    assert manifest["shards"] == {}  # no shard was charged for the actors' deaths
+    assert read_run(Storage(str(tmp_path / "out2"))).records == {}  # no shard was charged for the actors' deaths

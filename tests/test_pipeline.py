@@ -11,7 +11,8 @@ from codec import reference_encode
 from pipeline.audio import decode_bytes, to_model_audio
 from pipeline.config import ConfigError, SourceConfig, load_config
 from pipeline.job import _actor_options, run_job
-from pipeline.manifest import FingerprintMismatch
+from pipeline.runstate import IdentityChanged, read_run
+from pipeline.storage import Storage
 from pipeline.sources import Shard, largest_first, list_shards
 from tests.corpus import hf_dataset, mixed_tar
 
@@ -33,6 +34,11 @@ def read_rows(out_dir) -> list[dict]:
 def manifest_of(out_dir) -> dict:
     with open(os.path.join(out_dir, "manifest.json")) as f:
         return json.load(f)
+
+
+def records_of(out_dir) -> dict:
+    """Shard id -> its commit record (what the run state counts as finished)."""
+    return read_run(Storage(str(out_dir))).records
 
 
 def expected_codes(codec, audio_bytes: bytes, bandwidth: float = 2.0) -> np.ndarray:
@@ -76,11 +82,12 @@ def test_webdataset_run_writes_canonical_codes_with_metadata(tmp_path, ray_local
         assert abs(row["duration_s"] - sample.seconds) < 0.01
 
     manifest = manifest_of(config.output.dir)
-    assert manifest["schema_version"] == 1 and manifest["num_codebooks"] == 8
+    assert manifest["schema_version"] == 2 and manifest["num_codebooks"] == 8
     assert manifest["codec"]["spec"] == "random:tiny" and len(manifest["fingerprint"]) == 64
-    for entry in manifest["shards"].values():
+    assert manifest["shard_count"] == 3 and manifest["totals"]["rows"] == len(samples)
+    for entry in records_of(config.output.dir).values():
         assert entry["status"] == "done" and entry["rows"] + entry["errors"] == entry["samples_read"] == 7
-    schema = pq.read_schema(os.path.join(config.output.dir, manifest["shards"][next(iter(manifest["shards"]))]["files"][0]))
+    schema = pq.read_schema(os.path.join(config.output.dir, entry["files"][0]))
     assert str(schema.field("codes").type) == "list<element: list<element: int16>>"
     assert pq.ParquetFile(os.path.join(config.output.dir, entry["files"][0])).metadata.row_group(0).column(1).compression == "ZSTD"
 
@@ -131,7 +138,7 @@ def test_changed_fingerprint_stops_unless_overwrite(tmp_path, ray_local):
     mixed_tar(str(tmp_path / "in/f.tar"), "f", 2, seed=20)
     source = {"kind": "webdataset", "urls": [str(tmp_path / "in/f.tar")]}
     run_job(config_for(tmp_path, source))
-    with pytest.raises(FingerprintMismatch, match="bandwidth.*output.overwrite=true"):
+    with pytest.raises(IdentityChanged, match="bandwidth.*output.overwrite=true"):
         run_job(config_for(tmp_path, source, "codec.bandwidth=1.0"))
     summary = run_job(config_for(tmp_path, source, "codec.bandwidth=1.0", "output.overwrite=true"))
     assert summary.status == "complete" and summary.shards_run == 1
@@ -196,8 +203,8 @@ def test_shards_are_listed_with_sizes_and_dispatched_largest_first(tmp_path):
     sizes = {name: os.path.getsize(tmp_path / f"in/{name}.tar") for name in "abc"}
     biggest_first = sorted("abc", key=lambda name: -sizes[name])
     assert biggest_first[0] != "a"  # the order differs from the listing's
-    by_glob = list_shards(SourceConfig(kind="webdataset", urls=[f"{tmp_path}/in/*.tar"]))
-    by_name = list_shards(SourceConfig(kind="webdataset", urls=[f"{tmp_path}/in/{{a,b,c}}.tar"]))
+    by_glob = list_shards(SourceConfig(kind="webdataset", urls=[f"{tmp_path}/in/*.tar"])).shards
+    by_name = list_shards(SourceConfig(kind="webdataset", urls=[f"{tmp_path}/in/{{a,b,c}}.tar"])).shards
     for shards in (by_glob, by_name):
         assert [s.size for s in shards] == [sizes[n] for n in "abc"]  # listed in name order ...
         assert [s.url[-5] for s in largest_first(shards)] == biggest_first  # ... run biggest first
@@ -251,7 +258,7 @@ def test_two_shards_at_once_on_one_processor_report_progress_and_their_own_count
     processor = ShardProcessor(config)
     results, seen = [], []
     workers = [threading.Thread(target=lambda shard=shard: results.append(processor.process(shard)))
-               for shard in list_shards(config.source)]
+               for shard in list_shards(config.source).shards]
     for worker in workers:
         worker.start()
     while any(worker.is_alive() for worker in workers):

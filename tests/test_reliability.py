@@ -21,7 +21,7 @@ from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
 from pipeline.verify import main as verify_main
 from pipeline.verify import verify
 from tests.corpus import mixed_tar, wav_bytes
-from tests.test_pipeline import config_for, expected_codes, manifest_of, read_rows
+from tests.test_pipeline import config_for, expected_codes, read_rows, records_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +85,7 @@ def test_bad_samples_get_codes_or_a_specific_error(tmp_path, ray_local):
         else:
             np.testing.assert_array_equal(codes, expected)
     assert rows["tiny"]["num_frames"] == 1 and rows["long"]["num_frames"] == 225
-    entry = next(iter(manifest_of(config.output.dir)["shards"].values()))
+    entry = next(iter(records_of(config.output.dir).values()))
     assert entry["samples_read"] == len(samples) == entry["rows"] + entry["errors"]
 
 
@@ -99,7 +99,7 @@ def _flac_24bit(array, rate):
     return buffer.getvalue()
 
 
-def test_bad_shards_are_recorded_and_the_run_goes_on(tmp_path, ray_local, capsys):
+def test_bad_shards_are_recorded_without_partial_rows_and_the_run_goes_on(tmp_path, ray_local, capsys):
     mixed_tar(str(tmp_path / "in/good.tar"), "g", 3, seed=1)
     mixed_tar(str(tmp_path / "in/cut.tar"), "c", 4, seed=2)
     data = (tmp_path / "in/cut.tar").read_bytes()
@@ -110,15 +110,19 @@ def test_bad_shards_are_recorded_and_the_run_goes_on(tmp_path, ray_local, capsys
     err = capsys.readouterr().err
     assert status == 1 and "status: INCOMPLETE" in err and "rerun the same command" in err
 
-    manifest = manifest_of(tmp_path / "out")
-    by_source = {os.path.basename(e["source"]): e for e in manifest["shards"].values()}
+    by_source = {os.path.basename(e["source"]): e for e in records_of(tmp_path / "out").values()}
     assert by_source["good.tar"]["status"] == "done"
     assert by_source["missing.tar"]["status"] == "failed" and "missing_shard" in by_source["missing.tar"]["shard_error"]
     cut = by_source["cut.tar"]
     assert cut["status"] == "failed" and cut["shard_error"].startswith("corrupt_tar")
-    assert cut["rows"] + cut["errors"] == cut["samples_read"] and cut["samples_read"] >= 1
-    shard_errors = [e for e in errors_of(tmp_path / "out") if e["key"] is None]
-    assert sorted(e["reason"] for e in shard_errors) == ["corrupt_tar", "missing_shard"]
+    # the cut tar read some samples before it broke; none of them reach data/ (glob readers would see them),
+    # its shard-level record stands for all of them and a rerun redoes it whole
+    assert cut["samples_read"] >= 1 and cut["rows"] == 0 and cut["files"] == [f"errors/{cut['shard_id']}.jsonl"]
+    assert sorted(os.listdir(tmp_path / "out/data")) == [f"{by_source['good.tar']['shard_id']}.parquet"]
+    assert {r["key"] for r in read_rows(tmp_path / "out")} == {f"g_{i:03d}" for i in range(3)}
+    errors = errors_of(tmp_path / "out")
+    assert sorted(e["reason"] for e in errors if e["key"] is None) == ["corrupt_tar", "missing_shard"]
+    assert not [e for e in errors if e["shard"] == cut["shard_id"] and e["key"] is not None]
 
 
 def test_hf_bad_files_are_shard_errors(tmp_path, ray_local):
@@ -144,7 +148,7 @@ def test_guard_stops_a_run_that_mostly_fails(tmp_path, ray_local, capsys):
                         "guard.min_samples=10", "ray.num_actors=1")
     with pytest.raises(GuardTripped, match=r"16 of 16 samples failed.*undecodable x16"):
         run_job(config)
-    assert len(manifest_of(config.output.dir)["shards"]) == 2  # stopped before the third shard
+    assert len(records_of(config.output.dir)) == 2  # stopped before the third shard
 
     from tests.corpus import hf_dataset
 
@@ -198,7 +202,7 @@ def test_killed_actor_mid_shard_is_replaced_and_the_shard_appears_once(tmp_path,
     assert "; replaced, shard requeued" in shown.getvalue() and "; already replaced, shard requeued" in shown.getvalue()
     keys = [r["key"] for r in read_rows(config.output.dir)]
     assert sorted(keys) == sorted(s.key for s in samples + others)
-    assert sorted(os.listdir(tmp_path / "out/data")) == sorted(f"{shard}.parquet" for shard in manifest_of(config.output.dir)["shards"])
+    assert sorted(os.listdir(tmp_path / "out/data")) == sorted(f"{shard}.parquet" for shard in records_of(config.output.dir))
     assert verify(config.output.dir) == []
 
 
@@ -213,15 +217,15 @@ def test_killed_driver_then_rerun_holds_every_sample_once(tmp_path, ray_local):
     command = [sys.executable, "-m", "pipeline.run", str(tmp_path / "run.yaml"), f"ray.address={address}",
                "ray.num_actors=1"]
     driver = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = tmp_path / "out/manifest.json"
+    commits = tmp_path / "out/_run/commits"
     deadline = time.time() + 300
     while time.time() < deadline:
-        if manifest.exists() and 1 <= len(json.loads(manifest.read_text())["shards"]) < 6:
+        if commits.exists() and 1 <= len(os.listdir(commits)) < 6:
             break
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    done_before = len(json.loads(manifest.read_text())["shards"])
+    done_before = len(records_of(tmp_path / "out"))
     assert done_before < 6
 
     rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -285,4 +289,4 @@ def test_verify_reports_missing_extra_and_corrupt_files(tmp_path, ray_local, cap
     report = capsys.readouterr().out
     assert f"missing: data/{first}" in report
     assert f"corrupt: data/{second}" in report
-    assert "extra: data/stray.parquet" in report and "leftover temporary: data/.tmp-123-x.parquet" in report
+    assert "uncommitted: data/stray.parquet" in report and "leftover temporary: data/.tmp-123-x.parquet" in report

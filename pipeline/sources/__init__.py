@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
+
+import fsspec
+import pyarrow as pa
 
 from ..config import SourceConfig
 
@@ -25,9 +29,7 @@ class Shard:
 
     id: str  # stable across runs: names the output files
     url: str
-    kind: str  # webdataset | hf-arrow | hf-parquet | hf-hub
-    start: int = 0  # hf-hub: row range
-    stop: int = 0
+    kind: str  # webdataset | hf-arrow | hf-parquet
     size: int = 0  # bytes, where listing tells it for free (0: unknown)
 
 
@@ -48,8 +50,14 @@ def _is_local(fs) -> bool:
 
 
 def full_url(fs, path: str) -> str:
-    """A path that fsspec returned (protocol stripped) as the URL to open it again."""
-    return path if _is_local(fs) else f"{_protocol(fs)}://{path}"
+    """A path that fsspec returned (protocol stripped) as the URL to open it again. One file has one URL:
+    a local file is its normalised absolute path however it was spelled (relative, file://, with ..)."""
+    return os.path.normpath(path) if _is_local(fs) else f"{_protocol(fs)}://{path}"
+
+
+def normalise_url(url: str) -> str:
+    fs, path = fsspec.core.url_to_fs(url)
+    return full_url(fs, path)
 
 
 def glob_with_sizes(fs, pattern: str) -> list[tuple[str, int]]:
@@ -78,11 +86,18 @@ def shard_id(url: str, suffix: str = "") -> str:
     return f"{name}{suffix}-{digest}"
 
 
-def list_shards(config: SourceConfig) -> list[Shard]:
+@dataclass
+class SourceListing:
+    shards: list[Shard]
+    identity: dict  # the settings that decide which samples a shard id denotes and how keys are formed
+    fields: list  # pyarrow fields of the metadata columns the source declares (the output schema adds them)
+
+
+def list_shards(config: SourceConfig) -> SourceListing:
     if config.kind == "webdataset":
         from .webdataset import list_tar_shards
 
-        return list_tar_shards(config.urls)
+        return SourceListing(list_tar_shards(config.urls), {"kind": "webdataset"}, [pa.field("text", pa.string())])
     from .hf import list_hf_shards
 
     return list_hf_shards(config)

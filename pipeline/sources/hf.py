@@ -1,5 +1,5 @@
 """Hugging Face datasets: a `save_to_disk` folder (one shard per Arrow file), Parquet files (one
-shard per file), or a hub dataset name (one shard per `rows_per_shard` rows).
+shard per file), or a hub dataset name (one shard per Parquet file of the split, at one commit).
 
 Arrow and Parquet are read with pyarrow, not `datasets`' decoders, so audio bytes reach our own
 decoder unchanged and no sample is decoded twice.
@@ -8,6 +8,7 @@ decoder unchanged and no sample is decoded twice.
 from __future__ import annotations
 
 import json
+import re
 from typing import Iterator
 
 import fsspec
@@ -17,73 +18,135 @@ import pyarrow.parquet as pq
 
 from ..audio import SampleError
 from ..config import ConfigError, SourceConfig
-from . import RawSample, Shard, ShardError, full_url, glob_with_sizes, local_size, shard_id
+from . import RawSample, Shard, ShardError, SourceListing, full_url, glob_with_sizes, local_size, shard_id
 
 BATCH_ROWS = 64
 
 
-def list_hf_shards(config: SourceConfig) -> list[Shard]:
+def list_hf_shards(config: SourceConfig) -> SourceListing:
     path = config.path
     fs, root = fsspec.core.url_to_fs(path)
-
-    def url(p: str) -> str:
-        return full_url(fs, p)
-
+    revision = None
     if any(ch in path for ch in "*?["):
         files = glob_with_sizes(fs, root)
         if not files:
             raise ConfigError("source.path", f"no files match {path!r}")
-        return [Shard(shard_id(url(f)), url(f), _kind_of(f), size=size) for f, size in files]
-    if fs.isdir(root):
-        if fs.exists(f"{root}/dataset_dict.json"):
-            root = f"{root}/{config.split}"
-            if not fs.isdir(root):
-                raise ConfigError("source.split", f"no split {config.split!r} in {path!r}")
-        if fs.exists(f"{root}/state.json"):
-            state = json.loads(fs.cat_file(f"{root}/state.json"))
-            files = [f"{root}/{entry['filename']}" for entry in state["_data_files"]]
-            return [Shard(shard_id(url(f)), url(f), "hf-arrow", size=local_size(fs, f)) for f in files]
-        files = glob_with_sizes(fs, f"{root}/**/*.parquet")
-        if files:
-            return [Shard(shard_id(url(f)), url(f), "hf-parquet", size=size) for f, size in files]
-        raise ConfigError("source.path", f"{path!r} holds neither a save_to_disk dataset nor Parquet files")
-    if fs.isfile(root):
-        return [Shard(shard_id(url(root)), url(root), _kind_of(root), size=local_size(fs, root))]
-    return _hub_shards(config)
+        shards = [_file_shard(fs, f, size) for f, size in files]
+    elif fs.isdir(root):
+        shards = _folder_shards(fs, root, config)
+    elif fs.isfile(root):
+        shards = [_file_shard(fs, root, local_size(fs, root))]
+    else:
+        shards, revision = _hub_shards(config)
+    if config.revision and revision is None:
+        raise ConfigError("source.revision", f"applies to hub datasets; {path!r} is a local dataset", "remove it")
+    fields, key_column = _declared_fields(shards, config)
+    identity = {"kind": "hf", "split": config.split, "audio_column": config.audio_column, "key_column": key_column,
+                "revision": revision}
+    return SourceListing(shards, identity, fields)
 
 
-def _kind_of(path: str) -> str:
-    return "hf-arrow" if path.endswith(".arrow") else "hf-parquet"
+def _file_shard(fs, path: str, size: int, shard_url: str | None = None) -> Shard:
+    url = full_url(fs, path)
+    return Shard(shard_id(url), shard_url or url, "hf-arrow" if path.endswith(".arrow") else "hf-parquet", size=size)
 
 
-def _hub_shards(config: SourceConfig) -> list[Shard]:
-    import datasets
+def _folder_shards(fs, root: str, config: SourceConfig) -> list[Shard]:
+    if fs.exists(f"{root}/dataset_dict.json"):
+        root = f"{root}/{config.split}"
+        if not fs.isdir(root):
+            raise ConfigError("source.split", f"no split {config.split!r} in {config.path!r}")
+    if fs.exists(f"{root}/state.json"):
+        state = json.loads(fs.cat_file(f"{root}/state.json"))
+        return [_file_shard(fs, f"{root}/{e['filename']}", local_size(fs, f"{root}/{e['filename']}"))
+                for e in state["_data_files"]]
+    found = dict(glob_with_sizes(fs, f"{root}/**/*.parquet"))
+    if not found:
+        raise ConfigError("source.path", f"{config.path!r} holds neither a save_to_disk dataset nor Parquet files")
+    files = split_files([f[len(root) + 1:] for f in found], config.split)
+    return [_file_shard(fs, f"{root}/{f}", found[f"{root}/{f}"]) for f in files]
 
+
+# The hub's file layout names splits in a folder (`data/train/...`, `CONFIG/train/...`) or a file name prefix
+# (`data/train-00000-of-00004.parquet`); a folder of Parquet files that names no split is one split.
+_SPLIT = r"(?:^|/){split}(?:/|[-_.][^/]*$)"
+_KNOWN_SPLITS = ("train", "validation", "valid", "dev", "test", "eval")
+
+
+def split_files(relative: list[str], split: str) -> list[str]:
+    """The files of `split` among `relative` paths (sorted); all of them when none names a split."""
+    def named(name: str) -> list[str]:
+        return [f for f in relative if re.search(_SPLIT.format(split=re.escape(name)), f)]
+
+    chosen = named(split)
+    if chosen:
+        return sorted(chosen)
+    others = sorted({name for name in _KNOWN_SPLITS if named(name)})
+    if others:
+        raise ConfigError("source.split", f"no files of split {split!r}; the files name the splits {others}",
+                          f"set source.split to one of {others}")
+    return sorted(relative)
+
+
+def _hub_shards(config: SourceConfig) -> tuple[list[Shard], str]:
+    """One shard per Parquet file of the split at one commit, streamed with `hf://` by each actor from its
+    own file: no actor downloads or prepares the whole dataset."""
+    from huggingface_hub import HfApi, constants
+
+    if "/" not in config.path or constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "it is not a hub name (ORG/NAME)"
+        raise ConfigError("source.path", f"{config.path!r} is no local dataset, and the hub cannot be asked ({why})",
+                          "a save_to_disk folder, Parquet files, or a hub dataset ORG/NAME with the hub reachable")
     try:
-        builder = datasets.load_dataset_builder(config.path)
-        rows = builder.info.splits[config.split].num_examples
+        info = HfApi().dataset_info(config.path, revision=config.revision, files_metadata=True)
     except Exception as error:  # the hub client raises many types; all mean "cannot find it"
-        raise ConfigError("source.path", f"{config.path!r} is no local dataset and the hub says: {error}") from None
-    step = config.rows_per_shard
-    return [
-        Shard(shard_id(config.path, f"-{config.split}-{start}"), config.path, "hf-hub", start, min(rows, start + step))
-        for start in range(0, rows, step)
-    ]
+        raise ConfigError("source.path", f"hub dataset {config.path!r} (revision {config.revision or 'main'}): "
+                          f"{str(error).splitlines()[0][:200]}") from None
+    sizes = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
+    parquet = [f for f in sizes if f.endswith(".parquet")]
+    if not parquet:
+        raise ConfigError(
+            "source.path", f"hub dataset {config.path}@{info.sha[:12]} has no Parquet files of its own. The hub's "
+            "automatic conversion (refs/convert/parquet) covers only the first GBs of a large dataset, so it is not "
+            "used: a run would silently miss the rest",
+            "convert it to Parquet (datasets: load_dataset(...).to_parquet, or push_to_hub) and point source.path at "
+            "that repo or those files")
+    fs_root = f"hf://datasets/{config.path}"
+    shards = [Shard(shard_id(f"{fs_root}/{f}"), f"{fs_root}@{info.sha}/{f}", "hf-parquet", size=sizes[f])
+              for f in split_files(parquet, config.split)]
+    return shards, info.sha
+
+
+def _open_shard(shard: Shard):
+    try:
+        return fsspec.open(shard.url, "rb").open()
+    except FileNotFoundError:
+        raise ShardError("missing_shard", shard.url) from None
+
+
+def _declared_fields(shards: list[Shard], config: SourceConfig) -> tuple[list, str | None]:
+    """The metadata columns the dataset declares and the key column, read once: from its first readable file
+    (an unreadable one becomes that shard's error, not the run's)."""
+    for shard in shards:
+        try:
+            with _open_shard(shard) as handle:
+                schema = pa.ipc.open_stream(handle).schema if shard.kind == "hf-arrow" else pq.read_schema(handle)
+            break
+        except (ShardError, pa.ArrowInvalid, OSError):
+            continue
+    else:
+        return [], config.key_column
+    key_column = config.key_column or ("id" if "id" in schema.names else None)
+    fields = [f for f in schema if f.name not in (config.audio_column, key_column) and _is_scalar(f.type)]
+    return fields, key_column
+
+
+def _is_scalar(kind) -> bool:
+    return pa.types.is_primitive(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
 
 
 def _record_batches(shard: Shard, config: SourceConfig) -> Iterator[pa.RecordBatch]:
-    if shard.kind == "hf-hub":
-        import datasets
-
-        dataset = datasets.load_dataset(config.path, split=config.split)
-        table = dataset.data.table.slice(shard.start, shard.stop - shard.start)
-        yield from table.to_batches(BATCH_ROWS)
-        return
-    try:
-        handle = fsspec.open(shard.url, "rb").open()
-    except FileNotFoundError:
-        raise ShardError("missing_shard", shard.url) from None
-    with handle:
+    with _open_shard(shard) as handle:
         try:
             if shard.kind == "hf-arrow":
                 reader = pa.ipc.open_stream(handle)
@@ -120,7 +183,7 @@ def _audio_value(value):
 
 
 def read_hf_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
-    row = shard.start
+    row = 0
     for batch in _record_batches(shard, config):
         names = batch.schema.names
         if config.audio_column not in names:
@@ -131,11 +194,7 @@ def read_hf_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
         key_column = config.key_column or ("id" if "id" in names else None)
         if key_column is not None and key_column not in names:
             raise ShardError("missing_key_column", f"no column {key_column!r} in {shard.url}; set source.key_column")
-        scalars = [
-            n
-            for n, t in zip(names, batch.schema.types)
-            if n != config.audio_column and (pa.types.is_primitive(t) or pa.types.is_string(t) or pa.types.is_large_string(t))
-        ]
+        scalars = [n for n, t in zip(names, batch.schema.types) if n != config.audio_column and _is_scalar(t)]
         columns = {n: batch.column(n).to_pylist() for n in scalars}
         audio = batch.column(config.audio_column).to_pylist()
         for i, cell in enumerate(audio):

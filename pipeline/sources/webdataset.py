@@ -21,7 +21,7 @@ def list_tar_shards(urls: list[str]) -> list[Shard]:
             if any(ch in url for ch in "*?["):
                 expanded += [(full_url(fs, match), size) for match, size in glob_with_sizes(fs, url)]
             else:
-                expanded.append((url, local_size(fs, path)))
+                expanded.append((full_url(fs, path), local_size(fs, path)))
     seen, shards = set(), []
     for url, size in expanded:
         if url not in seen:

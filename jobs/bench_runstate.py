@@ -1,0 +1,132 @@
+"""Run-state benchmark: the cost of committing a shard, finding what is done, and compacting the summary,
+at 1k, 10k and 100k shards; then a real run of thousands of tiny shards.
+
+    python jobs/bench_runstate.py                          # 100,000 synthetic commits, local disk and memory://
+    python jobs/bench_runstate.py --shards 10000 --stores local
+    python jobs/bench_runstate.py --e2e 5000 --commits 0    # only the end-to-end run: 5,000 tiny shards, random:tiny
+
+Synthetic commits go through the real code path (`RunState.commit`: the record file, the in-memory totals
+the guard reads) with records shaped like a real shard's. The rerun is `RunState.open` on that output:
+with the summary current (a finished run) and with no summary at all (a driver killed before its first
+compaction: every record is read). The end-to-end run is `run_job` over that many one-clip tars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from pipeline.config import load_config
+from pipeline.runstate import RunState
+from pipeline.runstate.summary import SHARD_LIST
+from pipeline.schema import describe, output_schema, schema_to_text
+from pipeline.storage import Storage
+
+
+def fake_result(i: int) -> dict:
+    shard = f"train-{i:06d}-{i * 2654435761 % 16**10:010x}"
+    return {
+        "shard_id": shard, "source": f"s3://bucket/audio/train-{i:06d}.tar", "status": "done", "samples_read": 400,
+        "rows": 398, "errors": 2, "error_reasons": {"decode_failed": 2}, "shard_error": None, "audio_seconds": 3600.0,
+        "frames": 90000, "encoded_frames": 94000, "tokens": 720000, "files": [f"data/{shard}.parquet", f"errors/{shard}.jsonl"],
+        "sha256": {f"data/{shard}.parquet": "0" * 64}, "seconds": 41.0, "decode_wait_s": 0.2, "encode_s": 40.1,
+        "started_at": 1.7e9, "worker": "actor-3", "peak_rss_mb": 3400.0, "first_encode_s": None,
+    }
+
+
+def header() -> dict:
+    schema = output_schema([])
+    return {"identity": {"bench": True}, "codec": {}, "bandwidth": 2.0, "num_codebooks": 8, "frame_rate": 25.0,
+            "codebook_size": 1024, "config": {}, "output_schema": schema_to_text(schema), "output_columns": describe(schema)}
+
+
+def settings(**output):
+    overrides = ["source.kind=webdataset", "source.urls=[x.tar]", "output.dir=x"] + [f"output.{k}={v}" for k, v in output.items()]
+    return load_config(None, overrides).output
+
+
+def bench_commits(url: str, count: int) -> None:
+    storage = Storage(url)
+    # the interval is far beyond the run: commits are timed alone, the compaction on its own below
+    state = RunState.open(storage, header(), settings(summary_interval_s=10**9))
+    seconds = np.zeros(count)
+    for i in range(count):
+        record = fake_result(i)
+        begin = time.perf_counter()
+        state.commit(record)
+        state.totals()  # what the guard reads after every shard
+        seconds[i] = time.perf_counter() - begin
+    for upto in (1_000, 10_000, 100_000):
+        if upto <= count:
+            window = seconds[max(0, upto - 1000):upto] * 1000
+            print(f"  commits {upto - len(window) + 1:>6}-{upto:<6}  p50 {np.percentile(window, 50):6.2f} ms   "
+                  f"p99 {np.percentile(window, 99):6.2f} ms   max {window.max():7.2f} ms")
+    begin = time.perf_counter()
+    state.close()  # the final compaction: manifest.json + the shard list
+    print(f"  summary compaction of {count} shards: {time.perf_counter() - begin:.2f} s "
+          f"({len(storage.read_bytes(SHARD_LIST)) / 1e6:.1f} MB shard list)")
+    begin = time.perf_counter()
+    rerun = RunState.open(storage, header(), settings())
+    found = sum(rerun.done(fake_result(i)["shard_id"]) for i in range(count))
+    rerun.lease.release()
+    print(f"  rerun finds {found} of {count} done, summary current: {time.perf_counter() - begin:.2f} s")
+    storage.remove(SHARD_LIST)
+    begin = time.perf_counter()
+    rerun = RunState.open(storage, header(), settings())
+    found = sum(rerun.done(fake_result(i)["shard_id"]) for i in range(count))
+    elapsed = time.perf_counter() - begin
+    rerun.close()
+    print(f"  rerun finds {found} of {count} done, no summary (every record read, summary rebuilt): {elapsed:.2f} s")
+
+
+def bench_e2e(shards: int, work: str) -> None:
+    from pipeline.job import run_job
+    from pipeline.synth import random_sample, write_tar
+
+    rng = np.random.default_rng(0)
+    folder = os.path.join(work, "tiny")
+    os.makedirs(folder)
+    for i in range(shards):
+        write_tar(os.path.join(folder, f"t-{i:05d}.tar"), [random_sample(rng, f"k{i:05d}", 0.2, "flac")])
+    config = load_config(None, ["source.kind=webdataset", f"source.urls={folder}/t-{{00000..{shards - 1:05d}}}.tar",
+                                f"output.dir={work}/out", "codec.model=random:tiny"])
+    finished: list[float] = []
+    start = time.perf_counter()
+    summary = run_job(config, lambda kind, info: finished.append(time.perf_counter()) if kind == "shard_done" else None)
+    wall = time.perf_counter() - start
+    tenth = max(1, len(finished) // 10)
+    first = tenth / (finished[tenth] - finished[0])  # from the first completion, not from start-up
+    last = tenth / (finished[-1] - finished[-tenth - 1])
+    print(f"  {summary.shards_run} shards ({summary.status}) in {wall:.1f} s, first completion at "
+          f"{finished[0] - start:.1f} s")
+    print(f"  completion rate: first 10% {first:.1f} shards/s, last 10% {last:.1f} shards/s "
+          f"(last/first {last / first:.2f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commits", type=int, default=100_000, help="synthetic shard commits (0: skip)")
+    parser.add_argument("--stores", nargs="+", default=["local", "memory"], choices=["local", "memory"])
+    parser.add_argument("--e2e", type=int, default=0, help="also run this many one-clip tars end to end")
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="bench_runstate_")
+    try:
+        for store in args.stores if args.commits else []:
+            url = os.path.join(work, "local") if store == "local" else f"memory://bench-{time.time_ns()}/out"
+            print(f"{store} ({url}): {args.commits} commits")
+            bench_commits(url, args.commits)
+            Storage(url).remove("")
+        if args.e2e:
+            print(f"end to end: {args.e2e} tiny shards, random:tiny")
+            bench_e2e(args.e2e, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""The run state of an output folder (commit records, summary, lease, identity): one owner, no Ray."""
+
+from .identity import IdentityChanged, library_versions
+from .lease import LeaseHeld, LeaseLost
+from .records import DONE, FAILED
+from .state import OutputError, RunState, RunView, read_run
+from .summary import MANIFEST, Totals
+
+__all__ = ["DONE", "FAILED", "IdentityChanged", "LeaseHeld", "LeaseLost", "MANIFEST", "OutputError", "RunState",
+           "RunView", "Totals", "library_versions", "read_run"]
