@@ -6,6 +6,7 @@ from .codec import Codec, CodecIdentity, codebooks_for_bandwidth, reference_enco
 from .checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from .loading import load_codec
 from .validation import CodecInputError
+from .waves import FileWave
 
 __all__ = [
     "BatchPolicy",
@@ -17,6 +18,7 @@ __all__ = [
     "CodecIdentity",
     "CodecInputError",
     "default_policy",
+    "FileWave",
     "load_codec",
     "plan_batches",
     "reference_encode",

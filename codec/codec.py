@@ -13,8 +13,10 @@ import torchaudio
 
 from .batching import BatchPolicy, default_policy, plan_batches
 from .fast_ops import FastOps
+from .heap import release_freed_heap
 from .masking import GroupNormStats, PaddingMasks, conv_output_lengths, pad_batch, time_mask
 from .validation import CodecInputError, check_bandwidth, check_waveforms
+from .waves import zero_padded
 from .windowing import Piece, split_into_pieces
 
 # transformers' HiggsAudioV2 tokenizer pads the 16 kHz signal by this much on both sides
@@ -80,12 +82,13 @@ class Codec:
     # ---- encode -----------------------------------------------------------------------------
     def encode(
         self,
-        waveforms: list[np.ndarray],
+        waveforms: list,
         bandwidth: float,
         max_batch_seconds: float | None = None,
         max_clips: int | None = None,
     ) -> list[np.ndarray]:
-        """Codes [num_codebooks, ceil(len/hop)] (int16) for each 24 kHz mono float32 waveform.
+        """Codes [num_codebooks, ceil(len/hop)] (int16) for each 24 kHz mono float32 waveform: a numpy array, or
+        a FileWave (codec.waves), which is read a window at a time and never held whole.
 
         Equal to encoding each clip alone, whatever the batch it lands in.
         """
@@ -124,21 +127,24 @@ class Codec:
         )
 
     @torch.inference_mode()
-    def _run(self, waveforms: list[np.ndarray], forward, policy: BatchPolicy) -> list[tuple[torch.Tensor, ...]]:
-        """Windows, buckets and runs `forward(audio, lengths, norm_stats)`; returns its per-frame outputs per clip."""
+    def _run(self, waveforms: list, forward, policy: BatchPolicy) -> list[tuple[torch.Tensor, ...]]:
+        """Windows, buckets and runs `forward(audio, lengths, norm_stats)`; returns its per-frame outputs per clip.
+
+        A clip is read one piece (a window and its context) at a time, so a FileWave is never held whole."""
         hop = self.hop_length
-        padded = [np.pad(w, (0, self.num_frames(w.size) * hop - w.size)) for w in waveforms]
+        sizes = [self.num_frames(w.size) * hop for w in waveforms]  # zero-padded to whole frames, as alone
         pieces: list[Piece] = []
         clip_stats = {}
-        for index, wave in enumerate(padded):
-            clip_pieces = split_into_pieces(index, wave.size // hop, self.window_frames, self.context_frames)
+        for index, (wave, size) in enumerate(zip(waveforms, sizes)):
+            clip_pieces = split_into_pieces(index, size // hop, self.window_frames, self.context_frames)
             if len(clip_pieces) > 1:
                 # windows normalise with the whole clip's statistics, as a single pass would
-                clip_stats[index] = self._clip_group_norm_stats(wave)
+                clip_stats[index] = self._clip_group_norm_stats(wave, size)
             pieces += clip_pieces
         results: list[tuple[torch.Tensor, ...] | None] = [None] * len(pieces)
         for batch in plan_batches([p.num_frames * hop for p in pieces], self.sample_rate, policy):
-            clips = [torch.from_numpy(padded[pieces[i].clip][pieces[i].start * hop : pieces[i].stop * hop]) for i in batch]
+            clips = [torch.from_numpy(zero_padded(waveforms[pieces[i].clip], pieces[i].start * hop, pieces[i].stop * hop))
+                     for i in batch]
             lengths = [c.shape[-1] for c in clips]
             total = max(lengths)
             self.encoded_frames += len(clips) * total // hop
@@ -154,6 +160,8 @@ class Codec:
                 piece = pieces[index]
                 keep = slice(piece.keep_start - piece.start, piece.keep_stop - piece.start)
                 results[index] = tuple(out[row, :, keep] for out in outputs)
+            if norm_stats is not None:
+                release_freed_heap()  # windows of a long clip: one window's memory, not a growing heap
         per_clip: list[list[tuple]] = [[] for _ in waveforms]
         for piece, result in zip(pieces, results):
             per_clip[piece.clip].append(result)
@@ -175,20 +183,24 @@ class Codec:
             given=torch.tensor([s is not None for s in per_row], device=self.device),
         )
 
-    def _clip_group_norm_stats(self, wave: np.ndarray, chunk: int = 1 << 15) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance per group of HuBERT's first conv output over a whole clip, in chunks."""
+    def _clip_group_norm_stats(self, wave, size: int, chunk: int = 1 << 15) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance per group of HuBERT's first conv output over a whole clip (`wave` zero-padded to
+        `size` samples), `chunk` conv steps at a time: each chunk resamples only the audio it reads, so a long
+        clip is never held whole, and its samples are those of resampling the whole clip."""
         config = self.model.config
-        speech = torch.from_numpy(wave)[None].to(self.device)
-        speech = torchaudio.functional.resample(speech, config.sample_rate, config.semantic_sample_rate)
-        speech = F.pad(speech, (SEMANTIC_PAD, SEMANTIC_PAD))
         conv = self._hubert_first_conv
         groups = self.model.semantic_model.feature_extractor.conv_layers[0].layer_norm.num_groups
         kernel, stride = conv.kernel_size[0], conv.stride[0]
-        steps = (speech.shape[-1] - kernel) // stride + 1
+        speech_size = resampled_size(size, config.sample_rate, config.semantic_sample_rate)
+        steps = (speech_size + 2 * SEMANTIC_PAD - kernel) // stride + 1
         total = total_sq = 0.0
         for start in range(0, steps, chunk):
             stop = min(steps, start + chunk)
-            out = conv(speech[:, None, start * stride : (stop - 1) * stride + kernel])[0].double()
+            # conv steps [start, stop) read the speech padded by SEMANTIC_PAD, [start * stride, (stop - 1) * stride + kernel)
+            speech = resampled_range(wave, size, config.sample_rate, config.semantic_sample_rate,
+                                     start * stride - SEMANTIC_PAD, (stop - 1) * stride + kernel - SEMANTIC_PAD,
+                                     self.device)
+            out = conv(speech[None, None])[0].double()
             out = out.reshape(groups, -1, out.shape[-1])
             total = total + out.sum(dim=(1, 2))
             total_sq = total_sq + (out**2).sum(dim=(1, 2))
@@ -276,6 +288,42 @@ class Codec:
             length = codes.shape[1] * self.hop_length if lengths is None else lengths[index]
             out.append(audio[:length])
         return out
+
+
+# torchaudio.functional.resample's defaults: a sinc filter cut at `rolloff` of the lower rate's Nyquist,
+# reaching `lowpass_filter_width` zero crossings on each side
+_RESAMPLE_ZERO_CROSSINGS, _RESAMPLE_ROLLOFF = 6, 0.99
+
+
+def resampled_size(size: int, orig_rate: int, new_rate: int) -> int:
+    """Samples that torchaudio's resampling of `size` samples returns."""
+    return math.ceil(new_rate * size / orig_rate)
+
+
+def resampled_range(wave, size: int, orig_rate: int, new_rate: int, start: int, stop: int,
+                    device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """Samples [start, stop) of torchaudio's resampling of `wave` zero-padded to `size` samples (zeros outside
+    the resampled clip), computed from the input around that range only.
+
+    torchaudio resamples with a strided convolution: output j * new + phase reads the input within `width`
+    samples of j * orig (rates divided by their gcd). Reading `context` >= width real samples beyond the range
+    on each side, in whole steps of `orig`, gives each kept output exactly the input the whole clip's
+    resampling gives it, so the samples are the same."""
+    gcd = math.gcd(orig_rate, new_rate)
+    orig, new = orig_rate // gcd, new_rate // gcd
+    out = torch.zeros(stop - start, device=device)
+    first, last = max(start, 0), min(stop, resampled_size(size, orig_rate, new_rate))
+    if last <= first:
+        return out
+    width = math.ceil(_RESAMPLE_ZERO_CROSSINGS * orig / (min(orig, new) * _RESAMPLE_ROLLOFF))
+    context = orig * math.ceil(width / orig)
+    first_step, last_step = first // new, -(-last // new)
+    begin = first_step * orig - context  # the input read, a whole number of steps; zeros outside the clip
+    audio = torch.from_numpy(zero_padded(wave, begin, last_step * orig + context)).to(device)
+    resampled = torchaudio.functional.resample(audio, orig_rate, new_rate)
+    offset = begin // orig * new  # the output index of `resampled[0]`
+    out[first - start : last - start] = resampled[first - offset : last - offset]
+    return out
 
 
 def receptive_field_frames(encoder, hop: int) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .waves import FileWave, non_finite
+
 
 class CodecInputError(ValueError):
     def __init__(self, index: int | None, reason: str):
@@ -13,24 +15,23 @@ class CodecInputError(ValueError):
         super().__init__(where + reason)
 
 
-def check_waveforms(waveforms) -> list[np.ndarray]:
+def check_waveforms(waveforms) -> list:
+    """The waveforms (numpy arrays or FileWaves) if each is a non-empty, finite, 1-D float32 clip."""
     if isinstance(waveforms, np.ndarray) and waveforms.ndim == 1:
         raise CodecInputError(None, "expected a list of 1-D waveforms, got a single array; wrap it in a list")
     checked = []
     for index, wave in enumerate(waveforms):
-        if not isinstance(wave, np.ndarray):
-            raise CodecInputError(index, f"expected a numpy array, got {type(wave).__name__}")
+        if not isinstance(wave, (np.ndarray, FileWave)):
+            raise CodecInputError(index, f"expected a numpy array (or a FileWave), got {type(wave).__name__}")
         if wave.dtype != np.float32:
             raise CodecInputError(index, f"expected dtype float32, got {wave.dtype}")
         if wave.ndim != 1:
             raise CodecInputError(index, f"expected a 1-D mono waveform, got shape {wave.shape}")
         if wave.size == 0:
             raise CodecInputError(index, "empty waveform (0 samples)")
-        finite = np.isfinite(wave)
-        if not finite.all():
-            bad = int((~finite).sum())
-            kind = "NaN" if np.isnan(wave).any() else "inf"
-            raise CodecInputError(index, f"{bad} non-finite samples ({kind})")
+        bad, any_nan = non_finite(wave)
+        if bad:
+            raise CodecInputError(index, f"{bad} non-finite samples ({'NaN' if any_nan else 'inf'})")
         checked.append(wave)
     return checked
 

@@ -39,6 +39,7 @@ class CodecActor:
             "torch_threads": torch.get_num_threads(),
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
         }
 
     def progress(self) -> dict:

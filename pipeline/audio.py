@@ -1,15 +1,35 @@
-"""Audio bytes or arrays -> validated mono float32 at the codec's rate."""
+"""Audio bytes, spilled files or arrays -> validated mono float32 at the codec's rate.
+
+A file's length is read from its header before any sample is decoded, so one over `audio.max_seconds`
+costs nothing. Clips up to BLOCKED_ABOVE_S decode whole, as they always have. Longer ones decode
+BLOCK_S at a time, each block downmixed and pushed through soxr's streaming resampler into a `FileWave`
+(a temporary file the codec reads a window at a time): memory is a block and a window, not the clip.
+Downmixing is per frame and soxr's stream gives its one-shot resampler's samples exactly, so the blocked
+path's samples are the whole-file path's wherever the decoder's are (libsndfile's decoding of MPEG-2 MP3,
+e.g. at 22.05 kHz, depends slightly on read sizes); jobs/bench_memory.py compares the codes.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import shutil
+import tempfile
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import soundfile
 import soxr
 
+from codec import FileWave
+
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "oga", "aiff", "aif", "au", "sph", "w64", "caf")
+
+BLOCK_S = 10.0  # decoded and resampled at a time, for clips over BLOCKED_ABOVE_S
+BLOCKED_ABOVE_S = 120.0
+# recorded in the output's identity: how audio became the codec's input
+DECODE_METHOD = f"blocked-v1: {BLOCK_S:g} s blocks above {BLOCKED_ABOVE_S:g} s, soxr stream into a temp file"
 
 
 class SampleError(Exception):
@@ -21,9 +41,32 @@ class SampleError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
+class SpilledFile:
+    """A source member too large to hold in memory, copied to an anonymous temporary file in chunks.
+
+    The file is unlinked at creation: its space returns when it is closed (once decoded), collected, or
+    when the process ends, killed or not."""
+
+    def __init__(self, stream, directory: str | None = None, chunk_bytes: int = 1 << 20):
+        self.file = tempfile.TemporaryFile(prefix="audiotok-spill-", dir=directory)
+        try:
+            shutil.copyfileobj(stream, self.file, chunk_bytes)
+            self.size = self.file.tell()
+            self.file.seek(0)
+        except BaseException:
+            self.file.close()
+            raise
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __repr__(self) -> str:
+        return f"SpilledFile({self.size} bytes)"
+
+
 @dataclass
 class Audio:
-    wave: np.ndarray  # mono float32 at the target rate
+    wave: np.ndarray | FileWave  # mono float32 at the target rate; a FileWave for clips decoded in blocks
     source_rate: int
     source_channels: int
     duration_s: float  # of the input audio
@@ -31,27 +74,108 @@ class Audio:
 
 # a WAV data size of 0 or all ones means "streamed, size unknown", not a truncated file
 _STREAMED_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
+_DECODER_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError)
+
+
+def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
+                 blocked_above_s: float | None = None) -> Audio:
+    """Bytes, a SpilledFile or an (array, sample_rate) pair -> validated audio at `target_rate`.
+
+    A file declaring more than `max_seconds` is refused from its header, before any sample is decoded;
+    one longer than `blocked_above_s` (None: BLOCKED_ABOVE_S) is decoded in blocks into a FileWave."""
+    blocked_above_s = BLOCKED_ABOVE_S if blocked_above_s is None else blocked_above_s
+    if not isinstance(source, (bytes, bytearray, SpilledFile)):
+        array, rate = source
+        return to_model_audio(array, rate, target_rate, quality, max_seconds)
+    with _opened(source) as f:
+        if f.samplerate > 0:
+            _require_within(f.frames / f.samplerate, max_seconds, " (the header's length; not decoded)")
+        if f.frames > blocked_above_s * f.samplerate:
+            return _decode_in_blocks(f, target_rate, quality)
+        array, rate = _read_whole(f), f.samplerate
+    return to_model_audio(array, rate, target_rate, quality, max_seconds)
 
 
 def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
-    """[frames, channels] float32 and the sample rate, for anything libsndfile reads.
+    """[frames, channels] float32 and the sample rate, for anything libsndfile reads (the whole file)."""
+    with _opened(data) as f:
+        return _read_whole(f), f.samplerate
 
-    libsndfile decodes a truncated WAV, Ogg or MP3 without complaint, returning what is there;
-    a silently shortened clip is data loss, so truncation is an error here.
-    """
-    if not data:
+
+@contextlib.contextmanager
+def _opened(source: bytes | SpilledFile) -> Iterator[soundfile.SoundFile]:
+    """The file open for reading; what libsndfile cannot read is `undecodable`."""
+    if isinstance(source, (bytes, bytearray)) and not source:
         raise SampleError("empty_file", "0 bytes")
     try:
-        with soundfile.SoundFile(io.BytesIO(data)) as f:
-            declared = f.frames
-            array = f.read(dtype="float32", always_2d=True)
-            rate, info, container = f.samplerate, f.extra_info, f.format
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        with soundfile.SoundFile(source.file if isinstance(source, SpilledFile) else io.BytesIO(source)) as f:
+            yield f
+    except _DECODER_ERRORS as error:
         raise SampleError("undecodable", str(error).splitlines()[0][:200]) from None
-    truncated = _truncation(container, info, declared, len(array))
+
+
+def _read_whole(f: soundfile.SoundFile) -> np.ndarray:
+    declared = f.frames
+    array = f.read(dtype="float32", always_2d=True)
+    _require_complete(f, declared, len(array))
+    return array
+
+
+def _decode_in_blocks(f: soundfile.SoundFile, target_rate: int, quality: str) -> Audio:
+    """Decode, downmix and resample BLOCK_S at a time into a FileWave, in a block's memory."""
+    rate, declared, block = f.samplerate, f.frames, max(1, round(BLOCK_S * f.samplerate))
+    resampler = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality=quality) if rate != target_rate else None
+    wave, decoded, non_finite = FileWave(), 0, 0
+    try:
+        while True:
+            # read(), not blocks(): a short read (the end, or a truncated file) must show as one
+            mono = f.read(block, dtype="float32", always_2d=True).mean(axis=1, dtype=np.float32)
+            decoded += len(mono)
+            non_finite += _non_finite_count(mono)
+            last = len(mono) < block
+            wave.append(resampler.resample_chunk(mono, last=last) if resampler else mono)
+            if last:
+                break
+        _require_complete(f, declared, decoded)
+        _require_samples(decoded)
+        _require_finite(non_finite)
+        _require_resampled(wave.size, decoded, rate)
+    except BaseException:
+        wave.close()
+        raise
+    return Audio(wave, int(rate), int(f.channels), decoded / rate)
+
+
+def _require_complete(f: soundfile.SoundFile, declared: int, decoded: int) -> None:
+    """libsndfile decodes a truncated WAV, Ogg or MP3 without complaint, returning what is there;
+    a silently shortened clip is data loss, so truncation is an error here."""
+    truncated = _truncation(f.format, f.extra_info, declared, decoded)
     if truncated:
         raise SampleError("truncated", truncated)
-    return array, rate
+
+
+def _require_samples(frames: int) -> None:
+    if frames == 0:
+        raise SampleError("empty_audio", "0 samples")
+
+
+def _require_within(seconds: float, max_seconds: float, how: str = "") -> None:
+    if seconds > max_seconds:
+        raise SampleError("too_long", f"{seconds:.0f} s > audio.max_seconds={max_seconds:.0f}{how}")
+
+
+def _non_finite_count(mono: np.ndarray) -> int:
+    return int(mono.size - np.count_nonzero(np.isfinite(mono)))
+
+
+def _require_finite(non_finite: int) -> None:
+    if non_finite:
+        raise SampleError("non_finite", f"{non_finite} NaN/inf samples")
+
+
+def _require_resampled(size: int, frames: int, rate: int) -> None:
+    if size == 0:
+        raise SampleError("empty_audio", f"{frames} samples at {rate} Hz resample to none")
 
 
 def _truncation(container: str, info: str, declared: int, decoded: int) -> str:
@@ -76,18 +200,14 @@ def to_model_audio(array: np.ndarray, rate: int, target_rate: int, quality: str,
     if array.ndim != 2:
         raise SampleError("bad_shape", f"audio array of shape {array.shape}")
     frames, channels = array.shape
-    if frames == 0:
-        raise SampleError("empty_audio", "0 samples")
+    _require_samples(frames)
     if not rate or rate <= 0:
         raise SampleError("bad_sample_rate", str(rate))
     duration = frames / rate
-    if duration > max_seconds:
-        raise SampleError("too_long", f"{duration:.0f} s > audio.max_seconds={max_seconds:.0f}")
+    _require_within(duration, max_seconds)
     mono = array.astype(np.float32, copy=False).mean(axis=1, dtype=np.float32)
-    if not np.isfinite(mono).all():
-        raise SampleError("non_finite", f"{int((~np.isfinite(mono)).sum())} NaN/inf samples")
+    _require_finite(_non_finite_count(mono))
     if rate != target_rate:
         mono = soxr.resample(mono, rate, target_rate, quality=quality).astype(np.float32, copy=False)
-    if mono.size == 0:
-        raise SampleError("empty_audio", f"{frames} samples at {rate} Hz resample to none")
+    _require_resampled(mono.size, frames, rate)
     return Audio(np.ascontiguousarray(mono), int(rate), int(channels), float(duration))

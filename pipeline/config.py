@@ -35,7 +35,7 @@ class SourceConfig:
 @dataclass
 class AudioConfig:
     resampler_quality: str = "HQ"  # soxr quality
-    max_seconds: float = 4 * 3600.0  # longer clips are error records, not encodes
+    max_seconds: float = 4 * 3600.0  # longer clips are error records, not encodes (from the file's header, undecoded)
     decode_threads: int = 0  # 0: one per CPU the actor holds
 
 
@@ -67,7 +67,7 @@ class OutputConfig:
     dir: str = MISSING
     overwrite: bool = False  # replace an output.dir written with other settings (run state first, then data)
     compression: str = "zstd"
-    summary_interval_s: float = 300.0  # rewrite manifest.json from the commit records at most this often (and at the end)
+    summary_interval_s: float = 900.0  # rewrite manifest.json from the commit records at most this often (and at the end)
     lease_timeout_s: float = 300.0  # a lease without a heartbeat for this long is taken over (a dead driver elsewhere)
     accept_new_versions: bool = False  # go on with an output after a torch/transformers/soxr upgrade (recorded)
 
@@ -85,7 +85,14 @@ class RayConfig:
     # its memory holds. GPU actors: none.
     memory_per_actor_gb: float = 0.0
     pool_seconds: float = 0.0  # audio gathered per encode call, bucketed inside; 0: 8x the batch budget
-    max_attempts: int = 3  # per shard, counting actor deaths
+    max_attempts: int = 3  # tries per shard for transient failures (network, store 5xx, timeout, actor lost)
+    max_consecutive_failures: int = 3  # an actor failing this many shards in a row (transient/unexpected) is replaced
+    shard_timeout_s: float = 0.0  # a shard's time limit from when its actor starts it; 0: auto (see below)
+    # auto limit: 4x the shard's expected time from its byte size and the speed of finished shards, never
+    # below this; this alone where the size or speed is not known yet
+    shard_timeout_min_s: float = 1800.0
+    retry_backoff_s: float = 10.0  # first retry delay of a transient failure, doubling per attempt (jittered, max 300)
+    pending_actor_warn_s: float = 120.0  # say so when replacement actors wait this long for resources
     progress_interval_s: float = 10.0
 
 
@@ -93,7 +100,8 @@ class RayConfig:
 class GuardConfig:
     max_error_fraction: float = 0.5  # stop when more samples fail than this ...
     min_samples: int = 200  # ... once this many have been read
-    min_shards: int = 5  # and stop when this many shards finished and every one of them failed
+    min_shards: int = 5  # and stop once this many shards finished ...
+    max_failed_shard_fraction: float = 0.5  # ... if more than this share of them failed
 
 
 @dataclass
@@ -170,9 +178,16 @@ def validate(config: Config) -> None:
     if r.num_actors < 0 or r.cpus_per_actor < 0 or r.memory_per_actor_gb < 0 or r.max_attempts < 1 or r.pool_seconds < 0:
         raise ConfigError("ray", "num_actors, cpus_per_actor, memory_per_actor_gb and pool_seconds must be >= 0 "
                                  "(0: auto), max_attempts >= 1")
+    if r.max_consecutive_failures < 1:
+        raise ConfigError("ray.max_consecutive_failures", f"{r.max_consecutive_failures}", "use 1 or more")
+    if r.shard_timeout_s < 0 or r.shard_timeout_min_s <= 0 or r.retry_backoff_s < 0 or r.pending_actor_warn_s <= 0:
+        raise ConfigError("ray.shard_timeout_s", "shard_timeout_s and retry_backoff_s must be >= 0, "
+                          "shard_timeout_min_s and pending_actor_warn_s > 0")
     g = config.guard
     if g.min_samples < 1 or g.min_shards < 1:
         raise ConfigError("guard", "min_samples and min_shards must be >= 1")
+    if not 0 < g.max_failed_shard_fraction <= 1:
+        raise ConfigError("guard.max_failed_shard_fraction", f"{g.max_failed_shard_fraction}", "a fraction in (0, 1]")
     if not 0 < g.max_error_fraction <= 1:
         raise ConfigError("guard.max_error_fraction", f"{g.max_error_fraction}", "a fraction in (0, 1]")
 

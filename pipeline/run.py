@@ -13,7 +13,8 @@ import time
 from datetime import timedelta
 
 from .config import ConfigError, load_config
-from .job import ActorStartFailed, GuardTripped, run_job
+from .job import run_job
+from .scheduler import ActorStartFailed, GuardTripped
 from .runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError
 
 
@@ -41,9 +42,21 @@ class Progress:
             o = info["options"]
             self.say(f"started {info['count']} codec actor(s) ({o['num_gpus']} GPU, {o['num_cpus']} CPU each)")
         elif kind == "actor_lost":
-            what = ["replaced" if info["replaced"] else "already replaced",
-                    "shard requeued" if info["requeued"] else "shard failed: ray.max_attempts reached"]
-            self.say(f"actor lost on shard {info['shard']} (attempt {info['attempt']}); {', '.join(what)}")
+            why = "over its time limit" if info["failure"] == "timeout" else "lost"
+            charged = (f"charged to {info['charged']}" if info["charged"] else
+                       "its shards run again, each alone, uncharged")
+            self.say(f"codec actor {info['actor']} {why} holding {', '.join(info['lost']) or 'no shard'}; "
+                     f"replaced, {charged} ({info['error'][:160]})")
+        elif kind == "shard_retry":
+            self.say(f"shard {info['shard']}: {info['failure']} failure, retry {info['attempt']} in "
+                     f"{info['delay']:.0f} s on another actor ({info['reason'][:200]})")
+        elif kind == "actor_sick":
+            self.say(f"codec actor {info['actor']} failed {info['failures']} shards in a row; replacing it "
+                     f"(last: {info['last']})")
+        elif kind == "actors_waiting":
+            self.say(f"{info['count']} codec actor(s) have waited {info['seconds']:.0f} s for resources "
+                     f"({info['options']} each); {info['running']} running take the shards meanwhile; "
+                     f"available now: {info['available']}")
         elif kind == "lease_taken_over":
             self.say(f"output.dir: taking over the lease ({info['note']})")
         elif kind == "corrupt_commits":
@@ -115,7 +128,15 @@ def format_summary(summary) -> str:
         f"{_hms(summary.wall_seconds)} ({summary.run_audio_seconds / max(summary.wall_seconds, 1e-9):.1f}x realtime)",
         f"tokens: {t['tokens']} ({t['frames']} frames), padding efficiency {efficiency}{busy}",
         f"output: {summary.output_dir}",
-    ] + [f"actor start failure (replaced):\n{_indent(message)}" for message in summary.actor_start_failures])
+    ] + [f"actor start failure (replaced):\n{_indent(message)}" for message in summary.actor_start_failures]
+      + _failed_lines(summary.failed_shards))
+
+
+def _failed_lines(failed: list, shown: int = 20) -> list[str]:
+    lines = [f"failed shard {shard}: {reason[:200]}" for shard, reason in failed[:shown]]
+    if len(failed) > shown:
+        lines.append(f"... and {len(failed) - shown} more failed shards (see errors/ and _run/commits/*.failed.json)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 
 import fsspec
@@ -25,6 +24,7 @@ class Storage:
         return "/".join([self.root, *parts])
 
     def exists(self, relative: str) -> bool:
+        self.fs.invalidate_cache(self.path(relative))
         return self.fs.exists(self.path(relative))
 
     def read_bytes(self, relative: str) -> bytes:
@@ -33,6 +33,7 @@ class Storage:
     def list(self, folder: str) -> list[str]:
         """Names in `folder` (relative), hidden ones included; empty when it does not exist."""
         target = self.path(folder)
+        self.fs.invalidate_cache(target)  # object-store listings are cached per process; another may have written
         if not self.fs.exists(target):
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(target, detail=False))

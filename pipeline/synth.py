@@ -7,6 +7,7 @@ noise) in the formats, rates and channel counts a real corpus mixes.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import tarfile
@@ -46,7 +47,7 @@ def encode_audio(array: np.ndarray, rate: int, ext: str) -> bytes:
 @dataclass
 class SynthSample:
     key: str
-    members: dict  # extension -> bytes
+    members: dict  # extension -> bytes, or a path (os.PathLike) of a file to copy in
     seconds: float
 
 
@@ -59,15 +60,38 @@ def random_sample(rng: np.random.Generator, key: str, seconds: float, ext: str |
     return SynthSample(key, {ext: audio, "txt": f"sample {key}".encode(), "json": json.dumps(meta).encode()}, seconds)
 
 
+def write_long_audio(path: str, seconds: float, rate: int, channels: int, ext: str = "flac", seed: int = 0,
+                     block_seconds: float = 10.0, distinct_blocks: int = 6) -> None:
+    """A long synthetic file, written a block at a time (never held whole); the content cycles through
+    `distinct_blocks` blocks, as synthesising every block anew would cost more than encoding it."""
+    rng = np.random.default_rng(seed)
+    blocks = [synth_clip(rng, block_seconds, rate, channels) for _ in range(distinct_blocks)]
+    fmt, subtype = FORMATS[ext]
+    remaining = int(seconds * rate)
+    with soundfile.SoundFile(path, "w", rate, channels, subtype, format=fmt) as f:
+        for block in itertools.cycle(blocks):
+            if remaining <= 0:
+                break
+            part = block[:remaining]
+            f.write(part)
+            remaining -= len(part)
+
+
 def write_tar(path: str, samples: list[SynthSample]) -> None:
+    """Members are bytes, or paths of files to copy in (streamed: a long file is not read into memory)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with tarfile.open(path, "w") as tar:
         for sample in samples:
             for ext, data in sample.members.items():
                 info = tarfile.TarInfo(f"{sample.key}.{ext}")
-                info.size = len(data)
                 info.mtime = 0  # reproducible tars
-                tar.addfile(info, io.BytesIO(data))
+                if isinstance(data, os.PathLike):
+                    info.size = os.path.getsize(data)
+                    with open(data, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
 
 
 def lognormal_seconds(rng: np.random.Generator, count: int, median: float, low: float, high: float) -> np.ndarray:

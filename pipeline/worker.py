@@ -7,6 +7,7 @@ of the next clips.
 
 from __future__ import annotations
 
+import logging
 import resource
 import threading
 import time
@@ -18,14 +19,17 @@ import torch
 
 from codec import Checkpoint, CodecInputError, calibrate, load_codec
 
-from .audio import Audio, SampleError, decode_bytes, to_model_audio
+from .audio import Audio, SampleError, SpilledFile, decode_audio
 from .config import Config
+from .failures import TRANSIENT, UNEXPECTED, describe, is_transient
 from .prefetch import DecodeAhead
 from .runstate import library_versions
 from .schema import output_schema
 from .sources import RawSample, Shard, read_shard
 from .storage import Storage
-from .writer import ShardWriter, publish_shard_failure
+from .writer import ShardWriter
+
+log = logging.getLogger(__name__)
 
 # a pool this many batch budgets deep lets length bucketing find clips of similar length
 # (jobs/bench_pipeline.py: 0.94 padding efficiency at 4 budgets, 0.96 at 8-10, GPU policy)
@@ -41,7 +45,10 @@ class ShardResult:
     rows: int = 0
     errors: int = 0
     error_reasons: dict = field(default_factory=dict)
-    shard_error: str | None = None
+    shard_error: str | None = None  # "reason: detail" of a failed shard
+    failure: str | None = None  # failures.TRANSIENT | PERMANENT | UNEXPECTED | "timeout" | "actor_lost"
+    traceback: str | None = None  # type, message and last frames, for unexpected failures
+    attempts: int = 1  # tries this shard took in this run, this one included
     audio_seconds: float = 0.0
     frames: int = 0
     encoded_frames: int = 0
@@ -126,9 +133,10 @@ class ShardProcessor:
 
     @property
     def in_shard(self) -> dict:
-        under_way = list(self._progress.values())
-        return {"shards": len(under_way), "samples": sum(p["samples"] for p in under_way),
-                "audio_seconds": sum(p["audio_seconds"] for p in under_way)}
+        under_way = dict(self._progress)
+        return {"shards": len(under_way), "samples": sum(p["samples"] for p in under_way.values()),
+                "audio_seconds": sum(p["audio_seconds"] for p in under_way.values()),
+                "started": {shard: p["started_at"] for shard, p in under_way.items()}}
 
     def _should_calibrate(self) -> bool:
         c = self.config.codec
@@ -141,9 +149,17 @@ class ShardProcessor:
         writer = ShardWriter(self.storage, shard.id, shard.url, self.schema, self.config.output.compression)
         result = ShardResult(shard.id, shard.url, "done", worker=self.name)
         result.started_at = time.time()
-        progress = self._progress[shard.id] = {"samples": 0, "audio_seconds": 0.0, "encoded_frames": 0, "encode_s": 0.0}
+        progress = self._progress[shard.id] = {"samples": 0, "audio_seconds": 0.0, "encoded_frames": 0, "encode_s": 0.0,
+                                               "started_at": result.started_at}
         try:
             self._process(shard, writer, result, progress)
+        except Exception as error:  # the store failing a write (transient), a bug or a device error (unexpected)
+            result.status, result.failure = "failed", TRANSIENT if is_transient(error) else UNEXPECTED
+            if result.failure == UNEXPECTED:
+                log.exception("shard %s failed unexpectedly on %s", shard.id, self.name)
+            result.shard_error = f"worker_exception: {type(error).__name__}: {str(error)[:200]}"
+            result.traceback = describe(error)
+            result.files, result.rows = [], 0
         finally:
             self._progress.pop(shard.id, None)
         result.seconds = time.perf_counter() - start
@@ -161,9 +177,11 @@ class ShardProcessor:
         decoded_ahead = DecodeAhead(lambda: read_shard(shard, self.config.source), self._decode, self.decode_threads,
                                     ahead_seconds=self.pool_target, name=shard.id)
         for raw, decoded in decoded_ahead:
-            if raw is None:  # the shard itself broke off: no rows, one shard-level record (redone whole on a rerun)
+            if raw is None:  # the shard itself broke off: no rows; the driver retries it or records its failure
                 result.status, result.shard_error = "failed", f"{decoded.reason}: {decoded.detail}"
-                result.files = publish_shard_failure(self.storage, shard.id, shard.url, decoded.reason, decoded.detail)
+                result.failure = decoded.kind
+                if decoded.kind == UNEXPECTED:
+                    result.traceback = decoded.detail
                 result.decode_wait_s = decoded_ahead.wait_seconds
                 return
             result.samples_read += 1
@@ -226,16 +244,15 @@ class ShardProcessor:
             return codes
 
     def _decode(self, raw: RawSample) -> Audio | SampleError:
-        if raw.error is not None:
-            return raw.error if isinstance(raw.error, SampleError) else SampleError("bad_sample", str(raw.error))
         try:
-            if isinstance(raw.audio, (bytes, bytearray)):
-                array, rate = decode_bytes(bytes(raw.audio))
-            else:
-                array, rate = raw.audio
+            if raw.error is not None:
+                return raw.error if isinstance(raw.error, SampleError) else SampleError("bad_sample", str(raw.error))
             audio = self.config.audio
-            return to_model_audio(array, rate, self.codec.sample_rate, audio.resampler_quality, audio.max_seconds)
+            return decode_audio(raw.audio, self.codec.sample_rate, audio.resampler_quality, audio.max_seconds)
         except SampleError as error:
             return error
         except Exception as error:  # a decoder bug must cost one sample, not the shard
             return SampleError("decode_failed", repr(error)[:200])
+        finally:
+            if isinstance(raw.audio, SpilledFile):
+                raw.audio.close()  # its disk space goes once decoded, not when the pool holding `raw` is encoded

@@ -1,8 +1,11 @@
 import numpy as np
 import pytest
 import torch
+import torchaudio
 
-from codec import BatchPolicy, CodecInputError, load_codec, plan_batches, reference_encode
+from codec import BatchPolicy, CodecInputError, FileWave, load_codec, plan_batches, reference_encode
+from codec.codec import resampled_range
+from codec.waves import CHECK_CHUNK
 from codec.windowing import split_into_pieces
 
 HOP = 960
@@ -160,6 +163,45 @@ def test_windowed_long_encode_matches_single_pass(codec):
     assert (windowed == single).mean() >= 0.99
     seams = [50 * k + d for k in range(1, 5) for d in (-1, 0)]
     assert (windowed[:, seams] == single[:, seams]).mean() >= 0.9
+
+
+def file_wave(samples: np.ndarray, chunk: int = 10_000) -> FileWave:
+    wave = FileWave()
+    for start in range(0, samples.size, chunk):
+        wave.append(samples[start : start + chunk])
+    return wave
+
+
+def test_a_file_backed_wave_gets_the_codes_of_the_same_array(codec):
+    rng = np.random.default_rng(9)
+    arrays = [noise(rng, 24000 * 9 + 123), noise(rng, 24000 + 17)]  # five windows; one pass
+    expected = codec.encode(arrays, 2.0)
+    for got, want in zip(codec.encode([file_wave(a) for a in arrays], 2.0), expected):
+        np.testing.assert_array_equal(got, want)
+    # the windows' statistics, from many chunks of a FileWave and from the array in one
+    size = codec.num_frames(arrays[0].size) * HOP
+    chunked = codec._clip_group_norm_stats(file_wave(arrays[0]), size, chunk=700)
+    whole = codec._clip_group_norm_stats(arrays[0], size, chunk=10**9)
+    for a, b in zip(chunked, whole):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
+def test_semantic_resampling_by_ranges_equals_resampling_the_whole_clip():
+    wave = noise(np.random.default_rng(10), 24000 * 3 - 17)
+    size = wave.size + 17
+    whole = torchaudio.functional.resample(torch.from_numpy(np.pad(wave, (0, 17))), 24000, 16000)
+    n = whole.numel()
+    for start, stop in [(-160, 1000), (0, n), (12345, 23456), (12346, 12349), (n - 500, n + 160), (-5, 3), (n, n + 9)]:
+        expected = torch.zeros(stop - start)
+        expected[max(start, 0) - start : min(stop, n) - start] = whole[max(start, 0) : min(stop, n)]
+        assert torch.equal(resampled_range(file_wave(wave), size, 24000, 16000, start, stop), expected), (start, stop)
+
+
+def test_non_finite_samples_of_a_file_wave_are_counted_across_chunks(codec):
+    samples = noise(np.random.default_rng(11), CHECK_CHUNK + 1000)
+    samples[[3, CHECK_CHUNK + 5]] = [np.nan, np.inf]
+    with pytest.raises(CodecInputError, match=r"clip 0: 2 non-finite samples \(NaN\)"):
+        codec.encode([file_wave(samples)], 1.0)
 
 
 def test_plan_batches_respects_budget_and_covers_all():

@@ -1,6 +1,15 @@
-"""Actors stream: their peak memory does not grow with the size of the dataset."""
+"""Actors stream: their peak memory grows neither with the size of the dataset nor with the length of a file."""
+
+import io
+import json
+import os
+import pathlib
+
+import numpy as np
+import soundfile
 
 from pipeline.job import run_job
+from pipeline.synth import SynthSample, encode_audio, synth_clip, write_long_audio, write_tar
 from tests.corpus import mixed_tar
 from tests.test_pipeline import config_for
 
@@ -21,3 +30,63 @@ def test_peak_memory_per_actor_is_flat_for_4x_the_data(tmp_path, ray_local):
     large = peak_rss(tmp_path, 8, "large")
     assert small > 100  # the codec and torch are in there: the measurement is real
     assert large < 1.2 * small, (small, large)
+
+
+RESERVED_GB = 2.0  # the actor's Ray memory: less than a whole 30 min file decodes to on top of the model
+
+
+def peak_rss_for_one_file(tmp_path, minutes: float) -> float:
+    """The actor's peak RSS for a shard holding one `minutes`-long 48 kHz stereo FLAC."""
+    flac = tmp_path / f"long-{minutes:g}.flac"
+    write_long_audio(str(flac), minutes * 60, 48000, 2, "flac", seed=int(minutes))
+    tar = tmp_path / f"long-{minutes:g}/s.tar"
+    write_tar(str(tar), [SynthSample(f"long{minutes:g}", {"flac": pathlib.Path(flac)}, minutes * 60)])
+    flac.unlink()
+    # 30 s windows (2 s of context) keep the encode cost near the audio's and make the window's share of the
+    # peak small, so growth with the file's length would stand out
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tar)]}, f"output.dir={tmp_path}/out-{minutes:g}",
+                        "ray.num_actors=1", f"ray.memory_per_actor_gb={RESERVED_GB}",
+                        "codec.window_s=30", "codec.context_s=2")
+    results = []
+    run_job(config, lambda kind, info: results.append(info["result"]) if kind == "shard_done" else None)
+    (result,) = results
+    assert result.status == "done" and result.rows == 1 and abs(result.audio_seconds - minutes * 60) < 1
+    return result.peak_rss_mb
+
+
+def test_long_file_memory_is_bounded_by_the_window_not_the_length(tmp_path, ray_local):
+    """The 30 min file's bytes and samples are three times the 10 min one's; read, decoded, resampled and
+    encoded a block and a window at a time, neither shows in the actor's peak."""
+    short = peak_rss_for_one_file(tmp_path, 10)
+    long = peak_rss_for_one_file(tmp_path, 30)
+    assert long - short < 100, (short, long)
+    assert long < RESERVED_GB * 1024, (short, long)
+
+
+def flac_declaring(seconds: float, rate: int = 8000) -> bytes:
+    """A 1 s FLAC whose header (STREAMINFO's total samples) declares `seconds`: what a reader that trusts
+    the header sees without decoding, where decoding would find 1 s."""
+    data = bytearray(encode_audio(synth_clip(np.random.default_rng(0), 1.0, rate), rate, "flac"))
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first, at byte 8
+    fields = int.from_bytes(data[18:26], "big")  # rate (20 bits), channels (3), bits (5), total samples (36)
+    fields = (fields >> 36 << 36) | int(seconds * rate)
+    data[18:26] = fields.to_bytes(8, "big")
+    with soundfile.SoundFile(io.BytesIO(bytes(data))) as f:
+        assert f.frames == int(seconds * rate)
+    return bytes(data)
+
+
+def test_a_file_over_max_seconds_is_a_too_long_record_read_from_its_header(tmp_path, ray_local):
+    rng = np.random.default_rng(1)
+    samples = [
+        SynthSample("declares_5h", {"flac": flac_declaring(5 * 3600)}, 1.0),
+        SynthSample("fine", {"wav": encode_audio(synth_clip(rng, 1.0, 16000), 16000, "wav")}, 1.0),
+    ]
+    write_tar(str(tmp_path / "in/s.tar"), samples)
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/s.tar")]},
+                        "audio.max_seconds=14400")
+    assert run_job(config).status == "complete"
+    (errors,) = [tmp_path / "out/errors" / name for name in os.listdir(tmp_path / "out/errors")]
+    records = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert [(r["key"], r["reason"]) for r in records] == [("declares_5h", "too_long")]
+    assert "18000 s > audio.max_seconds=14400" in records[0]["detail"] and "not decoded" in records[0]["detail"]

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from codec import reference_encode
 from pipeline.audio import decode_bytes, to_model_audio
 from pipeline.config import ConfigError, SourceConfig, load_config
-from pipeline.job import _actor_options, run_job
+from pipeline.job import run_job
+from pipeline.scheduler import actor_options as _actor_options
 from pipeline.runstate import IdentityChanged, read_run
 from pipeline.storage import Storage
 from pipeline.sources import Shard, largest_first, list_shards
@@ -265,7 +266,7 @@ def test_two_shards_at_once_on_one_processor_report_progress_and_their_own_count
         seen.append(processor.in_shard["samples"])
         time.sleep(0.005)
     assert len(results) == 2 and all(r.status == "done" and r.rows == 6 for r in results)
-    assert 0 < max(seen) <= 12 and processor.in_shard == {"shards": 0, "samples": 0, "audio_seconds": 0.0}
+    assert 0 < max(seen) <= 12 and processor.in_shard == {"shards": 0, "samples": 0, "audio_seconds": 0.0, "started": {}}
     for r in results:  # CPU encodes clip by clip: each shard's encoded frames are exactly its own frames
         assert r.encoded_frames == r.frames and r.encode_s > 0
     for row in read_rows(config.output.dir):

@@ -290,7 +290,7 @@ def test_hub_layout_picks_the_split_files(tmp_path):
 def test_failed_shard_leaves_no_rows_and_a_cut_record_is_redone(tmp_path, ray_local):
     for i in range(3):
         mixed_tar(str(tmp_path / f"in/r-{i}.tar"), f"r{i}", 2, seed=30 + i)
-    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/r-{0..2}.tar")]})
+    config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/r-{0..2}.tar")]})
     run_main([str(tmp_path / "run.yaml")])
     out = tmp_path / "out"
     victim = sorted(records_of(out))[0]

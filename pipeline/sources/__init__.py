@@ -12,15 +12,26 @@ import fsspec
 import pyarrow as pa
 
 from ..config import SourceConfig
+from ..failures import PERMANENT, TRANSIENT, transient_cause
 
 
 class ShardError(Exception):
-    """A whole shard cannot be read (missing, truncated, not the format it claims)."""
+    """A whole shard cannot be read: missing, truncated, not the format it claims (permanent), or the
+    store or network failed while reading it (transient: worth another try)."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", kind: str = PERMANENT):
         self.reason = reason
         self.detail = detail
+        self.kind = kind  # failures.TRANSIENT | PERMANENT | UNEXPECTED
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def read_error(error: BaseException, url: str, reason: str) -> ShardError:
+    """A shard's I/O error as a ShardError: `transient_io` when the store or network failed, else `reason`."""
+    cause = transient_cause(error)
+    if cause is not None:
+        return ShardError("transient_io", f"{url}: {type(cause).__name__}: {str(cause)[:200]}", TRANSIENT)
+    return ShardError(reason, f"{url}: {str(error)[:200]}")
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ class Shard:
 @dataclass
 class RawSample:
     key: str
-    audio: Any = None  # bytes, or (array, sample_rate)
+    audio: Any = None  # bytes, an audio.SpilledFile (a large member, in a temporary file), or (array, sample_rate)
     metadata: dict = field(default_factory=dict)
     error: Exception | None = None  # set when the sample is known bad before decoding
 
@@ -52,7 +63,9 @@ def _is_local(fs) -> bool:
 def full_url(fs, path: str) -> str:
     """A path that fsspec returned (protocol stripped) as the URL to open it again. One file has one URL:
     a local file is its normalised absolute path however it was spelled (relative, file://, with ..)."""
-    return os.path.normpath(path) if _is_local(fs) else f"{_protocol(fs)}://{path}"
+    if _is_local(fs):
+        return os.path.normpath(path)
+    return path if "://" in path else f"{_protocol(fs)}://{path}"  # http(s) paths keep their scheme
 
 
 def normalise_url(url: str) -> str:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from ..audio import SampleError
 from ..config import ConfigError, SourceConfig
-from . import RawSample, Shard, ShardError, SourceListing, full_url, glob_with_sizes, local_size, shard_id
+from . import RawSample, Shard, ShardError, SourceListing, full_url, glob_with_sizes, local_size, read_error, shard_id
 
 BATCH_ROWS = 64
 
@@ -120,8 +120,10 @@ def _hub_shards(config: SourceConfig) -> tuple[list[Shard], str]:
 def _open_shard(shard: Shard):
     try:
         return fsspec.open(shard.url, "rb").open()
-    except FileNotFoundError:
-        raise ShardError("missing_shard", shard.url) from None
+    except FileNotFoundError as error:
+        raise read_error(error, shard.url, "missing_shard") from None
+    except Exception as error:
+        raise read_error(error, shard.url, "unreadable_shard") from None
 
 
 def _declared_fields(shards: list[Shard], config: SourceConfig) -> tuple[list, str | None]:
@@ -155,7 +157,7 @@ def _record_batches(shard: Shard, config: SourceConfig) -> Iterator[pa.RecordBat
                 batches = pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS)
             yield from batches
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as error:
-            raise ShardError("corrupt_file", f"{shard.url}: {str(error)[:200]}") from None
+            raise read_error(error, shard.url, "corrupt_file") from None
 
 
 def _read_audio_file(path: str) -> bytes:

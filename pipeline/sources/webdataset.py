@@ -9,8 +9,12 @@ from typing import Iterator
 import fsspec
 from braceexpand import braceexpand
 
-from ..audio import AUDIO_EXTENSIONS, SampleError
-from . import RawSample, Shard, ShardError, full_url, glob_with_sizes, local_size, shard_id
+from ..audio import AUDIO_EXTENSIONS, SampleError, SpilledFile
+from . import RawSample, Shard, ShardError, full_url, glob_with_sizes, local_size, read_error, shard_id
+
+# Audio members larger than this are copied to a temporary file in chunks, not read into memory: an
+# hour of 48 kHz stereo FLAC is hundreds of MB, held per sample in flight.
+SPILL_ABOVE_BYTES = 64 << 20
 
 
 def list_tar_shards(urls: list[str]) -> list[Shard]:
@@ -37,8 +41,19 @@ def _split_member(name: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
-def _to_sample(key: str, members: dict[str, bytes]) -> RawSample:
-    audio_ext = next((ext for ext in members if ext.rsplit(".", 1)[-1] in AUDIO_EXTENSIONS), None)
+def _is_audio(ext: str) -> bool:
+    return ext.rsplit(".", 1)[-1] in AUDIO_EXTENSIONS
+
+
+def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, ext: str) -> bytes | SpilledFile:
+    stream = tar.extractfile(info)
+    if info.size > SPILL_ABOVE_BYTES and _is_audio(ext):
+        return SpilledFile(stream)
+    return stream.read()
+
+
+def _to_sample(key: str, members: dict[str, bytes | SpilledFile]) -> RawSample:
+    audio_ext = next((ext for ext in members if _is_audio(ext)), None)
     metadata = {}
     if "txt" in members:
         metadata["text"] = members["txt"].decode("utf-8", errors="replace")
@@ -58,10 +73,10 @@ def _to_sample(key: str, members: dict[str, bytes]) -> RawSample:
 def read_tar_shard(shard: Shard) -> Iterator[RawSample]:
     try:
         stream = fsspec.open(shard.url, "rb").open()
-    except FileNotFoundError:
-        raise ShardError("missing_shard", shard.url) from None
-    except OSError as error:
-        raise ShardError("unreadable_shard", f"{shard.url}: {error}") from None
+    except FileNotFoundError as error:
+        raise read_error(error, shard.url, "missing_shard") from None
+    except Exception as error:  # OSError, and client errors that are not (aiohttp's)
+        raise read_error(error, shard.url, "unreadable_shard") from None
     current_key, members = None, {}
     try:
         with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -73,9 +88,11 @@ def read_tar_shard(shard: Shard) -> Iterator[RawSample]:
                     if current_key is not None:
                         yield _to_sample(current_key, members)
                     current_key, members = key, {}
-                members[ext] = tar.extractfile(info).read()
-    except (tarfile.TarError, EOFError, OSError) as error:
+                members[ext] = _read_member(tar, info, ext)
+    except ShardError:
+        raise
+    except Exception as error:  # tarfile.TarError, EOFError, OSError, a client's read error
         # a truncated tar loses its last sample too: it may be cut mid-member
-        raise ShardError("corrupt_tar", f"{shard.url}: {error}") from None
+        raise read_error(error, shard.url, "corrupt_tar") from None
     if current_key is not None:
         yield _to_sample(current_key, members)

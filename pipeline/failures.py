@@ -1,0 +1,68 @@
+"""Which failures are worth another try: transient (the network, a store's 5xx or throttling, a timeout) or
+permanent (the data itself: a missing file, a corrupt tar, a bad column).
+
+Client libraries wrap their errors (fsspec's HTTP filesystem turns a 503 into FileNotFoundError from the
+503; s3fs turns a botocore ClientError into an OSError caused by it), so the whole cause chain is read,
+and by duck typing: no client library has to be imported to classify its errors.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+TRANSIENT = "transient"  # retried with backoff on another actor, up to ray.max_attempts
+PERMANENT = "permanent"  # the shard fails at once
+UNEXPECTED = "unexpected"  # a bug or a sick device: retried once elsewhere, then fails with its traceback
+
+_TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable",
+                    "InternalError", "TooManyRequests", "RequestLimitExceeded"}
+_TRANSIENT_TYPES = {  # by name: aiohttp, botocore/urllib3, requests, http.client
+    "ClientPayloadError", "ServerDisconnectedError", "ClientConnectorError", "ClientConnectionError",
+    "ClientOSError", "ServerTimeoutError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+    "ConnectionClosedError", "ProtocolError", "IncompleteRead", "RemoteDisconnected", "ChunkedEncodingError",
+}
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _status(error: BaseException) -> tuple[int | None, str | None]:
+    """(HTTP status, error code) where the exception carries a response."""
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        meta, detail = response.get("ResponseMetadata", {}), response.get("Error", {})
+        return meta.get("HTTPStatusCode"), detail.get("Code")
+    for holder in (error, response):
+        for name in ("status", "status_code"):
+            value = getattr(holder, name, None)
+            if isinstance(value, int):
+                return value, None
+    return None, None
+
+
+def transient_cause(error: BaseException) -> BaseException | None:
+    """The error in the cause chain that makes `error` transient; None when it is not."""
+    for cause in _chain(error):
+        if isinstance(cause, (ConnectionError, TimeoutError)) or type(cause).__name__ in _TRANSIENT_TYPES:
+            return cause
+        status, code = _status(cause)
+        if (status is not None and (status in _TRANSIENT_STATUS or status >= 500)) or code in _TRANSIENT_CODES:
+            return cause
+    return None
+
+
+def is_transient(error: BaseException) -> bool:
+    return transient_cause(error) is not None
+
+
+def describe(error: BaseException, frames: int = 6) -> str:
+    """Type, message and the last frames of the traceback: what a failed shard's error record keeps."""
+    lines = traceback.format_exception(type(error), error, error.__traceback__)
+    tail = "".join(lines[-(frames + 1):])
+    return f"{type(error).__name__}: {str(error)[:300]}\n{tail}".strip()

@@ -1,0 +1,140 @@
+"""Decoding long files: in blocks (the whole-file samples, every sample error kept), refused from the header
+when over `audio.max_seconds`, and large WebDataset members spilled to disk and closed once decoded."""
+
+import gc
+import io
+import math
+import os
+
+import numpy as np
+import pytest
+import soundfile
+
+from codec import FileWave
+from pipeline.audio import BLOCK_S, SampleError, SpilledFile, decode_audio
+from pipeline.config import load_config
+from pipeline.sources import Shard
+from pipeline.sources import webdataset
+from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
+from pipeline.worker import ShardProcessor
+from tests.corpus import wav_bytes
+
+WHOLE, BLOCKED = math.inf, 0.0  # `blocked_above_s` that force each path
+
+
+def spilled(data: bytes) -> SpilledFile:
+    return SpilledFile(io.BytesIO(data))
+
+
+def decode(source, blocked_above_s: float, max_seconds: float = 3600.0):
+    return decode_audio(source, 24000, "HQ", max_seconds, blocked_above_s=blocked_above_s)
+
+
+# several blocks each, ending mid-block or (24 kHz) on a block boundary, resampled or not. The largest sample
+# difference allowed: none, but for MPEG-2 MP3 (rates up to 24 kHz), whose samples libsndfile's decoder returns
+# slightly differently for different read sizes (reading such a file in two parts instead of one differs too)
+CLIPS = {
+    "flac_44k_stereo": ("flac", 44100, 2, 2.53 * BLOCK_S, 0.0),
+    "wav_48k_mono": ("wav", 48000, 1, 2.1 * BLOCK_S, 0.0),
+    "mp3_44k_stereo": ("mp3", 44100, 2, 2.3 * BLOCK_S, 0.0),
+    "mp3_22k_stereo": ("mp3", 22050, 2, 2.3 * BLOCK_S, 1e-4),
+    "ogg_16k_mono": ("ogg", 16000, 1, 2.2 * BLOCK_S, 0.0),
+    "flac_24k_whole_blocks": ("flac", 24000, 1, 2 * BLOCK_S, 0.0),
+}
+
+
+@pytest.mark.parametrize("name", CLIPS)
+def test_blocked_decoding_gives_the_whole_file_samples(name):
+    ext, rate, channels, seconds, tolerance = CLIPS[name]
+    data = encode_audio(synth_clip(np.random.default_rng(len(name)), seconds, rate, channels), rate, ext)
+    whole, blocked = decode(data, WHOLE), decode(spilled(data), BLOCKED)
+    assert isinstance(whole.wave, np.ndarray) and isinstance(blocked.wave, FileWave)
+    np.testing.assert_allclose(blocked.wave[:], whole.wave, rtol=0, atol=tolerance)
+    assert (blocked.source_rate, blocked.source_channels) == (whole.source_rate, whole.source_channels) == (rate, channels)
+    assert blocked.duration_s == pytest.approx(whole.duration_s)
+
+
+def bad_files() -> dict:
+    rng = np.random.default_rng(3)
+    nan_clip = synth_clip(rng, 1.5 * BLOCK_S, 16000)
+    nan_clip[[5, int(1.2 * BLOCK_S * 16000)]] = np.nan  # in two blocks
+    cut = {ext: encode_audio(synth_clip(rng, 2.2 * BLOCK_S, rate, 2), rate, ext)
+           for ext, rate in (("ogg", 16000), ("mp3", 22050), ("wav", 48000), ("flac", 44100))}
+    return {
+        "truncated_ogg": (cut["ogg"][: len(cut["ogg"]) // 2], "truncated"),
+        "truncated_mp3": (cut["mp3"][: len(cut["mp3"]) // 2], "truncated"),
+        "truncated_wav": (cut["wav"][: len(cut["wav"]) // 2], "truncated"),
+        "truncated_flac": (cut["flac"][: len(cut["flac"]) // 2], "undecodable"),
+        "nan": (wav_bytes(nan_clip, 16000, "FLOAT"), "non_finite"),
+        "random_bytes": (bytes(rng.integers(0, 256, 4000, dtype=np.uint8)), "undecodable"),
+    }
+
+
+@pytest.mark.parametrize("name", bad_files())
+def test_blocked_decoding_keeps_every_sample_error(name):
+    data, reason = bad_files()[name]
+    for source, path in ((data, WHOLE), (spilled(data), BLOCKED)):
+        with pytest.raises(SampleError) as error:
+            decode(source, path)
+        assert error.value.reason == reason, (path, error.value)
+    if name == "nan":
+        assert error.value.detail == "2 NaN/inf samples"
+
+
+def test_a_file_over_max_seconds_is_refused_from_its_header_before_any_sample_is_read(monkeypatch):
+    data = encode_audio(synth_clip(np.random.default_rng(4), 3.0, 16000), 16000, "wav")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("samples were read")
+
+    for method in ("read", "buffer_read", "blocks"):
+        monkeypatch.setattr(soundfile.SoundFile, method, no_reading)
+    for source in (data, spilled(data)):
+        with pytest.raises(SampleError, match=r"3 s > audio.max_seconds=2 \(the header's length; not decoded\)") as error:
+            decode(source, WHOLE, max_seconds=2.0)
+        assert error.value.reason == "too_long"
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def spilling_tar(tmp_path, monkeypatch):
+    """A tar of a 2 s WAV (spilled: over the threshold), a 0.1 s one and a large transcript (both kept in memory),
+    and an undecodable audio member over the threshold."""
+    monkeypatch.setattr(webdataset, "SPILL_ABOVE_BYTES", 10_000)
+    rng = np.random.default_rng(5)
+    members = {
+        "big": {"wav": encode_audio(synth_clip(rng, 2.0, 16000), 16000, "wav")},
+        "small": {"wav": encode_audio(synth_clip(rng, 0.1, 16000), 16000, "wav"), "txt": b"x" * 20_000},
+        "garbage": {"flac": bytes(rng.integers(0, 256, 20_000, dtype=np.uint8))},
+    }
+    write_tar(str(tmp_path / "s.tar"), [SynthSample(key, m, 0) for key, m in members.items()])
+    return Shard("s", str(tmp_path / "s.tar"), "webdataset"), members
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+def test_large_members_are_spilled_decoded_from_disk_and_closed(tmp_path, spilling_tar):
+    shard, members = spilling_tar
+    processor = ShardProcessor(load_config(None, ["source.kind=webdataset", f"source.urls=[{shard.url}]",
+                                                  "codec.model=random:tiny", f"output.dir={tmp_path}/out"]))
+    before = open_files()
+    big, small, garbage = webdataset.read_tar_shard(shard)
+    assert isinstance(big.audio, SpilledFile) and big.audio.size == len(members["big"]["wav"])
+    assert small.audio == members["small"]["wav"] and small.metadata["text"] == "x" * 20_000
+    assert open_files() == before + 2  # one file per spilled member, none for the rest
+
+    decoded = processor._decode(big)
+    np.testing.assert_array_equal(decoded.wave, decode(members["big"]["wav"], WHOLE).wave)
+    assert processor._decode(garbage).reason == "undecodable"
+    assert big.audio.file.closed and garbage.audio.file.closed and open_files() == before
+
+    # a reader abandoned after its first sample: the spilled member goes with the sample
+    reader = webdataset.read_tar_shard(shard)
+    first = next(reader)
+    reader.close()
+    assert isinstance(first.audio, SpilledFile)
+    del first
+    gc.collect()
+    assert open_files() == before

@@ -1,0 +1,172 @@
+"""The scheduler's failure policy on a real local Ray runtime, with scripted actors in place of codec actors.
+
+Each shard's URL names how its actor behaves (`script:transient-2/name` fails transiently twice, then
+succeeds); attempts are counted in files, so behaviour can span actors. The worker's side (which real
+errors are transient) is tested end to end in test_failures.py.
+"""
+
+import json
+import os
+import time
+
+import pyarrow as pa
+import pytest
+import ray
+
+from pipeline.config import load_config
+from pipeline.failures import PERMANENT, TRANSIENT
+from pipeline.runstate import RunState
+from pipeline.scheduler import GuardTripped, Scheduler
+from pipeline.schema import describe, output_schema, schema_to_text
+from pipeline.sources import Shard
+from pipeline.storage import Storage
+from pipeline.worker import ShardResult
+
+
+@ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=3)
+class ScriptedActor:
+    def __init__(self, config, name, *setup):
+        self.folder = os.path.join(config.output.dir, "script")
+        os.makedirs(self.folder, exist_ok=True)
+        self.name, self.started = name, {}
+        try:  # the first actor ever started is "sick" when the script asks for one
+            os.close(os.open(os.path.join(self.folder, "first-actor"), os.O_CREAT | os.O_EXCL))
+            self.first = True
+        except FileExistsError:
+            self.first = False
+
+    def describe(self):
+        return {"pid": os.getpid()}
+
+    def progress(self):
+        return {"shards": len(self.started), "samples": 0, "audio_seconds": 0.0, "started": dict(self.started)}
+
+    def _count(self, shard_id: str) -> int:
+        """This call's number among all calls for the shard, across actors."""
+        with open(os.path.join(self.folder, f"{shard_id}.log"), "a+") as log:
+            log.write(f"{self.name}:{os.getpid()}\n")
+            log.seek(0)
+            return len(log.readlines())
+
+    def process(self, shard: Shard) -> ShardResult:
+        self.started[shard.id] = time.time()
+        behaviour = shard.url.split("/")[0].removeprefix("script:")
+        call = self._count(shard.id)
+        try:
+            return self._act(shard, behaviour, call)
+        finally:
+            self.started.pop(shard.id, None)
+
+    def _act(self, shard, behaviour, call):
+        def failed(kind, reason):
+            return ShardResult(shard.id, shard.url, "failed", shard_error=f"{reason}: call {call}", failure=kind,
+                               worker=self.name)
+
+        if behaviour.startswith("slow"):
+            time.sleep(float(behaviour.split("-")[1]))
+        elif behaviour.startswith("transient"):
+            if call <= int(behaviour.split("-")[1]):
+                return failed(TRANSIENT, "transient_io")
+        elif behaviour == "permanent":
+            return failed(PERMANENT, "corrupt_tar")
+        elif behaviour == "unexpected":
+            raise ZeroDivisionError(f"scripted bug in {shard.id}")
+        elif behaviour == "kill":
+            time.sleep(0.5)
+            os._exit(1)
+        elif behaviour == "hang":
+            time.sleep(3600)
+        elif behaviour == "sick-actor" and self.first:
+            return failed(TRANSIENT, "cuda_error")
+        return ShardResult(shard.id, shard.url, "done", rows=1, samples_read=1, worker=self.name,
+                           files=[f"data/{shard.id}.parquet"])
+
+
+def run(tmp_path, behaviours: dict, *overrides, events=None):
+    config = load_config(None, ["source.kind=webdataset", "source.urls=[x.tar]", f"output.dir={tmp_path}/out",
+                                "ray.retry_backoff_s=0.1", "ray.progress_interval_s=0.5", *overrides])
+    storage = Storage(config.output.dir)
+    schema = output_schema([])
+    header = {"identity": {"test": True}, "codec": {}, "bandwidth": 2.0, "num_codebooks": 8, "frame_rate": 25.0,
+              "codebook_size": 1024, "config": {}, "output_schema": schema_to_text(schema),
+              "output_columns": describe(schema)}
+    state = RunState.open(storage, header, config.output)
+    shards = [Shard(name, f"script:{how}/{name}", "webdataset") for name, how in behaviours.items()]
+    seen = events if events is not None else []
+    scheduler = Scheduler(config, state, storage, shards, lambda kind, info: seen.append((kind, info)),
+                          (None, pa.schema([]), {}), [])
+    scheduler.actor_class = ScriptedActor
+    try:
+        scheduler.run()
+    finally:
+        state.close()
+    return {k: r for k, r in state.records.items()}, seen
+
+
+def calls(tmp_path, shard_id) -> list[str]:
+    return open(tmp_path / "out" / "script" / f"{shard_id}.log").read().split()
+
+
+def test_transient_failures_are_retried_on_another_actor_and_permanent_ones_are_not(tmp_path, ray_local):
+    records, events = run(tmp_path, {"a": "ok", "b": "ok", "flaky": "transient-2", "down": "transient-9",
+                                     "broken": "permanent"}, "ray.max_attempts=3", "guard.min_shards=10",
+                          "ray.max_consecutive_failures=10")
+    assert records["flaky"]["status"] == "done" and records["flaky"]["attempts"] == 3
+    assert records["down"]["status"] == "failed" and records["down"]["attempts"] == 3
+    assert records["down"]["shard_error"].startswith("transient_io")
+    assert records["broken"]["status"] == "failed" and records["broken"]["attempts"] == 1
+    assert len(calls(tmp_path, "broken")) == 1  # a permanent failure is not tried again
+    flaky = calls(tmp_path, "flaky")
+    assert all(a.split(":")[0] != b.split(":")[0] for a, b in zip(flaky, flaky[1:])), flaky  # another actor each time
+    assert [i["attempt"] for k, i in events if k == "shard_retry" and i["shard"] == "flaky"] == [1, 2]
+
+
+def test_unexpected_error_is_retried_once_then_fails_with_its_traceback(tmp_path, ray_local):
+    records, _ = run(tmp_path, {"bug": "unexpected", "fine": "ok"})
+    assert len(calls(tmp_path, "bug")) == 2 and records["bug"]["status"] == "failed"
+    errors = [json.loads(line) for line in open(tmp_path / "out" / "errors" / "bug.jsonl")]
+    assert errors[0]["key"] is None and "ZeroDivisionError" in errors[0]["detail"]
+    assert "scripted bug in bug" in errors[0]["detail"] and "_act" in errors[0]["detail"]  # the traceback's frames
+
+
+def test_only_the_shard_that_kills_its_actor_is_charged(tmp_path, ray_local):
+    records, events = run(tmp_path, {"poison": "kill", "neighbour": "slow-1.5"}, "ray.num_actors=1",
+                          "ray.max_attempts=2", "guard.min_shards=10")
+    lost = [i for k, i in events if k == "actor_lost"]
+    assert sorted(lost[0]["lost"]) == ["neighbour", "poison"] and lost[0]["charged"] is None
+    assert all(i["charged"] == "poison" for i in lost[1:]) and len(lost) == 3  # alone, it kills: charged twice
+    assert records["neighbour"]["status"] == "done" and records["neighbour"]["attempts"] == 1
+    assert records["poison"]["status"] == "failed" and records["poison"]["shard_error"].startswith("actor_lost")
+
+
+def test_actor_failing_shards_in_a_row_is_replaced(tmp_path, ray_local):
+    shards = {f"s{i}": "sick-actor" for i in range(8)}
+    records, events = run(tmp_path, shards, "ray.num_actors=1", "ray.max_consecutive_failures=3", "ray.max_attempts=3")
+    sick = [i for k, i in events if k == "actor_sick"]
+    assert len(sick) == 1 and sick[0]["failures"] == 3 and "cuda_error" in sick[0]["last"]
+    assert all(r["status"] == "done" for r in records.values()) and len(records) == 8
+
+
+def test_hung_shard_is_bounded_by_its_time_limit(tmp_path, ray_local):
+    start = time.time()
+    records, events = run(tmp_path, {"stuck": "hang", "fine": "slow-0.5"}, "ray.num_actors=1",
+                          "ray.shard_timeout_s=3", "ray.max_attempts=2", "guard.min_shards=10")
+    assert time.time() - start < 60
+    assert records["stuck"]["status"] == "failed" and records["stuck"]["shard_error"].startswith("timeout")
+    assert records["fine"]["status"] == "done" and records["fine"]["attempts"] == 1
+    assert [i["charged"] for k, i in events if k == "actor_lost"] == ["stuck", "stuck"]
+
+
+def test_guard_stops_when_most_finished_shards_fail(tmp_path, ray_local):
+    behaviours = {f"bad{i}": "permanent" for i in range(6)}
+    behaviours.update(ok0="slow-2", ok1="slow-2")
+    with pytest.raises(GuardTripped, match=r"of \d+ finished shards failed .* most common: corrupt_tar"):
+        run(tmp_path, behaviours, "guard.min_shards=4", "guard.max_failed_shard_fraction=0.5")
+
+
+def test_actors_waiting_for_resources_are_reported_while_the_others_work(tmp_path, ray_local):
+    behaviours = {f"s{i}": "slow-0.3" for i in range(12)}
+    records, events = run(tmp_path, behaviours, "ray.num_actors=3", "ray.pending_actor_warn_s=1")
+    waiting = [i for k, i in events if k == "actors_waiting"]  # 2 CPUs, 3 one-CPU actors: one cannot start
+    assert any(w["count"] == 1 and w["running"] == 2 for w in waiting), waiting
+    assert all(r["status"] == "done" for r in records.values()) and len(records) == 12
