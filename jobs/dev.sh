@@ -22,7 +22,7 @@ case "${1:-}" in
   demo) setup; shift; python -m pipeline.run configs/demo.yaml "$@" ;;
   test)
     setup; shift
-    python -m pytest -q "$@"
+    python -m pytest -q --durations=25 "$@"
     ;;
   *) echo "usage: bash jobs/dev.sh {setup|demo|test} [args]" >&2; exit 2 ;;
 esac
