@@ -7,6 +7,7 @@ import socket
 
 import ray
 import torch
+from transformers.utils import logging as transformers_logging
 
 from codec import Checkpoint
 
@@ -24,6 +25,8 @@ SHARDS_IN_FLIGHT = 2
 @ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=SHARDS_IN_FLIGHT + 1)
 class CodecActor:
     def __init__(self, config: Config, name: str, checkpoint: Checkpoint, schema, versions: dict):
+        # actors' output reaches the driver's log: keep it to warnings and errors, not loading bars
+        transformers_logging.disable_progress_bar()
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         self.processor = ShardProcessor(config, name, cpus=max(1, round(cpus)) if cpus else None,
                                         checkpoint=checkpoint, schema=schema, versions=versions)
