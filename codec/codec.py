@@ -248,8 +248,7 @@ class Codec:
     def _acoustic(self, audio: torch.Tensor, lengths: list[int] | None) -> torch.Tensor:
         """DAC encoder output for a padded batch. DAC is purely convolutional, so a long batch runs in
         chunks of `acoustic_chunk_frames` with enough context on each side to cover its receptive
-        field: each chunk's core frames are those of a single pass, and activation memory stays bounded
-        (a single pass holds ~36 MB per audio second on CPU)."""
+        field: each chunk's core frames are those of a single pass, and activation memory stays bounded."""
         hop, total = self.hop_length, audio.shape[-1]
         frames, chunk, context = total // hop, self.acoustic_chunk_frames, self.acoustic_context_frames
         if frames <= chunk + 2 * context:

@@ -127,12 +127,13 @@ def main():
         "output": {"dir": os.path.join(work, "out")},
     }), config_path)
     config = load_config(config_path)
-    results, first_done, layout = [], [], []
+    results, first_done, layout, devices = [], [], [], []
     start = time.perf_counter()
 
     def on_event(kind, info):
         if kind == "actors":
             layout.append(f"{info['count']} actor(s) x {info['options']}")
+            devices.append(info["count"] if info["options"]["num_gpus"] else 1)  # GPUs, or the one CPU node
         if kind == "shard_done":
             results.append(info["result"])
             if not first_done:
@@ -181,7 +182,9 @@ def main():
     print(f"padding efficiency {efficiency:.3f} (real frames / frames encoded, window context included); peak RSS per actor {max(r.peak_rss_mb for r in results):.0f} MB; "
           f"time to first batch {first_encode:.1f} s after actor start, first shard done {first_done[0]:.1f} s "
           f"after job start; codes equal to codec-only: {agree * 100:.3f}%")
-    print(f"audio-hours per device-hour: {pipeline:.2f} end to end ({codec_device}, {layout[0]})")
+    # per device: the whole run's audio per wall second, divided by the GPUs it used (a CPU node counts as one)
+    print(f"audio-hours per device-hour: {pipeline / devices[0]:.2f} end to end ({devices[0]} {codec_device} "
+          f"device(s), {layout[0]})")
     print(f"actors spent {encoding:.1%} of their shard-processing time encoding; shards waited on decoding for "
           f"{decode_wait:.1%} of their time")
     print(f"FLOPs: {flops / 1e9:.1f} GFLOP per audio second; the pipeline ran {pipeline * flops / 1e12:.2f} TFLOP/s end to end"

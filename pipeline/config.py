@@ -51,8 +51,7 @@ class CodecConfig:
     dtype: str = "float32"
     allow_tf32: bool = False
     seed: int = 0  # random presets only
-    # Clips up to window_s go through the model in one pass (exact codes; on CPU about 36 MB of
-    # activations per audio second in float32). Longer clips are encoded in windows with context_s of
+    # Clips up to window_s go through the model in one pass (exact codes). Longer clips are encoded in windows with context_s of
     # audio on each side: with random weights, whose near-uniform attention is the worst case,
     # 45 s/10 s windows agreed 99.0% with a single pass on a 60 s clip (jobs/bench_codec.py).
     window_s: float = 120.0
@@ -76,8 +75,8 @@ class OutputConfig:
 class RayConfig:
     address: Optional[str] = None  # None: the cluster of `ray job submit`, else a local runtime
     num_actors: int = 0  # 0: one per GPU; on CPU as many as the cluster's CPUs and memory hold
-    # 0: auto. CPU actors take 1 CPU each: on 2 cores two 1-thread actors encoded 1.11x faster than one
-    # 2-thread actor (torch's intra-op threads scale poorly on these convolutions). GPU actors take
+    # 0: auto. CPU actors take 1 CPU each: torch's intra-op threads scale poorly on these convolutions,
+    # so several 1-thread actors beat one many-thread actor (jobs/bench_pipeline.py). GPU actors take
     # the CPUs per GPU of the tightest GPU node, up to 8, for decoding and resampling.
     cpus_per_actor: int = 0
     # 0: auto. CPU actors reserve 4.5 GB of Ray memory each (peak RSS 3.2-3.6 GB measured with 60-90 s

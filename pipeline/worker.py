@@ -31,8 +31,8 @@ from .writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
-# a pool this many batch budgets deep lets length bucketing find clips of similar length
-# (jobs/bench_pipeline.py: 0.94 padding efficiency at 4 budgets, 0.96 at 8-10, GPU policy)
+# a pool this many batch budgets deep lets length bucketing find clips of similar length (the planned
+# padding efficiency of the GPU policy at this depth is printed by jobs/bench_pipeline.py)
 POOL_BATCHES = 8
 
 

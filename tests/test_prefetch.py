@@ -29,7 +29,23 @@ def test_decodes_in_order_ahead_of_a_slow_consumer_within_the_budget(tmp_path):
     assert max(waiting) > 1.0  # it did decode ahead ...
     # ... and never more than the budget plus the clips the threads had in hand
     assert ahead.most_ahead_seconds <= budget + IN_FLIGHT_PER_THREAD * threads * 2.0
-    assert ahead.wait_seconds >= 0
+
+
+def test_wait_seconds_counts_the_consumer_blocked_on_slow_decoding(tmp_path):
+    mixed_tar(str(tmp_path / "w.tar"), "w", 12, seed=4, max_seconds=0.5)
+    shard = Shard("w", str(tmp_path / "w.tar"), "webdataset")
+
+    def slow_decode(raw):
+        time.sleep(0.1)
+        return decode(raw)
+
+    blocked = DecodeAhead(lambda: read_tar_shard(shard), slow_decode, 1, ahead_seconds=60.0)
+    assert len(list(blocked)) == 12
+    assert blocked.wait_seconds >= 0.8 * 12 * 0.1  # one thread, 0.1 s a clip, a consumer that never waits itself
+    fast = DecodeAhead(lambda: read_tar_shard(shard), decode, 1, ahead_seconds=60.0)
+    for _ in fast:
+        time.sleep(0.1)  # a slow consumer: decoding is always ready
+    assert fast.wait_seconds < 0.25 * blocked.wait_seconds
 
 
 def test_a_broken_shard_ends_with_its_error_and_early_exit_leaves_no_threads(tmp_path):
