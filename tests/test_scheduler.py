@@ -83,8 +83,10 @@ class ScriptedActor:
 
 
 def run(tmp_path, behaviours: dict, *overrides, events=None):
+    # scripted actors need next to no memory: reserve little, so the 2 CPUs alone decide how many run
     config = load_config(None, ["source.kind=webdataset", "source.urls=[x.tar]", f"output.dir={tmp_path}/out",
-                                "ray.retry_backoff_s=0.1", "ray.progress_interval_s=0.5", *overrides])
+                                "ray.retry_backoff_s=0.1", "ray.progress_interval_s=0.5",
+                                "ray.memory_per_actor_gb=0.1", *overrides])
     storage = Storage(config.output.dir)
     schema = output_schema([])
     header = {"identity": {"test": True}, "codec": {}, "bandwidth": 2.0, "num_codebooks": 8, "frame_rate": 25.0,
@@ -110,7 +112,7 @@ def calls(tmp_path, shard_id) -> list[str]:
 def test_transient_failures_are_retried_on_another_actor_and_permanent_ones_are_not(tmp_path, ray_local):
     records, events = run(tmp_path, {"a": "ok", "b": "ok", "flaky": "transient-2", "down": "transient-9",
                                      "broken": "permanent"}, "ray.max_attempts=3", "guard.min_shards=10",
-                          "ray.max_consecutive_failures=10")
+                          "ray.max_consecutive_failures=10", "ray.retry_backoff_s=2")  # both actors up by the retries
     assert records["flaky"]["status"] == "done" and records["flaky"]["attempts"] == 3
     assert records["down"]["status"] == "failed" and records["down"]["attempts"] == 3
     assert records["down"]["shard_error"].startswith("transient_io")
