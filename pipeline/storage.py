@@ -69,7 +69,12 @@ class Storage:
         PUT (If-None-Match) on stores that have one (S3, GCS through their fsspec drivers)."""
         final = self.path(relative)
         self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.pipe_file(final, data, mode="create")
+        try:
+            self.fs.pipe_file(final, data, mode="create")
+        except (TypeError, NotImplementedError):  # a driver without conditional writes: check, then write
+            if self.fs.exists(final):
+                raise FileExistsError(final) from None
+            self.fs.pipe_file(final, data)
 
     def read_many(self, relatives: list[str]) -> dict[str, bytes | Exception]:
         """Several small files in one call (concurrent on object stores); a file that cannot be read maps to its error."""

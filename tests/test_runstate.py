@@ -362,3 +362,19 @@ def test_every_data_file_has_the_run_schema_and_readers_read_a_mixed_output_whol
     assert rows["a0"]["text"] == "hello" and rows["b0"]["text"] is None and rows["b1"]["speaker"] == 4
     assert json.loads(rows["b1"]["metadata"]) == {"mood": "sad"} and rows["a1"]["metadata"] is None
     assert verify(str(tmp_path / "out_hf")) == [] and verify(str(tmp_path / "out_wds")) == []
+
+
+def test_lease_on_a_store_without_conditional_writes_still_refuses_a_live_holder(tmp_path, monkeypatch):
+    storage = Storage(str(tmp_path / "out"))
+    real = storage.fs.pipe_file
+
+    def pipe_file(path, value, **kwargs):
+        if kwargs.get("mode") == "create":
+            raise TypeError("pipe_file() got an unexpected keyword argument 'mode'")  # an older fsspec driver
+        return real(path, value)
+
+    monkeypatch.setattr(storage.fs, "pipe_file", pipe_file)
+    first = RunState.open(storage, header(), output_settings())
+    with pytest.raises(LeaseHeld):
+        RunState.open(storage, header(), output_settings())
+    first.close()
