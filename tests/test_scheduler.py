@@ -167,8 +167,9 @@ def test_guard_stops_when_most_finished_shards_fail(tmp_path, ray_local):
 
 
 def test_actors_waiting_for_resources_are_reported_while_the_others_work(tmp_path, ray_local):
-    behaviours = {f"s{i}": "slow-0.3" for i in range(12)}
+    # enough work (20 x 0.5 s on 2 actors) for warnings after both startable actors are up, however slow they start
+    behaviours = {f"s{i}": "slow-0.5" for i in range(20)}
     records, events = run(tmp_path, behaviours, "ray.num_actors=3", "ray.pending_actor_warn_s=1")
     waiting = [i for k, i in events if k == "actors_waiting"]  # 2 CPUs, 3 one-CPU actors: one cannot start
     assert any(w["count"] == 1 and w["running"] == 2 for w in waiting), waiting
-    assert all(r["status"] == "done" for r in records.values()) and len(records) == 12
+    assert all(r["status"] == "done" for r in records.values()) and len(records) == 20
