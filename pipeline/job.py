@@ -6,7 +6,6 @@ Library code: it reports through `on_event(kind, info)` and never prints.
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from codec import Checkpoint, CheckpointError, CodecInputError, codebooks_for_bandwidth, resolve_checkpoint
@@ -117,14 +116,14 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
     on_event("codec", {"codec": codec})
     state = open_run_state(config, storage, codec, listing, on_event)
     try:
-        pending = deque(largest_first(s for s in shards if not state.done(s.id)))
+        pending = largest_first(s for s in shards if not state.done(s.id))
         skipped = len(shards) - len(pending)
         on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped})
         results: list[ShardResult] = []
         start_failures: list[str] = []
         if pending:
             setup = (codec.checkpoint, state.schema, state.header["identity"]["versions"])
-            results = Scheduler(config, state, storage, list(pending), on_event, setup, start_failures).run()
+            results = Scheduler(config, state, storage, pending, on_event, setup, start_failures).run()
         complete = all(state.done(s.id) for s in shards)
         failed = sorted((k, r.get("shard_error") or "") for k, r in state.records.items() if r["status"] != "done")
     finally:

@@ -276,11 +276,11 @@ class Scheduler:
         if slot.consecutive_failures >= self.config.ray.max_consecutive_failures and slot.actor is not None:
             self.on_event("actor_sick", {"actor": slot.index, "failures": slot.consecutive_failures,
                                          "last": (result.shard_error or "")[:200]})
-            self._requeue_uncharged(slot, list(slot.running.values()))
+            self._requeue_uncharged(list(slot.running.values()))
             slot.consecutive_failures = 0
             self._replace(slot)
 
-    def _requeue_uncharged(self, slot: Slot, shards: list[Shard], suspect: bool = False) -> None:
+    def _requeue_uncharged(self, shards: list[Shard], suspect: bool = False) -> None:
         for shard in shards:
             if suspect:
                 self.suspects.add(shard.id)
@@ -296,7 +296,7 @@ class Scheduler:
                                      "charged": culprit.id if culprit else None, "failure": kind, "error": error[:300]})
         self._replace(slot)
         # without a culprit, each runs again alone: the one that kills its actor then is charged
-        self._requeue_uncharged(slot, innocent, suspect=culprit is None)
+        self._requeue_uncharged(innocent, suspect=culprit is None)
         if culprit is not None:
             self._charge(culprit, None, kind, kind, error[:200])
 
