@@ -19,8 +19,8 @@ from pipeline.scheduler import GuardTripped
 from pipeline.run import Progress
 from pipeline.run import main as cli_main
 from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
-from pipeline.verify import main as verify_main
-from pipeline.verify import verify
+from pipeline.reading.verify import main as verify_main
+from pipeline.reading.verify import verify
 from tests.corpus import mixed_tar, wav_bytes
 from tests.test_pipeline import config_for, expected_codes, read_rows, records_of
 

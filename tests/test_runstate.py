@@ -21,7 +21,7 @@ from pipeline.runstate.records import COMMITS
 from pipeline.runstate.summary import SHARD_LIST
 from pipeline.sources import list_shards
 from pipeline.storage import Storage
-from pipeline.verify import verify
+from pipeline.reading.verify import verify
 from tests.corpus import mixed_tar
 from tests.test_pipeline import config_for, read_rows, records_of
 

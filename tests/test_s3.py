@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from pipeline.dataset import TokenDataset
+from pipeline.reading.dataset import TokenDataset
 from pipeline.job import run_job
 from pipeline.runstate import read_run
 from pipeline.storage import Storage
-from pipeline.verify import verify
+from pipeline.reading.verify import verify
 from tests.corpus import mixed_tar
 from tests.s3server import FlakyS3
 from tests.test_pipeline import config_for

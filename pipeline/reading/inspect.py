@@ -1,7 +1,7 @@
-"""`python -m pipeline.inspect OUTPUT_DIR`: what a run produced, as a summary and an HTML report.
+"""`python -m pipeline.reading.inspect OUTPUT_DIR`: what a run produced, as a summary and an HTML report.
 
-    python -m pipeline.inspect outputs/demo                     # summary + outputs/demo/report.html
-    python -m pipeline.inspect outputs/demo --decode KEY -o x.wav  # listen to one sample
+    python -m pipeline.reading.inspect outputs/demo                     # summary + outputs/demo/report.html
+    python -m pipeline.reading.inspect outputs/demo --decode KEY -o x.wav  # listen to one sample
 
 The summary covers samples, hours and tokens per source and per category, errors by reason, the
 length distribution, and per-codebook usage and entropy. Decoding uses the codec the manifest
@@ -20,8 +20,8 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from .dataset import list_units, read_unit, row_codes
-from .runstate import OutputError, Totals, read_run
-from .storage import Storage
+from ..runstate import OutputError, Totals, read_run
+from ..storage import Storage
 
 
 def collect(output_dir: str) -> dict:
@@ -145,7 +145,7 @@ def decode_key(output_dir: str, key: str, out_path: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.inspect", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipeline.reading.inspect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir")
     parser.add_argument("--report", help="HTML report path (default OUTPUT_DIR/report.html when local)")

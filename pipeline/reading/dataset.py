@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .runstate import read_run
-from .storage import Storage
+from ..runstate import read_run
+from ..storage import Storage
 
 
 def list_units(output_dirs: list[str]) -> list[tuple[str, str, int]]:

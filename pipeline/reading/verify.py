@@ -1,4 +1,4 @@
-"""`python -m pipeline.verify OUTPUT_DIR`: check an output folder against its commit records.
+"""`python -m pipeline.reading.verify OUTPUT_DIR`: check an output folder against its commit records.
 
 Reports files that are missing, corrupt (checksum or unreadable), of another schema than the run's
 or with the wrong row or error count; files in data/ or errors/ that no commit record names (a
@@ -16,9 +16,9 @@ import sys
 
 import pyarrow.parquet as pq
 
-from .runstate import DONE, OutputError, Totals, read_run
-from .schema import schema_from_text
-from .storage import Storage
+from ..runstate import DONE, OutputError, Totals, read_run
+from ..schema import schema_from_text
+from ..storage import Storage
 
 
 def _check_file(storage: Storage, name: str, record: dict, schema) -> str | None:
@@ -71,7 +71,7 @@ def verify(output_dir: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.verify", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipeline.reading.verify", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir")
     args = parser.parse_args(argv)
