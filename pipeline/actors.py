@@ -21,7 +21,7 @@ from .worker import ShardProcessor, ShardResult
 SHARDS_IN_FLIGHT = 2
 
 
-# + 1: `progress` and `describe` answer while shards are processed
+# + 1: `progress`, `describe` and `set_threads` answer while shards are processed
 @ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=SHARDS_IN_FLIGHT + 1)
 class CodecActor:
     def __init__(self, config: Config, name: str, checkpoint: Checkpoint, schema, versions: dict):
@@ -43,7 +43,12 @@ class CodecActor:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
+            "startup": dict(self.processor.startup),
         }
+
+    def set_threads(self, threads: int) -> None:
+        """Torch threads for the next encodes: the driver lends this actor the cores of idle ones."""
+        self.processor.threads = max(1, int(threads))
 
     def progress(self) -> dict:
         return dict(self.processor.in_shard)

@@ -34,6 +34,7 @@ class JobSummary:
     output_dir: str
     actor_start_failures: list = field(default_factory=list)  # constructor errors of actors that were replaced
     failed_shards: list = field(default_factory=list)  # (shard id, reason) of every failed shard of the output
+    startup: dict | None = None  # seconds from the job's start to its first encoded batch, by part (see Scheduler.startup)
 
 
 def _ensure_demo_corpus(config: Config) -> None:
@@ -121,13 +122,19 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped})
         results: list[ShardResult] = []
         start_failures: list[str] = []
+        startup = None
         if pending:
             setup = (codec.checkpoint, state.schema, state.header["identity"]["versions"])
-            results = Scheduler(config, state, storage, pending, on_event, setup, start_failures).run()
+            scheduler = Scheduler(config, state, storage, pending, on_event, setup, start_failures)
+            prepared = time.time() - start  # listing, codec resolution, run state
+            results = scheduler.run()
+            startup = scheduler.startup()
+            if startup:
+                startup = {"prepare_s": prepared, **startup, "to_first_batch_s": startup.pop("first_batch_at") - start}
         complete = all(state.done(s.id) for s in shards)
         failed = sorted((k, r.get("shard_error") or "") for k, r in state.records.items() if r["status"] != "done")
     finally:
         state.close()
     return JobSummary("complete" if complete else "incomplete", len(shards), skipped, len(shards) - skipped,
                       time.time() - start, sum(r.audio_seconds for r in results), encoder_busy_share(results),
-                      state.totals(), config.output.dir, start_failures, failed)
+                      state.totals(), config.output.dir, start_failures, failed, startup)

@@ -128,8 +128,18 @@ def format_summary(summary) -> str:
         f"{_hms(summary.wall_seconds)} ({summary.run_audio_seconds / max(summary.wall_seconds, 1e-9):.1f}x realtime)",
         f"tokens: {t['tokens']} ({t['frames']} frames), padding efficiency {efficiency}{busy}",
         f"output: {summary.output_dir}",
-    ] + [f"actor start failure (replaced):\n{_indent(message)}" for message in summary.actor_start_failures]
+    ] + ([startup_line(summary.startup)] if summary.shards_run else []) + [f"actor start failure (replaced):\n{_indent(message)}" for message in summary.actor_start_failures]
       + _failed_lines(summary.failed_shards))
+
+
+def startup_line(startup: dict | None) -> str:
+    if not startup:
+        return "start: no batch was encoded"
+    s = startup
+    return (f"start: first batch encoded {s['to_first_batch_s']:.1f} s after the job started: listing, codec and run state "
+            f"{s['prepare_s']:.1f} s, Ray start {s['ray_start_s']:.1f} s, actor process {s['actor_process_s']:.1f} s, "
+            f"checkpoint load {s['checkpoint_load_s']:.1f} s" + (f", calibration {s['calibrate_s']:.1f} s" if s["calibrate_s"] >= 0.05 else "")
+            + f", first shard read {s['first_read_s']:.1f} s ({s['ray_up_to_first_batch_s']:.1f} s from actor creation)")
 
 
 def _failed_lines(failed: list, shown: int = 20) -> list[str]:

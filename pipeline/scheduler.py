@@ -65,11 +65,13 @@ def ensure_ray(config: Config) -> None:
         ray.init(address=config.ray.address, log_to_driver=True, include_dashboard=False, logging_level="ERROR")
 
 
-def actor_options(config: Config, nodes: list[dict]) -> tuple[int, dict]:
+def actor_options(config: Config, nodes: list[dict], pending: int | None = None) -> tuple[int, dict]:
     """How many codec actors, and the Ray resources each one reserves (see RayConfig for the defaults).
 
     nodes: each live node's resources. Sizes are fitted to the nodes, not the cluster total: a
-    reservation no single node can hold would leave an actor pending forever."""
+    reservation no single node can hold would leave an actor pending forever. pending: the shards to
+    run; on CPU, when they are fewer than the actors the nodes hold, fewer actors with more cores
+    each, so the cores that would have idled encode (torch threads follow the CPUs an actor holds)."""
     r = config.ray
     gpu_nodes = [n for n in nodes if int(n.get("GPU", 0)) >= 1] if config.codec.device != "cpu" else []
     if gpu_nodes:
@@ -84,8 +86,30 @@ def actor_options(config: Config, nodes: list[dict]) -> tuple[int, dict]:
     wanted = int((r.memory_per_actor_gb or CPU_ACTOR_MEMORY_GB) * 2**30)
     # a cluster whose nodes are all smaller than one actor's estimate still runs actors rather than none
     memory = min(wanted, max(int(n.get("memory", wanted)) for n in nodes))
-    fits = sum(min(int(n.get("CPU", 0)) // cpus, int(n.get("memory", memory)) // memory) for n in nodes)
-    return r.num_actors or max(1, fits), {"num_gpus": 0, "num_cpus": cpus, "memory": memory}
+
+    def fits(cores: int) -> int:
+        return sum(min(int(n.get("CPU", 0)) // cores, int(n.get("memory", memory)) // memory) for n in nodes)
+
+    count = r.num_actors or max(1, fits(cpus))
+    if pending is not None and not r.cpus_per_actor and 0 < pending < count:
+        count = pending
+        # the most cores per actor at which the nodes still hold one actor per shard
+        cpus = max([c for c in range(cpus, biggest + 1) if fits(c) >= pending], default=cpus)
+    return count, {"num_gpus": 0, "num_cpus": cpus, "memory": memory}
+
+
+def threads_to_lend(slots: list[tuple[str, int, bool]]) -> list[int]:
+    """Torch threads per CPU actor: (node, cores it holds, has work) -> threads. The cores of a node's idle
+    actors go to that node's busy ones (a job's tail, or retries waiting out their backoff); an idle actor
+    keeps its own, and takes them back when it gets work (the lenders are told at the same moment)."""
+    threads = [cores for _, cores, _ in slots]
+    for node in {node for node, _, _ in slots}:
+        mine = [i for i, (n, _, _) in enumerate(slots) if n == node]
+        busy = [i for i in mine if slots[i][2]]
+        cores = sum(slots[i][1] for i in mine)
+        for rank, i in enumerate(busy):
+            threads[i] = cores // len(busy) + (rank < cores % len(busy))
+    return threads
 
 
 def check_guard(config: Config, totals: dict) -> None:
@@ -120,6 +144,9 @@ class Slot:
     failed_starts: int = 0
     consecutive_failures: int = 0
     warned_at: float = 0.0
+    node: str = ""  # the node its actor runs on (from describe)
+    threads: int = 0  # torch threads last given to its actor (0: its own)
+    facts: dict = field(default_factory=dict)  # the actor's describe(): device, start-up timings, ...
 
     @property
     def ready(self) -> bool:
@@ -146,6 +173,8 @@ class Scheduler:
         self.bytes_per_second: deque = deque(maxlen=200)  # of recent done shards of known size
         self.slots: list[Slot] = []
         self.options: dict = {}
+        self.ray_start_s = 0.0
+        self.first_facts: dict[str, dict] = {}  # actor name -> describe() of its first generation
         self._last_result = self._last_poll = time.time()
 
     # ---- actors ---------------------------------------------------------------------------------
@@ -154,7 +183,7 @@ class Scheduler:
         slot.generation += 1
         slot.ready_ref = slot.actor.describe.remote()
         slot.created = slot.warned_at = time.time()
-        slot.running, slot.solo = {}, False
+        slot.running, slot.solo, slot.threads = {}, False, 0
 
     def _replace(self, slot: Slot) -> None:
         ray.kill(slot.actor)
@@ -164,7 +193,9 @@ class Scheduler:
 
     def _on_ready(self, slot: Slot) -> None:
         try:
-            ray.get(slot.ready_ref)
+            slot.facts = {**ray.get(slot.ready_ref), "created": slot.created, "ready": time.time()}
+            slot.node = slot.facts.get("node_id", "")
+            self.first_facts.setdefault(f"actor-{slot.index}", slot.facts)
             slot.ready_ref, slot.failed_starts = None, 0
             return
         except RayActorError as error:
@@ -199,16 +230,33 @@ class Scheduler:
         return self.queue.popleft() if self.queue else None
 
     def _fill(self) -> None:
-        for slot in self.slots:
-            while slot.ready and not slot.solo and len(slot.running) < SHARDS_IN_FLIGHT:
-                shard = self._next_for(slot)
-                if shard is None:
-                    break
-                if shard.id in self.suspects:
-                    slot.solo = True
-                ref = slot.actor.process.remote(shard)
-                slot.running[ref] = shard
-                self.refs[ref] = (slot, shard)
+        # A second shard per actor (decoded while the first encodes) only while more shards wait than there are
+        # actors (or there is one actor): a job's last shards go to whichever actor frees first instead of
+        # queueing behind another's.
+        for depth in range(1, SHARDS_IN_FLIGHT + 1):
+            for slot in self.slots:
+                while slot.ready and not slot.solo and len(slot.running) < depth:
+                    if depth > 1 and 1 < len(self.slots) >= len(self.queue) + len(self.retries):
+                        return
+                    shard = self._next_for(slot)
+                    if shard is None:
+                        break
+                    if shard.id in self.suspects:
+                        slot.solo = True
+                    ref = slot.actor.process.remote(shard)
+                    slot.running[ref] = shard
+                    self.refs[ref] = (slot, shard)
+
+    def _lend_threads(self) -> None:
+        """On CPU, spare cores of idle actors to the busy ones on the same node (see threads_to_lend)."""
+        if self.options.get("num_gpus"):
+            return  # a GPU actor's speed is its device's; its decode threads are set per shard
+        ready = [s for s in self.slots if s.ready]
+        wanted = threads_to_lend([(s.node, self.options["num_cpus"], bool(s.running)) for s in ready])
+        for slot, threads in zip(ready, wanted):
+            if slot.threads != threads:
+                slot.actor.set_threads.remote(threads)
+                slot.threads = threads
 
     def _retry(self, shard: Shard, slot: Slot | None, delay: float) -> None:
         if slot is not None:
@@ -362,10 +410,32 @@ class Scheduler:
             "count": len(waiting), "seconds": now - min(s.created for s in waiting), "options": self.options,
             "running": sum(s.ready for s in self.slots), "available": ray.available_resources()})
 
+    def startup(self) -> dict | None:
+        """Where the time to the job's first encoded batch went, for the actor that encoded first (seconds).
+        None when no actor encoded (every shard failed, or none ran)."""
+        firsts = []
+        for r in self.results:
+            facts = self.first_facts.get(r.worker)
+            if r.first_encode_s is not None and facts and "startup" in facts:
+                firsts.append((facts["startup"]["init_at"] + r.first_encode_s, facts))
+        if not firsts:
+            return None
+        first_encode, facts = min(firsts, key=lambda f: f[0])
+        up = facts["startup"]
+        read_from = max(facts["ready"], up.get("first_shard_at", facts["ready"]))
+        return {"ray_start_s": self.ray_start_s,
+                "actor_process_s": up["init_at"] - facts["created"],  # worker process and imports
+                "checkpoint_load_s": up["load_s"], "calibrate_s": up["calibrate_s"],
+                "first_read_s": first_encode - read_from,  # first shard: read and decode its first pool
+                "ray_up_to_first_batch_s": first_encode - facts["created"], "first_batch_at": first_encode}
+
     # ---- the loop --------------------------------------------------------------------------------------
     def run(self) -> list[ShardResult]:
+        began = time.time()
         ensure_ray(self.config)
-        count, self.options = actor_options(self.config, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+        self.ray_start_s = time.time() - began
+        nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+        count, self.options = actor_options(self.config, nodes, len(self.queue))
         self.slots = [Slot(i) for i in range(min(count, len(self.queue)))]
         for slot in self.slots:
             self._start(slot)
@@ -376,6 +446,7 @@ class Scheduler:
         try:
             while self.queue or self.retries or self.refs:
                 self._fill()
+                self._lend_threads()
                 starting = {s.ready_ref: s for s in self.slots if s.ready_ref is not None}
                 waitable = list(self.refs) + list(starting)
                 now = time.time()

@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 
 from codec import Checkpoint, CodecInputError, calibrate, load_codec
+from codec.heap import release_freed_heap
 
 from .audio import Audio, SampleError, SpilledFile, decode_audio
 from .config import Config
@@ -62,6 +63,7 @@ class ShardResult:
     worker: str = ""
     peak_rss_mb: float = 0.0  # of the worker process, so far
     first_encode_s: float | None = None  # worker start to its first encode call (first shard only)
+    threads: int = 0  # most torch threads its encodes ran with (CPU actors get idle actors' cores)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -113,6 +115,7 @@ class ShardProcessor:
                                "codes would differ; install the same versions on every node")
         self.schema = schema if schema is not None else output_schema([])
         self.started = time.perf_counter()
+        self.startup = {"init_at": time.time()}  # wall clock, so the driver can line it up with its own
         self.first_encode_at: float | None = None
         self._reported_first = False
         # Shards may be processed two at a time (the next one decodes while this one encodes), but the
@@ -123,13 +126,21 @@ class ShardProcessor:
         self.config = config
         self.name = name
         self.decode_threads = config.audio.decode_threads or cpus or torch.get_num_threads()
+        self.threads = torch.get_num_threads()  # for encoding; the driver lends idle actors' cores (set_threads)
+        began = time.perf_counter()
         self.codec = load_codec_for(config, checkpoint)
         self.codec.num_codebooks(config.codec.bandwidth)  # a bandwidth the checkpoint lacks fails here, not mid-shard
+        self.startup["load_s"] = time.perf_counter() - began
         self.calibration: list[dict] = []
+        began = time.perf_counter()
         if self._should_calibrate():
             self.codec.policy, self.calibration = calibrate(self.codec, config.codec.bandwidth)
+        self.startup["calibrate_s"] = time.perf_counter() - began
         self.storage = Storage(config.output.dir)
-        self.pool_target = config.ray.pool_seconds or POOL_BATCHES * self.codec.policy.max_batch_seconds
+        # pools deep enough to bucket by length; one clip per batch (the CPU policy) has nothing to bucket, and a
+        # deep pool would only delay the first encode
+        pool_batches = POOL_BATCHES if self.codec.policy.max_clips > 1 else 1
+        self.pool_target = config.ray.pool_seconds or pool_batches * self.codec.policy.max_batch_seconds
 
     @property
     def in_shard(self) -> dict:
@@ -146,6 +157,7 @@ class ShardProcessor:
 
     def process(self, shard: Shard) -> ShardResult:
         start = time.perf_counter()
+        self.startup.setdefault("first_shard_at", time.time())
         writer = ShardWriter(self.storage, shard.id, shard.url, self.schema, self.config.output.compression)
         result = ShardResult(shard.id, shard.url, "done", worker=self.name)
         result.started_at = time.time()
@@ -162,6 +174,7 @@ class ShardProcessor:
             result.files, result.rows = [], 0
         finally:
             self._progress.pop(shard.id, None)
+            release_freed_heap()  # a shard's decoded audio is gone: give its freed heap back (see codec.heap)
         result.seconds = time.perf_counter() - start
         result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if self.first_encode_at is not None and not self._reported_first:
@@ -207,6 +220,7 @@ class ShardProcessor:
         result.frames = int(sum(c.shape[1] for c in writer.codes))
         result.tokens = int(sum(c.size for c in writer.codes))
         result.encoded_frames, result.encode_s = progress["encoded_frames"], progress["encode_s"]
+        result.threads = progress.get("threads", 0)
         result.decode_wait_s = decoded_ahead.wait_seconds
 
     def _encode(self, pool: list[tuple[RawSample, Audio]], writer: ShardWriter, progress: dict) -> None:
@@ -215,6 +229,10 @@ class ShardProcessor:
         with self._encode_lock:
             if self.first_encode_at is None:
                 self.first_encode_at = time.perf_counter()
+                self.startup["first_encode_at"] = time.time()
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)  # per calling thread under OpenMP: set where the encode runs
+            progress["threads"] = max(progress.get("threads", 0), self.threads)
             encoded_before, began = self.codec.encoded_frames, time.perf_counter()
             codes = self._encode_or_fall_back([audio.wave for _, audio in pool])
             progress["encoded_frames"] += self.codec.encoded_frames - encoded_before

@@ -16,7 +16,7 @@ import ray
 from pipeline.config import load_config
 from pipeline.failures import PERMANENT, TRANSIENT
 from pipeline.runstate import RunState
-from pipeline.scheduler import GuardTripped, Scheduler
+from pipeline.scheduler import GuardTripped, Scheduler, actor_options, threads_to_lend
 from pipeline.schema import describe, output_schema, schema_to_text
 from pipeline.sources import Shard
 from pipeline.storage import Storage
@@ -28,7 +28,7 @@ class ScriptedActor:
     def __init__(self, config, name, *setup):
         self.folder = os.path.join(config.output.dir, "script")
         os.makedirs(self.folder, exist_ok=True)
-        self.name, self.started = name, {}
+        self.name, self.started, self.threads = name, {}, 1
         try:  # the first actor ever started is "sick" when the script asks for one
             os.close(os.open(os.path.join(self.folder, "first-actor"), os.O_CREAT | os.O_EXCL))
             self.first = True
@@ -36,7 +36,10 @@ class ScriptedActor:
             self.first = False
 
     def describe(self):
-        return {"pid": os.getpid()}
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    def set_threads(self, threads: int):
+        self.threads = threads
 
     def progress(self):
         return {"shards": len(self.started), "samples": 0, "audio_seconds": 0.0, "started": dict(self.started)}
@@ -62,8 +65,12 @@ class ScriptedActor:
             return ShardResult(shard.id, shard.url, "failed", shard_error=f"{reason}: call {call}", failure=kind,
                                worker=self.name)
 
+        most_threads = self.threads
         if behaviour.startswith("slow"):
-            time.sleep(float(behaviour.split("-")[1]))
+            until = time.time() + float(behaviour.split("-")[1])
+            while time.time() < until:  # the threads it would encode with, as the driver lends them
+                time.sleep(0.05)
+                most_threads = max(most_threads, self.threads)
         elif behaviour.startswith("transient"):
             if call <= int(behaviour.split("-")[1]):
                 return failed(TRANSIENT, "transient_io")
@@ -79,7 +86,7 @@ class ScriptedActor:
         elif behaviour == "sick-actor" and self.first:
             return failed(TRANSIENT, "cuda_error")
         return ShardResult(shard.id, shard.url, "done", rows=1, samples_read=1, worker=self.name,
-                           files=[f"data/{shard.id}.parquet"])
+                           files=[f"data/{shard.id}.parquet"], threads=most_threads)
 
 
 def run(tmp_path, behaviours: dict, *overrides, events=None):
@@ -173,3 +180,41 @@ def test_actors_waiting_for_resources_are_reported_while_the_others_work(tmp_pat
     waiting = [i for k, i in events if k == "actors_waiting"]  # 2 CPUs, 3 one-CPU actors: one cannot start
     assert any(w["count"] == 1 and w["running"] == 2 for w in waiting), waiting
     assert all(r["status"] == "done" for r in records.values()) and len(records) == 20
+
+
+def test_idle_actors_cores_go_to_the_busy_one_in_the_tail(tmp_path, ray_local):
+    """Two one-CPU actors, one long shard and short ones: once the short ones are done, the actor still
+    encoding gets the idle actor's core instead of leaving it idle until the job ends."""
+    records, events = run(tmp_path, {"long": "slow-4", "short0": "slow-0.2", "short1": "slow-0.2"},
+                          "ray.num_actors=2", "ray.cpus_per_actor=1")
+    assert all(r["status"] == "done" for r in records.values())
+    assert records["long"]["threads"] == 2, records
+    assert records["short0"]["threads"] == 1 and records["short1"]["threads"] == 1  # nothing lent while both were busy
+
+
+def test_last_shards_are_not_queued_behind_a_busy_actor(tmp_path, ray_local):
+    """Three shards on two actors: the third goes to whichever actor frees first, not as a second shard
+    queued on an actor that still encodes its first (which leaves the other actor idle)."""
+    records, _ = run(tmp_path, {"a-long": "slow-3", "b-short": "slow-0.3", "c-next": "slow-0.3"}, "ray.num_actors=2")
+    long_worker = records["a-long"]["worker"]
+    assert [records[k]["worker"] != long_worker for k in ("b-short", "c-next")] == [True, True], records
+
+
+def test_fewer_shards_than_actor_places_get_fewer_bigger_actors():
+    """On CPU, one shard on a 16-core node gets one 16-core actor, not one 1-core actor and 15 idle cores; the
+    cores per actor never exceed what lets every shard's actor fit on the nodes."""
+    config = load_config(None, ["source.kind=webdataset", "source.urls=[x.tar]", "output.dir=/tmp/x",
+                                "ray.memory_per_actor_gb=1", "codec.device=cpu"])
+    node = {"CPU": 16, "memory": 64 * 2**30}
+    assert actor_options(config, [node], pending=1) == (1, {"num_gpus": 0, "num_cpus": 16, "memory": 2**30})
+    count, options = actor_options(config, [node, node], pending=3)
+    assert (count, options["num_cpus"]) == (3, 8)  # 2 + 1 actors of 8 cores fit on two 16-core nodes; of 9, two
+    assert actor_options(config, [node], pending=100)[1]["num_cpus"] == 1  # enough shards: one core each
+    assert actor_options(config, [node], pending=100)[0] == 16
+
+
+def test_threads_are_lent_within_a_node_only():
+    # two nodes: node a has one busy and one idle actor, node b one busy actor
+    assert threads_to_lend([("a", 1, True), ("a", 1, False), ("b", 1, True)]) == [2, 1, 1]
+    assert threads_to_lend([("a", 2, True), ("a", 2, True), ("a", 2, False)]) == [3, 3, 2]
+    assert threads_to_lend([("a", 1, False), ("a", 1, False)]) == [1, 1]
