@@ -12,6 +12,7 @@ from codec import Checkpoint, CheckpointError, CodecInputError, codebooks_for_ba
 
 from .audio import DECODE_METHOD
 from .config import Config, ConfigError, as_dict
+from .loudness import METHOD as LOUDNESS_METHOD
 from .runstate import RunState, library_versions
 from .scheduler import Scheduler
 from .schema import describe, output_schema, schema_to_text
@@ -34,6 +35,7 @@ class JobSummary:
     output_dir: str
     actor_start_failures: list = field(default_factory=list)  # constructor errors of actors that were replaced
     failed_shards: list = field(default_factory=list)  # (shard id, reason) of every failed shard of the output
+    loudness_lufs: float | None = None  # audio.loudness_lufs of the run (None: off)
 
 
 def _ensure_demo_corpus(config: Config) -> None:
@@ -80,11 +82,13 @@ def resolve_codec(config: Config) -> CodecFacts:
 
 def _identity(config: Config, codec: CodecFacts, source_identity: dict) -> dict:
     """Everything that decides which samples a shard id denotes, their keys and their codes."""
-    c = config.codec
+    c, loud = config.codec, config.audio.loudness_lufs
     return {
         "codec": codec.identity, "bandwidth": c.bandwidth, "dtype": c.dtype, "allow_tf32": c.allow_tf32,
         "window_s": c.window_s, "context_s": c.context_s, "resampler": f"soxr-{config.audio.resampler_quality}",
         "decode": DECODE_METHOD,
+        # None when off, which is also what an output written before the option reads as: it goes on unchanged
+        "audio": {"loudness_lufs": loud, "loudness_method": LOUDNESS_METHOD if loud is not None else None},
         "source": source_identity, "versions": library_versions(),
     }
 
@@ -130,4 +134,4 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         state.close()
     return JobSummary("complete" if complete else "incomplete", len(shards), skipped, len(shards) - skipped,
                       time.time() - start, sum(r.audio_seconds for r in results), encoder_busy_share(results),
-                      state.totals(), config.output.dir, start_failures, failed)
+                      state.totals(), config.output.dir, start_failures, failed, config.audio.loudness_lufs)
