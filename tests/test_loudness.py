@@ -5,6 +5,7 @@ the output's identity."""
 import io
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pyloudnorm as pyln
@@ -16,8 +17,11 @@ from omegaconf import OmegaConf
 from codec import FileWave, reference_encode
 from pipeline.audio import decode_audio
 from pipeline.config import ConfigError, load_config
+from pipeline.job import _identity
 from pipeline.loudness import CLIPPED, NORMALISED, TOO_QUIET, TOO_SHORT, LoudnessMeter
 from pipeline.run import main as run_main
+from pipeline.runstate import IdentityChanged
+from pipeline.runstate.identity import check_identity
 from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
 from tests.corpus import wav_bytes
 from tests.test_pipeline import manifest_of, read_rows, records_of
@@ -42,8 +46,9 @@ def mono_of(data: bytes) -> tuple[np.ndarray, int]:
 
 def reference_wave(data: bytes, target: float | None) -> np.ndarray:
     """Written from the reference (higgs_audio_tokenizer.encode) with pyloudnorm itself, not pipeline.loudness:
-    loudness of the mono clip at its rate, pyloudnorm.normalize.loudness's gain, then 24 kHz; a clip pyloudnorm
-    cannot measure (too short, or -inf) left as it is."""
+    loudness of the mono clip at its rate, pyloudnorm.normalize.loudness's gain, applied to the 24 kHz samples
+    (the reference applies it before resampling: the same up to float32 rounding); a clip pyloudnorm cannot
+    measure (too short, or -inf) left as it is."""
     mono, rate = mono_of(data)
     wave = soxr.resample(mono, rate, 24000, quality="HQ").astype(np.float32) if rate != 24000 else mono
     if target is None or len(mono) < 0.4 * rate:
@@ -151,6 +156,18 @@ def test_nonsense_loudness_target_is_a_config_error_naming_the_key(value):
     with pytest.raises(ConfigError) as error:
         load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", f"audio.loudness_lufs={value}"])
     assert error.value.key == "audio.loudness_lufs"
+
+
+def test_an_output_written_before_the_option_goes_on_with_it_off_and_is_refused_with_it_on():
+    def identity(*overrides):
+        config = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", *overrides])
+        return _identity(config, SimpleNamespace(identity={"spec": "random:tiny"}), {"kind": "webdataset"})
+
+    before = identity()
+    del before["audio"]  # what outputs written before audio.loudness_lufs existed recorded
+    assert check_identity(before, identity(), accept_new_versions=False) == []
+    with pytest.raises(IdentityChanged, match=r"audio.loudness_lufs: None -> -23.0"):
+        check_identity(before, identity("audio.loudness_lufs=-23"), accept_new_versions=False)
 
 
 def test_run_counts_clipped_and_unmeasured_clips_and_refuses_another_target_on_its_output(tmp_path, ray_local, capsys,
