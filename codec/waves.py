@@ -22,7 +22,10 @@ class FileWave:
     The file is unlinked at creation, so its space returns when the wave is closed or collected, or when
     the process ends, killed or not: nothing is left behind. Slices are read with `pread` into fresh
     arrays, so a window costs its own bytes, not the clip's: pages of a memory map would stay in the
-    process's RSS once touched."""
+    process's RSS once touched.
+
+    `gain` (1.0: none) multiplies every slice read, in float32: a clip whose loudness is normalised after it
+    was written (the gain is known only at its end) reads exactly as the array `samples * float32(gain)`."""
 
     dtype = np.dtype(np.float32)
     ndim = 1
@@ -30,6 +33,7 @@ class FileWave:
     def __init__(self, directory: str | None = None):
         self._file = tempfile.TemporaryFile(prefix="audiotok-wave-", dir=directory)
         self.size = 0
+        self.gain = 1.0
 
     @property
     def shape(self) -> tuple[int]:
@@ -55,13 +59,15 @@ class FileWave:
             if read == 0:
                 raise EOFError(f"FileWave: {view.nbytes} bytes missing at offset {offset}")
             view, offset = view[read:], offset + read
+        if self.gain != 1.0:
+            out *= np.float32(self.gain)
         return out
 
     def close(self) -> None:
         self._file.close()
 
     def __repr__(self) -> str:
-        return f"FileWave({self.size} samples)"
+        return f"FileWave({self.size} samples" + (f", gain {self.gain:g})" if self.gain != 1.0 else ")")
 
 
 def zero_padded(wave, start: int, stop: int) -> np.ndarray:

@@ -7,6 +7,12 @@ BLOCK_S at a time, each block downmixed and pushed through soxr's streaming resa
 Downmixing is per frame and soxr's stream gives its one-shot resampler's samples exactly, so the blocked
 path's samples are the whole-file path's wherever the decoder's are (libsndfile's decoding of MPEG-2 MP3,
 e.g. at 22.05 kHz, depends slightly on read sizes); jobs/bench_memory.py compares the codes.
+
+With `audio.loudness_lufs` set, each clip's integrated loudness is measured as the reference tokenizer does
+(pipeline/loudness.py: the mono clip at its source rate, before resampling) and one gain brings it to the
+target. The gain is applied to the resampled samples (`apply_gain`; a FileWave multiplies it into every read),
+the same float32 operation on both paths, so blocked and whole clips stay bit-identical; the gain being
+linear, this differs from the reference's gain-then-resample by float32 rounding only.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import soundfile
 import soxr
 
 from codec import FileWave
+
+from .loudness import LoudnessMeter, Normalisation, apply_gain, normalisation
 
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "oga", "aiff", "aif", "au", "sph", "w64", "caf")
 
@@ -70,6 +78,7 @@ class Audio:
     source_rate: int
     source_channels: int
     duration_s: float  # of the input audio
+    loudness: Normalisation | None = None  # what audio.loudness_lufs did to the clip (None: off)
 
 
 # a WAV data size of 0 or all ones means "streamed, size unknown", not a truncated file
@@ -78,22 +87,23 @@ _DECODER_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueErro
 
 
 def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
-                 blocked_above_s: float | None = None) -> Audio:
+                 blocked_above_s: float | None = None, loudness_lufs: float | None = None) -> Audio:
     """Bytes, a SpilledFile or an (array, sample_rate) pair -> validated audio at `target_rate`.
 
     A file declaring more than `max_seconds` is refused from its header, before any sample is decoded;
-    one longer than `blocked_above_s` (None: BLOCKED_ABOVE_S) is decoded in blocks into a FileWave."""
+    one longer than `blocked_above_s` (None: BLOCKED_ABOVE_S) is decoded in blocks into a FileWave.
+    `loudness_lufs`: normalise the clip's integrated loudness to this target (None: leave it)."""
     blocked_above_s = BLOCKED_ABOVE_S if blocked_above_s is None else blocked_above_s
     if not isinstance(source, (bytes, bytearray, SpilledFile)):
         array, rate = source
-        return to_model_audio(array, rate, target_rate, quality, max_seconds)
+        return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs)
     with _opened(source) as f:
         if f.samplerate > 0:
             _require_within(f.frames / f.samplerate, max_seconds, " (the header's length; not decoded)")
         if f.frames > blocked_above_s * f.samplerate:
-            return _decode_in_blocks(f, target_rate, quality)
+            return _decode_in_blocks(f, target_rate, quality, loudness_lufs)
         array, rate = _read_whole(f), f.samplerate
-    return to_model_audio(array, rate, target_rate, quality, max_seconds)
+    return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs)
 
 
 def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
@@ -121,11 +131,13 @@ def _read_whole(f: soundfile.SoundFile) -> np.ndarray:
     return array
 
 
-def _decode_in_blocks(f: soundfile.SoundFile, target_rate: int, quality: str) -> Audio:
-    """Decode, downmix and resample BLOCK_S at a time into a FileWave, in a block's memory."""
+def _decode_in_blocks(f: soundfile.SoundFile, target_rate: int, quality: str, loudness_lufs: float | None) -> Audio:
+    """Decode, downmix and resample BLOCK_S at a time into a FileWave, in a block's memory; with a loudness
+    target, the loudness is measured block by block and the gain is the FileWave's, applied as it is read."""
     rate, declared, block = f.samplerate, f.frames, max(1, round(BLOCK_S * f.samplerate))
     resampler = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality=quality) if rate != target_rate else None
-    wave, decoded, non_finite = FileWave(), 0, 0
+    meter = LoudnessMeter(rate) if loudness_lufs is not None else None
+    wave, decoded, non_finite, peak, loudness = FileWave(), 0, 0, 0.0, None
     try:
         while True:
             # read(), not blocks(): a short read (the end, or a truncated file) must show as one
@@ -133,17 +145,24 @@ def _decode_in_blocks(f: soundfile.SoundFile, target_rate: int, quality: str) ->
             decoded += len(mono)
             non_finite += _non_finite_count(mono)
             last = len(mono) < block
-            wave.append(resampler.resample_chunk(mono, last=last) if resampler else mono)
+            if meter is not None:
+                meter.add(mono)
+            resampled = resampler.resample_chunk(mono, last=last) if resampler else mono
+            peak = max(peak, _peak(resampled)) if meter is not None else peak
+            wave.append(resampled)
             if last:
                 break
         _require_complete(f, declared, decoded)
         _require_samples(decoded)
         _require_finite(non_finite)
         _require_resampled(wave.size, decoded, rate)
+        if meter is not None:
+            loudness = normalisation(meter.integrated(), loudness_lufs, peak)
+            wave.gain = loudness.gain
     except BaseException:
         wave.close()
         raise
-    return Audio(wave, int(rate), int(f.channels), decoded / rate)
+    return Audio(wave, int(rate), int(f.channels), decoded / rate, loudness)
 
 
 def _require_complete(f: soundfile.SoundFile, declared: int, decoded: int) -> None:
@@ -192,8 +211,13 @@ def _truncation(container: str, info: str, declared: int, decoded: int) -> str:
     return ""
 
 
-def to_model_audio(array: np.ndarray, rate: int, target_rate: int, quality: str, max_seconds: float) -> Audio:
-    """Downmix, validate and resample one decoded clip."""
+def _peak(samples: np.ndarray) -> float:
+    return float(np.max(np.abs(samples))) if samples.size else 0.0
+
+
+def to_model_audio(array: np.ndarray, rate: int, target_rate: int, quality: str, max_seconds: float,
+                   loudness_lufs: float | None = None) -> Audio:
+    """Downmix, validate, resample and (with a loudness target) normalise one decoded clip."""
     array = np.asarray(array)
     if array.ndim == 1:
         array = array[:, None]
@@ -207,7 +231,16 @@ def to_model_audio(array: np.ndarray, rate: int, target_rate: int, quality: str,
     _require_within(duration, max_seconds)
     mono = array.astype(np.float32, copy=False).mean(axis=1, dtype=np.float32)
     _require_finite(_non_finite_count(mono))
+    measured = None
+    if loudness_lufs is not None:
+        meter = LoudnessMeter(rate)
+        meter.add(mono)
+        measured = meter.integrated()
     if rate != target_rate:
         mono = soxr.resample(mono, rate, target_rate, quality=quality).astype(np.float32, copy=False)
     _require_resampled(mono.size, frames, rate)
-    return Audio(np.ascontiguousarray(mono), int(rate), int(channels), float(duration))
+    loudness = None
+    if loudness_lufs is not None:
+        loudness = normalisation(measured, loudness_lufs, _peak(mono))
+        mono = apply_gain(mono, loudness.gain)
+    return Audio(np.ascontiguousarray(mono), int(rate), int(channels), float(duration), loudness)

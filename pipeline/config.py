@@ -9,6 +9,8 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 SOXR_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
+# loudness targets: above the BS.1770 absolute gate (-70 LUFS), at most 0 LUFS (full scale)
+LOUDNESS_RANGE = (-70.0, 0.0)
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,9 @@ class AudioConfig:
     resampler_quality: str = "HQ"  # soxr quality
     max_seconds: float = 4 * 3600.0  # longer clips are error records, not encodes (from the file's header, undecoded)
     decode_threads: int = 0  # 0: one per CPU the actor holds
+    # normalise each clip's integrated loudness (BS.1770, pyloudnorm) to this many LUFS before encoding, as the
+    # reference tokenizer's `loudness_normalize` does (its default target: -23); None: off. See pipeline/loudness.py
+    loudness_lufs: Optional[float] = None
 
 
 @dataclass
@@ -154,6 +159,10 @@ def validate(config: Config) -> None:
         raise ConfigError("audio.max_seconds", "must be > 0")
     if config.audio.decode_threads < 0:
         raise ConfigError("audio.decode_threads", "must be >= 0", "0 uses one thread per CPU of the actor")
+    loudness = config.audio.loudness_lufs
+    if loudness is not None and not LOUDNESS_RANGE[0] < loudness <= LOUDNESS_RANGE[1]:  # NaN fails too
+        raise ConfigError("audio.loudness_lufs", f"{loudness} LUFS is outside ({LOUDNESS_RANGE[0]:g}, {LOUDNESS_RANGE[1]:g}]",
+                          "the reference tokenizer normalises to -23; null turns normalisation off")
     c = config.codec
     if c.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError("codec.dtype", f"{c.dtype!r}", "use float32, bfloat16 or float16")

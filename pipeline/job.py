@@ -12,6 +12,7 @@ from codec import Checkpoint, CheckpointError, CodecInputError, codebooks_for_ba
 
 from .audio import DECODE_METHOD
 from .config import Config, ConfigError, as_dict
+from .loudness import METHOD as LOUDNESS_METHOD
 from .runstate import RunState, library_versions
 from .scheduler import Scheduler
 from .schema import describe, output_schema, schema_to_text
@@ -35,6 +36,7 @@ class JobSummary:
     actor_start_failures: list = field(default_factory=list)  # constructor errors of actors that were replaced
     failed_shards: list = field(default_factory=list)  # (shard id, reason) of every failed shard of the output
     startup: dict | None = None  # seconds from the job's start to its first encoded batch, by part (see Scheduler.startup)
+    loudness_lufs: float | None = None  # audio.loudness_lufs of the run (None: off)
 
 
 def _ensure_demo_corpus(config: Config) -> None:
@@ -81,11 +83,13 @@ def resolve_codec(config: Config) -> CodecFacts:
 
 def _identity(config: Config, codec: CodecFacts, source_identity: dict) -> dict:
     """Everything that decides which samples a shard id denotes, their keys and their codes."""
-    c = config.codec
+    c, loud = config.codec, config.audio.loudness_lufs
     return {
         "codec": codec.identity, "bandwidth": c.bandwidth, "dtype": c.dtype, "allow_tf32": c.allow_tf32,
         "window_s": c.window_s, "context_s": c.context_s, "resampler": f"soxr-{config.audio.resampler_quality}",
         "decode": DECODE_METHOD,
+        # None when off, which is also what an output written before the option reads as: it goes on unchanged
+        "audio": {"loudness_lufs": loud, "loudness_method": LOUDNESS_METHOD if loud is not None else None},
         "source": source_identity, "versions": library_versions(),
     }
 
@@ -137,4 +141,5 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         state.close()
     return JobSummary("complete" if complete else "incomplete", len(shards), skipped, len(shards) - skipped,
                       time.time() - start, sum(r.audio_seconds for r in results), encoder_busy_share(results),
-                      state.totals(), config.output.dir, start_failures, failed, startup)
+                      state.totals(), config.output.dir, start_failures, failed, startup,
+                      config.audio.loudness_lufs)

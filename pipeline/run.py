@@ -127,8 +127,10 @@ def format_summary(summary) -> str:
         f"audio: {t['audio_seconds'] / 3600:.3f} h in total; this run {summary.run_audio_seconds / 3600:.3f} h in "
         f"{_hms(summary.wall_seconds)} ({summary.run_audio_seconds / max(summary.wall_seconds, 1e-9):.1f}x realtime)",
         f"tokens: {t['tokens']} ({t['frames']} frames), padding efficiency {efficiency}{busy}",
+    ] + _loudness_lines(summary) + [
         f"output: {summary.output_dir}",
-    ] + ([startup_line(summary.startup)] if summary.shards_run else []) + [f"actor start failure (replaced):\n{_indent(message)}" for message in summary.actor_start_failures]
+    ] + ([startup_line(summary.startup)] if summary.shards_run else [])
+      + [f"actor start failure (replaced):\n{_indent(message)}" for message in summary.actor_start_failures]
       + _failed_lines(summary.failed_shards))
 
 
@@ -140,6 +142,15 @@ def startup_line(startup: dict | None) -> str:
             f"{s['prepare_s']:.1f} s, Ray start {s['ray_start_s']:.1f} s, actor process {s['actor_process_s']:.1f} s, "
             f"checkpoint load {s['checkpoint_load_s']:.1f} s" + (f", calibration {s['calibrate_s']:.1f} s" if s["calibrate_s"] >= 0.05 else "")
             + f", first shard read {s['first_read_s']:.1f} s ({s['ray_up_to_first_batch_s']:.1f} s from actor creation)")
+
+
+def _loudness_lines(summary) -> list[str]:
+    if summary.loudness_lufs is None:
+        return []
+    t = summary.totals
+    return [f"loudness: normalised to {summary.loudness_lufs:g} LUFS; {t.get('loudness_clipped', 0)} clips past full "
+            f"scale after the gain (not limited), {t.get('loudness_unmeasured', 0)} too short (< 400 ms) or too quiet "
+            "to measure (left as they were)"]
 
 
 def _failed_lines(failed: list, shown: int = 20) -> list[str]:

@@ -23,6 +23,7 @@ from codec.heap import release_freed_heap
 from .audio import Audio, SampleError, SpilledFile, decode_audio
 from .config import Config
 from .failures import TRANSIENT, UNEXPECTED, describe, is_transient
+from .loudness import CLIPPED
 from .prefetch import DecodeAhead
 from .runstate import library_versions
 from .schema import output_schema
@@ -64,6 +65,8 @@ class ShardResult:
     peak_rss_mb: float = 0.0  # of the worker process, so far
     first_encode_s: float | None = None  # worker start to its first encode call (first shard only)
     threads: int = 0  # most torch threads its encodes ran with (CPU actors get idle actors' cores)
+    loudness_clipped: int = 0  # rows gained past full scale by audio.loudness_lufs (not limited)
+    loudness_unmeasured: int = 0  # rows left as they were: too short (< 400 ms) or too quiet to measure
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -162,7 +165,7 @@ class ShardProcessor:
         result = ShardResult(shard.id, shard.url, "done", worker=self.name)
         result.started_at = time.time()
         progress = self._progress[shard.id] = {"samples": 0, "audio_seconds": 0.0, "encoded_frames": 0, "encode_s": 0.0,
-                                               "started_at": result.started_at}
+                                               "started_at": result.started_at, "loudness_clipped": 0, "loudness_unmeasured": 0}
         try:
             self._process(shard, writer, result, progress)
         except Exception as error:  # the store failing a write (transient), a bug or a device error (unexpected)
@@ -222,6 +225,7 @@ class ShardProcessor:
         result.encoded_frames, result.encode_s = progress["encoded_frames"], progress["encode_s"]
         result.threads = progress.get("threads", 0)
         result.decode_wait_s = decoded_ahead.wait_seconds
+        result.loudness_clipped, result.loudness_unmeasured = progress["loudness_clipped"], progress["loudness_unmeasured"]
 
     def _encode(self, pool: list[tuple[RawSample, Audio]], writer: ShardWriter, progress: dict) -> None:
         if not pool:
@@ -242,6 +246,9 @@ class ShardProcessor:
                 writer.add_error(raw.key, "encode_failed", str(clip_codes)[:200])
             else:
                 writer.add(raw.key, clip_codes, audio.duration_s, raw.metadata)
+                if audio.loudness is not None:
+                    progress["loudness_clipped"] += int(audio.loudness.status == CLIPPED)
+                    progress["loudness_unmeasured"] += int(audio.loudness.unmeasured)
         progress["samples"] += len(pool)
         progress["audio_seconds"] += sum(a.duration_s for _, a in pool)
 
@@ -266,7 +273,8 @@ class ShardProcessor:
             if raw.error is not None:
                 return raw.error if isinstance(raw.error, SampleError) else SampleError("bad_sample", str(raw.error))
             audio = self.config.audio
-            return decode_audio(raw.audio, self.codec.sample_rate, audio.resampler_quality, audio.max_seconds)
+            return decode_audio(raw.audio, self.codec.sample_rate, audio.resampler_quality, audio.max_seconds,
+                                loudness_lufs=audio.loudness_lufs)
         except SampleError as error:
             return error
         except Exception as error:  # a decoder bug must cost one sample, not the shard

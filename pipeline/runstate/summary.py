@@ -22,7 +22,8 @@ SHARD_LIST = "_run/shards.jsonl"
 class Totals:
     """Sums over commit records, kept up to date one record at a time (the guard reads it per shard)."""
 
-    _SUMS = ("samples_read", "rows", "errors", "audio_seconds", "frames", "tokens", "encoded_frames")
+    _SUMS = ("samples_read", "rows", "errors", "audio_seconds", "frames", "tokens", "encoded_frames",
+             "loudness_clipped", "loudness_unmeasured")
 
     def __init__(self, records=()):
         self.sums: Counter = Counter()
@@ -52,6 +53,8 @@ class Totals:
             "shard_error_reasons": {k: v for k, v in self.shard_error_reasons.items() if v},
             "audio_seconds": s["audio_seconds"], "frames": s["frames"], "tokens": s["tokens"],
             "padding_efficiency": s["frames"] / s["encoded_frames"] if s["encoded_frames"] else None,
+            # rows whose clip audio.loudness_lufs gained past full scale (not limited), or could not measure
+            "loudness_clipped": s["loudness_clipped"], "loudness_unmeasured": s["loudness_unmeasured"],
         }
 
 
