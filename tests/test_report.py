@@ -157,6 +157,8 @@ def test_a_failure_while_drawing_leaves_the_previous_report_untouched(output, tm
     target = tmp_path / "r.html"
     report_module.write_report(str(target), stats)
     before = target.read_text()
+    files = tmp_path / "r_files"
+    figures = {p.name: p.stat().st_mtime_ns for p in files.iterdir()}
 
     def broken(*args, **kwargs):
         raise RuntimeError("drawing failed")
@@ -164,8 +166,9 @@ def test_a_failure_while_drawing_leaves_the_previous_report_untouched(output, tm
     monkeypatch.setattr(report_module, "plot_codebooks", broken)
     with pytest.raises(RuntimeError):
         report_module.write_report(str(target), stats)
-    assert target.read_text() == before and (tmp_path / "r_files" / "clip_lengths.png").exists()
-    assert sorted(os.listdir(tmp_path)) == ["r.html", "r_files"]
+    assert target.read_text() == before
+    assert {p.name: p.stat().st_mtime_ns for p in files.iterdir()} == figures  # none redrawn in place
+    assert sorted(os.listdir(tmp_path)) == ["r.html", "r_files"]  # no staging folder left
 
 
 def test_not_an_output_and_an_unknown_key_exit_2_and_write_nothing(output, tmp_path, capsys):
@@ -179,3 +182,24 @@ def test_not_an_output_and_an_unknown_key_exit_2_and_write_nothing(output, tmp_p
     with pytest.raises(SystemExit) as exit_:
         inspect_main([out, "--fidelity", "0"])
     assert exit_.value.code == 2
+
+
+def test_audit_picks_rows_per_source_when_no_row_has_a_category(output, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out, samples, _ = output
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    for path in (copy / "data").glob("*.parquet"):
+        table = pq.read_table(path)
+        table = table.set_column(table.schema.get_field_index("metadata"), "metadata", pa.array(["{}"] * len(table)))
+        pq.write_table(table, path)
+    chosen, grouped_by = collect(str(copy), audit_rows=2)["audit"]
+    assert grouped_by == "source"
+    assert {name: len(rows) for name, rows in chosen.items()} == {"r-0.tar": 2, "r-1.tar": 2}
+    assert all(os.path.basename(r.source) == name for name, rows in chosen.items() for r in rows)
+    chosen, grouped_by = collect(out, audit_rows=2)["audit"]
+    assert grouped_by == "category" and set(chosen) == set(categories_of(samples))

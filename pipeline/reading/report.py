@@ -20,7 +20,7 @@ import numpy as np
 
 from .stats import entropy_bits, summary_text
 
-TOP_BARS = 25  # bar charts show the largest groups and sum the rest into one bar
+TOP_BARS = 25  # bar charts show the largest groups; the rest are summed in the title
 BLUE, ORANGE, GREY = "#3b6ea8", "#d9822b", "#8a8f98"
 
 
@@ -53,13 +53,12 @@ def _audio_unit(seconds_max: float) -> tuple[float, str]:
     return 3600.0, "h"
 
 
-def _top(table: dict, value, n: int = TOP_BARS) -> tuple[list[str], list[dict]]:
+def _top(table: dict, value, n: int = TOP_BARS) -> tuple[list[str], list[dict], dict | None]:
+    """The n largest groups, and the sums of the rest (None when there is no rest)."""
     items = sorted(table.items(), key=lambda kv: -value(kv[1]))
-    if len(items) <= n:
-        return [k for k, _ in items], [v for _, v in items]
-    head, rest = items[: n - 1], items[n - 1 :]
-    other = {key: sum(v[key] for _, v in rest) for key in rest[0][1]}
-    return [k for k, _ in head] + [f"{len(rest)} others"], [v for _, v in head] + [other]
+    head, rest = items[:n], items[n:]
+    other = {key: sum(v[key] for _, v in rest) for key in rest[0][1]} if rest else None
+    return [k for k, _ in head], [v for _, v in head], other
 
 
 def _hbars(ax, labels: list[str], values: list[float], texts: list[str], color=BLUE) -> None:
@@ -76,15 +75,19 @@ def _hbars(ax, labels: list[str], values: list[float], texts: list[str], color=B
 def plot_audio_per(plt, table: dict, what: str, folder: str, name: str) -> str | None:
     if not table:
         return None
-    labels, buckets = _top(table, lambda b: b["seconds"])
+    labels, buckets, other = _top(table, lambda b: b["seconds"])
     scale, unit = _audio_unit(max(b["seconds"] for b in buckets))
     values = [b["seconds"] / scale for b in buckets]
     texts = [f"{v:.3g} {unit} · {b['samples']:,} clips" for v, b in zip(values, buckets)]
     fig, ax = plt.subplots(figsize=(10, 0.9 + 0.32 * len(labels)))
     _hbars(ax, labels, values, texts)
     ax.set_xlabel(f"audio ({unit})")
-    more = f" (largest {TOP_BARS - 1} of {len(table)})" if len(table) > TOP_BARS else ""
-    ax.set_title(f"Audio per {what}{more}")
+    title = f"Audio per {what}"
+    if other:  # a bar for the rest would dwarf the others
+        rest_scale, rest_unit = _audio_unit(other["seconds"])
+        title += (f": the largest {len(labels)} of {len(table):,}\n(the other {len(table) - len(labels):,}: "
+                  f"{other['seconds'] / rest_scale:.3g} {rest_unit}, {other['samples']:,} clips)")
+    ax.set_title(title)
     return _save(plt, fig, folder, name)
 
 
