@@ -18,7 +18,7 @@ import pyarrow as pa
 import torch
 
 from codec import Checkpoint, CodecInputError, calibrate, load_codec
-from codec.heap import release_freed_heap
+from codec.heap import release_freed_heap, resident_mb
 
 from .audio import Audio, SampleError, SpilledFile, decode_audio
 from .config import Config
@@ -63,6 +63,7 @@ class ShardResult:
     started_at: float = 0.0  # wall clock (time.time()); shards of one actor overlap
     worker: str = ""
     peak_rss_mb: float = 0.0  # of the worker process, so far
+    rss_after_mb: float = 0.0  # of the worker process when the shard ended, freed heap handed back: grows with a leak
     first_encode_s: float | None = None  # worker start to its first encode call (first shard only)
     threads: int = 0  # most torch threads its encodes ran with (CPU actors get idle actors' cores)
     loudness_clipped: int = 0  # rows gained past full scale by audio.loudness_lufs (not limited)
@@ -178,6 +179,7 @@ class ShardProcessor:
         finally:
             self._progress.pop(shard.id, None)
             release_freed_heap()  # a shard's decoded audio is gone: give its freed heap back (see codec.heap)
+        result.rss_after_mb = resident_mb()
         result.seconds = time.perf_counter() - start
         result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if self.first_encode_at is not None and not self._reported_first:
