@@ -31,6 +31,16 @@ METADATA = "metadata"  # JSON text: the WebDataset .json member, or values outsi
 _OUTPUT_NAMES = {f.name for f in OUTPUT_FIELDS} | {METADATA}
 
 
+def row_group_summary(num_frames: np.ndarray) -> list:
+    """What a commit record's `row_groups` holds for one row group: [rows, summed num_frames, length bins],
+    the bins [[b, rows, summed num_frames], ...] over the rows with 2**b <= num_frames < 2**(b+1) (b = 0
+    holds 0 and 1), non-empty ones only. Readers plan crops and token-budget batches from them."""
+    frames = np.asarray(num_frames, np.int64)
+    bins = np.floor(np.log2(np.maximum(frames, 1))).astype(np.int64)
+    rows, sums = np.bincount(bins, minlength=1), np.bincount(bins, weights=frames, minlength=1)
+    return [int(frames.size), int(frames.sum()), [[int(b), int(rows[b]), int(sums[b])] for b in np.flatnonzero(rows)]]
+
+
 def column_name(source_name: str) -> str:
     """The output column of a source metadata column: a name the output uses itself gets a `meta_` prefix."""
     return f"meta_{source_name}" if source_name in _OUTPUT_NAMES else source_name

@@ -57,6 +57,7 @@ class ShardResult:
     tokens: int = 0
     files: list = field(default_factory=list)
     sha256: dict = field(default_factory=dict)
+    row_groups: dict = field(default_factory=dict)  # data file -> per row group [rows, frames, length bins]: readers plan from it
     seconds: float = 0.0
     decode_wait_s: float = 0.0  # of `seconds`, the encoder waiting for decoded audio
     encode_s: float = 0.0  # of `seconds`, the device encoding this shard
@@ -217,7 +218,7 @@ class ShardProcessor:
                 pool, pool_seconds = [], 0.0
         self._encode(pool, writer, progress)
         published = writer.publish()
-        result.files, result.sha256 = published["files"], published["sha256"]
+        result.files, result.sha256, result.row_groups = published["files"], published["sha256"], published["row_groups"]
         result.rows = len(writer.keys)
         result.errors = sum(1 for e in writer.errors if e.key is not None)
         result.error_reasons = dict(Counter(e.reason for e in writer.errors if e.key is not None))

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from codec.hashing import sha256_file
 
-from .schema import build_table
+from .schema import build_table, row_group_summary
 from .storage import Storage
 
 ROW_GROUP_ROWS = 1024
@@ -60,14 +60,18 @@ class ShardWriter:
         return build_table(self.schema, self.keys, self.codes, self.durations, self.source, self.metadata)
 
     def publish(self) -> dict:
-        """Write data/ and errors/ files; returns what the commit record keeps of them."""
+        """Write data/ and errors/ files; returns what the commit record keeps of them: `files`, `sha256` and
+        `row_groups` ({data file: [[rows, summed num_frames, length bins], ...] per row group, see
+        `schema.row_group_summary`}), from which readers plan their work without opening the files."""
         files, checksums = [], {}
         with tempfile.NamedTemporaryFile(suffix=".parquet", delete=False) as tmp:
             local = tmp.name
         compression = None if self.compression == "none" else self.compression
-        pq.write_table(self.table(), local, compression=compression, row_group_size=ROW_GROUP_ROWS)
+        table = self.table()
+        pq.write_table(table, local, compression=compression, row_group_size=ROW_GROUP_ROWS)
         data_name = f"data/{self.shard_id}.parquet"
         checksums[data_name] = sha256_file(local)
+        row_groups = {data_name: _row_groups(local, table.column("num_frames").to_numpy())}
         self.storage.put_file(local, data_name)
         files.append(data_name)
         error_name = f"errors/{self.shard_id}.jsonl"
@@ -77,7 +81,14 @@ class ShardWriter:
             files.append(error_name)
         else:
             self.storage.remove(error_name)  # a clean redo of a shard that once failed
-        return {"files": files, "sha256": checksums}
+        return {"files": files, "sha256": checksums, "row_groups": row_groups}
+
+
+def _row_groups(local: str, num_frames: np.ndarray) -> list[list]:
+    """The summary of each row group as written (sizes read back from the file's own footer)."""
+    metadata = pq.ParquetFile(local).metadata
+    bounds = np.cumsum([0] + [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])
+    return [row_group_summary(num_frames[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def publish_shard_failure(storage: Storage, shard_id: str, source: str, reason: str, detail: str = "") -> list[str]:

@@ -67,6 +67,24 @@ def test_codes_match_and_filters_apply(output):
         k for k in rows if k.startswith("c1_")}
 
 
+def test_done_records_of_a_run_carry_their_files_row_groups(output):
+    """The worker's commit record holds what `ShardWriter.publish` measured, so readers plan without the files."""
+    import pyarrow.parquet as pq
+
+    from pipeline.runstate import read_run
+    from pipeline.storage import Storage
+
+    out, rows = output
+    done = read_run(Storage(out)).done()
+    for record in done.values():
+        (name,) = [f for f in record["files"] if f.endswith(".parquet")]
+        metadata = pq.ParquetFile(os.path.join(out, name)).metadata
+        groups = record["row_groups"][name]
+        assert [n for n, _, _ in groups] == [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+        assert sum(n for n, _, _ in groups) == record["rows"] and sum(f for _, f, _ in groups) == record["frames"]
+    assert sum(r["rows"] for r in done.values()) == len(rows)
+
+
 def test_delay_pattern_round_trip():
     codes = torch.arange(4 * 6).reshape(4, 6)
     delayed = apply_delay_pattern(codes, pad_id=-1)

@@ -1,38 +1,59 @@
 """Read tokenized output in LM training: a PyTorch IterableDataset over one or more output folders.
 
-Work is split by Parquet row group across (distributed rank x DataLoader worker), so every row is
-read exactly once per epoch whatever the number of ranks and workers. Only shards with a done commit
-record are read.
+Work is planned from the run's commit records (rows, frames and length bins per Parquet row group), so
+building the dataset reads the run state only, not the data files (see `plan.py` for the exceptions). Every rank
+yields the same number of items per epoch, so no rank waits on another in a collective:
+
+- Rows (no batcher, no consecutive crops): each epoch's row sequence (row groups shuffled by seed and
+  epoch when `shuffle_buffer` > 0) is cut into `world_size` equal contiguous slices of S rows, each cut
+  among the rank's DataLoader workers. `drop_last=False` (the default, as `DistributedSampler`):
+  S = ceil(N / world), the last slice wraps to the start of the sequence, so every row is read and up to
+  world - 1 rows are read by two ranks. `drop_last=True`: S = floor(N / world), the remainder (a
+  different one each shuffled epoch) is not read. No rank reads a row twice; each rank yields exactly S
+  rows. Filters are applied when the dataset is built (below), so S counts the rows they keep.
+- Batches (`batcher=`) or consecutive crops on more than one rank: how many batches (windows) a slice
+  makes depends on the lengths of its rows, so each rank yields a planned count: the estimate of the
+  epoch's batches (windows) from each row group's length bins, divided equally among ranks, then among a
+  rank's workers (`jobs/bench_dataset.py` prints how many rows it leaves out or reads twice). A worker first makes batches of its own slice (drained: the buffer
+  empties at its end); if they are more than its count, the rest is dropped (those rows wait for another
+  epoch); if fewer, it goes on with its fill range, its own share of the other ranks' rows (so rows
+  repeat across ranks only to fill, never within a rank). Only if even that runs out does it start over
+  (rows then repeat within the rank; logged as a warning). All of it is deterministic from seed and epoch.
+- One rank (world_size 1) yields every kept row (window, or batch of them) once per epoch, unplanned.
+
+Filters (`min_frames`, `max_frames`, `where`, `filter_fn`) need the rows, not the records: when any is
+set the dataset reads, at build, the columns they need (`num_frames`; with `where` or `filter_fn` every
+column but `codes`) of every file, once, and plans over the rows they keep.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import random
+import zlib
 from typing import Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..runstate import read_run
 from ..storage import Storage
+from .batching import Batcher, apply_delay_pattern, undo_delay_pattern
+from .plan import EpochPlan, Unit, load_units
+
+__all__ = ["TokenDataset", "apply_delay_pattern", "list_units", "read_unit", "row_codes", "undo_delay_pattern"]
+
+log = logging.getLogger(__name__)
+CROPS = ("random", "consecutive")
 
 
 def list_units(output_dirs: list[str]) -> list[tuple[str, str, int]]:
     """(output_dir, file, row_group) for every row group of every finished shard, in a stable order."""
-    units = []
-    for output_dir in output_dirs:
-        storage = Storage(output_dir)
-        done = read_run(storage).done()
-        for shard_id in sorted(done):
-            for name in done[shard_id]["files"]:
-                if name.endswith(".parquet"):
-                    with storage.fs.open(storage.path(name), "rb") as f:
-                        groups = pq.ParquetFile(f).num_row_groups
-                    units += [(output_dir, name, g) for g in range(groups)]
-    return units
+    return [(u.output_dir, u.file, u.group) for u in load_units(list(output_dirs))]
 
 
 def read_unit(output_dir: str, name: str, group: int):
@@ -55,12 +76,23 @@ def row_codes(table) -> Iterator[np.ndarray]:
 
 
 class TokenDataset(IterableDataset):
-    """Yields {'codes': LongTensor [num_codebooks, num_frames], 'key': str, ...metadata}.
+    """Yields {'codes': LongTensor [num_codebooks, frames], 'key': str, ...the row's other columns}, or with
+    `batcher` the batches it builds (see `batching.Batcher`). Iterate it through a DataLoader with
+    `batch_size=None`; call `set_epoch` before each epoch (and keep `persistent_workers` off, so workers
+    see it). Ranks and counts: see the module docstring; `per_rank` is the number of items every rank
+    yields per epoch (None where it is not planned: one rank with batches or consecutive crops).
 
-    rank/world_size default to torch.distributed's when it is initialised, else 0/1.
-    shuffle_buffer > 0 shuffles row groups per epoch and rows within a buffer (call set_epoch).
-    min_frames/max_frames filter by length; `where` keeps rows whose columns (or keys of the
-    WebDataset `metadata` JSON) equal the given values; `filter_fn(row) -> bool` for anything else.
+    rank/world_size default to torch.distributed's (read when the dataset is built) when it is
+    initialised, else 0/1. shuffle_buffer > 0 shuffles row groups per epoch and rows within a buffer of
+    that many rows, seeded by (seed, epoch, rank, worker).
+    crop_frames=N (opt-in): crop="random" yields one window of N frames per row at an offset drawn from
+    (seed, epoch, the row's file, row group and index), so it moves from epoch to epoch and repeats for
+    the same seed and epoch; crop="consecutive" yields the windows [0, N), [N, 2N), ... covering the row,
+    the last one shorter (nothing is dropped). Rows of N frames or fewer are yielded whole. A cropped
+    item adds `crop_start` (its first frame in the row); its other columns (`num_frames` too) are the row's.
+    min_frames/max_frames filter rows by length; `where` keeps rows whose columns (or keys of the
+    WebDataset `metadata` JSON) equal the given values; `filter_fn(row) -> bool` (the row without codes)
+    for anything else.
     """
 
     def __init__(
@@ -74,60 +106,109 @@ class TokenDataset(IterableDataset):
         max_frames: int | None = None,
         where: dict | None = None,
         filter_fn: Callable[[dict], bool] | None = None,
+        crop_frames: int | None = None,
+        crop: str = "random",
+        batcher: Batcher | None = None,
+        drop_last: bool = False,
     ):
         super().__init__()
+        if crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, not {crop!r}")
+        if crop_frames is not None and crop_frames < 1:
+            raise ValueError(f"crop_frames must be a positive number of frames, not {crop_frames}")
+        if (rank is None) != (world_size is None):
+            raise ValueError("give both rank and world_size, or neither (torch.distributed's are used)")
+        if rank is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = torch.distributed.get_rank() if distributed else 0
+            world_size = torch.distributed.get_world_size() if distributed else 1
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.output_dirs = [output_dirs] if isinstance(output_dirs, str) else list(output_dirs)
-        self.units = list_units(self.output_dirs)
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
         self.min_frames, self.max_frames = min_frames, max_frames
-        self.where, self.filter_fn = where or {}, filter_fn
+        self.where = where or {}
+        self.crop_frames, self.crop, self.batcher = crop_frames, crop, batcher
+        filtering = bool(min_frames > 0 or max_frames is not None or self.where or filter_fn)
+        self._filter_fn = filter_fn
+        self.units: list[Unit] = load_units(self.output_dirs, self._keep if filtering else None,
+                                            ["num_frames"] if not (self.where or filter_fn) else None)
+        self._filter_fn = None  # applied: the workers need not pickle it
+        if batcher is not None and len({u.books for u in self.units}) > 1:
+            raise ValueError("outputs with different num_codebooks cannot share batches: "
+                             f"{sorted({u.books for u in self.units})}")
+        # rows come one item each; batches and consecutive windows come in numbers the records only estimate
+        counted = batcher is None and not (crop_frames is not None and crop == "consecutive")
+        self.planned = world_size > 1 and not counted
+        plan = EpochPlan(self.units, world_size, drop_last)
+        self.per_rank: int | None = plan.per_rank if counted else None
+        if self.planned:
+            estimate = sum(self._estimate(u) for u in self.units)
+            self.per_rank = int(estimate * plan.per_rank // plan.total) if plan.total else 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _my_units(self) -> list:
-        rank, world = self.rank, self.world_size
-        if rank is None or world is None:
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            rank = torch.distributed.get_rank() if distributed else 0
-            world = torch.distributed.get_world_size() if distributed else 1
-        worker = get_worker_info()
-        worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        units = list(self.units)
-        if self.shuffle_buffer:
-            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(units)
-        return units[rank * workers + worker_id :: world * workers]
+    # ---- filters (applied when the dataset is built) -------------------------------------------------
+    def _keep(self, table: pa.Table) -> np.ndarray:
+        frames = table.column("num_frames").to_numpy()
+        keep = frames >= self.min_frames
+        if self.max_frames is not None:
+            keep &= frames <= self.max_frames
+        if self.where or self._filter_fn:
+            for i, row in enumerate(table.to_pylist()):
+                keep[i] = keep[i] and self._keep_row(row)
+        return keep
 
-    def _keep(self, row: dict) -> bool:
-        if row["num_frames"] < self.min_frames or (self.max_frames is not None and row["num_frames"] > self.max_frames):
-            return False
+    def _keep_row(self, row: dict) -> bool:
         for name, value in self.where.items():
             if name in row:
                 if row[name] != value:
                     return False
             elif json.loads(row.get("metadata") or "{}").get(name) != value:
                 return False
-        return self.filter_fn is None or self.filter_fn(row)
+        return self._filter_fn is None or self._filter_fn(row)
 
-    def _rows(self) -> Iterator[dict]:
-        for output_dir, name, group in self._my_units():
-            table = read_unit(output_dir, name, group)
-            others = [c for c in table.column_names if c != "codes"]
-            meta = table.select(others).to_pylist()
-            for row, codes in zip(meta, row_codes(table)):
-                if self._keep(row):
-                    row["codes"] = torch.from_numpy(codes.astype(np.int64))
-                    yield row
+    # ---- the plan ----------------------------------------------------------------------------------
+    def _estimate(self, unit: Unit) -> float:
+        """Items (windows, or batches) a unit makes, from its rows and frames per length bin."""
+        total = 0.0
+        for rows, frames in unit.bins:
+            if not rows:
+                continue
+            items, length = float(rows), frames / rows
+            if self.crop_frames is not None and length > self.crop_frames:
+                if self.crop == "consecutive":  # about half a window per row left over at its end
+                    items = frames / self.crop_frames + rows / 2
+                    length = frames / items
+                else:
+                    length = float(self.crop_frames)
+            total += items if self.batcher is None else items / self.batcher.rows_per_batch(length, unit.books)
+        return total
 
-    def __iter__(self) -> Iterator[dict]:
-        if not self.shuffle_buffer:
-            yield from self._rows()
-            return
-        worker = get_worker_info()
-        rng = random.Random(hash((self.seed, self.epoch, self.rank, worker.id if worker else 0)))
+    def _plan(self) -> EpochPlan:
+        order_seed = self.seed * 1_000_003 + self.epoch if self.shuffle_buffer else None
+        return EpochPlan(self.units, self.world_size, self.drop_last, order_seed)
+
+    # ---- reading -----------------------------------------------------------------------------------
+    def _rows(self, pieces: list[tuple[Unit, int, int]]) -> Iterator[dict]:
+        for unit, first, end in pieces:
+            table = read_unit(unit.output_dir, unit.file, unit.group)
+            if unit.kept is None:
+                index, table = np.arange(first, end), table.slice(first, end - first)
+            else:
+                index = unit.kept[first:end]
+                table = table.take(pa.array(index))
+            meta = table.select([c for c in table.column_names if c != "codes"]).to_pylist()
+            origin = zlib.crc32(f"{unit.output_dir}|{unit.file}".encode())
+            for row, codes, i in zip(meta, row_codes(table), index):
+                row["codes"], row["_origin"] = codes, (origin, unit.group, int(i))
+                yield row
+
+    def _shuffled(self, rows: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         buffer: list[dict] = []
-        for row in self._rows():
+        for row in rows:
             if len(buffer) < self.shuffle_buffer:
                 buffer.append(row)
                 continue
@@ -137,18 +218,59 @@ class TokenDataset(IterableDataset):
         rng.shuffle(buffer)
         yield from buffer
 
+    def _cropped(self, rows: Iterator[dict]) -> Iterator[dict]:
+        size = self.crop_frames
+        for row in rows:
+            codes, origin = row.pop("codes"), row.pop("_origin")
+            frames = codes.shape[1]
+            if size is None or frames <= size:
+                starts = [0]
+            elif self.crop == "random":
+                draw = np.random.default_rng([self.seed, self.epoch, *origin])
+                starts = [int(draw.integers(0, frames - size + 1))]
+            else:
+                starts = list(range(0, frames, size))
+            for start in starts:
+                item = dict(row, codes=torch.from_numpy(codes[:, start : start + size if size else None].astype(np.int64)))
+                if size is not None:
+                    item["crop_start"] = start
+                yield item
 
-def apply_delay_pattern(codes: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """[K, T] -> [K, T + K - 1] with codebook k shifted right by k frames (MusicGen-style delay)."""
-    books, frames = codes.shape
-    out = torch.full((books, frames + books - 1), pad_id, dtype=codes.dtype, device=codes.device)
-    for k in range(books):
-        out[k, k : k + frames] = codes[k]
-    return out
+    def _items(self, pieces: list, rng: random.Random) -> Iterator[dict]:
+        rows = self._rows(pieces)
+        if self.shuffle_buffer:
+            rows = self._shuffled(rows, rng)
+        items = self._cropped(rows)
+        return self.batcher.batches(items, rng) if self.batcher is not None else items
 
+    def __iter__(self) -> Iterator[dict]:
+        worker_info = get_worker_info()
+        worker, workers = (worker_info.id, worker_info.num_workers) if worker_info else (0, 1)
+        plan = self._plan()
 
-def undo_delay_pattern(delayed: torch.Tensor) -> torch.Tensor:
-    """Inverse of apply_delay_pattern: [K, T + K - 1] -> [K, T]."""
-    books, length = delayed.shape
-    frames = length - books + 1
-    return torch.stack([delayed[k, k : k + frames] for k in range(books)])
+        def rng(phase: int) -> random.Random:
+            return random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}/{phase}")
+
+        own = plan.pieces(*plan.worker_range(self.rank, worker, workers))
+        if not self.planned:
+            yield from self._items(own, rng(0))
+            return
+        quota = self.per_rank * (worker + 1) // workers - self.per_rank * worker // workers
+        fill = plan.pieces(*plan.fill_range(self.rank, worker, workers))
+        made = round_start = 0
+        for phase in itertools.count():  # own slice, fill range, then over again (rows repeat within the rank)
+            if made == quota:
+                return
+            if phase % 2 == 0:
+                if phase and made == round_start:
+                    raise RuntimeError(f"rank {self.rank} worker {worker} cannot make its {quota} planned items: "
+                                       "its slice and fill range hold no rows")
+                round_start = made
+            if phase == 2:
+                log.warning("rank %d worker %d: its slice and fill range made %d of its %d planned items; starting "
+                            "over (rows repeat within this rank this epoch)", self.rank, worker, made, quota)
+            for item in self._items(own if phase % 2 == 0 else fill, rng(phase)):
+                yield item
+                made += 1
+                if made == quota:
+                    return
