@@ -8,6 +8,7 @@ Exit status: 0 complete, 1 incomplete (failed shards; rerun to retry them), 2 ba
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import timedelta
@@ -113,7 +114,7 @@ def codec_lines(codec) -> list[str]:
     return lines + [f"codec: note: {note}" for note in c.notes]
 
 
-def format_summary(summary) -> str:
+def format_summary(summary, before_job_s: float | None = None) -> str:
     t = summary.totals
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(t["error_reasons"].items(), key=lambda kv: -kv[1])) or "none"
     efficiency = f"{t['padding_efficiency']:.3f}" if t["padding_efficiency"] else "n/a"
@@ -129,16 +130,30 @@ def format_summary(summary) -> str:
         f"tokens: {t['tokens']} ({t['frames']} frames), padding efficiency {efficiency}{busy}",
     ] + _loudness_lines(summary) + [
         f"output: {summary.output_dir}",
-    ] + ([startup_line(summary.startup)] if summary.shards_run else [])
+    ] + ([startup_line(summary.startup, before_job_s)] if summary.shards_run else [])
       + [f"actor start failure (replaced):\n{_indent(message)}" for message in summary.actor_start_failures]
       + _failed_lines(summary.failed_shards))
 
 
-def startup_line(startup: dict | None) -> str:
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), so start-up counts from the command, imports included."""
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = int(f.read().rpartition(")")[2].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def startup_line(startup: dict | None, before_job_s: float | None = None) -> str:
     if not startup:
         return "start: no batch was encoded"
     s = startup
-    return (f"start: first batch encoded {s['to_first_batch_s']:.1f} s after the job started: listing, codec and run state "
+    command = ("" if before_job_s is None else
+               f"{before_job_s + s['to_first_batch_s']:.1f} s after the command (interpreter and imports {before_job_s:.1f} s), ")
+    return (f"start: first batch encoded {command}{s['to_first_batch_s']:.1f} s after the job started: listing, codec and run state "
             f"{s['prepare_s']:.1f} s, Ray start {s['ray_start_s']:.1f} s, actor process {s['actor_process_s']:.1f} s, "
             f"checkpoint load {s['checkpoint_load_s']:.1f} s" + (f", calibration {s['calibrate_s']:.1f} s" if s["calibrate_s"] >= 0.05 else "")
             + f", first shard read {s['first_read_s']:.1f} s ({s['ray_up_to_first_batch_s']:.1f} s from actor creation)")
@@ -172,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.codec.model.startswith("random:"):
             progress.say(f"NOTE: codec.model={config.codec.model} has random weights: the codes are meaningless "
                          "(demo/benchmark only)")
+        before_job_s = process_age()
         summary = run_job(config, progress)
     except ConfigError as error:
         progress.say(f"error: {error}")
@@ -185,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     except (LeaseHeld, LeaseLost) as error:
         progress.say(f"error: {error}")
         return 4
-    progress.say(format_summary(summary))
+    progress.say(format_summary(summary, before_job_s))
     return 0 if summary.status == "complete" else 1
 
 
