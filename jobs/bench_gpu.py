@@ -11,7 +11,8 @@ tokenizer (the real architecture's speed; codes meaningless):
      (real frames / frames encoded), peak device memory;
   3. audio-hours per GPU-hour of each math mode at its best policy (one device: audio-s/s);
   4. FLOP utilisation against the device's datasheet peak for that math;
-  5. decode + resample speed on one CPU thread, and the decode threads that keep the best encode speed fed.
+  5. decode + resample speed on one CPU thread, and the decode threads that keep the best encode speed fed;
+  6. the padding efficiency the default GPU policy plans for an actor's pools of this length mix.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from codec import BatchPolicy, load_codec  # noqa: E402
+from codec.batching import GPU_POLICY, plan_batches  # noqa: E402
 from codec.calibration import GPU_CANDIDATES  # noqa: E402
 from codec.flops import flops_per_audio_second, peak_flops  # noqa: E402
 from pipeline.audio import decode_bytes, to_model_audio  # noqa: E402
 from pipeline.synth import lognormal_seconds, random_sample  # noqa: E402
+from pipeline.worker import POOL_BATCHES  # noqa: E402
 
 SWEEP = (*GPU_CANDIDATES, BatchPolicy(1920, 256))
 
@@ -48,6 +51,23 @@ def corpus(minutes: float, seed: int = 0) -> tuple[list[bytes], list[np.ndarray]
     waves = [to_model_audio(*decode_bytes(f), 24000, "HQ", 1e9).wave for f in files]
     decode_speed = sum(w.size for w in waves) / 24000 / (time.perf_counter() - start)
     return files, waves, decode_speed
+
+
+def planned_padding_efficiency(policy: BatchPolicy, hours: float = 20.0, seed: int = 1) -> float:
+    """Real / encoded frames when an actor's pools (POOL_BATCHES x the batch budget) of this corpus's length mix
+    are bucketed under `policy`: a property of the plan, computed without running the model."""
+    rng = np.random.default_rng(seed)
+    hop, frames, encoded, pool, pool_s = 960, 0, 0, [], 0.0
+    for _ in range(int(hours * 3600 / 5)):
+        seconds = float(rng.uniform(60, 90)) if rng.random() < 0.04 else float(lognormal_seconds(rng, 1, 4.0, 0.5, 30.0)[0])
+        pool.append(int(np.ceil(seconds * 24000 / hop)) * hop)
+        pool_s += seconds
+        if pool_s >= POOL_BATCHES * policy.max_batch_seconds:
+            for batch in plan_batches(pool, 24000, policy):
+                frames += sum(pool[i] for i in batch) // hop
+                encoded += len(batch) * max(pool[i] for i in batch) // hop
+            pool, pool_s = [], 0.0
+    return frames / encoded
 
 
 def timed_encode(codec, waves, bandwidth: float, policy: BatchPolicy) -> tuple[list, float, float, float]:
@@ -124,6 +144,9 @@ def main():
     for label, (speed, policy, overall) in best.items():
         print(f"| {label} | {policy.max_batch_seconds:g} x {policy.max_clips} | {speed:.0f} | {overall * 100:.3f}% | "
               f"{int(np.ceil(speed / decode_speed))} |")
+    print(f"\nplanned padding efficiency of the default GPU policy ({GPU_POLICY.max_batch_seconds:g} s x "
+          f"{GPU_POLICY.max_clips} clips) in pools of {POOL_BATCHES} budgets, 20 h of this length mix (no model run): "
+          f"{planned_padding_efficiency(GPU_POLICY):.3f}")
     print(f"\ndecode + resample (soundfile, soxr HQ): {decode_speed:.0f} audio-s/s on one CPU thread; "
           f"audio-hours per GPU-hour = audio-s/s on one device; total {time.perf_counter() - began:.0f} s")
 

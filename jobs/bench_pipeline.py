@@ -126,6 +126,7 @@ def shard_stats(out: str) -> dict:
     first = min(b for b, _ in spans.values())
     last = max(e for _, e in spans.values())
     return {"span": last - first, "threads": sorted({r["threads"] for r in records}),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in records),
             "encode_share": sum(r["encode_s"] for r in records) / sum(e - b for b, e in spans.values())}
 
 
@@ -181,8 +182,8 @@ def main():
         actors = re.search(r"^started .*$", log, re.M)
         print(f"| {shards} | {speed:.2f} | {speed / naive_speed:.2f}x | {speed / bound_speed:.2f}x | "
               f"{steady:.2f}, {steady / bound_speed:.2f}x | {stats['encode_share']:.1%} | {stats['threads']} | "
-              f"{start.group(0).removeprefix("start: first batch encoded ") if start else "?"} |")
-        print(f"    ({wall:.1f} s; {actors.group(0) if actors else ''})")
+              f"{start.group(0).removeprefix('start: first batch encoded ') if start else '?'} |")
+        print(f"    ({wall:.1f} s; {actors.group(0) if actors else ''}; peak RSS per actor {stats['peak_rss_mb']:.0f} MB)")
     if not args.keep:
         shutil.rmtree(work)
     else:

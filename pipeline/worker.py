@@ -34,7 +34,7 @@ from .writer import ShardWriter
 log = logging.getLogger(__name__)
 
 # a pool this many batch budgets deep lets length bucketing find clips of similar length (the planned
-# padding efficiency of the GPU policy at this depth is printed by jobs/bench_pipeline.py)
+# padding efficiency of the GPU policy at this depth is printed by jobs/bench_gpu.py)
 POOL_BATCHES = 8
 
 
