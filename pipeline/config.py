@@ -84,8 +84,8 @@ class RayConfig:
     # so several 1-thread actors beat one many-thread actor (jobs/bench_pipeline.py). GPU actors take
     # the CPUs per GPU of the tightest GPU node, up to 8, for decoding and resampling.
     cpus_per_actor: int = 0
-    # 0: auto. CPU actors reserve 4.5 GB of Ray memory each (their peak RSS with 60-90 s clips and two
-    # shards in flight is printed by jobs/bench_pipeline.py --shapes 16), so a node never runs more of them than
+    # 0: auto. CPU actors reserve 4.5 GB of Ray memory each (peak RSS 3.6 GB with 60-90 s clips and two
+    # shards in flight, printed by jobs/bench_pipeline.py --shapes 16), so a node never runs more of them than
     # its memory holds. GPU actors: none.
     memory_per_actor_gb: float = 0.0
     pool_seconds: float = 0.0  # audio gathered per encode call, bucketed inside; 0: 8x the batch budget
