@@ -146,7 +146,6 @@ class Slot:
     warned_at: float = 0.0
     node: str = ""  # the node its actor runs on (from describe)
     threads: int = 0  # torch threads last given to its actor (0: its own)
-    facts: dict = field(default_factory=dict)  # the actor's describe(): device, start-up timings, ...
 
     @property
     def ready(self) -> bool:
@@ -193,9 +192,9 @@ class Scheduler:
 
     def _on_ready(self, slot: Slot) -> None:
         try:
-            slot.facts = {**ray.get(slot.ready_ref), "created": slot.created, "ready": time.time()}
-            slot.node = slot.facts.get("node_id", "")
-            self.first_facts.setdefault(f"actor-{slot.index}", slot.facts)
+            facts = {**ray.get(slot.ready_ref), "created": slot.created, "ready": time.time()}
+            slot.node = facts.get("node_id", "")
+            self.first_facts.setdefault(f"actor-{slot.index}", facts)
             slot.ready_ref, slot.failed_starts = None, 0
             return
         except RayActorError as error:
@@ -236,7 +235,8 @@ class Scheduler:
         for depth in range(1, SHARDS_IN_FLIGHT + 1):
             for slot in self.slots:
                 while slot.ready and not slot.solo and len(slot.running) < depth:
-                    if depth > 1 and 1 < len(self.slots) >= len(self.queue) + len(self.retries):
+                    waiting = len(self.queue) + len(self.retries)
+                    if depth > 1 and len(self.slots) > 1 and waiting <= len(self.slots):
                         return
                     shard = self._next_for(slot)
                     if shard is None:
