@@ -203,3 +203,20 @@ def test_audit_picks_rows_per_source_when_no_row_has_a_category(output, tmp_path
     assert all(os.path.basename(r.source) == name for name, rows in chosen.items() for r in rows)
     chosen, grouped_by = collect(out, audit_rows=2)["audit"]
     assert grouped_by == "category" and set(chosen) == set(categories_of(samples))
+
+
+def test_audit_compares_against_the_loudness_normalised_audio_the_codec_was_given():
+    """With audio.loudness_lufs on, the codec encoded the normalised clip: the audit's original must be that
+    clip, not the file as it is (else every metric also counts the loudness gain)."""
+    from pipeline.audio import decode_audio
+    from pipeline.reading.fidelity import RowRef, _decode_original
+    from pipeline.sources import RawSample
+    from pipeline.synth import encode_audio
+
+    data = encode_audio(0.02 * synth_clip(np.random.default_rng(3), 3.0, 16000), 16000, "wav")
+    manifest = {"config": {"audio": {"resampler_quality": "HQ", "max_seconds": 3600.0, "loudness_lufs": -23.0}}}
+    row = RowRef("out", "data/s.parquet", 0, 0, "k", "s.tar", 3.0)
+    original = _decode_original(RawSample("k", data), row, "s.tar", manifest, 24000, 30.0)
+    normalised = decode_audio(data, 24000, "HQ", 3600.0, loudness_lufs=-23.0).wave
+    np.testing.assert_array_equal(original, normalised)
+    assert not np.allclose(original, decode_audio(data, 24000, "HQ", 3600.0).wave)  # the gain is not nothing

@@ -194,9 +194,9 @@ def _source_config(manifest: dict):
 
 
 def _shard_kind(manifest: dict, url: str) -> str:
-    if manifest["identity"]["source"]["kind"] == "webdataset":
-        return "webdataset"
-    return "hf-arrow" if url.endswith(".arrow") else "hf-parquet"
+    from ..sources.hf import shard_kind
+
+    return "webdataset" if manifest["identity"]["source"]["kind"] == "webdataset" else shard_kind(url)
 
 
 def read_originals(manifest: dict, shard_ids: dict, wanted: list[RowRef], sample_rate: int,
@@ -243,7 +243,9 @@ def _decode_original(raw, row: RowRef, url: str, manifest: dict, sample_rate: in
         raise SourceUnavailable(f"sample {row.key} of {url} cannot be read any more ({raw.error}): the source changed")
     settings = manifest["config"]["audio"]
     try:
-        decoded = decode_audio(raw.audio, sample_rate, settings["resampler_quality"], settings["max_seconds"])
+        # the audio the codec was given: loudness-normalised too when the run was (an older manifest: off)
+        decoded = decode_audio(raw.audio, sample_rate, settings["resampler_quality"], settings["max_seconds"],
+                               loudness_lufs=settings.get("loudness_lufs"))
     except SampleError as error:
         raise SourceUnavailable(f"sample {row.key} of {url} no longer decodes ({error}): the source changed") from None
     finally:

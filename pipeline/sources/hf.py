@@ -23,6 +23,11 @@ from . import RawSample, Shard, ShardError, SourceListing, full_url, glob_with_s
 BATCH_ROWS = 64
 
 
+def shard_kind(path: str) -> str:
+    """An HF shard's reader: Arrow IPC files (save_to_disk), else Parquet."""
+    return "hf-arrow" if path.endswith(".arrow") else "hf-parquet"
+
+
 def list_hf_shards(config: SourceConfig) -> SourceListing:
     path = config.path
     fs, root = fsspec.core.url_to_fs(path)
@@ -48,7 +53,7 @@ def list_hf_shards(config: SourceConfig) -> SourceListing:
 
 def _file_shard(fs, path: str, size: int, shard_url: str | None = None) -> Shard:
     url = full_url(fs, path)
-    return Shard(shard_id(url), shard_url or url, "hf-arrow" if path.endswith(".arrow") else "hf-parquet", size=size)
+    return Shard(shard_id(url), shard_url or url, shard_kind(path), size=size)
 
 
 def _folder_shards(fs, root: str, config: SourceConfig) -> list[Shard]:
