@@ -9,8 +9,8 @@ staying at one window's.
 from __future__ import annotations
 
 import ctypes
-import os
 import ctypes.util
+import os
 
 
 def _malloc_trim():

@@ -167,7 +167,8 @@ class ShardProcessor:
         result = ShardResult(shard.id, shard.url, "done", worker=self.name)
         result.started_at = time.time()
         progress = self._progress[shard.id] = {"samples": 0, "audio_seconds": 0.0, "encoded_frames": 0, "encode_s": 0.0,
-                                               "started_at": result.started_at, "loudness_clipped": 0, "loudness_unmeasured": 0}
+                                               "started_at": result.started_at, "threads": 0, "loudness_clipped": 0,
+                                               "loudness_unmeasured": 0}
         try:
             self._process(shard, writer, result, progress)
         except Exception as error:  # the store failing a write (transient), a bug or a device error (unexpected)
@@ -226,7 +227,7 @@ class ShardProcessor:
         result.frames = int(sum(c.shape[1] for c in writer.codes))
         result.tokens = int(sum(c.size for c in writer.codes))
         result.encoded_frames, result.encode_s = progress["encoded_frames"], progress["encode_s"]
-        result.threads = progress.get("threads", 0)
+        result.threads = progress["threads"]
         result.decode_wait_s = decoded_ahead.wait_seconds
         result.loudness_clipped, result.loudness_unmeasured = progress["loudness_clipped"], progress["loudness_unmeasured"]
 
@@ -236,10 +237,9 @@ class ShardProcessor:
         with self._encode_lock:
             if self.first_encode_at is None:
                 self.first_encode_at = time.perf_counter()
-                self.startup["first_encode_at"] = time.time()
             if torch.get_num_threads() != self.threads:
                 torch.set_num_threads(self.threads)  # per calling thread under OpenMP: set where the encode runs
-            progress["threads"] = max(progress.get("threads", 0), self.threads)
+            progress["threads"] = max(progress["threads"], self.threads)
             encoded_before, began = self.codec.encoded_frames, time.perf_counter()
             codes = self._encode_or_fall_back([audio.wave for _, audio in pool])
             progress["encoded_frames"] += self.codec.encoded_frames - encoded_before
