@@ -3,12 +3,16 @@
 from .batching import BatchPolicy, default_policy, plan_batches
 from .calibration import calibrate
 from .codec import Codec, CodecIdentity, codebooks_for_bandwidth, reference_encode
+from .conventions import AUTHORS, CONVENTIONS, MODEL_CARD
 from .checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from .loading import load_codec
 from .validation import CodecInputError
 from .waves import FileWave
 
 __all__ = [
+    "AUTHORS",
+    "CONVENTIONS",
+    "MODEL_CARD",
     "BatchPolicy",
     "calibrate",
     "codebooks_for_bandwidth",

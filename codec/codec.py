@@ -12,16 +12,13 @@ import torch.nn.functional as F
 import torchaudio
 
 from .batching import BatchPolicy, default_policy, plan_batches
+from .conventions import CONVENTIONS, MODEL_CARD, SEMANTIC_PAD, ClipLayout, FrameRules, resampled_size
 from .fast_ops import FastOps
 from .heap import release_freed_heap
 from .masking import GroupNormStats, PaddingMasks, conv_output_lengths, pad_batch, time_mask
 from .validation import CodecInputError, check_bandwidth, check_waveforms
 from .waves import zero_padded
 from .windowing import Piece, split_into_pieces
-
-# transformers' HiggsAudioV2 tokenizer pads the 16 kHz signal by this much on both sides
-# before HuBERT (`_extract_semantic_features`).
-SEMANTIC_PAD = 160
 
 
 @dataclass(frozen=True)
@@ -50,8 +47,12 @@ class Codec:
         context_s: float = 10.0,
         policy: BatchPolicy | None = None,
         acoustic_chunk_s: float = 20.0,
+        convention: str = MODEL_CARD,
     ):
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention {convention!r} is not one of {CONVENTIONS}")
         self.model = model.to(device).eval()
+        self.convention = convention
         self.identity = identity
         self.device = device
         self.dtype = dtype
@@ -66,6 +67,7 @@ class Codec:
         self.acoustic_context_frames = receptive_field_frames(model.acoustic_encoder, self.hop_length)
         self.context_frames = max(0, round(context_s * self.frame_rate))
         self._masks = PaddingMasks(model)
+        self.frame_rules = FrameRules(model, self._masks.acoustic, self._masks.semantic)
         self._fast_ops = FastOps(model)
         # frames the model computed, padding and window context included; against the frames of
         # codes returned, this is the padding efficiency the pipeline reports
@@ -76,8 +78,13 @@ class Codec:
     def num_codebooks(self, bandwidth: float) -> int:
         return codebooks_for_bandwidth(self.model.config, bandwidth)
 
+    def layout(self, num_samples: int) -> ClipLayout:
+        """What each encoder path reads of a clip of `num_samples` samples, and its frames, under this codec's
+        convention (codec.conventions). ValueError for a clip too short to give a frame."""
+        return self.frame_rules.layout(num_samples, self.convention)
+
     def num_frames(self, num_samples: int) -> int:
-        return math.ceil(num_samples / self.hop_length)
+        return self.layout(num_samples).frames
 
     # ---- encode -----------------------------------------------------------------------------
     def encode(
@@ -95,8 +102,8 @@ class Codec:
         num_codebooks = self.num_codebooks(bandwidth)
         waveforms = check_waveforms(waveforms)
 
-        def codes_of(audio, lengths, norm_stats):
-            embeddings = self._embeddings(audio, lengths, norm_stats)
+        def codes_of(batch):
+            embeddings = self._embeddings(batch)
             fused = self.model.fc(torch.cat(embeddings, dim=1).float().transpose(1, 2)).transpose(1, 2)
             return (self.model.quantizer.encode(fused, bandwidth).transpose(0, 1),)
 
@@ -128,34 +135,42 @@ class Codec:
 
     @torch.inference_mode()
     def _run(self, waveforms: list, forward, policy: BatchPolicy) -> list[tuple[torch.Tensor, ...]]:
-        """Windows, buckets and runs `forward(audio, lengths, norm_stats)`; returns its per-frame outputs per clip.
+        """Windows, buckets and runs `forward(batch)`; returns its per-frame outputs per clip.
 
         A clip is read one piece (a window and its context) at a time, so a FileWave is never held whole."""
         hop = self.hop_length
-        sizes = [self.num_frames(w.size) * hop for w in waveforms]  # zero-padded to whole frames, as alone
+        layouts = []
+        for index, wave in enumerate(waveforms):
+            try:
+                layouts.append(self.layout(wave.size))
+            except ValueError as error:
+                raise CodecInputError(index, str(error)) from None
         pieces: list[Piece] = []
         clip_stats = {}
-        for index, (wave, size) in enumerate(zip(waveforms, sizes)):
-            clip_pieces = split_into_pieces(index, size // hop, self.window_frames, self.context_frames)
+        for index, (wave, layout) in enumerate(zip(waveforms, layouts)):
+            clip_pieces = split_into_pieces(index, layout.frames, self.window_frames, self.context_frames)
             if len(clip_pieces) > 1:
                 # windows normalise with the whole clip's statistics, as a single pass would
-                clip_stats[index] = self._clip_group_norm_stats(wave, size)
+                clip_stats[index] = self._clip_group_norm_stats(wave, layout.semantic_samples)
             pieces += clip_pieces
         results: list[tuple[torch.Tensor, ...] | None] = [None] * len(pieces)
         for batch in plan_batches([p.num_frames * hop for p in pieces], self.sample_rate, policy):
-            clips = [torch.from_numpy(zero_padded(waveforms[pieces[i].clip], pieces[i].start * hop, pieces[i].stop * hop))
-                     for i in batch]
-            lengths = [c.shape[-1] for c in clips]
-            total = max(lengths)
-            self.encoded_frames += len(clips) * total // hop
-            audio = pad_batch(clips, total)[:, None, :]
-            if self.device.type == "cuda":
-                audio = audio.pin_memory()
-            audio = audio.to(self.device, non_blocking=True)
+            inputs = [_piece_input(waveforms[pieces[i].clip], layouts[pieces[i].clip], pieces[i], hop) for i in batch]
+            semantic, semantic_lengths = self._stage([x[0] for x in inputs])
+            if all(x[1] is None for x in inputs):
+                acoustic, acoustic_lengths = semantic, semantic_lengths  # both paths read the same samples
+            else:
+                acoustic, acoustic_lengths = self._stage([x[0] if x[1] is None else x[1] for x in inputs])
+            self.encoded_frames += len(batch) * acoustic.shape[-1] // hop
             norm_stats = self._batch_norm_stats([clip_stats.get(pieces[i].clip) for i in batch])
-            unpadded = all(length == total for length in lengths) and norm_stats is None
+            frames = max(pieces[i].num_frames for i in batch)
+            semantic_frames = None
+            if semantic_lengths is not None or norm_stats is not None:
+                semantic_lengths = semantic_lengths or [semantic.shape[-1]] * len(batch)
+                semantic_frames = [self.frame_rules.semantic_frames(n) for n in semantic_lengths]
             # one device-to-host copy per batch, not one per clip
-            outputs = [out.cpu() for out in forward(audio, None if unpadded else lengths, norm_stats)]
+            outputs = [out.cpu() for out in forward(_Batch(semantic, semantic_lengths, semantic_frames, acoustic,
+                                                           acoustic_lengths, norm_stats, frames))]
             for row, index in enumerate(batch):
                 piece = pieces[index]
                 keep = slice(piece.keep_start - piece.start, piece.keep_stop - piece.start)
@@ -166,6 +181,17 @@ class Codec:
         for piece, result in zip(pieces, results):
             per_clip[piece.clip].append(result)
         return [tuple(torch.cat(parts, dim=-1) for parts in zip(*chunks)) for chunks in per_clip]
+
+    def _stage(self, clips: list[np.ndarray]) -> tuple[torch.Tensor, list[int] | None]:
+        """Rows zero-padded to a whole number of hops, on the device, as [B, 1, T]; each row's valid samples,
+        or None when every row fills the batch (nothing to mask)."""
+        lengths = [clip.size for clip in clips]
+        total = -(-max(lengths) // self.hop_length) * self.hop_length
+        audio = pad_batch([torch.from_numpy(clip) for clip in clips], total)[:, None, :]
+        if self.device.type == "cuda":
+            audio = audio.pin_memory()
+        audio = audio.to(self.device, non_blocking=True)
+        return audio, None if all(n == total for n in lengths) else lengths
 
     def _autocast(self):
         if self.dtype == torch.float32:
@@ -208,19 +234,18 @@ class Codec:
         mean = total / count
         return mean.float(), (total_sq / count - mean**2).clamp_min(0).float()
 
-    def _embeddings(self, audio: torch.Tensor, lengths: list[int] | None, norm_stats: GroupNormStats | None = None):
-        """Acoustic and semantic embeddings of a padded batch [B, 1, T].
-
-        `lengths` (valid samples per row) is None when no row is padded; `norm_stats` overrides
-        the first GroupNorm's statistics for rows that are windows of a longer clip."""
+    def _embeddings(self, batch: "_Batch"):
+        """Acoustic and semantic embeddings [B, C, batch.frames] of a staged batch: each row's first frames
+        are those of its clip alone; `norm_stats` overrides the first GroupNorm's statistics for rows that are
+        windows of a longer clip."""
         model, config = self.model, self.model.config
-        total = audio.shape[-1]
-        speech = audio[:, 0, :]
+        speech = batch.semantic[:, 0, :]
         if config.sample_rate != config.semantic_sample_rate:
             speech = torchaudio.functional.resample(speech, config.sample_rate, config.semantic_sample_rate)
         attention_mask = group_norm_lengths = None
-        if lengths is not None:
-            speech_lengths = torch.tensor(lengths, device=audio.device) * config.semantic_sample_rate // config.sample_rate
+        if batch.semantic_lengths is not None:
+            speech_lengths = torch.tensor([resampled_size(n, config.sample_rate, config.semantic_sample_rate)
+                                           for n in batch.semantic_lengths], device=speech.device)
             # the resampler's tail rings past each clip's end; alone, the clip would see zeros there
             speech = speech * time_mask(speech_lengths, speech.shape[-1], speech.dtype)
             hubert_lengths = speech_lengths + 2 * SEMANTIC_PAD
@@ -228,8 +253,9 @@ class Codec:
             group_norm_lengths = conv_output_lengths(hubert_lengths, [self._hubert_first_conv])
         speech = F.pad(speech, (SEMANTIC_PAD, SEMANTIC_PAD))
         masks = (
-            self._masks.active(lengths, total, group_norm_lengths, norm_stats)
-            if lengths is not None
+            self._masks.active(semantic=batch.semantic_frames, group_norm_lengths=group_norm_lengths,
+                               group_norm_stats=batch.norm_stats)
+            if batch.semantic_frames is not None
             else contextlib.nullcontext()
         )
         with self._fast_ops.active(), self._autocast():
@@ -237,13 +263,12 @@ class Codec:
                 hidden = model.semantic_model(speech, attention_mask=attention_mask, output_hidden_states=True)
                 semantic = torch.stack(hidden.hidden_states, dim=1).mean(dim=1)[:, :: config.semantic_downsample_factor, :]
                 semantic = model.encoder_semantic(semantic.transpose(1, 2))
-            acoustic = self._acoustic(audio, lengths)
-        if acoustic.shape[-1] != semantic.shape[-1]:
+            acoustic = self._acoustic(batch.acoustic, batch.acoustic_lengths)
+        if min(acoustic.shape[-1], semantic.shape[-1]) < batch.frames:
             raise RuntimeError(
-                f"acoustic ({acoustic.shape[-1]}) and semantic ({semantic.shape[-1]}) frame counts differ for "
-                f"{total} samples; this checkpoint's hop does not fit the padding-invariant encoder"
-            )
-        return acoustic, semantic
+                f"acoustic ({acoustic.shape[-1]}) or semantic ({semantic.shape[-1]}) frames fall short of the "
+                f"{batch.frames} frames the clips' layouts give; this checkpoint does not fit the frame rules")
+        return acoustic[..., : batch.frames], semantic[..., : batch.frames]
 
     def _acoustic(self, audio: torch.Tensor, lengths: list[int] | None) -> torch.Tensor:
         """DAC encoder output for a padded batch. DAC is purely convolutional, so a long batch runs in
@@ -263,7 +288,7 @@ class Codec:
             # a clip that ends inside this chunk must see zeros past its end, as it would alone
             valid = None if lengths is None else [min(max(n - start * hop, 0), size) for n in lengths]
             masks = (
-                self._masks.active(valid, size, None)
+                self._masks.active(acoustic=valid)
                 if valid is not None and any(n < size for n in valid)
                 else contextlib.nullcontext()
             )
@@ -274,9 +299,15 @@ class Codec:
 
     # ---- decode -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def decode(self, codes_list: list[np.ndarray], lengths: list[int] | None = None) -> list[np.ndarray]:
-        """24 kHz float32 audio for each [num_codebooks, frames] code array, trimmed to its own length
-        (`lengths[i]` samples when given, else frames x hop)."""
+    def decode(self, codes_list: list[np.ndarray], lengths: list[int] | None = None,
+               clip_samples: list[int] | None = None) -> list[np.ndarray]:
+        """24 kHz float32 audio for each [num_codebooks, frames] code array, trimmed to `lengths[i]` samples
+        when given (else frames x hop). Under the authors' convention a clip whose acoustic path was encoded
+        with zeros before it decodes with them: they are cut off, so sample i of the result lines up with
+        sample i of the clip. `clip_samples[i]`: the encoded clip's length, which decides that (default
+        `lengths[i]`; give it when decoding the first frames of a longer clip). Where the codes end before
+        `lengths[i]` (the authors' frame rule drops a clip's last partial hop in some lengths) the audio is
+        zero-padded to it."""
         out = []
         for index, codes in enumerate(codes_list):
             codes = np.asarray(codes)
@@ -285,18 +316,48 @@ class Codec:
             tensor = torch.from_numpy(codes.astype(np.int64))[None].to(self.device)
             audio = self.model.decode(tensor, return_dict=False)[0, 0].float().cpu().numpy()
             length = codes.shape[1] * self.hop_length if lengths is None else lengths[index]
-            out.append(audio[:length])
+            encoded = clip_samples[index] if clip_samples is not None else None if lengths is None else length
+            shift = 0 if encoded is None else self._acoustic_shift(encoded)
+            audio = audio[shift : shift + length]
+            out.append(np.pad(audio, (0, length - audio.size)) if lengths is not None else audio)
         return out
+
+
+    def _acoustic_shift(self, num_samples: int) -> int:
+        try:
+            return self.layout(num_samples).acoustic_shift
+        except ValueError:  # too short to have been encoded: nothing to line up
+            return 0
+
+
+@dataclass
+class _Batch:
+    """Clips staged for one forward pass: per path the padded audio [B, 1, T] on the device and each row's
+    valid samples (None: no row is padded); the semantic encoder's valid frames per row (None: unmasked)."""
+
+    semantic: torch.Tensor
+    semantic_lengths: list[int] | None
+    semantic_frames: list[int] | None
+    acoustic: torch.Tensor
+    acoustic_lengths: list[int] | None
+    norm_stats: GroupNormStats | None
+    frames: int  # the most frames a row keeps
+
+
+def _piece_input(wave, layout: ClipLayout, piece: Piece, hop: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The samples of one piece for the semantic path and, where it reads others, for the acoustic path
+    (None: the same). A clip's last piece reads to the end of what each path reads of the clip alone."""
+    start, last = piece.start * hop, piece.stop == layout.frames
+    semantic = zero_padded(wave, start, layout.semantic_samples if last else piece.stop * hop)
+    if layout.acoustic_shift == 0 and layout.acoustic_samples == layout.semantic_samples:
+        return semantic, None
+    stop = layout.acoustic_samples if last else piece.stop * hop
+    return semantic, zero_padded(wave, start - layout.acoustic_shift, stop - layout.acoustic_shift)
 
 
 # torchaudio.functional.resample's defaults: a sinc filter cut at `rolloff` of the lower rate's Nyquist,
 # reaching `lowpass_filter_width` zero crossings on each side
 _RESAMPLE_ZERO_CROSSINGS, _RESAMPLE_ROLLOFF = 6, 0.99
-
-
-def resampled_size(size: int, orig_rate: int, new_rate: int) -> int:
-    """Samples that torchaudio's resampling of `size` samples returns."""
-    return math.ceil(new_rate * size / orig_rate)
 
 
 def resampled_range(wave, size: int, orig_rate: int, new_rate: int, start: int, stop: int,
@@ -307,7 +368,8 @@ def resampled_range(wave, size: int, orig_rate: int, new_rate: int, start: int, 
     torchaudio resamples with a strided convolution: output j * new + phase reads the input within `width`
     samples of j * orig (rates divided by their gcd). Reading `context` >= width real samples beyond the range
     on each side, in whole steps of `orig`, gives each kept output exactly the input the whole clip's
-    resampling gives it, so the samples are the same."""
+    resampling gives it, so the samples are the same up to float32 rounding: on some CPUs the convolution's
+    summation order depends on the input's length (last-bit differences, tests/test_codec.py)."""
     gcd = math.gcd(orig_rate, new_rate)
     orig, new = orig_rate // gcd, new_rate // gcd
     out = torch.zeros(stop - start, device=device)

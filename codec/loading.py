@@ -7,6 +7,7 @@ import torch
 from .batching import BatchPolicy
 from .checkpoint import Checkpoint, load_model, resolve_checkpoint
 from .codec import Codec
+from .conventions import CONVENTIONS, MODEL_CARD
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -32,6 +33,7 @@ def load_codec(
     allow_tf32: bool = False,
     acoustic_chunk_s: float = 20.0,
     cache_dir: str | None = None,
+    convention: str = MODEL_CARD,
 ) -> Codec:
     """Load the tokenizer named by `spec`.
 
@@ -43,7 +45,11 @@ def load_codec(
     codes may differ; the benchmark reports by how much). The quantizer always runs in float32.
     acoustic_chunk_s: batches longer than this run the DAC encoder in chunks with receptive-field
     context (same codes, bounded activation memory).
+    convention: which codes a clip has (codec.conventions): 'model_card' (zero-padded to whole hops,
+    `model.encode` alone) or 'authors' (what boson-ai's own `HiggsAudioTokenizer.encode` returns).
     """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention {convention!r} is not one of {list(CONVENTIONS)}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
     torch_device = resolve_device(device)
@@ -60,4 +66,5 @@ def load_codec(
         context_s=context_s,
         policy=policy,
         acoustic_chunk_s=acoustic_chunk_s,
+        convention=convention,
     )

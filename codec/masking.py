@@ -3,11 +3,13 @@
 A clip encoded alone sees zeros beyond its end (the convolutions' own zero padding) and
 normalises/attends over its own frames only. In a batch, the positions beyond a clip's end
 hold its batch mates' padding, which after the first layer is no longer zero. So:
-- every convolution with a kernel wider than 1 gets its input zeroed past each clip's end;
+- every convolution with a kernel wider than 1 gets its input zeroed past each clip's end, the clip's
+  valid length at that layer following from its input length by the layers' conv arithmetic (any length:
+  a whole number of hops or not, as the authors' convention needs);
 - HuBERT's first-layer GroupNorm takes its statistics over each clip's valid frames only;
 - HuBERT's attention gets a key mask (done by transformers from `attention_mask`).
 
-The masks are installed once on the model and do nothing unless a `PaddingContext` is active,
+The masks are installed once on the model and do nothing unless `PaddingMasks.active` is on,
 so `model.encode` on its own is untouched and stays the reference.
 """
 
@@ -22,18 +24,68 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class ConvChain:
+    """An encoder's Conv1d layers in the order its forward runs them, each reading the previous one's output
+    (activations, residual adds and 1x1 convolutions keep the length). So the valid length at every conv
+    follows from the input's by conv arithmetic, for any input length, as it would for the clip alone.
+    The order is recorded from a forward pass and the chain checked against it at two input lengths."""
+
+    def __init__(self, encoder: nn.Module, channels: int, probe_steps: tuple[int, int]):
+        order: list[nn.Conv1d] = []
+        seen: list[int] = []
+
+        def record(module, args):
+            order.append(module)
+            seen.append(args[0].shape[-1])
+
+        convs = [m for m in encoder.modules() if isinstance(m, nn.Conv1d)]
+        handles = [conv.register_forward_pre_hook(record) for conv in convs]
+        try:
+            for steps in probe_steps:
+                order.clear(), seen.clear()
+                with torch.no_grad():
+                    encoder(torch.zeros(1, channels, steps))
+                if len(order) != len(convs) or len(set(map(id, order))) != len(convs) \
+                        or list(self._chain(order, steps)[0]) != seen:
+                    raise RuntimeError(f"{type(encoder).__name__} is not a chain of convolutions; padding masks "
+                                       "cannot follow its lengths")
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.convs = list(order)
+
+    @staticmethod
+    def _chain(convs, length: int) -> tuple[list[int], int]:
+        inputs = []
+        for conv in convs:
+            inputs.append(length)
+            span = conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
+            length = max(0, (length + 2 * conv.padding[0] - span) // conv.stride[0] + 1)
+        return inputs, length
+
+    def output_length(self, length: int) -> int:
+        return self._chain(self.convs, length)[1]
+
+    def input_lengths(self, lengths: list[int]) -> dict[int, tuple[int, ...]]:
+        """id(conv) -> each row's valid steps at that conv's input, rows `lengths` long at the chain's input."""
+        per_row = [self._chain(self.convs, n)[0] for n in lengths]
+        return {id(conv): tuple(row[i] for row in per_row) for i, conv in enumerate(self.convs)}
+
+
 class PaddingMasks:
     def __init__(self, model: nn.Module):
-        self._lengths: list[int] | None = None  # valid samples per clip at the model's input rate
+        hop = model.config.hop_length
+        first = model.encoder_semantic.conv
+        self.acoustic = ConvChain(model.acoustic_encoder, 1, (4 * hop, 4 * hop + 7 * hop // 10 + 1))
+        self.semantic = ConvChain(model.encoder_semantic, first.in_channels, (8, 13))
+        self._valid: dict[int, tuple[int, ...]] = {}  # id(conv) -> valid input steps per row, while active
         self._cache: dict = {}
-        self._total: int = 0
         self._group_norm_lengths: torch.Tensor | None = None
         self._group_norm_stats: GroupNormStats | None = None
         self._handles = []
-        for module in (model.acoustic_encoder, model.encoder_semantic):
-            for conv in module.modules():
-                if isinstance(conv, nn.Conv1d) and conv.kernel_size[0] > 1:
-                    self._handles.append(conv.register_forward_pre_hook(self._mask_conv_input))
+        for conv in self.acoustic.convs + self.semantic.convs:
+            if conv.kernel_size[0] > 1:
+                self._handles.append(conv.register_forward_pre_hook(self._mask_conv_input))
         first = model.semantic_model.feature_extractor.conv_layers[0]
         norm = getattr(first, "layer_norm", None)
         if isinstance(norm, nn.GroupNorm):
@@ -48,33 +100,39 @@ class PaddingMasks:
             norm.forward = types.MethodType(forward, norm)
 
     @contextlib.contextmanager
-    def active(self, lengths: list[int], total: int, group_norm_lengths, group_norm_stats: GroupNormStats | None = None):
-        """Masks on for one batch: `lengths` valid input samples of each clip, `total` the padded length,
-        `group_norm_stats` statistics to use instead of each row's own (windows of a long clip)."""
-        self._lengths, self._total = lengths, total
+    def active(self, acoustic: list[int] | None = None, semantic: list[int] | None = None, group_norm_lengths=None,
+               group_norm_stats: GroupNormStats | None = None):
+        """Masks on for one batch: `acoustic` valid samples of each row at the acoustic encoder's input,
+        `semantic` valid frames of each row at the semantic encoder's input, `group_norm_lengths` valid steps at
+        HuBERT's first GroupNorm, `group_norm_stats` statistics to use instead of each row's own (windows of a
+        long clip). A path given None is not masked."""
+        self._valid = {}
+        if acoustic is not None:
+            self._valid.update(self.acoustic.input_lengths(acoustic))
+        if semantic is not None:
+            self._valid.update(self.semantic.input_lengths(semantic))
         self._group_norm_lengths, self._group_norm_stats = group_norm_lengths, group_norm_stats
         self._cache = {}
         try:
             yield
         finally:
-            self._lengths, self._group_norm_lengths, self._group_norm_stats = None, None, None
+            self._valid, self._group_norm_lengths, self._group_norm_stats = {}, None, None
             self._cache = {}
 
     def _mask_conv_input(self, module, args):
-        if self._lengths is None:
+        valid = self._valid.get(id(module))
+        if valid is None:
             return None
         (hidden,) = args
         steps = hidden.shape[-1]
-        mask = self._cache.get((steps, hidden.dtype, hidden.device))
+        if all(n >= steps for n in valid):
+            return None
+        key = (valid, steps, hidden.dtype, hidden.device)
+        mask = self._cache.get(key)
         if mask is None:
-            # Every tensor on these paths has a length proportional to the input's (all clips are
-            # padded to a multiple of the hop), so each clip's valid length scales exactly. Plain
-            # ints here: no device round trip per convolution.
-            if any(length * steps % self._total for length in self._lengths):
-                raise RuntimeError(f"valid lengths {self._lengths} do not scale to {steps} steps of {self._total}")
-            valid = torch.tensor([length * steps // self._total for length in self._lengths], device=hidden.device)
-            mask = time_mask(valid, steps, hidden.dtype)[:, None, :]
-            self._cache[(steps, hidden.dtype, hidden.device)] = mask
+            # plain ints from the chain: no device round trip per convolution
+            mask = time_mask(torch.tensor(valid, device=hidden.device), steps, hidden.dtype)[:, None, :]
+            self._cache[key] = mask
         return (hidden * mask,)
 
 

@@ -21,7 +21,8 @@ from .hashing import sha256_file
 
 # Bump when the conversion would produce other weights: it is part of the codec identity and of
 # the conversion cache key.
-CONVERTER_VERSION = 1
+# 2: the release's `semantic_model.masked_spec_embed` dropped (v1 refused the authors' own state dict)
+CONVERTER_VERSION = 2
 
 # The acoustic (DAC) part of the released architecture; every other setting is the transformers default.
 RELEASED_ACOUSTIC = dict(
@@ -137,7 +138,11 @@ def _decoder_inner(layer: int, rest: list[str]) -> str | None:
     return None
 
 
-SKIPPED_PREFIXES = ("fc1.",)  # in the release but not in its forward pass (the conversion script skips it)
+# In the release but unused at inference, dropped as transformers' conversion script drops them: `fc1.*` (no
+# module of the authors' class has it), and HuBERT's SpecAugment vector (training-time masking; transformers
+# lists it in `_keys_to_ignore_on_load_unexpected`). Every other key must map, strictly.
+SKIPPED_PREFIXES = ("fc1.",)
+SKIPPED_KEYS = ("semantic_model.masked_spec_embed",)
 
 
 def hf_key(original: str, blocks: int = len(RELEASED_ACOUSTIC["downsampling_ratios"])) -> str | None:
@@ -187,7 +192,7 @@ def convert_state_dict(original: dict, expected: dict[str, tuple]) -> dict[str, 
             converted[name], source[name] = value, original_name
 
     for key, value in original.items():
-        if key.startswith(SKIPPED_PREFIXES) or key.endswith(".weight_v"):
+        if key.startswith(SKIPPED_PREFIXES) or key in SKIPPED_KEYS or key.endswith(".weight_v"):
             continue
         if key.endswith(".weight_g"):
             base = key[: -len(".weight_g")]

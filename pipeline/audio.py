@@ -87,23 +87,27 @@ _DECODER_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueErro
 
 
 def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
-                 blocked_above_s: float | None = None, loudness_lufs: float | None = None) -> Audio:
+                 blocked_above_s: float | None = None, loudness_lufs: float | None = None,
+                 ceil_length: bool = False) -> Audio:
     """Bytes, a SpilledFile or an (array, sample_rate) pair -> validated audio at `target_rate`.
 
     A file declaring more than `max_seconds` is refused from its header, before any sample is decoded;
     one longer than `blocked_above_s` (None: BLOCKED_ABOVE_S) is decoded in blocks into a FileWave.
-    `loudness_lufs`: normalise the clip's integrated loudness to this target (None: leave it)."""
+    `loudness_lufs`: normalise the clip's integrated loudness to this target (None: leave it).
+    `ceil_length`: a resampled clip holds ceil(frames x target_rate / rate) samples, zero-padded, as
+    librosa.resample's `fix_length` gives them (the authors' preprocessing, `codec.convention=authors`);
+    soxr alone returns one sample fewer for some lengths."""
     blocked_above_s = BLOCKED_ABOVE_S if blocked_above_s is None else blocked_above_s
     if not isinstance(source, (bytes, bytearray, SpilledFile)):
         array, rate = source
-        return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs)
+        return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs, ceil_length)
     with _opened(source) as f:
         if f.samplerate > 0:
             _require_within(f.frames / f.samplerate, max_seconds, " (the header's length; not decoded)")
         if f.frames > blocked_above_s * f.samplerate:
-            return _decode_in_blocks(f, target_rate, quality, loudness_lufs)
+            return _decode_in_blocks(f, target_rate, quality, loudness_lufs, ceil_length)
         array, rate = _read_whole(f), f.samplerate
-    return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs)
+    return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs, ceil_length)
 
 
 def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
@@ -131,7 +135,8 @@ def _read_whole(f: soundfile.SoundFile) -> np.ndarray:
     return array
 
 
-def _decode_in_blocks(f: soundfile.SoundFile, target_rate: int, quality: str, loudness_lufs: float | None) -> Audio:
+def _decode_in_blocks(f: soundfile.SoundFile, target_rate: int, quality: str, loudness_lufs: float | None,
+                      ceil_length: bool = False) -> Audio:
     """Decode, downmix and resample BLOCK_S at a time into a FileWave, in a block's memory; with a loudness
     target, the loudness is measured block by block and the gain is the FileWave's, applied as it is read."""
     rate, declared, block = f.samplerate, f.frames, max(1, round(BLOCK_S * f.samplerate))
@@ -152,6 +157,8 @@ def _decode_in_blocks(f: soundfile.SoundFile, target_rate: int, quality: str, lo
             wave.append(resampled)
             if last:
                 break
+        if ceil_length and resampler:
+            wave.append(np.zeros(max(0, ceil_resampled_size(decoded, rate, target_rate) - wave.size), np.float32))
         _require_complete(f, declared, decoded)
         _require_samples(decoded)
         _require_finite(non_finite)
@@ -215,8 +222,13 @@ def _peak(samples: np.ndarray) -> float:
     return float(np.max(np.abs(samples))) if samples.size else 0.0
 
 
+def ceil_resampled_size(frames: int, rate: int, target_rate: int) -> int:
+    """librosa.resample's output length: ceil(frames x target / rate), in integers."""
+    return -(-frames * target_rate // rate)
+
+
 def to_model_audio(array: np.ndarray, rate: int, target_rate: int, quality: str, max_seconds: float,
-                   loudness_lufs: float | None = None) -> Audio:
+                   loudness_lufs: float | None = None, ceil_length: bool = False) -> Audio:
     """Downmix, validate, resample and (with a loudness target) normalise one decoded clip."""
     array = np.asarray(array)
     if array.ndim == 1:
@@ -238,6 +250,9 @@ def to_model_audio(array: np.ndarray, rate: int, target_rate: int, quality: str,
         measured = meter.integrated()
     if rate != target_rate:
         mono = soxr.resample(mono, rate, target_rate, quality=quality).astype(np.float32, copy=False)
+        if ceil_length:
+            size = ceil_resampled_size(frames, rate, target_rate)
+            mono = np.pad(mono[:size], (0, max(0, size - mono.size)))
     _require_resampled(mono.size, frames, rate)
     loudness = None
     if loudness_lufs is not None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from omegaconf import MISSING, OmegaConf
+
+from codec.conventions import CONVENTIONS
 from omegaconf.errors import OmegaConfBaseException
 
 SOXR_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
@@ -52,6 +54,10 @@ class CodecConfig:
     revision: Optional[str] = None
     cache_dir: Optional[str] = None  # node-local folder for converted original checkpoints; None: $AUDIOTOK_CACHE or ~/.cache/audiotok
     bandwidth: float = 2.0
+    # which codes a clip has: model_card (zero-padded to whole 960-sample hops, `model.encode` alone: the model
+    # card's) or authors (boson-ai's own HiggsAudioTokenizer.encode: no padding, their frame rule; for
+    # fine-tuning or prompting Higgs Audio v2 itself). See README "Conventions".
+    convention: str = "model_card"
     device: str = "auto"
     dtype: str = "float32"
     allow_tf32: bool = False
@@ -166,6 +172,10 @@ def validate(config: Config) -> None:
     c = config.codec
     if c.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError("codec.dtype", f"{c.dtype!r}", "use float32, bfloat16 or float16")
+    if c.convention not in CONVENTIONS:
+        raise ConfigError("codec.convention", f"{c.convention!r} is not a convention",
+                          f"use one of {', '.join(CONVENTIONS)} (model_card: zero-padded to whole hops, as the model "
+                          "card encodes; authors: as boson-ai's HiggsAudioTokenizer.encode)")
     if c.bandwidth <= 0:
         raise ConfigError("codec.bandwidth", f"{c.bandwidth} kbps", "the real checkpoint offers 0.5, 1, 1.5 and 2")
     if c.window_s <= 0 or c.context_s < 0:

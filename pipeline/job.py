@@ -85,7 +85,7 @@ def _identity(config: Config, codec: CodecFacts, source_identity: dict) -> dict:
     """Everything that decides which samples a shard id denotes, their keys and their codes."""
     c, loud = config.codec, config.audio.loudness_lufs
     return {
-        "codec": codec.identity, "bandwidth": c.bandwidth, "dtype": c.dtype, "allow_tf32": c.allow_tf32,
+        "codec": codec.identity, "bandwidth": c.bandwidth, "convention": c.convention, "dtype": c.dtype, "allow_tf32": c.allow_tf32,
         "window_s": c.window_s, "context_s": c.context_s, "resampler": f"soxr-{config.audio.resampler_quality}",
         "decode": DECODE_METHOD,
         # None when off, which is also what an output written before the option reads as: it goes on unchanged

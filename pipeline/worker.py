@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 
 from codec import Checkpoint, CodecInputError, calibrate, load_codec
+from codec.conventions import resamples_to_ceil
 from codec.heap import release_freed_heap, resident_mb
 
 from .audio import Audio, SampleError, SpilledFile, decode_audio
@@ -104,6 +105,7 @@ def load_codec_for(config: Config, checkpoint: Checkpoint | None = None):
         context_s=c.context_s,
         allow_tf32=c.allow_tf32,
         cache_dir=c.cache_dir,
+        convention=c.convention,
     )
     # limits the config fixes replace the device default's
     codec.policy = codec.policy_with(c.max_batch_seconds, c.max_clips)
@@ -277,7 +279,7 @@ class ShardProcessor:
                 return raw.error if isinstance(raw.error, SampleError) else SampleError("bad_sample", str(raw.error))
             audio = self.config.audio
             return decode_audio(raw.audio, self.codec.sample_rate, audio.resampler_quality, audio.max_seconds,
-                                loudness_lufs=audio.loudness_lufs)
+                                loudness_lufs=audio.loudness_lufs, ceil_length=resamples_to_ceil(self.codec.convention))
         except SampleError as error:
             return error
         except Exception as error:  # a decoder bug must cost one sample, not the shard

@@ -85,13 +85,13 @@ def test_unmasked_acoustic_path_differs(codec):
     short, long = noise(rng, 5 * HOP), noise(rng, 40 * HOP)
     ref_acoustic, _ = reference_embeddings(codec.model, short)
     handles = codec._masks._handles
-    saved = codec._masks._lengths
+    saved = codec._masks._valid
     with torch.inference_mode():
         audio = torch.zeros(2, 1, 40 * HOP)
         audio[0, 0, : short.size] = torch.from_numpy(short)
         audio[1, 0] = torch.from_numpy(long)
         unmasked = codec.model.acoustic_encoder(audio)[0, :, :5].numpy()
-    assert handles and saved is None
+    assert handles and saved == {}
     assert np.abs(unmasked - ref_acoustic).max() > 1e-3 * np.abs(ref_acoustic).max()
 
 
@@ -194,7 +194,9 @@ def test_semantic_resampling_by_ranges_equals_resampling_the_whole_clip():
     for start, stop in [(-160, 1000), (0, n), (12345, 23456), (12346, 12349), (n - 500, n + 160), (-5, 3), (n, n + 9)]:
         expected = torch.zeros(stop - start)
         expected[max(start, 0) - start : min(stop, n) - start] = whole[max(start, 0) : min(stop, n)]
-        assert torch.equal(resampled_range(file_wave(wave), size, 24000, 16000, start, stop), expected), (start, stop)
+        # the same input around each sample; the convolution's rounding may differ in the last bit with the length
+        torch.testing.assert_close(resampled_range(file_wave(wave), size, 24000, 16000, start, stop), expected,
+                                   rtol=0, atol=1e-6 * whole.abs().max().item(), msg=str((start, stop)))
 
 
 def test_non_finite_samples_of_a_file_wave_are_counted_across_chunks(codec):

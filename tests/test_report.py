@@ -216,7 +216,7 @@ def test_audit_compares_against_the_loudness_normalised_audio_the_codec_was_give
     data = encode_audio(0.02 * synth_clip(np.random.default_rng(3), 3.0, 16000), 16000, "wav")
     manifest = {"config": {"audio": {"resampler_quality": "HQ", "max_seconds": 3600.0, "loudness_lufs": -23.0}}}
     row = RowRef("out", "data/s.parquet", 0, 0, "k", "s.tar", 3.0)
-    original = _decode_original(RawSample("k", data), row, "s.tar", manifest, 24000, 30.0)
+    original = _decode_original(RawSample("k", data), row, "s.tar", manifest, 24000, 30.0).audio
     normalised = decode_audio(data, 24000, "HQ", 3600.0, loudness_lufs=-23.0).wave
     np.testing.assert_array_equal(original, normalised)
     assert not np.allclose(original, decode_audio(data, 24000, "HQ", 3600.0).wave)  # the gain is not nothing

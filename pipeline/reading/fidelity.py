@@ -173,7 +173,13 @@ def codec_from_manifest(manifest: dict, device: str = "auto"):
     revision = str(identity.get("revision") or "")
     seed = int(revision.split("=", 1)[1]) if revision.startswith("seed=") else 0
     return load_codec(identity["spec"], device=device, seed=seed,
-                      revision=None if identity["spec"].startswith("random:") else identity.get("revision"))
+                      revision=None if identity["spec"].startswith("random:") else identity.get("revision"),
+                      convention=manifest_convention(manifest))
+
+
+def manifest_convention(manifest: dict) -> str:
+    """The output's codec.convention; an output written before the option has the model card's."""
+    return manifest.get("identity", {}).get("convention", "model_card")
 
 
 def codebook_levels(codec, stored: int, stored_kbps: float) -> dict[int, float]:
@@ -199,10 +205,16 @@ def _shard_kind(manifest: dict, url: str) -> str:
     return "webdataset" if manifest["identity"]["source"]["kind"] == "webdataset" else shard_kind(url)
 
 
+@dataclass
+class Original:
+    audio: np.ndarray  # the first seconds of the audio the codec was given
+    clip_samples: int  # the whole clip's length at the codec's rate (its layout decides how its codes decode)
+
+
 def read_originals(manifest: dict, shard_ids: dict, wanted: list[RowRef], sample_rate: int,
-                   max_seconds: float = AUDIT_MAX_SECONDS) -> dict[str, np.ndarray]:
+                   max_seconds: float = AUDIT_MAX_SECONDS) -> dict[str, Original]:
     """key -> the first `max_seconds` of each wanted row's original audio, read and decoded as the run did
-    (the manifest's source settings, decoder and resampler; mono at `sample_rate`).
+    (the manifest's source settings, decoder, resampler and convention; mono at `sample_rate`).
     shard_ids: source URL -> shard id (from the commit records: HF keys without a key column name it).
     Raises SourceUnavailable when a shard cannot be read or no longer holds a row as the run read it."""
     from ..audio import SpilledFile
@@ -236,7 +248,9 @@ def read_originals(manifest: dict, shard_ids: dict, wanted: list[RowRef], sample
     return originals
 
 
-def _decode_original(raw, row: RowRef, url: str, manifest: dict, sample_rate: int, max_seconds: float) -> np.ndarray:
+def _decode_original(raw, row: RowRef, url: str, manifest: dict, sample_rate: int, max_seconds: float) -> Original:
+    from codec.conventions import resamples_to_ceil
+
     from ..audio import SampleError, SpilledFile, decode_audio
 
     if raw.error is not None:
@@ -245,7 +259,8 @@ def _decode_original(raw, row: RowRef, url: str, manifest: dict, sample_rate: in
     try:
         # the audio the codec was given: loudness-normalised too when the run was (an older manifest: off)
         decoded = decode_audio(raw.audio, sample_rate, settings["resampler_quality"], settings["max_seconds"],
-                               loudness_lufs=settings.get("loudness_lufs"))
+                               loudness_lufs=settings.get("loudness_lufs"),
+                               ceil_length=resamples_to_ceil(manifest_convention(manifest)))
     except SampleError as error:
         raise SourceUnavailable(f"sample {row.key} of {url} no longer decodes ({error}): the source changed") from None
     finally:
@@ -254,13 +269,14 @@ def _decode_original(raw, row: RowRef, url: str, manifest: dict, sample_rate: in
     wave = decoded.wave  # a FileWave (a temporary file) for clips decoded in blocks
     try:
         array = np.array(wave[0 : min(wave.size, int(round(max_seconds * sample_rate)))], dtype=np.float32)
+        clip_samples = wave.size
     finally:
         if hasattr(wave, "close"):
             wave.close()
     if abs(decoded.duration_s - row.duration_s) > 1e-3 * max(1.0, row.duration_s):
         raise SourceUnavailable(f"sample {row.key} of {url} lasts {decoded.duration_s:.3f} s, the run encoded "
                                 f"{row.duration_s:.3f} s: the source changed since the run")
-    return array
+    return Original(array, clip_samples)
 
 
 def _codes_of(rows: list[RowRef]) -> dict[str, np.ndarray]:
@@ -292,11 +308,14 @@ def audit(manifest: dict, shard_ids: dict, chosen: dict[str, list[RowRef]], grou
     shown: dict[str, int] = {}
     for group, rows in sorted(chosen.items()):
         for row in rows:
-            original = originals[row.key]
-            row_codes_ = codes[row.key][:, : codec.num_frames(original.size)]
+            original, clip_samples = originals[row.key].audio, originals[row.key].clip_samples
+            # the frames that reach into the audited seconds (past the authors' leading zeros, where encoded so)
+            shift = codec.layout(clip_samples).acoustic_shift
+            row_codes_ = codes[row.key][:, : -(-(original.size + shift) // codec.hop_length)]
             scores, full = {}, None
             for k in levels:
-                (reconstruction,) = codec.decode([row_codes_[:k]], lengths=[original.size])
+                (reconstruction,) = codec.decode([row_codes_[:k]], lengths=[original.size],
+                                                 clip_samples=[clip_samples])
                 scores[k] = {"si_snr_db": si_snr_db(original, reconstruction),
                              "mel_distance_db": mel_distance_db(original, reconstruction, rate)}
                 full = reconstruction

@@ -48,8 +48,10 @@ def decode_key(output_dir: str, key: str, out_path: str) -> float:
             row = keys.index(key)
             (codes,) = row_codes(table.slice(row, 1))
             codec = codec_from_manifest(manifest)
+            # the clip's length at the codec's rate, from its duration: it also tells the codec whether the
+            # authors' convention encoded the clip with leading zeros (cut off again here)
             length = int(round(table.column("duration_s")[row].as_py() * codec.sample_rate))
-            (audio,) = codec.decode([codes], lengths=[min(length, codes.shape[1] * codec.hop_length)])
+            (audio,) = codec.decode([codes], lengths=[length])
             folder = os.path.dirname(os.path.abspath(out_path))
             staged = os.path.join(folder, f".tmp-{uuid.uuid4().hex}.wav")
             try:

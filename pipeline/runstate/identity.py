@@ -34,9 +34,14 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+# Keys added to the identity after outputs were written without them, with what those outputs had: such an
+# output reads as having that value and goes on unchanged.
+ADDED_KEYS = {"convention": "model_card"}
+
+
 def check_identity(recorded: dict, current: dict, accept_new_versions: bool) -> list[str]:
     """Raise IdentityChanged naming what changed and how to continue; returns the version changes accepted."""
-    old, new = _flat(recorded), _flat(current)
+    old, new = {**ADDED_KEYS, **_flat(recorded)}, _flat(current)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if not changed:
         return []
