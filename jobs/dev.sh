@@ -14,6 +14,11 @@ setup() {
     .venv/bin/python -m pip install -q -e ".[test]"
     rm -f .venv/.installed-*; touch "$stamp"
   fi
+  # the authors' tokenizer code, the tests' reference for codes (tests/authors_reference.py): downloaded, never
+  # installed (it pins an old transformers)
+  if ! ls .cache/boson-multimodal/boson_multimodal-0.1.1-*.whl >/dev/null 2>&1; then
+    .venv/bin/python -m pip download -q --no-deps boson-multimodal==0.1.1 -d .cache/boson-multimodal
+  fi
   export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 }
 

@@ -146,6 +146,17 @@ def save_release(model, folder: str, config: dict | None = None) -> str:
 
 def authors_codes(model, waveform: np.ndarray, sample_rate: int, loudness_lufs: float | None = None) -> np.ndarray:
     """What the authors' `encode` returns for a mono float32 clip at `sample_rate`: [8, frames] int."""
-    kwargs = {} if loudness_lufs is None else {"loudness_normalize": True, "loudness_threshold": loudness_lufs}
-    codes = model.encode(np.asarray(waveform, np.float32), sr=sample_rate, **kwargs)
+    waveform = np.asarray(waveform, np.float32)
+    if loudness_lufs is None:
+        return model.encode(waveform, sr=sample_rate).cpu().numpy()
+    # pyloudnorm's gain is a numpy float64: numpy 1 (the authors' environment) keeps the float32 clip float32,
+    # numpy 2 promotes it to float64 and their float32 model refuses the tensor. Cast back as numpy 1 would.
+    import pyloudnorm.normalize
+
+    original = pyloudnorm.normalize.loudness
+    pyloudnorm.normalize.loudness = lambda data, *args, **kwargs: original(data, *args, **kwargs).astype(data.dtype)
+    try:
+        codes = model.encode(waveform, sr=sample_rate, loudness_normalize=True, loudness_threshold=loudness_lufs)
+    finally:
+        pyloudnorm.normalize.loudness = original
     return codes.cpu().numpy()
