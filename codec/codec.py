@@ -14,8 +14,9 @@ import torchaudio
 from .batching import BatchPolicy, default_policy, plan_batches
 from .conventions import CONVENTIONS, MODEL_CARD, SEMANTIC_PAD, ClipLayout, FrameRules, resampled_size
 from .fast_ops import FastOps
+from .staging import StagingBuffer
 from .heap import release_freed_heap
-from .masking import GroupNormStats, PaddingMasks, conv_output_lengths, pad_batch, time_mask
+from .masking import GroupNormStats, PaddingMasks, conv_output_lengths, time_mask
 from .validation import CodecInputError, check_bandwidth, check_waveforms
 from .waves import zero_padded
 from .windowing import Piece, split_into_pieces
@@ -69,6 +70,7 @@ class Codec:
         self._masks = PaddingMasks(model)
         self.frame_rules = FrameRules(model, self._masks.acoustic, self._masks.semantic)
         self._fast_ops = FastOps(model)
+        self._staging = StagingBuffer(device)  # one host buffer for every batch's copy to the device
         # frames the model computed, padding and window context included; against the frames of
         # codes returned, this is the padding efficiency the pipeline reports
         self.encoded_frames = 0
@@ -187,10 +189,7 @@ class Codec:
         or None when every row fills the batch (nothing to mask)."""
         lengths = [clip.size for clip in clips]
         total = -(-max(lengths) // self.hop_length) * self.hop_length
-        audio = pad_batch([torch.from_numpy(clip) for clip in clips], total)[:, None, :]
-        if self.device.type == "cuda":
-            audio = audio.pin_memory()
-        audio = audio.to(self.device, non_blocking=True)
+        audio = self._staging.to_device(clips, total)
         return audio, None if all(n == total for n in lengths) else lengths
 
     def _autocast(self):

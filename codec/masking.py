@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class ConvChain:
@@ -179,7 +178,3 @@ def conv_output_lengths(lengths: torch.Tensor, convs) -> torch.Tensor:
         span = conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
         lengths = torch.div(lengths + 2 * pad - span, conv.stride[0], rounding_mode="floor") + 1
     return lengths
-
-
-def pad_batch(clips: list[torch.Tensor], total: int) -> torch.Tensor:
-    return torch.stack([F.pad(clip, (0, total - clip.shape[-1])) for clip in clips])

@@ -286,3 +286,18 @@ def test_chunked_acoustic_path_equals_single_pass():
     for wave, (acoustic, _) in zip(waves, chunked.embeddings(waves, max_batch_seconds=30.0, max_clips=4)):
         ref_acoustic, _ = reference_embeddings(chunked.model, wave)
         np.testing.assert_allclose(acoustic, ref_acoustic, atol=1e-4 * np.abs(ref_acoustic).max(), rtol=0)
+
+
+def test_staging_buffer_reused_across_batches_leaves_no_stale_samples():
+    """The host buffer is reused for every batch: a shorter clip staged after a longer one must see zeros past
+    its end, not the previous batch's samples (which would enter the first convolutions as audio)."""
+    from codec.staging import StagingBuffer
+
+    staging = StagingBuffer(torch.device("cpu"))
+    first = staging.to_device([np.full(10, 0.5, np.float32), np.full(7, 0.25, np.float32)], 12)
+    pointer = staging._buffer.data_ptr()
+    second = staging.to_device([np.full(3, 1.0, np.float32)], 12)
+    assert staging._buffer.data_ptr() == pointer  # reused, not allocated again
+    assert second.shape == (1, 1, 12)
+    np.testing.assert_array_equal(second[0, 0].numpy(), [1.0] * 3 + [0.0] * 9)
+    np.testing.assert_array_equal(first[1, 0].numpy(), [0.25] * 7 + [0.0] * 5)  # not overwritten by the reuse
