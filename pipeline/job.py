@@ -60,6 +60,7 @@ class CodecFacts:
     sample_rate: int
     hop_length: int
     codebooks_per_bandwidth: dict
+    convention: str = "model_card"  # codec.convention: which codes a clip has
 
 
 def resolve_codec(config: Config) -> CodecFacts:
@@ -78,7 +79,7 @@ def resolve_codec(config: Config) -> CodecFacts:
     per_bandwidth = {float(b): codebooks_for_bandwidth(codec_config, b) for b in codec_config.target_bandwidths}
     return CodecFacts(checkpoint, checkpoint.identity().as_dict(), num_codebooks,
                       codec_config.sample_rate / codec_config.hop_length, codec_config.codebook_size,
-                      codec_config.sample_rate, codec_config.hop_length, per_bandwidth)
+                      codec_config.sample_rate, codec_config.hop_length, per_bandwidth, c.convention)
 
 
 def _identity(config: Config, codec: CodecFacts, source_identity: dict) -> dict:

@@ -110,7 +110,10 @@ def codec_lines(codec) -> list[str]:
     bandwidths = ", ".join(f"{b:g} kbps -> {n}" for b, n in codec.codebooks_per_bandwidth.items())
     lines = [f"codec: {where} ({fmt}); weights sha256 {(c.weights_sha256 or 'n/a')[:16]}",
              f"codec: {codec.sample_rate} Hz, hop {codec.hop_length} ({codec.frame_rate:g} frames/s), "
-             f"{codec.codebook_size} codes per codebook; codebooks per bandwidth: {bandwidths}"]
+             f"{codec.codebook_size} codes per codebook; codebooks per bandwidth: {bandwidths}",
+             f"codec: convention {codec.convention} (" + ("the authors' HiggsAudioTokenizer.encode: no padding"
+                                                           if codec.convention == "authors" else
+                                                           "the model card's: zero-padded to whole hops") + ")"]
     return lines + [f"codec: note: {note}" for note in c.notes]
 
 

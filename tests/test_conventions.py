@@ -141,3 +141,24 @@ def test_pipeline_under_authors_writes_their_frame_rule_from_other_rates_and_ref
         np.testing.assert_array_equal(got, expected)
     with pytest.raises(IdentityChanged, match="convention"):
         run_job(config_for(tmp_path, source, "codec.convention=model_card", name="again.yaml"))
+
+
+def test_blocked_decode_pads_to_librosas_length_as_the_whole_file_path_does(tmp_path):
+    """A file over the blocked-decode threshold is resampled in a stream: under the authors' convention it must
+    end at the same ceil length as a clip decoded whole, or long files get other frame counts than short ones."""
+    from pipeline.audio import decode_audio
+
+    rate = 22050  # 94,108 frames: soxr returns 102,430 samples at 24 kHz, librosa 102,431
+    data = encode_audio(synth_clip(np.random.default_rng(12), 5.0, rate)[:94108], rate, "flac")
+    whole = decode_audio(data, 24000, "HQ", 3600.0, ceil_length=True).wave
+    blocked = decode_audio(data, 24000, "HQ", 3600.0, blocked_above_s=0.5, ceil_length=True).wave
+    frames = decode_bytes(data)[0].shape[0]
+    assert whole.size == blocked.size == -(-frames * 24000 // rate)
+    np.testing.assert_array_equal(blocked[0 : blocked.size], whole)
+
+
+def test_audit_and_inspect_load_the_manifests_convention():
+    from pipeline.reading.fidelity import manifest_convention
+
+    assert manifest_convention({"identity": {"convention": "authors"}}) == AUTHORS
+    assert manifest_convention({"identity": {"bandwidth": 2.0}}) == MODEL_CARD  # written before the option
