@@ -1,10 +1,12 @@
 """The sources people have besides tars and HF datasets: folders of audio files (more kinds below)."""
 
 import json
+import io
 import os
 
 import numpy as np
 import pytest
+import soundfile
 
 from pipeline.config import load_config
 from pipeline.job import run_job
@@ -85,3 +87,120 @@ def test_files_run_keys_codes_sidecars_and_a_rerun_after_additions_leaves_done_s
     records = records_of(tmp_path / "out")
     assert {k: records[k] for k in done} == done
     assert sorted(r["key"] for r in read_rows(tmp_path / "out")) == ["a/b/added", "a/b/deep", "a/song", "top", "z/new"]
+
+
+def write_recordings(folder) -> dict:
+    """Two long recordings: name -> (path, float32 samples as soundfile reads them, rate)."""
+    from pipeline.synth import synth_clip
+
+    rng, recordings = np.random.default_rng(5), {}
+    for name, seconds, rate, channels in (("rec/long.flac", 140.0, 44100, 2), ("rec/short.wav", 20.0, 16000, 1)):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(path, synth_clip(rng, seconds, rate, channels), rate, subtype="PCM_16")
+        recordings[name] = (path, soundfile.read(path, dtype="float32", always_2d=True)[0], rate)
+    return recordings
+
+
+# (audio_filepath, offset, duration): unsorted, one past the end, one over the whole-clip limit (read in blocks)
+NEMO_SEGMENTS = [("rec/long.flac", 10.123, 3.3), ("rec/short.wav", 1.0, 2.5), ("rec/long.flac", 0.5, 2.0),
+                 ("rec/long.flac", 13.5, 125.2), ("rec/long.flac", 138.0, 5.0), ("rec/short.wav", None, None)]
+NEMO_BAD_LINES = ["not json", json.dumps({"offset": 1.0}), json.dumps({"audio_filepath": "rec/short.wav", "duration": -1}),
+                  json.dumps({"audio_filepath": "../outside.wav"})]
+
+
+def write_nemo_manifest(path, segments, bad_lines=(), mode="w") -> None:
+    with open(path, mode) as f:
+        for i, (audio, offset, duration) in enumerate(segments):
+            entry = {"audio_filepath": audio, "text": f"segment {i}", "speaker": f"s{i % 2}"}
+            entry.update({k: v for k, v in (("offset", offset), ("duration", duration)) if v is not None})
+            f.write(json.dumps(entry) + "\n")
+        for line in bad_lines:
+            f.write(line + "\n")
+
+
+def nemo_config(tmp_path, *overrides):
+    return load_config(None, ["source.kind=nemo", f"source.path={tmp_path}/manifest.json", "source.lines_per_shard=20",
+                              f"source.audio_root={tmp_path}/rec", "codec.model=random:tiny",
+                              f"output.dir={tmp_path}/out", *overrides])
+
+
+def test_nemo_segments_encode_as_the_same_samples_written_as_a_file(tmp_path, tiny_codec):
+    from pipeline.audio import decode_audio
+
+    recordings = write_recordings(tmp_path)
+    write_nemo_manifest(tmp_path / "manifest.json", NEMO_SEGMENTS, NEMO_BAD_LINES)
+    config = nemo_config(tmp_path)
+    (shard,) = list_shards(config.source).settle(Storage(config.output.dir))
+    samples = {s.key: s for s in read_shard(shard, config.source)}
+    for line, (audio, offset, duration) in enumerate(NEMO_SEGMENTS, start=1):
+        raw = samples[f"manifest.json:{line}"]
+        _, array, rate = recordings[audio]
+        start = round((offset or 0) * rate)
+        frames = len(array) - start if duration is None else round(duration * rate)
+        if start + frames > len(array):
+            assert raw.error.reason == "segment_past_end" and f"line {line}" in raw.error.detail
+            continue
+        assert raw.error is None and raw.metadata["text"] == f"segment {line - 1}"
+        cut = io.BytesIO()
+        soundfile.write(cut, array[start:start + frames], rate, format="WAV", subtype="FLOAT")
+        want = decode_audio(cut.getvalue(), 24000, "HQ", 3600)
+        got = decode_audio(raw.audio, 24000, "HQ", 3600)
+        assert type(got.wave) is type(want.wave)  # the long segment is decoded in blocks, as its cut file is
+        np.testing.assert_array_equal(got.wave[:], want.wave[:])  # the codec's input, bit for bit
+        if duration is None or duration < 60:  # the codes too (the 125 s one's twice would take most of a minute)
+            np.testing.assert_array_equal(tiny_codec.encode([got.wave], 2.0)[0], tiny_codec.encode([want.wave], 2.0)[0])
+    first_bad = len(NEMO_SEGMENTS) + 1
+    reasons = [samples[f"manifest.json:{first_bad + i}"].error for i in range(len(NEMO_BAD_LINES))]
+    assert [e.reason for e in reasons] == ["bad_manifest_line", "missing_field", "bad_segment", "outside_audio_root"]
+    assert all(f"line {first_bad + i}" in e.detail for i, e in enumerate(reasons))
+
+
+def test_nemo_manifest_whose_recorded_lines_changed_is_refused(tmp_path):
+    from pipeline.runstate import IdentityChanged
+
+    write_nemo_manifest(tmp_path / "manifest.json", NEMO_SEGMENTS)
+    config = nemo_config(tmp_path, "source.lines_per_shard=4")
+    storage = Storage(config.output.dir)
+    first = list_shards(config.source).settle(storage)
+    write_nemo_manifest(tmp_path / "manifest.json", NEMO_SEGMENTS[:1], mode="a")  # appended: a new shard
+    assert [s.members[:2] for s in list_shards(config.source).settle(storage)] == [(0, 4), (4, 2), (6, 1)]
+    lines = (tmp_path / "manifest.json").read_text().splitlines()
+    lines[5] = lines[5].replace("segment 5", "segment five")
+    (tmp_path / "manifest.json").write_text("\n".join(lines) + "\n")
+    with pytest.raises(IdentityChanged, match="lines 5-6 of NeMo manifest"):
+        list_shards(config.source).settle(storage)
+    assert first[0].members[:2] == (0, 4)
+
+
+def read_errors(out_dir) -> list[dict]:
+    folder = os.path.join(out_dir, "errors")
+    return [json.loads(line) for name in sorted(os.listdir(folder)) for line in open(os.path.join(folder, name))]
+
+
+def test_nemo_run_writes_segment_codes_and_line_errors_and_a_rerun_encodes_only_appended_lines(tmp_path, ray_local,
+                                                                                              tiny_codec):
+    recordings = write_recordings(tmp_path)
+    short = [("rec/short.wav", 1.0, 2.5), ("rec/short.wav", 4.0, 1.25), ("rec/short.wav", 19.0, 2.0)]
+    write_nemo_manifest(tmp_path / "manifest.json", short, ["not json"])
+    config = config_for(tmp_path, {"kind": "nemo", "path": str(tmp_path / "manifest.json"), "lines_per_shard": 3})
+    summary = run_job(config)
+    assert summary.status == "complete" and summary.shards_run == 2
+    rows = {r["key"]: r for r in read_rows(tmp_path / "out")}
+    _, array, rate = recordings["rec/short.wav"]
+    for line, (audio, offset, duration) in enumerate(short[:2], start=1):
+        cut = io.BytesIO()
+        soundfile.write(cut, array[round(offset * rate):][:round(duration * rate)], rate, format="WAV", subtype="FLOAT")
+        row = rows[f"manifest.json:{line}"]
+        np.testing.assert_array_equal(np.array(row["codes"]), expected_codes(tiny_codec, cut.getvalue()))
+        assert (row["text"], row["offset"], row["duration"]) == (f"segment {line - 1}", offset, duration)
+        assert json.loads(row["metadata"])["speaker"] == f"s{line - 1}"
+    errors = {e["key"]: e for e in read_errors(tmp_path / "out")}
+    assert errors["manifest.json:3"]["reason"] == "segment_past_end"
+    assert errors["manifest.json:4"]["reason"] == "bad_manifest_line" and "line 4" in errors["manifest.json:4"]["detail"]
+
+    write_nemo_manifest(tmp_path / "manifest.json", short[:1], mode="a")
+    again = run_job(config)
+    assert (again.status, again.shards_skipped, again.shards_run) == ("complete", 2, 1)
+    assert sorted(r["key"] for r in read_rows(tmp_path / "out")) == ["manifest.json:1", "manifest.json:2",
+                                                                    "manifest.json:5"]

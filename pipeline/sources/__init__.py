@@ -45,6 +45,18 @@ class Shard:
     members: tuple = ()  # what a recorded shard holds (files: its files; nemo: its line range), see runstate.plan
 
 
+def shard_record(shard: Shard) -> dict:
+    """A recorded shard as runstate.plan stores it."""
+    return {"id": shard.id, "url": shard.url, "kind": shard.kind, "size": shard.size, "members": shard.members}
+
+
+def shard_from_record(record: dict) -> Shard:
+    def frozen(value):  # JSON lists back to the tuples a Shard holds
+        return tuple(frozen(v) for v in value) if isinstance(value, list) else value
+
+    return Shard(record["id"], record["url"], record["kind"], int(record["size"]), frozen(record["members"]))
+
+
 @dataclass
 class RawSample:
     key: str
@@ -118,6 +130,10 @@ def list_shards(config: SourceConfig) -> SourceListing:
         from .files import list_files
 
         return list_files(config)
+    if config.kind == "nemo":
+        from .nemo import list_nemo
+
+        return list_nemo(config)
     if config.kind == "webdataset":
         from .webdataset import list_tar_shards
 
@@ -132,6 +148,10 @@ def read_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
         from .files import read_files_shard
 
         return read_files_shard(shard)
+    if shard.kind == "nemo":
+        from .nemo import read_nemo_shard
+
+        return read_nemo_shard(shard, config)
     if shard.kind == "webdataset":
         from .webdataset import read_tar_shard
 

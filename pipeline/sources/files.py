@@ -25,7 +25,8 @@ from ..audio import AUDIO_EXTENSIONS, SampleError, SpilledFile
 from ..config import ConfigError, SourceConfig
 from ..failures import transient_cause
 from ..runstate.plan import read_plan, record_plan
-from . import RawSample, Shard, SourceListing, full_url, glob_with_sizes, local_size, normalise_url, read_error
+from . import (RawSample, Shard, SourceListing, full_url, glob_with_sizes, local_size, normalise_url, read_error,
+               shard_from_record, shard_record)
 from .webdataset import SPILL_ABOVE_BYTES
 
 SIDECARS = ("txt", "json")
@@ -77,7 +78,7 @@ def list_files(config: SourceConfig) -> SourceListing:
     per_shard = config.files_per_shard
 
     def plan(storage) -> list[Shard]:
-        recorded = [_from_record(r) for r in read_plan(storage)]
+        recorded = [shard_from_record(r) for r in read_plan(storage)]
         held = {(s.url, m[0]) for s in recorded for m in s.members}
         fresh = sorted(k for k in audio if k not in held)
         new: list[Shard] = []
@@ -91,7 +92,7 @@ def list_files(config: SourceConfig) -> SourceListing:
                             for _, rel in fresh[start:end])
             new.append(_shard(len(recorded) + len(new), root, members))
             start = end
-        record_plan(storage, len(recorded), [_to_record(s) for s in new])
+        record_plan(storage, len(recorded), [shard_record(s) for s in new])
         return recorded + new
 
     # files_per_shard decides which files a new shard holds; keys come from the patterns' roots, recorded per shard
@@ -102,16 +103,6 @@ def list_files(config: SourceConfig) -> SourceListing:
 def _shard(index: int, root: str, members: tuple) -> Shard:
     digest = hashlib.sha1(f"{root}/{members[0][0]}".encode()).hexdigest()[:10]
     return Shard(f"files-{index:06d}-{digest}", root, "files", size=sum(m[1] for m in members), members=members)
-
-
-def _to_record(shard: Shard) -> dict:
-    return {"id": shard.id, "url": shard.url, "kind": shard.kind, "size": shard.size,
-            "members": [list(m) for m in shard.members]}
-
-
-def _from_record(record: dict) -> Shard:
-    return Shard(record["id"], record["url"], record["kind"], int(record["size"]),
-                 tuple(tuple(m) for m in record["members"]))
 
 
 def _open_bytes(url: str, size: int):
