@@ -168,7 +168,7 @@ def test_nemo_manifest_whose_recorded_lines_changed_is_refused(tmp_path):
     lines = (tmp_path / "manifest.json").read_text().splitlines()
     lines[5] = lines[5].replace("segment 5", "segment five")
     (tmp_path / "manifest.json").write_text("\n".join(lines) + "\n")
-    with pytest.raises(IdentityChanged, match="lines 5-6 of NeMo manifest"):
+    with pytest.raises(IdentityChanged, match="lines 5-6 of manifest"):
         list_shards(config.source).settle(storage)
     assert first[0].members[:2] == (0, 4)
 
