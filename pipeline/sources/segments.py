@@ -84,26 +84,6 @@ class _Recording:
             yield data if channels is None else data[:, channels]
 
 
-def _segment_audio(recording: _Recording, segment: _Segment):
-    f = recording.file
-    rate = f.samplerate
-    start = round(segment.offset * rate)
-    frames = f.frames - start if segment.duration is None else round(segment.duration * rate)
-    if start + frames > f.frames or start >= f.frames:
-        raise SampleError("segment_past_end", f"line {segment.line}: frames {start}-{start + frames} of {segment.url}, "
-                          f"which has {f.frames} at {rate} Hz")
-    recording.move_to(start)
-    if frames <= BLOCKED_ABOVE_S * rate:  # as a cut file of this length would be: decoded whole
-        return np.concatenate(list(recording.blocks(frames)) or [np.zeros((0, f.channels), np.float32)]), rate
-    spilled = SpilledFile(io.BytesIO(b""))
-    with soundfile.SoundFile(spilled.file, "w", rate, f.channels, "FLOAT", format="W64") as out:
-        for data in recording.blocks(frames):
-            out.write(data)
-    spilled.size = spilled.file.tell()
-    spilled.file.seek(0)
-    return spilled
-
-
 def _segment_audio(recording: _Recording, segment: Segment):
     f = recording.file
     rate = f.samplerate
