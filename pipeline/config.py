@@ -8,7 +8,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-SOURCE_KINDS = ("webdataset", "hf", "files", "nemo")
+SOURCE_KINDS = ("webdataset", "hf", "files", "nemo", "lhotse")
 SOXR_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
 # loudness targets: above the BS.1770 absolute gate (-70 LUFS), at most 0 LUFS (full scale)
 LOUDNESS_RANGE = (-70.0, 0.0)
@@ -24,16 +24,16 @@ class ConfigError(ValueError):
 
 @dataclass
 class SourceConfig:
-    kind: str = MISSING  # webdataset | hf | files | nemo
+    kind: str = MISSING  # webdataset | hf | files | nemo | lhotse
     # webdataset: tars; files: audio files (globs); brace-expandable paths or fsspec URLs; a list, or one string
     urls: Any = field(default_factory=list)
-    path: Optional[str] = None  # nemo: JSONL manifest(s), globs and {a,b} allowed; hf: save_to_disk folder, Parquet file/folder/glob, or hub dataset name (ORG/NAME)
+    path: Optional[str] = None  # nemo: JSONL manifest(s), globs and {a,b} allowed; lhotse: cuts.jsonl(.gz) or a Shar folder; hf: save_to_disk folder, Parquet file/folder/glob, or hub dataset name (ORG/NAME)
     split: str = "train"
     revision: Optional[str] = None  # hf hub datasets: branch, tag or commit (resolved once, recorded)
     audio_column: str = "audio"
     key_column: Optional[str] = None  # default: 'id' when present, else shard and row index
     files_per_shard: int = 1000  # files: audio files grouped into one shard (the grouping is recorded in the output)
-    lines_per_shard: int = 1000  # nemo: manifest lines per shard (the line ranges are recorded in the output)
+    lines_per_shard: int = 1000  # nemo, lhotse CutSet manifests: lines per shard (the line ranges are recorded in the output)
     audio_root: Optional[str] = None  # nemo: audio_filepath must lie under this folder or URL (None: anywhere)
     demo_if_missing: bool = False  # demo only: write a synthetic corpus at `urls` when the tars are absent
 
@@ -163,6 +163,8 @@ def validate(config: Config) -> None:
         raise ConfigError("source.lines_per_shard", f"{s.lines_per_shard}", "use 1 or more (default 1000)")
     if s.kind == "nemo" and not s.path:
         raise ConfigError("source.path", "no NeMo manifest given", "a JSONL manifest path or URL, globs allowed")
+    if s.kind == "lhotse" and not s.path:
+        raise ConfigError("source.path", "no Lhotse CutSet given", "a cuts.jsonl(.gz) manifest or a Shar folder")
     if s.kind == "hf" and not s.path:
         raise ConfigError("source.path", "no dataset given", "a save_to_disk folder, Parquet files or a hub name")
     if config.audio.resampler_quality not in SOXR_QUALITIES:

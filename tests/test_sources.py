@@ -204,3 +204,95 @@ def test_nemo_run_writes_segment_codes_and_line_errors_and_a_rerun_encodes_only_
     assert (again.status, again.shards_skipped, again.shards_run) == ("complete", 2, 1)
     assert sorted(r["key"] for r in read_rows(tmp_path / "out")) == ["manifest.json:1", "manifest.json:2",
                                                                     "manifest.json:5"]
+
+
+def write_cutset(tmp_path, recordings, count: int = 4) -> list:
+    """Cuts over the long recordings, with supervisions, written by lhotse as cuts.jsonl.gz (paths relative to it)."""
+    from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+
+    assert os.getcwd() == str(tmp_path)  # lhotse records the paths as given: relative to the manifest's folder
+    long, short = (Recording.from_file(name) for name in ("rec/long.flac", "rec/short.wav"))
+    spans = [(long, 2.25, 1.5, 1), (short, 0.125, 3.0, 0), (long, 135.0, 9.0, 0), (long, 5.0, 121.0, 0)]
+    cuts = []
+    for i, (recording, start, duration, channel) in enumerate(spans[:count]):
+        supervision = SupervisionSegment(f"sup{i}", recording.id, start, duration, channel=channel, text=f"words {i}",
+                                         speaker=f"spk{i % 2}", language="en")
+        cuts.append(MonoCut(f"cut{i}", start, duration, channel, recording=recording, supervisions=[supervision]))
+    CutSet.from_cuts(cuts).to_file(str(tmp_path / "cuts.jsonl.gz"))
+    return cuts
+
+
+def cut_file_wave(array, rate, start, duration, channels):
+    from pipeline.audio import decode_audio
+
+    cut = io.BytesIO()
+    first = round(start * rate)
+    soundfile.write(cut, array[first:first + round(duration * rate), channels], rate, format="WAV", subtype="FLOAT")
+    return decode_audio(cut.getvalue(), 24000, "HQ", 3600)
+
+
+def test_lhotse_cutset_cuts_are_read_as_their_recordings_segments_with_supervisions(tmp_path, tiny_codec, monkeypatch):
+    from pipeline.audio import decode_audio
+
+    monkeypatch.chdir(tmp_path)
+    recordings = write_recordings(tmp_path)
+    cuts = write_cutset(tmp_path, recordings)
+    config = load_config(None, ["source.kind=lhotse", f"source.path={tmp_path}/cuts.jsonl.gz", "codec.model=random:tiny",
+                                f"output.dir={tmp_path}/out"])
+    (shard,) = list_shards(config.source).settle(Storage(config.output.dir))
+    samples = {s.key: s for s in read_shard(shard, config.source)}
+    assert samples["cut2"].error.reason == "segment_past_end"
+    for cut in (cuts[0], cuts[1], cuts[3]):
+        raw = samples[cut.id]
+        assert raw.error is None, raw.error
+        assert (raw.metadata["text"], raw.metadata["speaker"], raw.metadata["language"]) == (
+            cut.supervisions[0].text, cut.supervisions[0].speaker, "en")
+        _, array, rate = recordings[cut.recording.sources[0].source]
+        want = cut_file_wave(array, rate, cut.start, cut.duration, [cut.channel])
+        got = decode_audio(raw.audio, 24000, "HQ", 3600)
+        np.testing.assert_array_equal(got.wave[:], want.wave[:])  # the cut's channel only, the cut's frames
+        if cut.duration < 60:
+            np.testing.assert_array_equal(tiny_codec.encode([got.wave], 2.0)[0], tiny_codec.encode([want.wave], 2.0)[0])
+
+
+def test_lhotse_shar_folder_is_one_shard_per_shar_shard_with_lhotse_audio(tmp_path, tiny_codec, monkeypatch):
+    from lhotse import CutSet
+
+    from pipeline.audio import decode_audio, to_model_audio
+
+    monkeypatch.chdir(tmp_path)
+    recordings = write_recordings(tmp_path)
+    cuts = write_cutset(tmp_path, recordings, count=2)
+    (tmp_path / "shar").mkdir()
+    CutSet.from_cuts(cuts).to_shar(str(tmp_path / "shar"), fields={"recording": "flac"}, shard_size=1)
+    config = load_config(None, ["source.kind=lhotse", f"source.path={tmp_path}/shar", "codec.model=random:tiny",
+                                f"output.dir={tmp_path}/out"])
+    shards = list_shards(config.source).shards
+    assert len(shards) == 2
+    rows = [s for shard in shards for s in read_shard(shard, config.source)]
+    assert [(r.key, r.metadata["text"]) for r in rows] == [("cut0", "words 0"), ("cut1", "words 1")]
+    for raw, lhotse_cut in zip(rows, CutSet.from_shar(in_dir=str(tmp_path / "shar"))):
+        got = decode_audio(raw.audio, 24000, "HQ", 3600)
+        want = to_model_audio(lhotse_cut.load_audio().T, lhotse_cut.sampling_rate, 24000, "HQ", 3600)
+        np.testing.assert_array_equal(tiny_codec.encode([got.wave], 2.0)[0], tiny_codec.encode([want.wave], 2.0)[0])
+
+
+def test_lhotse_run_writes_cut_rows_with_supervision_columns(tmp_path, ray_local, tiny_codec, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recordings = write_recordings(tmp_path)
+    cuts = write_cutset(tmp_path, recordings, count=2)
+    with open(tmp_path / "cuts.jsonl.gz", "ab") as f:  # a second gzip member: a line lhotse cannot read
+        import gzip
+
+        f.write(gzip.compress(b"{\"id\": \"broken\"}\n"))
+    config = config_for(tmp_path, {"kind": "lhotse", "path": str(tmp_path / "cuts.jsonl.gz"), "lines_per_shard": 2})
+    assert run_job(config).status == "complete"
+    rows = {r["key"]: r for r in read_rows(tmp_path / "out")}
+    assert sorted(rows) == ["cut0", "cut1"]
+    for cut in cuts:
+        _, array, rate = recordings[cut.recording.sources[0].source]
+        want = cut_file_wave(array, rate, cut.start, cut.duration, [cut.channel])
+        np.testing.assert_array_equal(np.array(rows[cut.id]["codes"]), tiny_codec.encode([want.wave], 2.0)[0])
+        assert (rows[cut.id]["text"], rows[cut.id]["speaker"]) == (f"words {cut.id[-1]}", cut.supervisions[0].speaker)
+    (error,) = read_errors(tmp_path / "out")
+    assert error["key"] == "cuts.jsonl.gz:3" and error["reason"] == "bad_manifest_line" and "line 3" in error["detail"]

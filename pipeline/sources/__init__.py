@@ -40,7 +40,7 @@ class Shard:
 
     id: str  # stable across runs: names the output files
     url: str
-    kind: str  # webdataset | hf-arrow | hf-parquet | files | nemo
+    kind: str  # webdataset | hf-arrow | hf-parquet | files | nemo | lhotse-cuts | lhotse-shar
     size: int = 0  # bytes, where listing tells it for free (0: unknown)
     members: tuple = ()  # what a recorded shard holds (files: its files; nemo: its line range), see runstate.plan
 
@@ -134,6 +134,10 @@ def list_shards(config: SourceConfig) -> SourceListing:
         from .nemo import list_nemo
 
         return list_nemo(config)
+    if config.kind == "lhotse":
+        from .lhotse import list_lhotse
+
+        return list_lhotse(config)
     if config.kind == "webdataset":
         from .webdataset import list_tar_shards
 
@@ -152,6 +156,10 @@ def read_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
         from .nemo import read_nemo_shard
 
         return read_nemo_shard(shard, config)
+    if shard.kind.startswith("lhotse-"):
+        from .lhotse import read_lhotse_shard
+
+        return read_lhotse_shard(shard)
     if shard.kind == "webdataset":
         from .webdataset import read_tar_shard
 
