@@ -296,3 +296,34 @@ def test_lhotse_run_writes_cut_rows_with_supervision_columns(tmp_path, ray_local
         assert (rows[cut.id]["text"], rows[cut.id]["speaker"]) == (f"words {cut.id[-1]}", cut.supervisions[0].speaker)
     (error,) = read_errors(tmp_path / "out")
     assert error["key"] == "cuts.jsonl.gz:3" and error["reason"] == "bad_manifest_line" and "line 3" in error["detail"]
+
+
+def test_dataset_card_lets_load_dataset_read_the_output_folder_and_its_snippet_decodes_a_row(tmp_path, ray_local):
+    import subprocess
+    import sys
+
+    import datasets
+
+    from pipeline.reading.card import main as card_main
+
+    write_audio_files(tmp_path / "in", ["a/1.wav", "a/2.flac"], seed=6)
+    config = config_for(tmp_path, {"kind": "files", "urls": [str(tmp_path / FILES_PATTERN)]})
+    assert run_job(config).status == "complete"
+    out = tmp_path / "out"
+    assert card_main([str(out)]) == 0
+    card = (out / "README.md").read_text()
+    for fact in ("| convention | `model_card` |", "| bandwidth | 2 kbps |", "| rows | 2 |", "| frame rate | 25 frames/s |",
+                 '"kind": "files"'):
+        assert fact in card
+    rows = datasets.load_dataset(str(out), split="train")  # through the card's configs: data/ only
+    assert sorted(rows["key"]) == ["a/1", "a/2"]
+    assert rows.features["codes"] == datasets.List(datasets.List(datasets.Value("int16")))
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0].replace('"ORG/NAME"', repr(str(out)))
+    scope: dict = {}
+    exec(snippet, scope)
+    assert scope["audio"].size == round(scope["row"]["duration_s"] * 24000)
+    # reading code stays free of Ray and the driver
+    imported = subprocess.run([sys.executable, "-c", "import sys, pipeline.reading.card; print(sorted(m for m in "
+                               "sys.modules if m.split('.')[0] == 'ray' or m in ('pipeline.job', 'pipeline.scheduler')))"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert imported == "[]"
