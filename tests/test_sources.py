@@ -13,7 +13,7 @@ from pipeline.job import run_job
 from pipeline.sources import list_shards, read_shard
 from pipeline.storage import Storage
 from pipeline.synth import random_sample
-from tests.test_pipeline import config_for, expected_codes, read_rows, records_of
+from tests.test_pipeline import config_for, expected_codes, manifest_of, read_rows, records_of
 
 FILES_PATTERN = "in/**/*.{wav,flac,mp3,txt,json}"
 
@@ -178,8 +178,10 @@ def read_errors(out_dir) -> list[dict]:
     return [json.loads(line) for name in sorted(os.listdir(folder)) for line in open(os.path.join(folder, name))]
 
 
-def test_nemo_run_writes_segment_codes_and_line_errors_and_a_rerun_encodes_only_appended_lines(tmp_path, ray_local,
-                                                                                              tiny_codec):
+def test_nemo_run_writes_segment_codes_and_line_errors_the_audit_rereads_segments_and_a_rerun_adds_only_new_lines(
+        tmp_path, ray_local, tiny_codec):
+    from pipeline.reading.fidelity import RowRef, read_originals
+
     recordings = write_recordings(tmp_path)
     short = [("rec/short.wav", 1.0, 2.5), ("rec/short.wav", 4.0, 1.25), ("rec/short.wav", 19.0, 2.0)]
     write_nemo_manifest(tmp_path / "manifest.json", short, ["not json"])
@@ -198,6 +200,15 @@ def test_nemo_run_writes_segment_codes_and_line_errors_and_a_rerun_encodes_only_
     errors = {e["key"]: e for e in read_errors(tmp_path / "out")}
     assert errors["manifest.json:3"]["reason"] == "segment_past_end"
     assert errors["manifest.json:4"]["reason"] == "bad_manifest_line" and "line 4" in errors["manifest.json:4"]["detail"]
+
+    # the fidelity audit finds each row's segment through the recorded line range of its data file
+    import pyarrow.parquet as pq
+
+    wanted = [RowRef(str(tmp_path / "out"), f"data/{name}", 0, i, row["key"], row["source"], row["duration_s"])
+              for name in sorted(os.listdir(tmp_path / "out/data"))
+              for i, row in enumerate(pq.read_table(tmp_path / "out/data" / name).to_pylist())]
+    originals = read_originals(manifest_of(tmp_path / "out"), {}, wanted, 24000)
+    assert sorted(originals) == ["manifest.json:1", "manifest.json:2"]
 
     write_nemo_manifest(tmp_path / "manifest.json", short[:1], mode="a")
     again = run_job(config)
