@@ -338,3 +338,17 @@ def test_dataset_card_lets_load_dataset_read_the_output_folder_and_its_snippet_d
                                "sys.modules if m.split('.')[0] == 'ray' or m in ('pipeline.job', 'pipeline.scheduler')))"],
                               capture_output=True, text=True, check=True).stdout.strip()
     assert imported == "[]"
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["source.kind=files"], "source.urls"),
+    (["source.kind=files", "source.urls=[a.flac]", "source.files_per_shard=0"], "source.files_per_shard"),
+    (["source.kind=nemo"], "source.path"),
+    (["source.kind=nemo", "source.path=m.json", "source.lines_per_shard=0"], "source.lines_per_shard"),
+    (["source.kind=lhotse"], "source.path"),
+])
+def test_new_source_kinds_without_their_settings_fail_at_start_naming_the_key(overrides, key):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config(None, [*overrides, "output.dir=x"])
