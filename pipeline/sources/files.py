@@ -113,7 +113,7 @@ def _open_bytes(url: str, size: int):
 def _sample(root: str, rel: str, size: int, sidecar_exts: str) -> RawSample:
     key, _ = _split(rel)
     metadata: dict = {}
-    url = f"{root}/{rel}"
+    url, audio = f"{root}/{rel}", None
     try:
         audio = _open_bytes(url, size)
         for ext in filter(None, sidecar_exts.split(",")):
@@ -124,9 +124,11 @@ def _sample(root: str, rel: str, size: int, sidecar_exts: str) -> RawSample:
                 metadata["metadata"] = text
             else:
                 metadata["text"] = text
-    except ValueError:
-        return RawSample(key, None, metadata, SampleError("bad_metadata", f"{url} is not JSON"))
-    except OSError as error:
+    except (ValueError, OSError) as error:
+        if isinstance(audio, SpilledFile):
+            audio.close()  # a sidecar failed: the spilled audio's disk space goes now
+        if isinstance(error, ValueError):
+            return RawSample(key, None, metadata, SampleError("bad_metadata", f"{url} is not JSON"))
         if transient_cause(error) is not None:
             raise read_error(error, url, "unreadable_file") from None  # the store failed: retry the shard
         reason = "missing_file" if isinstance(error, FileNotFoundError) else "unreadable_file"
