@@ -10,6 +10,7 @@ from omegaconf import MISSING, OmegaConf
 from codec.conventions import CONVENTIONS
 from omegaconf.errors import OmegaConfBaseException
 
+SOURCE_KINDS = ("webdataset", "hf", "files", "nemo", "lhotse")
 SOXR_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
 # loudness targets: above the BS.1770 absolute gate (-70 LUFS), at most 0 LUFS (full scale)
 LOUDNESS_RANGE = (-70.0, 0.0)
@@ -25,14 +26,17 @@ class ConfigError(ValueError):
 
 @dataclass
 class SourceConfig:
-    kind: str = MISSING  # webdataset | hf
-    # webdataset: brace-expandable paths or fsspec URLs; a list, or one string
+    kind: str = MISSING  # webdataset | hf | files | nemo | lhotse
+    # webdataset: tars; files: audio files (globs); brace-expandable paths or fsspec URLs; a list, or one string
     urls: Any = field(default_factory=list)
-    path: Optional[str] = None  # hf: save_to_disk folder, Parquet file/folder/glob, or hub dataset name (ORG/NAME)
+    path: Optional[str] = None  # nemo: JSONL manifest(s), globs and {a,b} allowed; lhotse: cuts.jsonl(.gz) or a Shar folder; hf: save_to_disk folder, Parquet file/folder/glob, or hub dataset name (ORG/NAME)
     split: str = "train"
     revision: Optional[str] = None  # hf hub datasets: branch, tag or commit (resolved once, recorded)
     audio_column: str = "audio"
     key_column: Optional[str] = None  # default: 'id' when present, else shard and row index
+    files_per_shard: int = 1000  # files: audio files grouped into one shard (the grouping is recorded in the output)
+    lines_per_shard: int = 1000  # nemo, lhotse CutSet manifests: lines per shard (the line ranges are recorded in the output)
+    audio_root: Optional[str] = None  # nemo: audio_filepath must lie under this folder or URL (None: anywhere)
     demo_if_missing: bool = False  # demo only: write a synthetic corpus at `urls` when the tars are absent
 
 
@@ -147,8 +151,8 @@ def _first_line(error: Exception) -> str:
 
 def validate(config: Config) -> None:
     s = config.source
-    if s.kind not in ("webdataset", "hf"):
-        raise ConfigError("source.kind", f"{s.kind!r} is not a source kind", "use 'webdataset' or 'hf'")
+    if s.kind not in SOURCE_KINDS:
+        raise ConfigError("source.kind", f"{s.kind!r} is not a source kind", f"use one of {list(SOURCE_KINDS)}")
     if isinstance(s.urls, str):
         s.urls = [s.urls]
     if not isinstance(s.urls, (list, tuple)) or not all(isinstance(u, str) for u in s.urls):
@@ -157,6 +161,16 @@ def validate(config: Config) -> None:
     s.urls = list(s.urls)
     if s.kind == "webdataset" and not s.urls:
         raise ConfigError("source.urls", "no shard URLs given", "list tar paths, e.g. ['data/shard-{000..009}.tar']")
+    if s.kind == "files" and not s.urls:
+        raise ConfigError("source.urls", "no audio files given", "globs of audio files, e.g. ['data/**/*.{flac,txt}']")
+    if s.files_per_shard < 1:
+        raise ConfigError("source.files_per_shard", f"{s.files_per_shard}", "use 1 or more (default 1000)")
+    if s.lines_per_shard < 1:
+        raise ConfigError("source.lines_per_shard", f"{s.lines_per_shard}", "use 1 or more (default 1000)")
+    if s.kind == "nemo" and not s.path:
+        raise ConfigError("source.path", "no NeMo manifest given", "a JSONL manifest path or URL, globs allowed")
+    if s.kind == "lhotse" and not s.path:
+        raise ConfigError("source.path", "no Lhotse CutSet given", "a cuts.jsonl(.gz) manifest or a Shar folder")
     if s.kind == "hf" and not s.path:
         raise ConfigError("source.path", "no dataset given", "a save_to_disk folder, Parquet files or a hub name")
     if config.audio.resampler_quality not in SOXR_QUALITIES:

@@ -115,13 +115,13 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
     if config.source.demo_if_missing:
         _ensure_demo_corpus(config)
     listing = list_shards(config.source)
-    shards = listing.shards
-    if not shards:
+    if not listing.shards and listing.plan is None:
         raise ConfigError("source", "no shards found", "check source.urls / source.path")
     codec = resolve_codec(config)
     on_event("codec", {"codec": codec})
     state = open_run_state(config, storage, codec, listing, on_event)
     try:
+        shards = listing.settle(storage)  # recorded shards are read (and new ones recorded) under the lease
         pending = largest_first(s for s in shards if not state.done(s.id))
         skipped = len(shards) - len(pending)
         on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped})

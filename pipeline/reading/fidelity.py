@@ -211,6 +211,15 @@ class Original:
     clip_samples: int  # the whole clip's length at the codec's rate (its layout decides how its codes decode)
 
 
+def _planned_shards(output_dir: str) -> dict:
+    """shard id -> the Shard a files, nemo or lhotse CutSet run recorded (what it holds is not in its URL)."""
+    from ..runstate.plan import read_plan
+    from ..sources import shard_from_record
+    from ..storage import Storage
+
+    return {r["id"]: shard_from_record(r) for r in read_plan(Storage(output_dir))}
+
+
 def read_originals(manifest: dict, shard_ids: dict, wanted: list[RowRef], sample_rate: int,
                    max_seconds: float = AUDIT_MAX_SECONDS) -> dict[str, Original]:
     """key -> the first `max_seconds` of each wanted row's original audio, read and decoded as the run did
@@ -221,13 +230,15 @@ def read_originals(manifest: dict, shard_ids: dict, wanted: list[RowRef], sample
     from ..sources import Shard, ShardError, read_shard
 
     config = _source_config(manifest)
-    by_source: dict[str, dict[str, RowRef]] = {}
-    for row in wanted:
-        by_source.setdefault(row.source, {})[row.key] = row
+    by_source: dict[tuple[str, str], dict[str, RowRef]] = {}
+    for row in wanted:  # by data file: shards of a files or manifest source share their source URL
+        by_source.setdefault((row.source, row.file), {})[row.key] = row
+    planned = _planned_shards(wanted[0].output_dir) if wanted else {}
     originals: dict[str, np.ndarray] = {}
-    for url, rows in by_source.items():
+    for (url, file), rows in by_source.items():
         missing = dict(rows)
-        samples = read_shard(Shard(shard_ids.get(url, ""), url, _shard_kind(manifest, url)), config)
+        shard = planned.get(file.rsplit("/", 1)[-1].removesuffix(".parquet"))
+        samples = read_shard(shard or Shard(shard_ids.get(url, ""), url, _shard_kind(manifest, url)), config)
         try:
             for raw in samples:
                 if raw.key in missing:

@@ -16,10 +16,11 @@ from ..schema import SCHEMA_VERSION, schema_from_text
 from ..storage import Storage
 from .identity import IdentityChanged, check_identity, fingerprint
 from .lease import LEASE, Lease
+from .plan import PLAN
 from .records import COMMITS, DONE, FAILED, list_records, read_records, record_path, write_record
 from .summary import MANIFEST, SHARD_LIST, Totals, read_manifest, read_shard_list, write_summary
 
-RUN_STATE = (MANIFEST, SHARD_LIST, COMMITS)  # removed first on overwrite, then the data
+RUN_STATE = (MANIFEST, SHARD_LIST, COMMITS, PLAN)  # removed first on overwrite, then the data
 OUTPUT_FOLDERS = ("data", "errors")
 
 

@@ -40,8 +40,21 @@ class Shard:
 
     id: str  # stable across runs: names the output files
     url: str
-    kind: str  # webdataset | hf-arrow | hf-parquet
+    kind: str  # webdataset | hf-arrow | hf-parquet | files | nemo | lhotse-cuts | lhotse-shar
     size: int = 0  # bytes, where listing tells it for free (0: unknown)
+    members: tuple = ()  # what a recorded shard holds (files: its files; nemo: its line range), see runstate.plan
+
+
+def shard_record(shard: Shard) -> dict:
+    """A recorded shard as runstate.plan stores it."""
+    return {"id": shard.id, "url": shard.url, "kind": shard.kind, "size": shard.size, "members": shard.members}
+
+
+def shard_from_record(record: dict) -> Shard:
+    def frozen(value):  # JSON lists back to the tuples a Shard holds
+        return tuple(frozen(v) for v in value) if isinstance(value, list) else value
+
+    return Shard(record["id"], record["url"], record["kind"], int(record["size"]), frozen(record["members"]))
 
 
 @dataclass
@@ -104,9 +117,27 @@ class SourceListing:
     shards: list[Shard]
     identity: dict  # the settings that decide which samples a shard id denotes and how keys are formed
     fields: list  # pyarrow fields of the metadata columns the source declares (the output schema adds them)
+    # sources whose shards are recorded in the output (files, nemo): plan(storage) -> the shards, the recorded
+    # ones as they were plus new ones, recorded now; called once the run state holds the output
+    plan: Any = None
+
+    def settle(self, storage) -> list[Shard]:
+        return self.plan(storage) if self.plan is not None else self.shards
 
 
 def list_shards(config: SourceConfig) -> SourceListing:
+    if config.kind == "files":
+        from .files import list_files
+
+        return list_files(config)
+    if config.kind == "nemo":
+        from .nemo import list_nemo
+
+        return list_nemo(config)
+    if config.kind == "lhotse":
+        from .lhotse import list_lhotse
+
+        return list_lhotse(config)
     if config.kind == "webdataset":
         from .webdataset import list_tar_shards
 
@@ -117,6 +148,18 @@ def list_shards(config: SourceConfig) -> SourceListing:
 
 
 def read_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
+    if shard.kind == "files":
+        from .files import read_files_shard
+
+        return read_files_shard(shard)
+    if shard.kind == "nemo":
+        from .nemo import read_nemo_shard
+
+        return read_nemo_shard(shard, config)
+    if shard.kind.startswith("lhotse-"):
+        from .lhotse import read_lhotse_shard
+
+        return read_lhotse_shard(shard)
     if shard.kind == "webdataset":
         from .webdataset import read_tar_shard
 

@@ -1,0 +1,67 @@
+"""NeMo JSONL manifests: one line per row (`audio_filepath`, optional `offset` and `duration` in seconds,
+`text`, any other fields), in recorded line ranges of `source.lines_per_shard` lines (see lines.py); each
+line's segment is read as its own file would be (see segments.py). A line that cannot be used (not JSON, no
+`audio_filepath`, a negative offset or duration, a path outside `source.audio_root`) is an error record naming
+the manifest and line.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+import pyarrow as pa
+
+from ..audio import SampleError
+from ..config import SourceConfig
+from . import RawSample, Shard, SourceListing, normalise_url
+from .lines import line_range_plan, manifests, read_line_range
+from .segments import Segment, read_segments
+
+FIELDS = [pa.field("text", pa.string()), pa.field("audio_filepath", pa.string()), pa.field("offset", pa.float64()),
+          pa.field("duration", pa.float64())]
+
+
+def list_nemo(config: SourceConfig) -> SourceListing:
+    plan = line_range_plan(manifests(config.path, "NeMo manifest"), config.lines_per_shard, "nemo")
+    audio_root = normalise_url(config.audio_root) if config.audio_root else None
+    identity = {"kind": "nemo", "lines_per_shard": config.lines_per_shard, "audio_root": audio_root}
+    return SourceListing([], identity, list(FIELDS), plan)
+
+
+def _parse(line: bytes, where: str, key: str, manifest: str, audio_root: str | None) -> Segment | SampleError:
+    try:
+        entry = json.loads(line)
+    except ValueError as error:
+        return SampleError("bad_manifest_line", f"{where}: not JSON ({error})")
+    if not isinstance(entry, dict):
+        return SampleError("bad_manifest_line", f"{where}: a JSON {type(entry).__name__}, not an object")
+    path = entry.get("audio_filepath")
+    if not isinstance(path, str) or not path:
+        return SampleError("missing_field", f"{where}: no audio_filepath")
+    offset, duration = entry.get("offset", 0.0) or 0.0, entry.get("duration")
+    for name, value in (("offset", offset), ("duration", duration)):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0):
+            return SampleError("bad_segment", f"{where}: {name} {value!r} is not a number >= 0")
+    relative = "://" not in path and not path.startswith("/")
+    url = normalise_url(f"{manifest.rsplit('/', 1)[0]}/{path}" if relative else path)
+    if audio_root is not None and not url.startswith(audio_root.rstrip("/") + "/"):
+        return SampleError("outside_audio_root", f"{where}: {path} is outside source.audio_root {audio_root}")
+    return Segment(key, where, url, float(offset), None if duration is None else float(duration), entry)
+
+
+def read_nemo_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
+    lines = read_line_range(shard)
+    first = shard.members[0]
+    audio_root = normalise_url(config.audio_root) if config.audio_root else None
+    name = shard.url.rsplit("/", 1)[-1]
+    segments = []
+    for number, line in enumerate(lines, start=first + 1):
+        if not line.strip():
+            continue  # a blank line is no sample
+        parsed = _parse(line, f"{shard.url} line {number}", f"{name}:{number}", shard.url, audio_root)
+        if isinstance(parsed, SampleError):
+            yield RawSample(f"{name}:{number}", None, {}, parsed)
+        else:
+            segments.append(parsed)
+    yield from read_segments(segments)
