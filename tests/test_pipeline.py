@@ -170,6 +170,21 @@ def test_bad_config_names_the_key(overrides, key):
     assert error.value.key == key and f"'{key}'" in str(error.value)
 
 
+@pytest.mark.parametrize("written, meaning", [("off", "off"), ("on", "on"), ("false", "off"), ("true", "on"),
+                                              ("auto", "auto")])
+def test_calibrate_off_and_on_read_by_yaml_as_booleans_are_accepted(tmp_path, written, meaning):
+    base = ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x"]
+    assert load_config(None, base + [f"codec.calibrate={written}"]).codec.calibrate == meaning
+    (tmp_path / "run.yaml").write_text(f"codec:\n  calibrate: {written}\n")
+    assert load_config(str(tmp_path / "run.yaml"), base).codec.calibrate == meaning
+
+
+def test_calibrate_nonsense_is_still_a_config_error():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "codec.calibrate=sometimes"])
+    assert error.value.key == "codec.calibrate"
+
+
 def test_actor_sizing_by_device_cpus_and_memory_fits_each_node():
     config = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x"])
     gib = 2**30
