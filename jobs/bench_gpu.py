@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from codec import BatchPolicy, load_codec  # noqa: E402
 from codec.batching import GPU_POLICY, plan_batches  # noqa: E402
 from codec.calibration import GPU_CANDIDATES  # noqa: E402
+from codec.memory import is_out_of_memory, release_device_memory  # noqa: E402
 from codec.flops import flops_per_audio_second, peak_flops  # noqa: E402
 from pipeline.audio import decode_bytes, to_model_audio  # noqa: E402
 from pipeline.synth import lognormal_seconds, random_sample  # noqa: E402
@@ -119,10 +120,14 @@ def main():
         flops = flops_per_audio_second(codec, args.bandwidth)
         peak_flop = peak_flops(codec.device, label)
         for policy in SWEEP:
+            codes = None
             try:
                 codes, seconds, efficiency, memory = timed_encode(codec, waves, args.bandwidth, policy)
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
+            except Exception as error:  # cuBLAS/cuDNN allocation failures are RuntimeErrors
+                if not is_out_of_memory(error):
+                    raise
+            if codes is None:
+                release_device_memory(codec.device)  # out of the except block: the failed pass's tensors are gone
                 print(f"| {label} | {policy.max_batch_seconds:g} x {policy.max_clips} | out of memory | | | | | |")
                 continue
             if reference is None:

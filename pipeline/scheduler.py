@@ -427,7 +427,8 @@ class Scheduler:
                 "actor_process_s": up["init_at"] - facts["created"],  # worker process and imports
                 "checkpoint_load_s": up["load_s"], "calibrate_s": up["calibrate_s"],
                 "first_read_s": first_encode - read_from,  # first shard: read and decode its first pool
-                "ray_up_to_first_batch_s": first_encode - facts["created"], "first_batch_at": first_encode}
+                "ray_up_to_first_batch_s": first_encode - facts["created"], "first_batch_at": first_encode,
+                "calibration": facts.get("calibration") or []}  # that actor's table (see codec.calibrate)
 
     # ---- the loop --------------------------------------------------------------------------------------
     def run(self) -> list[ShardResult]:

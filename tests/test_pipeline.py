@@ -185,6 +185,19 @@ def test_calibrate_nonsense_is_still_a_config_error():
     assert error.value.key == "codec.calibrate"
 
 
+def test_start_line_carries_the_calibration_table_speed_peak_memory_and_why_a_policy_was_not_kept(tiny_codec, monkeypatch):
+    from pipeline.run import startup_line
+    from tests.test_codec import calibrated_with_headroom
+
+    table = calibrated_with_headroom(tiny_codec, monkeypatch)
+    parts = ("prepare_s", "ray_start_s", "actor_process_s", "checkpoint_load_s", "calibrate_s", "first_read_s",
+             "ray_up_to_first_batch_s", "to_first_batch_s")
+    line = startup_line({**dict.fromkeys(parts, 1.0), "calibration": table})
+    assert line.startswith("start: first batch encoded") and "; calibration: 480 s x 1 clips " in line
+    assert "audio-s/s, peak 220 MB (kept); 480 s x 4 clips " in line
+    assert "peak 880 MB (leaves less than 15% of the device's 1000 MB free)" in line
+
+
 def test_actor_sizing_by_device_cpus_and_memory_fits_each_node():
     config = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x"])
     gib = 2**30
