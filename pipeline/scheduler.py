@@ -58,11 +58,14 @@ def start_error(error: RayActorError) -> str | None:
     return re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
 
 
-def ensure_ray(config: Config) -> None:
+def ensure_ray(config: Config) -> float:
+    """Start or join Ray unless this process has; returns the seconds this call took."""
+    began = time.time()
     if not ray.is_initialized():
         # address None: RAY_ADDRESS (set by `ray job submit`) if present, else a local runtime. Actors'
         # warnings and errors reach the driver's log.
         ray.init(address=config.ray.address, log_to_driver=True, include_dashboard=False, logging_level="ERROR")
+    return time.time() - began
 
 
 def actor_options(config: Config, nodes: list[dict], pending: int | None = None) -> tuple[int, dict]:
@@ -411,8 +414,8 @@ class Scheduler:
             "running": sum(s.ready for s in self.slots), "available": ray.available_resources()})
 
     def startup(self) -> dict | None:
-        """Where the time to the job's first encoded batch went, for the actor that encoded first (seconds).
-        None when no actor encoded (every shard failed, or none ran)."""
+        """Where the time to the job's first encoded batch went, for the actor that encoded first (seconds), and
+        that actor's calibration table. None when no actor encoded (every shard failed, or none ran)."""
         firsts = []
         for r in self.results:
             facts = self.first_facts.get(r.worker)
@@ -432,9 +435,7 @@ class Scheduler:
 
     # ---- the loop --------------------------------------------------------------------------------------
     def run(self) -> list[ShardResult]:
-        began = time.time()
-        ensure_ray(self.config)
-        self.ray_start_s = time.time() - began
+        self.ray_start_s = ensure_ray(self.config)
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         count, self.options = actor_options(self.config, nodes, len(self.queue))
         self.slots = [Slot(i) for i in range(min(count, len(self.queue)))]
