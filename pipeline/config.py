@@ -83,7 +83,7 @@ class RayConfig:
     num_actors: int = 0  # 0: one per GPU; on CPU as many as the cluster's CPUs and memory hold
     # 0: auto. CPU actors take 1 CPU each: torch's intra-op threads scale poorly on these convolutions,
     # so several 1-thread actors beat one many-thread actor (jobs/bench_pipeline.py). GPU actors take
-    # the CPUs per GPU of the tightest GPU node, up to 8, for decoding and resampling.
+    # the CPUs per GPU of the tightest GPU node, for decoding and resampling.
     cpus_per_actor: int = 0
     # 0: auto. CPU actors reserve 4.5 GB of Ray memory each (peak RSS 3.6 GB with 60-90 s clips and two
     # shards in flight, printed by jobs/bench_pipeline.py --shapes 16), so a node never runs more of them than

@@ -39,7 +39,6 @@ from .writer import publish_shard_failure
 
 TIMEOUT, ACTOR_LOST = "timeout", "actor_lost"  # transient failures the driver itself observes
 CPU_ACTOR_MEMORY_GB = 4.5
-GPU_ACTOR_MAX_CPUS = 8
 TIMEOUT_FACTOR = 4  # auto time limit: this many times a shard's expected time from its byte size
 
 
@@ -78,9 +77,10 @@ def actor_options(config: Config, nodes: list[dict], pending: int | None = None)
     r = config.ray
     gpu_nodes = [n for n in nodes if int(n.get("GPU", 0)) >= 1] if config.codec.device != "cpu" else []
     if gpu_nodes:
-        # the CPUs beside each GPU on the tightest GPU node, so every GPU can get its actor
+        # all the CPUs beside each GPU on the tightest GPU node, so every GPU gets its actor and decoding gets every
+        # core no other actor holds: one GPU needs ~21 decode cores at 10,000x (jobs/bench_decode.py), more than any cap
         share = min(int(n.get("CPU", 1)) // int(n["GPU"]) for n in gpu_nodes)
-        options = {"num_gpus": 1, "num_cpus": r.cpus_per_actor or max(1, min(GPU_ACTOR_MAX_CPUS, share))}
+        options = {"num_gpus": 1, "num_cpus": r.cpus_per_actor or max(1, share)}
         if r.memory_per_actor_gb:
             options["memory"] = int(r.memory_per_actor_gb * 2**30)
         return r.num_actors or sum(int(n["GPU"]) for n in gpu_nodes), options

@@ -207,10 +207,11 @@ def test_actor_sizing_by_device_cpus_and_memory_fits_each_node():
     assert _actor_options(config, [{"CPU": 16, "memory": 20 * gib}, {"CPU": 2, "memory": 40 * gib}])[0] == 4 + 2
     # nodes smaller than one actor's estimate: still actors, reserving what a node has
     assert _actor_options(config, [{"CPU": 2, "memory": 2 * gib}]) == (1, {"num_gpus": 0, "num_cpus": 1, "memory": 2 * gib})
-    # GPU: one actor per GPU with the CPUs beside each GPU on the tightest GPU node, capped at 8;
-    # a big CPU-only head node does not count
+    # GPU: one actor per GPU with all the CPUs beside each GPU on the tightest GPU node, for decoding (no fixed cap:
+    # one GPU needs more decode cores than 8); a big CPU-only head node does not count
     head = {"CPU": 64, "memory": 200 * gib}
-    assert _actor_options(config, [head, {"CPU": 96, "GPU": 8, "memory": 900 * gib}]) == (8, {"num_gpus": 1, "num_cpus": 8})
+    assert _actor_options(config, [head, {"CPU": 96, "GPU": 8, "memory": 900 * gib}]) == (8, {"num_gpus": 1, "num_cpus": 12})
+    assert _actor_options(config, [head, {"CPU": 64, "GPU": 2}]) == (2, {"num_gpus": 1, "num_cpus": 32})
     assert _actor_options(config, [head, {"CPU": 12, "GPU": 4}, {"CPU": 4, "GPU": 2}]) == (6, {"num_gpus": 1, "num_cpus": 2})
     # codec.device=cpu ignores the GPUs; explicit settings win
     cpu_only = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "codec.device=cpu",
