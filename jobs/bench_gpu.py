@@ -18,6 +18,7 @@ tokenizer (the real architecture's speed; codes meaningless):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -30,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from codec import BatchPolicy, load_codec  # noqa: E402
 from codec.batching import GPU_POLICY, plan_batches  # noqa: E402
 from codec.calibration import GPU_CANDIDATES  # noqa: E402
+from codec.memory import is_out_of_memory, release_device_memory  # noqa: E402
 from codec.flops import flops_per_audio_second, peak_flops  # noqa: E402
 from pipeline.audio import decode_bytes, to_model_audio  # noqa: E402
 from pipeline.synth import lognormal_seconds, random_sample  # noqa: E402
@@ -99,6 +101,7 @@ def main():
     parser.add_argument("--model", default="random:full")
     parser.add_argument("--minutes", type=float, default=30.0, help="audio in the corpus")
     parser.add_argument("--bandwidth", type=float, default=2.0)
+    parser.add_argument("--json", help="also write the best audio-s/s per math mode here (jobs/bench_decode.py --gpu-bench reads it)")
     args = parser.parse_args()
 
     began = time.perf_counter()
@@ -119,10 +122,14 @@ def main():
         flops = flops_per_audio_second(codec, args.bandwidth)
         peak_flop = peak_flops(codec.device, label)
         for policy in SWEEP:
+            codes = None
             try:
                 codes, seconds, efficiency, memory = timed_encode(codec, waves, args.bandwidth, policy)
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
+            except Exception as error:  # cuBLAS/cuDNN allocation failures are RuntimeErrors
+                if not is_out_of_memory(error):
+                    raise
+            if codes is None:
+                release_device_memory(codec.device)  # out of the except block: the failed pass's tensors are gone
                 print(f"| {label} | {policy.max_batch_seconds:g} x {policy.max_clips} | out of memory | | | | | |")
                 continue
             if reference is None:
@@ -144,6 +151,10 @@ def main():
     for label, (speed, policy, overall) in best.items():
         print(f"| {label} | {policy.max_batch_seconds:g} x {policy.max_clips} | {speed:.0f} | {overall * 100:.3f}% | "
               f"{int(np.ceil(speed / decode_speed))} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "model": args.model,
+                       "best_audio_s_per_s": {label: speed for label, (speed, _, _) in best.items()}}, f, indent=1)
     print(f"\nplanned padding efficiency of the default GPU policy ({GPU_POLICY.max_batch_seconds:g} s x "
           f"{GPU_POLICY.max_clips} clips) in pools of {POOL_BATCHES} budgets, 20 h of this length mix (no model run): "
           f"{planned_padding_efficiency(GPU_POLICY):.3f}")

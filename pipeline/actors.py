@@ -10,6 +10,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from codec import Checkpoint
+from codec.memory import prefer_expandable_segments
 
 from .config import Config
 from .sources import Shard
@@ -27,6 +28,7 @@ class CodecActor:
     def __init__(self, config: Config, name: str, checkpoint: Checkpoint, schema, versions: dict):
         # actors' output reaches the driver's log: keep it to warnings and errors, not loading bars
         transformers_logging.disable_progress_bar()
+        self.alloc_conf = prefer_expandable_segments()  # before the codec's first CUDA allocation
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         self.processor = ShardProcessor(config, name, cpus=max(1, round(cpus)) if cpus else None,
                                         checkpoint=checkpoint, schema=schema, versions=versions)
@@ -37,6 +39,8 @@ class CodecActor:
             "identity": codec.identity.as_dict(),
             "device": str(codec.device),
             "policy": codec.policy.__dict__,
+            "batch_budget": self.processor.budget.as_dict(),
+            "cuda_alloc_conf": self.alloc_conf,
             "calibration": self.processor.calibration,
             "decode_threads": self.processor.decode_threads,
             "torch_threads": torch.get_num_threads(),
@@ -51,7 +55,7 @@ class CodecActor:
         self.processor.threads = max(1, int(threads))
 
     def progress(self) -> dict:
-        return dict(self.processor.in_shard)
+        return {**self.processor.in_shard, "batch_budget": self.processor.budget.as_dict()}
 
     def process(self, shard: Shard) -> ShardResult:
         return self.processor.process(shard)

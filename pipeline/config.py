@@ -14,6 +14,7 @@ SOURCE_KINDS = ("webdataset", "hf", "files", "nemo", "lhotse")
 SOXR_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
 # loudness targets: above the BS.1770 absolute gate (-70 LUFS), at most 0 LUFS (full scale)
 LOUDNESS_RANGE = (-70.0, 0.0)
+CALIBRATE_WORDS = {"true": "on", "on": "on", "false": "off", "off": "off", "auto": "auto"}
 
 
 class ConfigError(ValueError):
@@ -73,7 +74,7 @@ class CodecConfig:
     context_s: float = 10.0
     max_batch_seconds: Optional[float] = None  # None: the device's default policy
     max_clips: Optional[int] = None
-    calibrate: str = "auto"  # measure batch policies at actor start: auto (GPU only), on, off
+    calibrate: str = "auto"  # measure batch policies at actor start: auto (GPU only), on, off (true/false too)
 
 
 @dataclass
@@ -92,7 +93,7 @@ class RayConfig:
     num_actors: int = 0  # 0: one per GPU; on CPU as many as the cluster's CPUs and memory hold
     # 0: auto. CPU actors take 1 CPU each: torch's intra-op threads scale poorly on these convolutions,
     # so several 1-thread actors beat one many-thread actor (jobs/bench_pipeline.py). GPU actors take
-    # the CPUs per GPU of the tightest GPU node, up to 8, for decoding and resampling.
+    # the CPUs per GPU of the tightest GPU node, for decoding and resampling.
     cpus_per_actor: int = 0
     # 0: auto. CPU actors reserve 4.5 GB of Ray memory each (peak RSS 3.6 GB with 60-90 s clips and two
     # shards in flight, printed by jobs/bench_pipeline.py --shapes 16), so a node never runs more of them than
@@ -196,6 +197,9 @@ def validate(config: Config) -> None:
         raise ConfigError("codec.window_s", "window must be > 0 and context >= 0")
     if c.max_batch_seconds is not None and c.max_batch_seconds <= 0:
         raise ConfigError("codec.max_batch_seconds", "must be > 0, or null for the device default")
+    # YAML 1.1 (OmegaConf's, on the command line too) reads on/off/yes/no as booleans, which reach a str field
+    # as 'True'/'False': the words as written and the booleans mean the same
+    c.calibrate = CALIBRATE_WORDS.get(str(c.calibrate).lower(), c.calibrate)
     if c.calibrate not in ("auto", "on", "off"):
         raise ConfigError("codec.calibrate", f"{c.calibrate!r}", "use auto (GPU only), on or off")
     if c.max_clips is not None and c.max_clips < 1:

@@ -12,9 +12,10 @@ from codec import Checkpoint, CheckpointError, CodecInputError, codebooks_for_ba
 
 from .audio import DECODE_METHOD
 from .config import Config, ConfigError, as_dict
+from .device import probe_device
 from .loudness import METHOD as LOUDNESS_METHOD
 from .runstate import RunState, library_versions
-from .scheduler import Scheduler
+from .scheduler import Scheduler, ensure_ray
 from .schema import describe, output_schema, schema_to_text
 from .sources import SourceListing, largest_first, list_shards
 from .storage import Storage
@@ -82,11 +83,13 @@ def resolve_codec(config: Config) -> CodecFacts:
                       codec_config.sample_rate, codec_config.hop_length, per_bandwidth, c.convention)
 
 
-def _identity(config: Config, codec: CodecFacts, source_identity: dict) -> dict:
-    """Everything that decides which samples a shard id denotes, their keys and their codes."""
+def _identity(config: Config, codec: CodecFacts, source_identity: dict, device: dict | None = None) -> dict:
+    """Everything that decides which samples a shard id denotes, their keys and their codes.
+    device: where the codes come from (pipeline.device); outputs written before it was recorded have none."""
     c, loud = config.codec, config.audio.loudness_lufs
-    return {
-        "codec": codec.identity, "bandwidth": c.bandwidth, "convention": c.convention, "dtype": c.dtype, "allow_tf32": c.allow_tf32,
+    return ({"device": device} if device is not None else {}) | {
+        "codec": codec.identity, "bandwidth": c.bandwidth, "convention": c.convention, "dtype": c.dtype,
+        "allow_tf32": c.allow_tf32,
         "window_s": c.window_s, "context_s": c.context_s, "resampler": f"soxr-{config.audio.resampler_quality}",
         "decode": DECODE_METHOD,
         # None when off, which is also what an output written before the option reads as: it goes on unchanged
@@ -95,10 +98,11 @@ def _identity(config: Config, codec: CodecFacts, source_identity: dict) -> dict:
     }
 
 
-def open_run_state(config: Config, storage: Storage, codec: CodecFacts, listing: SourceListing, on_event) -> RunState:
+def open_run_state(config: Config, storage: Storage, codec: CodecFacts, listing: SourceListing, on_event,
+                   device: dict | None = None) -> RunState:
     schema = output_schema(listing.fields)
     header = {
-        "identity": _identity(config, codec, listing.identity), "codec": codec.identity,
+        "identity": _identity(config, codec, listing.identity, device), "codec": codec.identity,
         "bandwidth": config.codec.bandwidth, "num_codebooks": codec.num_codebooks, "frame_rate": codec.frame_rate,
         "codebook_size": codec.codebook_size, "config": as_dict(config),
         "output_schema": schema_to_text(schema), "output_columns": describe(schema),
@@ -119,7 +123,9 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         raise ConfigError("source", "no shards found", "check source.urls / source.path")
     codec = resolve_codec(config)
     on_event("codec", {"codec": codec})
-    state = open_run_state(config, storage, codec, listing, on_event)
+    ray_start_s = ensure_ray(config)  # the device probe runs where an actor would
+    device = probe_device(config)
+    state = open_run_state(config, storage, codec, listing, on_event, device)
     try:
         shards = listing.settle(storage)  # recorded shards are read (and new ones recorded) under the lease
         pending = largest_first(s for s in shards if not state.done(s.id))
@@ -131,11 +137,12 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         if pending:
             setup = (codec.checkpoint, state.schema, state.header["identity"]["versions"])
             scheduler = Scheduler(config, state, storage, pending, on_event, setup, start_failures)
-            prepared = time.time() - start  # listing, codec resolution, run state
+            prepared = time.time() - start - ray_start_s  # listing, codec resolution, device probe, run state
             results = scheduler.run()
             startup = scheduler.startup()
             if startup:
-                startup = {"prepare_s": prepared, **startup, "to_first_batch_s": startup.pop("first_batch_at") - start}
+                startup = {"prepare_s": prepared, **startup, "ray_start_s": ray_start_s,
+                           "to_first_batch_s": startup.pop("first_batch_at") - start}
         complete = all(state.done(s.id) for s in shards)
         failed = sorted((k, r.get("shard_error") or "") for k, r in state.records.items() if r["status"] != "done")
     finally:

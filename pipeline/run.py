@@ -156,10 +156,23 @@ def startup_line(startup: dict | None, before_job_s: float | None = None) -> str
     s = startup
     command = ("" if before_job_s is None else
                f"{before_job_s + s['to_first_batch_s']:.1f} s after the command (interpreter and imports {before_job_s:.1f} s), ")
-    return (f"start: first batch encoded {command}{s['to_first_batch_s']:.1f} s after the job started: listing, codec and run state "
+    return (f"start: first batch encoded {command}{s['to_first_batch_s']:.1f} s after the job started: listing, codec, device probe and run state "
             f"{s['prepare_s']:.1f} s, Ray start {s['ray_start_s']:.1f} s, actor process {s['actor_process_s']:.1f} s, "
             f"checkpoint load {s['checkpoint_load_s']:.1f} s" + (f", calibration {s['calibrate_s']:.1f} s" if s["calibrate_s"] >= 0.05 else "")
-            + f", first shard read {s['first_read_s']:.1f} s ({s['ray_up_to_first_batch_s']:.1f} s from actor creation)")
+            + f", first shard read {s['first_read_s']:.1f} s ({s['ray_up_to_first_batch_s']:.1f} s from actor creation)"
+            + (f"; {calibration_text(s['calibration'])}" if s.get("calibration") else ""))
+
+
+def calibration_text(table: list[dict]) -> str:
+    """The batch policies an actor measured at start-up: speed, peak device memory, kept or why not."""
+    rows = []
+    for row in table:
+        p = row["policy"]
+        speed = "" if row["audio_s_per_s"] is None else f" {row['audio_s_per_s']:.0f} audio-s/s"
+        peak = "" if row.get("peak_memory_mb") is None else f", peak {row['peak_memory_mb']} MB"
+        rows.append(f"{p['max_batch_seconds']:g} s x {p['max_clips']} clips{speed}{peak} "
+                    f"({'kept' if row.get('kept') else row.get('note', '')})")
+    return "calibration: " + "; ".join(rows)
 
 
 def _loudness_lines(summary) -> list[str]:

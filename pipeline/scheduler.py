@@ -39,7 +39,6 @@ from .writer import publish_shard_failure
 
 TIMEOUT, ACTOR_LOST = "timeout", "actor_lost"  # transient failures the driver itself observes
 CPU_ACTOR_MEMORY_GB = 4.5
-GPU_ACTOR_MAX_CPUS = 8
 TIMEOUT_FACTOR = 4  # auto time limit: this many times a shard's expected time from its byte size
 
 
@@ -58,11 +57,14 @@ def start_error(error: RayActorError) -> str | None:
     return re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
 
 
-def ensure_ray(config: Config) -> None:
+def ensure_ray(config: Config) -> float:
+    """Start or join Ray unless this process has; returns the seconds this call took."""
+    began = time.time()
     if not ray.is_initialized():
         # address None: RAY_ADDRESS (set by `ray job submit`) if present, else a local runtime. Actors'
         # warnings and errors reach the driver's log.
         ray.init(address=config.ray.address, log_to_driver=True, include_dashboard=False, logging_level="ERROR")
+    return time.time() - began
 
 
 def actor_options(config: Config, nodes: list[dict], pending: int | None = None) -> tuple[int, dict]:
@@ -75,9 +77,10 @@ def actor_options(config: Config, nodes: list[dict], pending: int | None = None)
     r = config.ray
     gpu_nodes = [n for n in nodes if int(n.get("GPU", 0)) >= 1] if config.codec.device != "cpu" else []
     if gpu_nodes:
-        # the CPUs beside each GPU on the tightest GPU node, so every GPU can get its actor
+        # all the CPUs beside each GPU on the tightest GPU node, so every GPU gets its actor and decoding gets every
+        # core no other actor holds: one GPU needs ~21 decode cores at 10,000x (jobs/bench_decode.py), more than any cap
         share = min(int(n.get("CPU", 1)) // int(n["GPU"]) for n in gpu_nodes)
-        options = {"num_gpus": 1, "num_cpus": r.cpus_per_actor or max(1, min(GPU_ACTOR_MAX_CPUS, share))}
+        options = {"num_gpus": 1, "num_cpus": r.cpus_per_actor or max(1, share)}
         if r.memory_per_actor_gb:
             options["memory"] = int(r.memory_per_actor_gb * 2**30)
         return r.num_actors or sum(int(n["GPU"]) for n in gpu_nodes), options
@@ -411,8 +414,8 @@ class Scheduler:
             "running": sum(s.ready for s in self.slots), "available": ray.available_resources()})
 
     def startup(self) -> dict | None:
-        """Where the time to the job's first encoded batch went, for the actor that encoded first (seconds).
-        None when no actor encoded (every shard failed, or none ran)."""
+        """Where the time to the job's first encoded batch went, for the actor that encoded first (seconds), and
+        that actor's calibration table. None when no actor encoded (every shard failed, or none ran)."""
         firsts = []
         for r in self.results:
             facts = self.first_facts.get(r.worker)
@@ -427,13 +430,12 @@ class Scheduler:
                 "actor_process_s": up["init_at"] - facts["created"],  # worker process and imports
                 "checkpoint_load_s": up["load_s"], "calibrate_s": up["calibrate_s"],
                 "first_read_s": first_encode - read_from,  # first shard: read and decode its first pool
-                "ray_up_to_first_batch_s": first_encode - facts["created"], "first_batch_at": first_encode}
+                "ray_up_to_first_batch_s": first_encode - facts["created"], "first_batch_at": first_encode,
+                "calibration": facts.get("calibration") or []}  # that actor's table (see codec.calibrate)
 
     # ---- the loop --------------------------------------------------------------------------------------
     def run(self) -> list[ShardResult]:
-        began = time.time()
-        ensure_ray(self.config)
-        self.ray_start_s = time.time() - began
+        self.ray_start_s = ensure_ray(self.config)
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         count, self.options = actor_options(self.config, nodes, len(self.queue))
         self.slots = [Slot(i) for i in range(min(count, len(self.queue)))]

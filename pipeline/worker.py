@@ -20,8 +20,10 @@ import torch
 from codec import Checkpoint, CodecInputError, calibrate, load_codec
 from codec.conventions import resamples_to_ceil
 from codec.heap import release_freed_heap, resident_mb
+from codec.memory import is_out_of_memory, release_device_memory
 
 from .audio import Audio, SampleError, SpilledFile, decode_audio
+from .batch_budget import BatchBudget
 from .config import Config
 from .failures import TRANSIENT, UNEXPECTED, describe, is_transient
 from .loudness import CLIPPED
@@ -37,6 +39,17 @@ log = logging.getLogger(__name__)
 # a pool this many batch budgets deep lets length bucketing find clips of similar length (the planned
 # padding efficiency of the GPU policy at this depth is printed by jobs/bench_gpu.py)
 POOL_BATCHES = 8
+
+
+ENCODE_FAILED, OUT_OF_MEMORY = "encode_failed", "out_of_memory"  # reasons of a clip's error record
+
+
+@dataclass
+class ClipFailure:
+    """A clip the codec could not encode: its error record's reason and detail."""
+
+    reason: str
+    detail: str
 
 
 @dataclass
@@ -70,6 +83,8 @@ class ShardResult:
     threads: int = 0  # most torch threads its encodes ran with (CPU actors get idle actors' cores)
     loudness_clipped: int = 0  # rows gained past full scale by audio.loudness_lufs (not limited)
     loudness_unmeasured: int = 0  # rows left as they were: too short (< 400 ms) or too quiet to measure
+    batch_budget: dict = field(default_factory=dict)  # the actor's batch budget when the shard ended (see BatchBudget)
+    budget_halvings: int = 0  # out-of-memory errors during this shard that halved the actor's budget
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -148,6 +163,7 @@ class ShardProcessor:
         # deep pool would only delay the first encode
         pool_batches = POOL_BATCHES if self.codec.policy.max_clips > 1 else 1
         self.pool_target = config.ray.pool_seconds or pool_batches * self.codec.policy.max_batch_seconds
+        self.budget = BatchBudget(self.codec.policy)
 
     @property
     def in_shard(self) -> dict:
@@ -170,7 +186,8 @@ class ShardProcessor:
         result.started_at = time.time()
         progress = self._progress[shard.id] = {"samples": 0, "audio_seconds": 0.0, "encoded_frames": 0, "encode_s": 0.0,
                                                "started_at": result.started_at, "threads": 0, "loudness_clipped": 0,
-                                               "loudness_unmeasured": 0}
+                                               "loudness_unmeasured": 0, "budget_halvings": 0,
+                                               "batch_budget": self.budget.as_dict()}
         try:
             self._process(shard, writer, result, progress)
         except Exception as error:  # the store failing a write (transient), a bug or a device error (unexpected)
@@ -232,6 +249,7 @@ class ShardProcessor:
         result.threads = progress["threads"]
         result.decode_wait_s = decoded_ahead.wait_seconds
         result.loudness_clipped, result.loudness_unmeasured = progress["loudness_clipped"], progress["loudness_unmeasured"]
+        result.batch_budget, result.budget_halvings = progress["batch_budget"], progress["budget_halvings"]
 
     def _encode(self, pool: list[tuple[RawSample, Audio]], writer: ShardWriter, progress: dict) -> None:
         if not pool:
@@ -243,12 +261,12 @@ class ShardProcessor:
                 torch.set_num_threads(self.threads)  # per calling thread under OpenMP: set where the encode runs
             progress["threads"] = max(progress["threads"], self.threads)
             encoded_before, began = self.codec.encoded_frames, time.perf_counter()
-            codes = self._encode_or_fall_back([audio.wave for _, audio in pool])
+            codes = self._encode_within_memory([audio.wave for _, audio in pool], progress)
             progress["encoded_frames"] += self.codec.encoded_frames - encoded_before
             progress["encode_s"] += time.perf_counter() - began
         for (raw, audio), clip_codes in zip(pool, codes):
-            if isinstance(clip_codes, Exception):
-                writer.add_error(raw.key, "encode_failed", str(clip_codes)[:200])
+            if isinstance(clip_codes, ClipFailure):
+                writer.add_error(raw.key, clip_codes.reason, clip_codes.detail)
             else:
                 writer.add(raw.key, clip_codes, audio.duration_s, raw.metadata)
                 if audio.loudness is not None:
@@ -257,21 +275,45 @@ class ShardProcessor:
         progress["samples"] += len(pool)
         progress["audio_seconds"] += sum(a.duration_s for _, a in pool)
 
-    def _encode_or_fall_back(self, waves: list) -> list:
-        bandwidth = self.config.codec.bandwidth
+    def _encode_within_memory(self, waves: list, progress: dict) -> list:
+        """Codes per wave, or a ClipFailure for a clip that cannot be encoded. Out of memory halves the actor's
+        batch budget, for good (the next pool has the same shapes), and the pool is encoded again; once the budget
+        is one clip, or one clip is bad input, clip by clip, so only the clips at fault become error records."""
+        while True:
+            codes = self._attempt(waves)
+            if not isinstance(codes, ClipFailure):
+                if self.budget.pool_done():
+                    self.codec.policy = self.budget.policy
+                progress["batch_budget"] = self.budget.as_dict()
+                return codes
+            if codes.reason != OUT_OF_MEMORY or not self.budget.halve():
+                break
+            log.warning("%s: out of memory encoding %d clips; batch budget halved to %s s x %d clips (%s)", self.name,
+                        len(waves), self.budget.policy.max_batch_seconds, self.budget.policy.max_clips, codes.detail)
+            self.codec.policy = self.budget.policy
+            progress["budget_halvings"] += 1
+            progress["batch_budget"] = self.budget.as_dict()
+        out = []
+        for wave in waves:
+            alone = self._attempt([wave], max_clips=1)
+            if isinstance(alone, ClipFailure) and alone.reason == OUT_OF_MEMORY:
+                alone.detail = (f"{wave.size / self.codec.sample_rate:.2f} s of audio does not fit on "
+                                f"{self.codec.device} alone: {alone.detail}")[:300]
+            out.append(alone if isinstance(alone, ClipFailure) else alone[0])
+        return out
+
+    def _attempt(self, waves: list, max_clips: int | None = None) -> list | ClipFailure:
         try:
-            return self.codec.encode(waves, bandwidth)
-        except (CodecInputError, torch.OutOfMemoryError):
-            # one clip (or the batch size) is the problem: fall back to clip by clip
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            codes = []
-            for wave in waves:
-                try:
-                    codes.append(self.codec.encode([wave], bandwidth, max_clips=1)[0])
-                except (CodecInputError, torch.OutOfMemoryError) as error:
-                    codes.append(error)
-            return codes
+            return self.codec.encode(waves, self.config.codec.bandwidth, max_clips=max_clips)
+        except CodecInputError as error:
+            return ClipFailure(ENCODE_FAILED, str(error)[:200])
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            failure = ClipFailure(OUT_OF_MEMORY, str(error).strip().splitlines()[0][:200])
+        # out of the except block: the traceback, and the failed pass's tensors its frames held, are gone
+        release_device_memory(self.codec.device)
+        return failure
 
     def _decode(self, raw: RawSample) -> Audio | SampleError:
         try:

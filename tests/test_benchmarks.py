@@ -1,5 +1,6 @@
 """The GPU benchmark can only run where a GPU is lent; a smoke run on CPU keeps it from rotting meanwhile."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,9 +8,10 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_gpu_benchmark_runs_every_measurement_on_a_cpu_smoke_corpus():
+def test_gpu_benchmark_runs_every_measurement_on_a_cpu_smoke_corpus(tmp_path):
     done = subprocess.run([sys.executable, "jobs/bench_gpu.py", "--device", "cpu", "--model", "random:tiny",
-                           "--minutes", "0.1"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                           "--minutes", "0.1", "--json", str(tmp_path / "gpu.json")], cwd=REPO, capture_output=True,
+                          text=True, timeout=600,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
@@ -18,3 +20,20 @@ def test_gpu_benchmark_runs_every_measurement_on_a_cpu_smoke_corpus():
     summary = [line for line in lines if line.count("|") == 6 and line.split("|")[1].strip() in ("float32", "tf32", "bfloat16")]
     assert len(summary) == 3 and "100.000%" in summary[0], done.stdout  # float32 agrees with itself
     assert "decode + resample" in done.stdout
+    rates = json.loads((tmp_path / "gpu.json").read_text())  # what bench_decode.py --gpu-bench reads
+    assert rates["device"] == "cpu" and set(rates["best_audio_s_per_s"]) == {"float32", "tf32", "bfloat16"}
+
+
+def test_decode_benchmark_prints_each_format_threads_against_processes_and_cores_per_gpu_at_bench_gpus_rate(tmp_path):
+    (tmp_path / "gpu.json").write_text(json.dumps({"device": "NVIDIA H100", "best_audio_s_per_s": {"float32": 5000.0}}))
+    done = subprocess.run([sys.executable, "jobs/bench_decode.py", "--seconds", "1", "--min-cpu-s", "0.05",
+                           "--mix-rounds", "1", "--gpu-bench", str(tmp_path / "gpu.json")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for label in ("16 kHz mono wav", "48 kHz stereo wav", "44.1 kHz stereo FLAC", "44.1 kHz stereo MP3",
+                  "48 kHz stereo Vorbis", "48 kHz stereo Opus", "equal-audio mix"):
+        assert f"| {label} |" in out and f"  {label}: " in out, out
+    assert "| 1 | " in out and "(1.00x) | " in out, out
+    assert "decode cores per GPU at 5,000 audio-s/s (bench_gpu's best float32 rate on NVIDIA H100)" in out, out
+

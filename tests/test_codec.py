@@ -229,24 +229,76 @@ def test_fast_ops_are_bit_identical_to_stock_layers(codec):
     assert torch.equal(stock, fast)
 
 
+class FakeDevice:
+    """Stands in for the codec's encode and the device's memory (of `total_mb`; None: a CPU, no device memory): the
+    peak since `reset` is `mb_per_clip` per clip of the largest batch encoded; the candidate of `slow_clips` clips
+    takes 0.3 s more per call, a margin no timing noise can hide; `fails`: clips -> the error that candidate raises.
+    Only the calibration's own logic runs."""
+
+    def __init__(self, codec, monkeypatch, total_mb: int | None, mb_per_clip: int, slow_clips: int, fails: dict = {}):
+        import time
+
+        self.total_mb, self.mb_per_clip, self.largest = total_mb, mb_per_clip, 0
+
+        def encode(waves, bandwidth, max_batch_seconds=None, max_clips=None):
+            if max_clips in fails:
+                raise fails[max_clips]
+            self.largest = max(self.largest, min(len(waves), max_clips))
+            time.sleep(0.3 if max_clips == slow_clips else 0.0)
+            return [np.zeros((8, 1), np.int16) for _ in waves]
+
+        monkeypatch.setattr(codec, "encode", encode)
+
+    def total(self):
+        return None if self.total_mb is None else self.total_mb * 2**20
+
+    def reset(self):
+        self.largest = 0
+
+    def peak(self):
+        return None if self.total_mb is None else self.largest * self.mb_per_clip * 2**20
+
+
 @pytest.mark.parametrize("slow", [0, 1])
 def test_calibration_keeps_the_candidate_that_is_really_faster(codec, monkeypatch, slow):
-    import time
-
     from codec import calibrate
 
     candidates = (BatchPolicy(10.0, 1), BatchPolicy(10.0, 4))
-    real = codec.encode
-
-    def encode(waves, bandwidth, max_batch_seconds=None, max_clips=None):
-        if max_clips == candidates[slow].max_clips:
-            time.sleep(0.5)  # this candidate is made slow by a margin no timing noise can hide
-        return real(waves, bandwidth, max_batch_seconds, max_clips)
-
-    monkeypatch.setattr(codec, "encode", encode)
-    best, table = calibrate(codec, 2.0, candidates=candidates, seconds=6.0)
+    device = FakeDevice(codec, monkeypatch, total_mb=None, mb_per_clip=0, slow_clips=candidates[slow].max_clips)
+    best, table = calibrate(codec, 2.0, candidates=candidates, seconds=6.0, memory=device)
     assert [row["policy"] for row in table] == [c.__dict__ for c in candidates]
     assert best == candidates[1 - slow]
+
+
+def test_calibration_skips_a_faster_policy_whose_peak_memory_leaves_less_than_the_headroom_free(tiny_codec, monkeypatch):
+    calibrated_with_headroom(tiny_codec, monkeypatch)
+
+
+def calibrated_with_headroom(tiny_codec, monkeypatch) -> list[dict]:
+    """The calibration table of a faster policy left out for the headroom (checked here)."""
+    from codec import calibrate
+
+    # 480 s budgets admit 4 window-long (120 s) clips: each candidate's worst-case batch is 1 or 4 clips
+    candidates = (BatchPolicy(480.0, 1), BatchPolicy(480.0, 4))
+    # 4 clips x 220 MB = 880 MB of 1000: fits, but leaves 12% free, under the 15% headroom
+    device = FakeDevice(tiny_codec, monkeypatch, total_mb=1000, mb_per_clip=220, slow_clips=1)
+    best, table = calibrate(tiny_codec, 2.0, candidates=candidates, seconds=2.0, memory=device, headroom=0.15)
+    assert best == candidates[0]
+    assert [(row["peak_memory_mb"], row["kept"]) for row in table] == [(220, True), (880, False)]
+    # the one left out was the faster: without the headroom it would have been kept
+    assert table[1]["audio_s_per_s"] > table[0]["audio_s_per_s"] and "less than 15%" in table[1]["note"]
+    return table
+
+
+def test_calibration_survives_an_allocation_runtime_error_and_keeps_a_policy_that_fits(tiny_codec, monkeypatch):
+    from codec import calibrate
+
+    cublas = RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+    device = FakeDevice(tiny_codec, monkeypatch, total_mb=None, mb_per_clip=0, slow_clips=0, fails={4: cublas})
+    best, table = calibrate(tiny_codec, 2.0, candidates=(BatchPolicy(10.0, 1), BatchPolicy(10.0, 4)), seconds=2.0,
+                            memory=device)
+    assert best == BatchPolicy(10.0, 1) and table[1]["audio_s_per_s"] is None
+    assert table[1]["note"].startswith("out of memory (CUDA error: CUBLAS_STATUS_ALLOC_FAILED")
 
 
 def test_plan_batches_pads_no_more_than_greedy_filling():

@@ -70,6 +70,7 @@ def test_webdataset_run_writes_canonical_codes_with_metadata(tmp_path, ray_local
     assert all(d["torch_threads"] == 1 and d["decode_threads"] == 1 for d in described)
     # the start-up split: each part measured, the parts within the whole, nothing large unaccounted for
     s = summary.startup
+    assert s.pop("calibration") == []  # CPU actors do not calibrate
     assert all(v >= 0 for v in s.values()) and s["actor_process_s"] > 0 and s["checkpoint_load_s"] > 0
     assert s["actor_process_s"] + s["checkpoint_load_s"] + s["first_read_s"] <= s["ray_up_to_first_batch_s"] + 0.01
     before_actors = s["prepare_s"] + s["ray_start_s"]
@@ -170,6 +171,34 @@ def test_bad_config_names_the_key(overrides, key):
     assert error.value.key == key and f"'{key}'" in str(error.value)
 
 
+@pytest.mark.parametrize("written, meaning", [("off", "off"), ("on", "on"), ("false", "off"), ("true", "on"),
+                                              ("auto", "auto")])
+def test_calibrate_off_and_on_read_by_yaml_as_booleans_are_accepted(tmp_path, written, meaning):
+    base = ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x"]
+    assert load_config(None, base + [f"codec.calibrate={written}"]).codec.calibrate == meaning
+    (tmp_path / "run.yaml").write_text(f"codec:\n  calibrate: {written}\n")
+    assert load_config(str(tmp_path / "run.yaml"), base).codec.calibrate == meaning
+
+
+def test_calibrate_nonsense_is_still_a_config_error():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "codec.calibrate=sometimes"])
+    assert error.value.key == "codec.calibrate"
+
+
+def test_start_line_carries_the_calibration_table_speed_peak_memory_and_why_a_policy_was_not_kept(tiny_codec, monkeypatch):
+    from pipeline.run import startup_line
+    from tests.test_codec import calibrated_with_headroom
+
+    table = calibrated_with_headroom(tiny_codec, monkeypatch)
+    parts = ("prepare_s", "ray_start_s", "actor_process_s", "checkpoint_load_s", "calibrate_s", "first_read_s",
+             "ray_up_to_first_batch_s", "to_first_batch_s")
+    line = startup_line({**dict.fromkeys(parts, 1.0), "calibration": table})
+    assert line.startswith("start: first batch encoded") and "; calibration: 480 s x 1 clips " in line
+    assert "audio-s/s, peak 220 MB (kept); 480 s x 4 clips " in line
+    assert "peak 880 MB (leaves less than 15% of the device's 1000 MB free)" in line
+
+
 def test_actor_sizing_by_device_cpus_and_memory_fits_each_node():
     config = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x"])
     gib = 2**30
@@ -178,10 +207,11 @@ def test_actor_sizing_by_device_cpus_and_memory_fits_each_node():
     assert _actor_options(config, [{"CPU": 16, "memory": 20 * gib}, {"CPU": 2, "memory": 40 * gib}])[0] == 4 + 2
     # nodes smaller than one actor's estimate: still actors, reserving what a node has
     assert _actor_options(config, [{"CPU": 2, "memory": 2 * gib}]) == (1, {"num_gpus": 0, "num_cpus": 1, "memory": 2 * gib})
-    # GPU: one actor per GPU with the CPUs beside each GPU on the tightest GPU node, capped at 8;
-    # a big CPU-only head node does not count
+    # GPU: one actor per GPU with all the CPUs beside each GPU on the tightest GPU node, for decoding (no fixed cap:
+    # one GPU needs more decode cores than 8); a big CPU-only head node does not count
     head = {"CPU": 64, "memory": 200 * gib}
-    assert _actor_options(config, [head, {"CPU": 96, "GPU": 8, "memory": 900 * gib}]) == (8, {"num_gpus": 1, "num_cpus": 8})
+    assert _actor_options(config, [head, {"CPU": 96, "GPU": 8, "memory": 900 * gib}]) == (8, {"num_gpus": 1, "num_cpus": 12})
+    assert _actor_options(config, [head, {"CPU": 64, "GPU": 2}]) == (2, {"num_gpus": 1, "num_cpus": 32})
     assert _actor_options(config, [head, {"CPU": 12, "GPU": 4}, {"CPU": 4, "GPU": 2}]) == (6, {"num_gpus": 1, "num_cpus": 2})
     # codec.device=cpu ignores the GPUs; explicit settings win
     cpu_only = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "codec.device=cpu",

@@ -241,6 +241,44 @@ def test_changed_settings_name_what_changed_and_how_to_continue(tmp_path, monkey
         open_with(f"codec.revision={commit_a}", "codec.window_s=30")
 
 
+def test_a_rerun_on_another_device_is_refused_like_a_library_upgrade_and_an_output_without_device_goes_on(tmp_path):
+    mixed_tar(str(tmp_path / "in/a.tar"), "a", 1, seed=1)
+    config = load_config(None, ["source.kind=webdataset", f"source.urls={tmp_path}/in/a.tar", "codec.model=random:tiny",
+                                f"output.dir={tmp_path}/out"])
+    codec, listing = resolve_codec(config), list_shards(config.source)
+    h100 = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "cuda": "12.8", "cudnn": 91002}
+    a100 = dict(h100, name="NVIDIA A100-SXM4-80GB")
+
+    def open_on(device, *overrides, out="out"):
+        run_config = load_config(None, [f"source.urls={tmp_path}/in/a.tar", f"output.dir={tmp_path}/{out}",
+                                        "source.kind=webdataset", "codec.model=random:tiny", *overrides])
+        state = open_run_state(run_config, Storage(str(tmp_path / out)), codec, listing, lambda kind, info: None, device)
+        state.close()
+        return json.loads((tmp_path / out / "manifest.json").read_text())
+
+    # an output written before the device was recorded goes on unchanged, on any device
+    assert "device" not in open_on(None, out="before")["identity"]
+    assert "device" not in open_on(h100, out="before")["identity"]
+    assert open_on(h100)["identity"]["device"] == h100
+    assert open_on(h100)["identity"]["device"] == h100
+    with pytest.raises(IdentityChanged, match=r"device.name: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA A100-SXM4-80GB'.*"
+                                              r"output.accept_new_versions=true"):
+        open_on(a100)
+    with pytest.raises(IdentityChanged, match=r"device.type: 'cuda' -> 'cpu'.*output.accept_new_versions=true"):
+        open_on({"type": "cpu", "name": "AMD EPYC 9654", "cuda": None, "cudnn": None})
+    manifest = open_on(a100, "output.accept_new_versions=true")
+    assert manifest["identity"]["device"] == a100 and "device.name" in manifest["identity_changes"][0]["changes"][0]
+
+
+def test_the_device_probe_reads_the_device_where_an_actor_runs(tmp_path, ray_local):
+    from pipeline.device import cpu_model, device_facts, probe_device
+
+    config = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", f"output.dir={tmp_path}/out"])
+    facts = probe_device(config)  # a Ray task on this one-node runtime, on its CPU
+    assert facts == device_facts("cpu") == {"type": "cpu", "name": cpu_model(), "cuda": None, "cudnn": None}
+    assert facts["name"] and facts["name"] != "cpu"
+
+
 def test_hf_key_and_audio_columns_are_part_of_the_identity(tmp_path):
     from tests.corpus import hf_dataset
 

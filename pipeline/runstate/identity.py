@@ -42,16 +42,20 @@ ADDED_KEYS = {"convention": "model_card"}
 def check_identity(recorded: dict, current: dict, accept_new_versions: bool) -> list[str]:
     """Raise IdentityChanged naming what changed and how to continue; returns the version changes accepted."""
     old, new = {**ADDED_KEYS, **_flat(recorded)}, _flat(current)
+    if "device" not in recorded:  # written before the device was recorded: goes on as it is
+        new = {k: v for k, v in new.items() if not k.startswith("device.")}
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if not changed:
         return []
     lines = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
-    versions_only = all(k.startswith("versions.") for k in changed)
+    # another device, like another library version, may change a few tokens: the user may accept it
+    versions_only = all(k.startswith(("versions.", "device.")) for k in changed)
     if versions_only and accept_new_versions:
         return lines
     if versions_only:
-        fix = ("library versions decide the codes: use a new output.dir, or set output.accept_new_versions=true to "
-               "continue this one (the change is recorded in manifest.json under identity_changes)")
+        fix = ("library versions and the device decide the codes: use a new output.dir, or set "
+               "output.accept_new_versions=true to continue this one (the change is recorded in manifest.json under "
+               "identity_changes)")
     elif changed == ["codec.revision"] and old.get("codec.spec") == new.get("codec.spec"):
         fix = (f"{new['codec.spec']} now resolves to another commit than this output's codes came from: to continue "
                f"it, pin codec.revision={old['codec.revision']}")
