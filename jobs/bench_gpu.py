@@ -6,7 +6,9 @@
 On one corpus of decoded 24 kHz audio (the demo's synthetic WebDataset, scaled to --minutes, lengths
 log-normal around 4 s up to 30 s plus a share of 60-90 s clips), with the full-size random-weight
 tokenizer (the real architecture's speed; codes meaningless):
-  1. agreement of TF32 and bf16 codes with float32 codes (per token, and the worst clip);
+  1. token agreement (per token, and the worst clip) of every policy and math mode with (a) float32 codes on
+     the device, (b) each clip encoded alone on the same device in the same math (what the padding masks
+     promise: cuBLAS and cuDNN pick kernels by shape), (c) float32 CPU codes of the first --cpu-seconds;
   2. a batch-size sweep over the calibration candidates and larger ones: audio-s/s, padding efficiency
      (real frames / frames encoded), peak device memory;
   3. audio-hours per GPU-hour of each math mode at its best policy (one device: audio-s/s);
@@ -101,6 +103,8 @@ def main():
     parser.add_argument("--model", default="random:full")
     parser.add_argument("--minutes", type=float, default=30.0, help="audio in the corpus")
     parser.add_argument("--bandwidth", type=float, default=2.0)
+    parser.add_argument("--cpu-seconds", type=float, default=60.0,
+                        help="audio encoded on CPU in float32 as the device-independent reference")
     parser.add_argument("--json", help="also write the best audio-s/s per math mode here (jobs/bench_decode.py --gpu-bench reads it)")
     args = parser.parse_args()
 
@@ -113,14 +117,21 @@ def main():
 
     modes = [("float32", False), ("float32", True), ("bfloat16", False)]
     reference = None
+    on_cpu = 0  # the first clips, --cpu-seconds of audio, also encoded on CPU in float32
+    while on_cpu < len(waves) and sum(w.size for w in waves[:on_cpu]) < args.cpu_seconds * 24000:
+        on_cpu += 1
+    cpu_codec = load_codec(args.model, device="cpu")
+    cpu_codes = [cpu_codec.encode([w], args.bandwidth)[0] for w in waves[:on_cpu]]
+    del cpu_codec
     best: dict[str, tuple] = {}
-    print("\n| math | policy (s x clips) | audio-s/s | padding efficiency | peak memory GB | agreement with float32 (worst clip) | TFLOP/s | of peak |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| math | policy (s x clips) | audio-s/s | padding efficiency | peak memory GB | agreement with float32 (worst clip) | with each clip alone, same math (worst) | with float32 CPU (worst) | TFLOP/s | of peak |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for dtype, tf32 in modes:
         label = "tf32" if tf32 else dtype
         codec = load_codec(args.model, device=args.device, dtype=dtype, allow_tf32=tf32)
         flops = flops_per_audio_second(codec, args.bandwidth)
         peak_flop = peak_flops(codec.device, label)
+        alone = [codec.encode([w], args.bandwidth, max_clips=1)[0] for w in waves]
         for policy in SWEEP:
             codes = None
             try:
@@ -130,15 +141,18 @@ def main():
                     raise
             if codes is None:
                 release_device_memory(codec.device)  # out of the except block: the failed pass's tensors are gone
-                print(f"| {label} | {policy.max_batch_seconds:g} x {policy.max_clips} | out of memory | | | | | |")
+                print(f"| {label} | {policy.max_batch_seconds:g} x {policy.max_clips} | out of memory | | | | | | | |")
                 continue
             if reference is None:
                 reference = codes  # float32 at the first policy: every policy gives the same codes
             overall, worst = agreement(codes, reference)
+            alone_overall, alone_worst = agreement(codes, alone)
+            cpu_overall, cpu_worst = agreement(codes[:on_cpu], cpu_codes)
             speed = audio_s / seconds
             tflops = speed * flops / 1e12
             print(f"| {label} | {policy.max_batch_seconds:g} x {policy.max_clips} | {speed:.1f} | {efficiency:.3f} | "
-                  f"{memory:.1f} | {overall * 100:.3f}% ({worst * 100:.2f}%) | {tflops:.2f} | "
+                  f"{memory:.1f} | {overall * 100:.3f}% ({worst * 100:.2f}%) | {alone_overall * 100:.3f}% "
+                  f"({alone_worst * 100:.2f}%) | {cpu_overall * 100:.3f}% ({cpu_worst * 100:.2f}%) | {tflops:.2f} | "
                   + (f"{speed * flops / peak_flop * 100:.1f}% |" if peak_flop else "n/a |"))
             if label not in best or speed > best[label][0]:
                 best[label] = (speed, policy, overall)

@@ -20,6 +20,10 @@ def test_gpu_benchmark_runs_every_measurement_on_a_cpu_smoke_corpus(tmp_path):
     summary = [line for line in lines if line.count("|") == 6 and line.split("|")[1].strip() in ("float32", "tf32", "bfloat16")]
     assert len(summary) == 3 and "100.000%" in summary[0], done.stdout  # float32 agrees with itself
     assert "decode + resample" in done.stdout
+    # each policy against each clip alone on the device and against float32 CPU codes: on CPU in float32 all equal
+    sweep = [line.split("|") for line in lines if line.startswith("| float32 | ") and line.count("|") == 11]
+    assert sweep and all(row[7].strip().startswith("100.000%") and row[8].strip().startswith("100.000%")
+                         for row in sweep), done.stdout
     rates = json.loads((tmp_path / "gpu.json").read_text())  # what bench_decode.py --gpu-bench reads
     assert rates["device"] == "cpu" and set(rates["best_audio_s_per_s"]) == {"float32", "tf32", "bfloat16"}
 
