@@ -44,11 +44,12 @@ def inject_oom(monkeypatch, processor, error, max_clips: int, longest_s: float) 
     than `longest_s` of audio per clip; returns the cause of each failure raised."""
     real, raised = processor.codec._embeddings, []
 
-    def embeddings(audio, lengths, norm_stats=None):
+    def embeddings(batch):
+        audio = batch.acoustic
         if audio.shape[0] > max_clips or audio.shape[-1] > longest_s * RATE:
             raised.append("batch" if audio.shape[0] > max_clips else "long")
             raise error()
-        return real(audio, lengths, norm_stats)
+        return real(batch)
 
     monkeypatch.setattr(processor.codec, "_embeddings", embeddings)
     return raised
@@ -87,7 +88,7 @@ def test_out_of_memory_releases_the_failed_pass_before_emptying_the_cache(tmp_pa
     processor, (a,) = processor_for(tmp_path, "codec.max_batch_seconds=40", "codec.max_clips=4")
     activations, alive_at_release = [], []
 
-    def embeddings(audio, lengths, norm_stats=None):
+    def embeddings(batch):
         held = torch.ones(1000)  # the failed pass's activations: its frame holds them
         activations.append(weakref.ref(held))
         raise OOM_ERRORS["torch"]()

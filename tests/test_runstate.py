@@ -17,6 +17,7 @@ from pipeline.job import open_run_state, resolve_codec
 from pipeline.run import main as run_main
 from pipeline.runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, RunState, read_run
 from pipeline.runstate.lease import LEASE
+from pipeline.runstate.plan import PLAN
 from pipeline.runstate.records import COMMITS
 from pipeline.runstate.summary import SHARD_LIST
 from pipeline.sources import list_shards
@@ -163,7 +164,7 @@ def test_overwrite_removes_run_state_before_data(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         RunState.open(storage, header(dtype="bfloat16"), output_settings(overwrite=True))
     monkeypatch.undo()
-    assert removed[:3] == ["manifest.json", SHARD_LIST, COMMITS] and removed[3] == "data"
+    assert removed[:4] == ["manifest.json", SHARD_LIST, COMMITS, PLAN] and removed[4] == "data"
     assert not storage.exists("manifest.json") and storage.exists("data/s0.parquet")  # no manifest claims it
     with pytest.raises(OutputError, match="no manifest.json.*output.overwrite=true"):
         RunState.open(storage, header(dtype="bfloat16"), output_settings())

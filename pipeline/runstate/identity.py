@@ -35,13 +35,13 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 # Keys added to the identity after outputs were written without them, with what those outputs had: such an
-# output reads as having that value and goes on unchanged.
+# output (or an identity built without the key) reads as having that value and goes on unchanged.
 ADDED_KEYS = {"convention": "model_card"}
 
 
 def check_identity(recorded: dict, current: dict, accept_new_versions: bool) -> list[str]:
     """Raise IdentityChanged naming what changed and how to continue; returns the version changes accepted."""
-    old, new = {**ADDED_KEYS, **_flat(recorded)}, _flat(current)
+    old, new = {**ADDED_KEYS, **_flat(recorded)}, {**ADDED_KEYS, **_flat(current)}
     if "device" not in recorded:  # written before the device was recorded: goes on as it is
         new = {k: v for k, v in new.items() if not k.startswith("device.")}
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
