@@ -32,6 +32,9 @@ class SourceConfig:
     audio_column: str = "audio"
     key_column: Optional[str] = None  # default: 'id' when present, else shard and row index
     demo_if_missing: bool = False  # demo only: write a synthetic corpus at `urls` when the tars are absent
+    # a tar's .txt/.json member or an HF metadata cell larger than this is an error record, never read into a row:
+    # memory is set by the configuration, not by what a file claims to hold
+    max_text_bytes: int = 4 << 20
 
 
 @dataclass
@@ -39,6 +42,8 @@ class AudioConfig:
     resampler_quality: str = "HQ"  # soxr quality
     max_seconds: float = 4 * 3600.0  # longer clips are error records, not encodes (from the file's header, undecoded)
     decode_threads: int = 0  # 0: one per CPU the actor holds
+    # an audio file (an HF path cell) or tar member larger than this is a `file_too_large` record, never read
+    max_file_bytes: int = 8 << 30
     # normalise each clip's integrated loudness (BS.1770, pyloudnorm) to this many LUFS before encoding, as the
     # reference tokenizer's `loudness_normalize` does (its default target: -23); None: off. See pipeline/loudness.py
     loudness_lufs: Optional[float] = None
