@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
+import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -129,8 +133,8 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
     try:
         layers = [schema]
         if path is not None:
-            layers.append(OmegaConf.load(path))
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
+            layers.append(_load_yaml(path))
+        layers.append(_parse_overrides(list(overrides)))
         merged = OmegaConf.merge(*layers)
         config: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
@@ -140,11 +144,57 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
     return config
 
 
+def _load_yaml(path: str):
+    if not os.path.isfile(path):
+        raise ConfigError("config file", f"{path!r} does not exist" if not os.path.exists(path) else f"{path!r} is not a file",
+                          "the first argument is a YAML config, e.g. configs/demo.yaml")
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or _first_line(error)
+        raise ConfigError("config file", f"{path!r} is not valid YAML: {where}{problem}") from None
+
+
+def _parse_overrides(overrides: list[str]):
+    try:
+        return OmegaConf.from_dotlist(overrides)
+    except yaml.YAMLError as error:  # a value is parsed as YAML: `a=[x` or an unquoted `{`
+        problem = getattr(error, "problem", None) or _first_line(error)
+        raise ConfigError("overrides", f"{overrides} hold a value that is not valid YAML: {problem}",
+                          "quote values holding [ ] { } , : (e.g. source.urls=['a-{0..9}.tar'])") from None
+
+
+def _non_finite(node, prefix: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite number in a config (dataclasses, lists, dicts)."""
+    if is_dataclass(node):
+        items = ((f.name, getattr(node, f.name)) for f in fields(node))
+    elif isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, (list, tuple)):
+        items = enumerate(node)
+    else:
+        return prefix if isinstance(node, float) and not math.isfinite(node) else None
+    for name, value in items:
+        found = _non_finite(value, f"{prefix}.{name}" if prefix else str(name))
+        if found:
+            return found
+    return None
+
+
+# what torch.device takes and an actor can hold; a typo fails here, not in every actor after Ray started
+_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+
+
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0]
 
 
 def validate(config: Config) -> None:
+    non_finite = _non_finite(config)
+    if non_finite:
+        raise ConfigError(non_finite, "is NaN or infinite", "give a finite number")
     s = config.source
     if s.kind not in ("webdataset", "hf"):
         raise ConfigError("source.kind", f"{s.kind!r} is not a source kind", "use 'webdataset' or 'hf'")
@@ -162,6 +212,10 @@ def validate(config: Config) -> None:
         raise ConfigError("audio.resampler_quality", f"{config.audio.resampler_quality!r}", f"one of {SOXR_QUALITIES}")
     if config.audio.max_seconds <= 0:
         raise ConfigError("audio.max_seconds", "must be > 0")
+    if s.max_text_bytes < 1:
+        raise ConfigError("source.max_text_bytes", "must be >= 1")
+    if config.audio.max_file_bytes < 1:
+        raise ConfigError("audio.max_file_bytes", "must be >= 1")
     if config.audio.decode_threads < 0:
         raise ConfigError("audio.decode_threads", "must be >= 0", "0 uses one thread per CPU of the actor")
     loudness = config.audio.loudness_lufs
@@ -169,6 +223,8 @@ def validate(config: Config) -> None:
         raise ConfigError("audio.loudness_lufs", f"{loudness} LUFS is outside ({LOUDNESS_RANGE[0]:g}, {LOUDNESS_RANGE[1]:g}]",
                           "the reference tokenizer normalises to -23; null turns normalisation off")
     c = config.codec
+    if not _DEVICE.fullmatch(c.device):
+        raise ConfigError("codec.device", f"{c.device!r} is not a device", "use auto, cpu, cuda, cuda:N, mps or xpu")
     if c.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError("codec.dtype", f"{c.dtype!r}", "use float32, bfloat16 or float16")
     if c.bandwidth <= 0:

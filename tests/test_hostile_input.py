@@ -89,3 +89,79 @@ def test_gz_tar_with_a_huge_text_member_is_a_metadata_too_large_record_read_in_b
     assert samples["a"].error.reason == "metadata_too_large" and "source.max_text_bytes" in samples["a"].error.detail
     assert samples["b"].audio == wav and samples["b"].error is None
     assert peak < huge // 4, f"{peak / 2**20:.0f} MiB traced while reading"
+
+
+# -- config mistakes -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Ray must not start: a config mistake is reported before it."""
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started for a run whose config is bad")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+
+
+def run_cli(tmp_path, capsys, config_text: str | None, *overrides: str) -> tuple[int, str]:
+    from pipeline.run import main
+
+    path = tmp_path / "run.yaml"
+    if config_text is not None:
+        path.write_text(config_text)
+    code = main([str(path), *overrides])
+    return code, capsys.readouterr().err
+
+
+GOOD_YAML = "source:\n  kind: webdataset\n  urls: [{tar}]\ncodec:\n  model: random:tiny\noutput:\n  dir: {out}\n"
+
+
+@pytest.fixture
+def good_yaml(tmp_path):
+    wav = wav_bytes(clip(), 16000)
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        add(tar, "a.wav", wav)
+    return GOOD_YAML.format(tar=tmp_path / "s.tar", out=tmp_path / "out")
+
+
+def test_malformed_yaml_exits_2_naming_line_and_column_not_a_traceback(tmp_path, capsys, no_ray):
+    code, err = run_cli(tmp_path, capsys, "source:\n  kind: webdataset\n  urls: [a.tar\noutput: {dir: x}\n")
+    assert code == 2 and "not valid YAML" in err and "line 4, column 7" in err
+
+
+def test_missing_config_file_exits_2_not_a_traceback(tmp_path, capsys, no_ray):
+    code, err = run_cli(tmp_path, capsys, None)
+    assert code == 2 and "does not exist" in err and "run.yaml" in err
+
+
+@pytest.mark.parametrize("override", ["audio.max_seconds=nan", "codec.window_s=nan", "codec.context_s=inf",
+                                      "ray.shard_timeout_s=-inf", "guard.max_error_fraction=nan"])
+def test_nan_or_infinite_number_exits_2_naming_its_key(tmp_path, capsys, no_ray, good_yaml, override):
+    code, err = run_cli(tmp_path, capsys, good_yaml, override)
+    key = override.split("=")[0]
+    assert code == 2 and f"'{key}'" in err and "NaN or infinite" in err
+
+
+@pytest.mark.parametrize("device, ok", [("bogus", False), ("cuda:x", False), ("gpu", False), ("cuda:1", True),
+                                        ("cuda", True), ("mps", True), ("cpu", True), ("auto", True)])
+def test_unknown_codec_device_is_a_config_error_before_any_actor(device, ok):
+    from pipeline.config import ConfigError, load_config
+
+    overrides = ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", f"codec.device={device}"]
+    if ok:
+        assert load_config(None, overrides).codec.device == device
+    else:
+        with pytest.raises(ConfigError, match="codec.device"):
+            load_config(None, overrides)
+
+
+def test_source_whose_literal_paths_all_do_not_exist_exits_2_before_ray(tmp_path, capsys, no_ray, good_yaml):
+    code, err = run_cli(tmp_path, capsys, good_yaml, f"source.urls=['{tmp_path}/nope-{{0..2}}.tar','{tmp_path}/gone.tar']")
+    assert code == 2 and "'source.urls'" in err and "none of the 4 paths exists" in err
+    code, err = run_cli(tmp_path, capsys, good_yaml, f"source.urls=['{tmp_path}/nope-*.tar']")
+    assert code == 2 and "match no file" in err
+    code, err = run_cli(tmp_path, capsys, good_yaml, f"source.urls=[{tmp_path}/a-{{0..2}}.tar")
+    assert code == 2 and "'overrides'" in err and "not valid YAML" in err

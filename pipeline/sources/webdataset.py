@@ -11,8 +11,8 @@ import fsspec
 from braceexpand import braceexpand
 
 from ..audio import AUDIO_EXTENSIONS, SampleError, SpilledFile
-from ..config import AudioConfig, SourceConfig
-from . import RawSample, Shard, ShardError, full_url, glob_with_sizes, local_size, read_error, shard_id
+from ..config import AudioConfig, ConfigError, SourceConfig
+from . import RawSample, Shard, ShardError, full_url, glob_with_sizes, is_local, local_size, read_error, shard_id
 
 # Audio members larger than this are copied to a temporary file in chunks, not read into memory: an
 # hour of 48 kHz stereo FLAC is hundreds of MB, held per sample in flight.
@@ -20,7 +20,9 @@ SPILL_ABOVE_BYTES = 64 << 20
 
 
 def list_tar_shards(urls: list[str]) -> list[Shard]:
-    expanded = []
+    """The tars of `urls`; a listing that finds none, or only local paths none of which exists, is a config
+    error before anything starts (remote paths are not asked one by one: a missing one is its shard's error)."""
+    expanded, missing = [], []
     for pattern in urls:
         for url in braceexpand(pattern):
             fs, path = fsspec.core.url_to_fs(url)
@@ -28,6 +30,13 @@ def list_tar_shards(urls: list[str]) -> list[Shard]:
                 expanded += [(full_url(fs, match), size) for match, size in glob_with_sizes(fs, url)]
             else:
                 expanded.append((full_url(fs, path), local_size(fs, path)))
+                if is_local(fs) and not fs.exists(path):
+                    missing.append(url)
+    if not expanded:
+        raise ConfigError("source.urls", f"{urls} match no file", "check the paths and patterns")
+    if len(missing) == len(expanded):
+        raise ConfigError("source.urls", f"none of the {len(missing)} paths exists (the first: {missing[0]!r})",
+                          "check the paths; relative ones are from the directory the command runs in")
     seen, shards = set(), []
     for url, size in expanded:
         if url not in seen:
