@@ -49,6 +49,11 @@ class SampleError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
+# Audio files larger than this are copied to a temporary file in chunks (a SpilledFile), not read into memory:
+# an hour of 48 kHz stereo FLAC is hundreds of MB, held per sample in flight.
+SPILL_ABOVE_BYTES = 64 << 20
+
+
 class SpilledFile:
     """A source member too large to hold in memory, copied to an anonymous temporary file in chunks.
 

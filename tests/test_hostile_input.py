@@ -165,3 +165,77 @@ def test_source_whose_literal_paths_all_do_not_exist_exits_2_before_ray(tmp_path
     assert code == 2 and "match no file" in err
     code, err = run_cli(tmp_path, capsys, good_yaml, f"source.urls=[{tmp_path}/a-{{0..2}}.tar")
     assert code == 2 and "'overrides'" in err and "not valid YAML" in err
+
+
+# -- HF cells ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hostile_parquet(tmp_path):
+    """One Parquet file whose rows are each a different bad cell, between two good ones."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    wav = wav_bytes(clip(), 16000)
+    (tmp_path / "good.wav").write_bytes(wav)
+    (tmp_path / "big.wav").write_bytes(wav + b"\0" * 20_000)
+    os.mkfifo(tmp_path / "fifo.wav")
+    os.mkdir(tmp_path / "folder.wav")
+    cells = {
+        "good_bytes": {"bytes": wav},
+        "ragged": {"array": [[0.1, 0.2], [0.3]], "sampling_rate": 16000},
+        "bad_rate": {"array": [[0.1], [0.2]], "sampling_rate": -5},
+        "unknown_protocol": {"path": "foo://bucket/a.wav"},
+        "missing_driver": {"path": "smb://host/share/a.wav"},
+        "fifo": {"path": str(tmp_path / "fifo.wav")},
+        "folder": {"path": str(tmp_path / "folder.wav")},
+        "too_big": {"path": str(tmp_path / "big.wav")},
+        "huge_text": {"bytes": wav},
+        "good_path": {"path": str(tmp_path / "good.wav")},
+    }
+    audio_type = pa.struct([("bytes", pa.binary()), ("path", pa.string()),
+                            ("array", pa.list_(pa.list_(pa.float32()))), ("sampling_rate", pa.int64())])
+    table = pa.table({"id": list(cells), "audio": pa.array(list(cells.values()), audio_type),
+                      "text": ["x" * (30_000 if key == "huge_text" else 3) for key in cells]})
+    pq.write_table(table, tmp_path / "s.parquet")
+    return tmp_path / "s.parquet", wav
+
+
+def unblocking_fifo_writer(path):
+    """Opens `path` for writing whenever a reader waits on it, so a reader that blocks on a FIFO gets an empty
+    file instead of hanging the test (the test then fails on the reason)."""
+    import threading
+
+    stop = threading.Event()
+
+    def run():
+        while not stop.wait(0.05):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass  # no reader waiting
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return stop
+
+
+def test_bad_hf_cells_are_error_records_for_their_rows_and_the_rest_of_the_shard_is_read(hostile_parquet):
+    from pipeline.config import SourceConfig
+    from pipeline.sources.hf import read_hf_shard
+
+    path, wav = hostile_parquet
+    stop = unblocking_fifo_writer(path.parent / "fifo.wav")
+    try:
+        samples = by_key(read_hf_shard(Shard("s", str(path), "hf-parquet"),
+                                       SourceConfig(kind="hf", path=str(path), max_text_bytes=10_000),
+                                       max_file_bytes=len(wav) + 1000))
+    finally:
+        stop.set()
+    reasons = {key: s.error.reason for key, s in samples.items() if s.error is not None}
+    assert reasons == {"ragged": "bad_array", "bad_rate": "bad_sample_rate", "unknown_protocol": "unreadable_audio_path",
+                       "missing_driver": "unreadable_audio_path", "fifo": "not_a_regular_file",
+                       "folder": "not_a_regular_file", "too_big": "file_too_large", "huge_text": "metadata_too_large"}
+    assert samples["good_bytes"].audio == wav and samples["good_path"].audio == wav
+    assert "audio.max_file_bytes" in samples["too_big"].error.detail
+    assert "source.max_text_bytes" in samples["huge_text"].error.detail

@@ -10,13 +10,10 @@ from typing import Iterator
 import fsspec
 from braceexpand import braceexpand
 
-from ..audio import AUDIO_EXTENSIONS, SampleError, SpilledFile
+from ..audio import AUDIO_EXTENSIONS, SPILL_ABOVE_BYTES, SampleError, SpilledFile
 from ..config import AudioConfig, ConfigError, SourceConfig
 from . import RawSample, Shard, ShardError, full_url, glob_with_sizes, is_local, local_size, read_error, shard_id
 
-# Audio members larger than this are copied to a temporary file in chunks, not read into memory: an
-# hour of 48 kHz stereo FLAC is hundreds of MB, held per sample in flight.
-SPILL_ABOVE_BYTES = 64 << 20
 
 
 def list_tar_shards(urls: list[str]) -> list[Shard]:
