@@ -239,3 +239,99 @@ def test_bad_hf_cells_are_error_records_for_their_rows_and_the_rest_of_the_shard
     assert samples["good_bytes"].audio == wav and samples["good_path"].audio == wav
     assert "audio.max_file_bytes" in samples["too_big"].error.detail
     assert "source.max_text_bytes" in samples["huge_text"].error.detail
+
+
+# -- truncation, unknown lengths, decode memory -----------------------------------------------------------
+
+
+def encoded(fmt: str, subtype: str | None, seconds: float = 2.0, rate: int = 48000, channels: int = 1) -> bytes:
+    import soundfile
+
+    samples = (np.random.default_rng(1).standard_normal((int(seconds * rate), channels)) * 0.1).astype(np.float32)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+def decoded(source, max_seconds: float = 3600.0, blocked_above_s=None):
+    from pipeline.audio import decode_audio
+
+    return decode_audio(source, 24000, "HQ", max_seconds, blocked_above_s=blocked_above_s)
+
+
+def ogg_page_ends(data: bytes) -> list[int]:
+    ends, at = [], 0
+    while data.startswith(b"OggS", at):
+        segments = data[at + 26]
+        at += 27 + segments + sum(data[at + 27:at + 27 + segments])
+        ends.append(at)
+    return ends
+
+
+TRUNCATED = {  # format, subtype: libsndfile returns the bytes present as a shorter clip for each, without a word
+    "opus": ("OGG", "OPUS"), "vorbis": ("OGG", "VORBIS"), "wav": ("WAV", "PCM_16"), "w64": ("W64", "PCM_16"),
+    "rf64": ("RF64", "PCM_16"), "aiff": ("AIFF", "PCM_16"), "au": ("AU", "PCM_16"), "nist": ("NIST", "PCM_16"),
+    "mp3": ("MP3", None),
+}
+
+
+@pytest.mark.parametrize("name", TRUNCATED)
+def test_truncated_file_is_a_truncated_record_not_a_shorter_clip(name):
+    from pipeline.audio import SampleError, SpilledFile
+
+    data = encoded(*TRUNCATED[name])
+    assert decoded(data).duration_s == pytest.approx(2.0, abs=0.05)  # whole: accepted as it is
+    cuts = [int(len(data) * 0.9)]
+    if name in ("opus", "vorbis"):
+        cuts.append(ogg_page_ends(data)[-2])  # cut between two pages: every page whole, the last one lost
+    for cut in cuts:
+        for source in (data[:cut], SpilledFile(io.BytesIO(data[:cut]))):
+            with pytest.raises(SampleError) as error:
+                decoded(source)
+            assert error.value.reason == "truncated", (cut, error.value)
+
+
+def flac_without_length(data: bytes) -> bytes:
+    """The FLAC with STREAMINFO's total_samples (36 bits from bit 108 of the block after the 8 bytes of 'fLaC'
+    and the block header) set to 0, "unknown": what ffmpeg writes when its output is a pipe."""
+    patched = bytearray(data)
+    streaminfo = int.from_bytes(patched[8:26], "big")
+    streaminfo &= ~(((1 << 36) - 1) << (144 - 108 - 36))
+    patched[8:26] = streaminfo.to_bytes(18, "big")
+    return bytes(patched)
+
+
+def test_flac_whose_header_declares_no_length_is_decoded_and_measured_not_too_long():
+    from pipeline.audio import SampleError, SpilledFile
+
+    data = encoded("FLAC", "PCM_16", seconds=2.5, rate=16000, channels=2)
+    unknown = flac_without_length(data)
+    reference = decoded(data)
+    for source in (unknown, SpilledFile(io.BytesIO(unknown))):
+        audio = decoded(source)
+        assert audio.duration_s == pytest.approx(2.5) and audio.source_channels == 2
+        np.testing.assert_array_equal(audio.wave[:], reference.wave)
+    with pytest.raises(SampleError) as error:
+        decoded(unknown, max_seconds=1.0)
+    assert error.value.reason == "too_long" and "while decoding" in error.value.detail
+
+
+def test_small_file_of_many_channels_at_a_high_rate_decodes_in_bounded_memory():
+    """6 s of 8-channel 384 kHz silence: a FLAC of a few hundred kB whose whole-file decode is 74 MB of float32."""
+    from codec import FileWave
+
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros((6 * 384000, 8), np.float32), 384000, format="FLAC")
+    data = buffer.getvalue()
+    assert len(data) < 1 << 20
+    tracemalloc.start()
+    try:
+        audio = decoded(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(audio.wave, FileWave) and audio.duration_s == pytest.approx(6.0)
+    assert peak < 40 << 20, f"{peak / 2**20:.0f} MiB traced while decoding"
+    audio.wave.close()
