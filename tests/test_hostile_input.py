@@ -335,3 +335,30 @@ def test_small_file_of_many_channels_at_a_high_rate_decodes_in_bounded_memory():
     assert isinstance(audio.wave, FileWave) and audio.duration_s == pytest.approx(6.0)
     assert peak < 40 << 20, f"{peak / 2**20:.0f} MiB traced while decoding"
     audio.wave.close()
+
+
+# -- end to end: every member counted --------------------------------------------------------------------------
+
+
+def test_hostile_tar_members_are_each_a_row_or_an_error_record_in_a_real_run(tmp_path, ray_local):
+    from tests.test_pipeline import config_for, read_rows, records_of
+    from tests.test_reliability import errors_of
+    from pipeline.job import run_job
+
+    wav, opus = wav_bytes(clip(), 16000), encoded("OGG", "OPUS")
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        add(tar, "a.wav", wav)
+        add(tar, "b.wav", wav)
+        add(tar, "b.wav", wav)
+        add(tar, "c.wav", type=tarfile.SYMTYPE, linkname="a.wav")
+        add(tar, "d.wav", type=tarfile.LNKTYPE, linkname="a.wav")
+        add(tar, "e.opus", opus[:int(len(opus) * 0.9)])
+        add(tar, "f.flac", flac_without_length(encoded("FLAC", "PCM_16", seconds=1.0, rate=16000)))
+        add(tar, "g.txt", b"x" * 5000)
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "s.tar")], "max_text_bytes": 1000})
+    assert run_job(config).status == "complete"
+    assert sorted(r["key"] for r in read_rows(config.output.dir)) == ["a", "d", "f"]
+    assert {e["key"]: e["reason"] for e in errors_of(config.output.dir)} == {
+        "b": "duplicate_member", "c": "unsupported_member", "e": "truncated", "g": "metadata_too_large"}
+    record = next(iter(records_of(config.output.dir).values()))
+    assert record["samples_read"] == 7 == record["rows"] + record["errors"]
