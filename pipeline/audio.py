@@ -1,7 +1,8 @@
 """Audio bytes, spilled files or arrays -> validated mono float32 at the codec's rate.
 
 A file's length is read from its header before any sample is decoded, so one over `audio.max_seconds`
-costs nothing. Clips up to BLOCKED_ABOVE_S decode whole, as they always have. Longer ones decode
+costs nothing (one whose header declares no length is measured as it decodes). Clips up to BLOCKED_ABOVE_S
+(and up to that many seconds of 48 kHz stereo in samples) decode whole, as they always have. Longer ones decode
 BLOCK_S at a time, each block downmixed and pushed through soxr's streaming resampler into a `FileWave`
 (a temporary file the codec reads a window at a time): memory is a block and a window, not the clip.
 Downmixing is per frame and soxr's stream gives its one-shot resampler's samples exactly, so the blocked
@@ -38,11 +39,11 @@ AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "oga", "aiff", "aif", "
 
 BLOCK_S = 10.0  # decoded and resampled at a time, for clips over BLOCKED_ABOVE_S
 BLOCKED_ABOVE_S = 120.0
-# Decoded float32 bytes (frames x channels x 4) a clip may take whole, and a block at most: a small file of many
-# channels at a high rate is decoded in blocks too, so its size, not its length, cannot claim gigabytes. The
-# whole-file limit is 120 s of 48 kHz stereo, so no clip that decoded whole before moves to blocks; blocks give
-# the whole-file samples (see above), so the recorded DECODE_METHOD stands.
-WHOLE_MAX_BYTES = round(BLOCKED_ABOVE_S * 48000 * 2 * 4)
+# A clip decodes whole only if it also holds no more samples (frames x channels) than `blocked_above_s` of 48 kHz
+# stereo: a small file of many channels at a high rate is decoded in blocks too, so what it declares cannot claim
+# gigabytes. No clip that decoded whole before moves to blocks, and blocks give the whole-file samples (see
+# above), so the recorded DECODE_METHOD stands. A block is at most BLOCK_MAX_BYTES of decoded float32.
+WHOLE_SAMPLES_PER_S = 48000 * 2
 BLOCK_MAX_BYTES = 16 << 20
 # libsndfile's `frames` for a stream whose container declares no length (FLAC with total_samples = 0, as
 # ffmpeg writes to a pipe): such a file is decoded in blocks and measured, audio.max_seconds applied as it goes
@@ -105,7 +106,8 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
     """Bytes, a SpilledFile or an (array, sample_rate) pair -> validated audio at `target_rate`.
 
     A file declaring more than `max_seconds` is refused from its header, before any sample is decoded;
-    one longer than `blocked_above_s` (None: BLOCKED_ABOVE_S) is decoded in blocks into a FileWave.
+    one longer than `blocked_above_s` (None: BLOCKED_ABOVE_S), holding more samples than that long a 48 kHz
+    stereo clip, or whose container declares no length, is decoded in blocks into a FileWave.
     `loudness_lufs`: normalise the clip's integrated loudness to this target (None: leave it)."""
     blocked_above_s = BLOCKED_ABOVE_S if blocked_above_s is None else blocked_above_s
     if not isinstance(source, (bytes, bytearray, SpilledFile)):
@@ -115,7 +117,8 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
         unknown = f.frames == UNKNOWN_FRAMES
         if f.samplerate > 0 and not unknown:
             _require_within(f.frames / f.samplerate, max_seconds, " (the header's length; not decoded)")
-        if unknown or f.frames > blocked_above_s * f.samplerate or f.frames * f.channels * 4 > WHOLE_MAX_BYTES:
+        if (unknown or f.frames > blocked_above_s * f.samplerate
+                or f.frames * f.channels > blocked_above_s * WHOLE_SAMPLES_PER_S):
             return _decode_in_blocks(f, target_rate, quality, loudness_lufs, max_seconds)
         array, rate = _read_whole(f), f.samplerate
     return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs)
