@@ -1,12 +1,13 @@
 """Does a file hold all the audio its container declares? Read from the container's own bytes.
 
-libsndfile decodes a cut file without complaint, returning what is there: for WAV, W64, RF64, AIFF, AU and
-NIST it shrinks the length to the bytes present, and an Ogg file (Vorbis, Opus) declares no length beyond
+libsndfile decodes a cut file without complaint, returning what is there: for WAV, W64, RF64, AIFF, 8SVX, AVR,
+AU and NIST it shrinks the length to the bytes present, and an Ogg file (Vorbis, Opus) declares no length beyond
 its last page. So the declared length is read here from the header (the data chunk's size against the bytes
 after it), and an Ogg stream must end on a whole page carrying the end-of-stream flag. FLAC and MP3 declare
 their length where libsndfile reads it (`frames`), and pipeline/audio.py compares the decoded length with it.
-Containers whose header declares no length (IRCAM, raw) cannot be checked; neither can a data chunk that does
-not start within the first HEAD_BYTES.
+Containers whose header declares no length (IRCAM, raw) cannot be checked, and these are not parsed: MAT4, MAT5,
+PAF, PVF, VOC, WVE, MPC2K (rare in audio corpora); nor can a data chunk that does not start within the first
+HEAD_BYTES.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def truncation(head: bytes, tail: bytes, size: int) -> str:
         return _w64(head, size)
     if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
         return _chunks(head, size, 12, "big", b"SSND", "AIFF sound data chunk")
+    if head[:4] == b"FORM" and head[8:12] in (b"8SVX", b"16SV"):
+        return _chunks(head, size, 12, "big", b"BODY", "8SVX body chunk")
+    if head[:4] == b"2BIT":
+        return _avr(head, size)
     if head[:4] == b".snd":
         return _au(head, size)
     if head[:7] == b"NIST_1A":
@@ -87,6 +92,14 @@ def _w64(head: bytes, size: int) -> str:
             return _missing("W64 data chunk", declared - 24, size - pos - 24)
         pos += (declared + 7) & ~7
     return ""
+
+
+def _avr(head: bytes, size: int) -> str:
+    # Audio Visual Research: a 128-byte big-endian header; mono flag (0 / all ones) at 12, bits per sample at 14,
+    # frames at 26
+    channels = 2 if head[12:14] == b"\xff\xff" else 1
+    bits, frames = int.from_bytes(head[14:16], "big"), int.from_bytes(head[26:30], "big")
+    return _missing("AVR sample data", frames * channels * (bits // 8), size - 128)
 
 
 def _au(head: bytes, size: int) -> str:

@@ -271,7 +271,7 @@ def ogg_page_ends(data: bytes) -> list[int]:
 TRUNCATED = {  # format, subtype: libsndfile returns the bytes present as a shorter clip for each, without a word
     "opus": ("OGG", "OPUS"), "vorbis": ("OGG", "VORBIS"), "wav": ("WAV", "PCM_16"), "w64": ("W64", "PCM_16"),
     "rf64": ("RF64", "PCM_16"), "aiff": ("AIFF", "PCM_16"), "au": ("AU", "PCM_16"), "nist": ("NIST", "PCM_16"),
-    "mp3": ("MP3", None),
+    "svx": ("SVX", "PCM_16"), "avr": ("AVR", "PCM_16"), "avr_stereo": ("AVR", "PCM_16", 2), "mp3": ("MP3", None),
 }
 
 
@@ -279,7 +279,8 @@ TRUNCATED = {  # format, subtype: libsndfile returns the bytes present as a shor
 def test_truncated_file_is_a_truncated_record_not_a_shorter_clip(name):
     from pipeline.audio import SampleError, SpilledFile
 
-    data = encoded(*TRUNCATED[name])
+    fmt, subtype, *channels = TRUNCATED[name]
+    data = encoded(fmt, subtype, rate=16000 if fmt in ("SVX", "AVR") else 48000, channels=channels[0] if channels else 1)
     assert decoded(data).duration_s == pytest.approx(2.0, abs=0.05)  # whole: accepted as it is
     cuts = [int(len(data) * 0.9)]
     if name in ("opus", "vorbis"):
