@@ -33,7 +33,7 @@ def list_tar_shards(urls: list[str]) -> list[Shard]:
         raise ConfigError("source.urls", f"{urls} match no file", "check the paths and patterns")
     if len(missing) == len(expanded):
         raise ConfigError("source.urls", f"none of the {len(missing)} paths exists (the first: {missing[0]!r})",
-                          "check the paths; relative ones are from the directory the command runs in")
+                          "check the paths: they are looked for where the driver runs, relative ones from its working directory")
     seen, shards = set(), []
     for url, size in expanded:
         if url not in seen:
