@@ -171,7 +171,8 @@ def _decode_in_blocks(f: soundfile.SoundFile, target_rate: int, quality: str, lo
             # read(), not blocks(): a short read (the end, or a truncated file) must show as one
             mono = _read_block(f, block, declared == UNKNOWN_FRAMES).mean(axis=1, dtype=np.float32)
             decoded += len(mono)
-            _require_within(decoded / rate, max_seconds, " (found while decoding: its header declares no length)")
+            _require_within(decoded / rate, max_seconds, " (found while decoding" +
+                            (": its header declares no length)" if declared == UNKNOWN_FRAMES else ")"))
             non_finite += _non_finite_count(mono)
             last = len(mono) < block
             if meter is not None:

@@ -125,16 +125,27 @@ def _nist(head: bytes, size: int) -> str:
 
 
 def _ogg(tail: bytes) -> str:
-    """The stream must end on a whole page with the end-of-stream flag: a cut mid-page leaves no whole page
-    ending at the end of the file, a cut between pages leaves one without the flag."""
+    """The stream must end on a whole page with the end-of-stream flag: a cut mid-page leaves a part of a page
+    after the last whole one, a cut between pages a last page without the flag. Bytes after the last page that
+    are no page (an ID3 tag some tools append) are passed over, as libsndfile does."""
     at = tail.rfind(b"OggS")
     while at >= 0:
-        if at + 27 <= len(tail):
-            segments = tail[at + 26]
-            lacing = tail[at + 27:at + 27 + segments]
-            if len(lacing) == segments and at + 27 + segments + sum(lacing) == len(tail):
-                if tail[at + 5] & _OGG_END_OF_STREAM:
-                    return ""
-                return "the Ogg stream ends without its end-of-stream page"
+        end = _ogg_page_end(tail, at)
+        if end is not None:  # else: part of a page, or the four bytes inside a page's data
+            if tail.startswith(b"OggS", end):
+                return "the Ogg stream ends inside a page"  # a page follows this whole one, and it is not whole
+            if tail[at + 5] & _OGG_END_OF_STREAM:
+                return ""
+            return "the Ogg stream ends without its end-of-stream page"
         at = tail.rfind(b"OggS", 0, at)
     return "the Ogg stream ends inside a page"
+
+
+def _ogg_page_end(data: bytes, at: int) -> int | None:
+    """Where the page starting at `at` ends, if all of it is in `data`."""
+    if at + 27 > len(data):
+        return None
+    segments = data[at + 26]
+    lacing = data[at + 27:at + 27 + segments]
+    end = at + 27 + segments + sum(lacing)
+    return end if len(lacing) == segments and end <= len(data) else None

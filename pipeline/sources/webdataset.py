@@ -15,7 +15,6 @@ from ..config import AudioConfig, ConfigError, SourceConfig
 from . import RawSample, Shard, ShardError, full_url, glob_with_sizes, is_local, local_size, read_error, shard_id
 
 
-
 def list_tar_shards(urls: list[str]) -> list[Shard]:
     """The tars of `urls`; a listing that finds none, or only local paths none of which exists, is a config
     error before anything starts (remote paths are not asked one by one: a missing one is its shard's error)."""
