@@ -16,8 +16,9 @@ whose MPEG-2 decoding in libsndfile depends on read sizes) decoded whole and in 
 tokens, and the largest difference between the two 24 kHz waveforms.
 
 Hostile (`--hostile`): small files whose content, not their size, would set the memory, each in a fresh process
-through the same ShardProcessor: a .tar.gz of under a MB holding a 512 MiB .txt (beside a short WAV), and a tar
-of a 119 s FLAC of 8-channel 384 kHz silence (under 120 s, so by length alone it would decode whole).
+through the same ShardProcessor: a .tar.gz of under a MB holding a 512 MiB .txt (beside a short WAV), a tar
+of a 119 s FLAC of 8-channel 384 kHz silence (under 120 s, so by length alone it would decode whole), and a
+tar of four such FLACs decoded by four threads at once.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def write_shard(folder: str, minutes: float) -> tuple[str, int]:
     return tar, size
 
 
-def measure_shard(tar: str, out_dir: str, whole_file: bool) -> dict:
+def measure_shard(tar: str, out_dir: str, whole_file: bool, decode_threads: int = 1) -> dict:
     """Runs in a fresh process: one shard through the actor's ShardProcessor, as a 1-CPU actor runs it."""
     import torch
 
@@ -65,18 +66,20 @@ def measure_shard(tar: str, out_dir: str, whole_file: bool) -> dict:
         pipeline.audio.BLOCKED_ABOVE_S = float("inf")
         pipeline.sources.webdataset.SPILL_ABOVE_BYTES = float("inf")
     config = load_config(None, ["source.kind=webdataset", f"source.urls=[{tar}]", "codec.model=random:tiny",
+                                f"audio.decode_threads={decode_threads}",
                                 f"output.dir={out_dir}"])
     processor = ShardProcessor(config, "bench", cpus=1)
     loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (shard,) = list_shards(config.source).shards
     result = processor.process(shard)
-    assert result.status == "done" and result.rows == 1, result
+    assert result.status == "done" and result.rows >= 1, result
     return {"loaded_mb": loaded_mb, "peak_mb": result.peak_rss_mb, "seconds": result.seconds,
             "audio_seconds": result.audio_seconds, "errors": result.error_reasons}
 
 
-def measure_in_fresh_process(tar: str, out_dir: str, whole_file: bool) -> dict:
-    command = [sys.executable, __file__, "--child", tar, out_dir] + (["--whole-file"] if whole_file else [])
+def measure_in_fresh_process(tar: str, out_dir: str, whole_file: bool, decode_threads: int = 1) -> dict:
+    command = [sys.executable, __file__, "--child", tar, out_dir, f"--decode-threads={decode_threads}"]
+    command += ["--whole-file"] if whole_file else []
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -121,7 +124,7 @@ def agreement(folder: str, seconds: float) -> None:
 
 
 def write_hostile_shards(folder: str) -> list[tuple[str, str]]:
-    """(what, tar path) of the two hostile shards (see the module's docstring)."""
+    """(what, tar path, decode threads) of the hostile shards (see the module's docstring)."""
     import gzip
     import tarfile
 
@@ -141,10 +144,12 @@ def write_hostile_shards(folder: str) -> list[tuple[str, str]]:
         silence = np.zeros((384000, 8), np.float32)
         for _ in range(119):
             f.write(silence)
-    flac_tar = os.path.join(folder, "wide.tar")
+    flac_tar, four_tar = os.path.join(folder, "wide.tar"), os.path.join(folder, "wide-4.tar")
     write_tar(flac_tar, [SynthSample("wide", {"flac": pathlib.Path(flac)}, 119.0)])
-    return [(f"{os.path.getsize(text_tar) / 1e6:.2f} MB .tar.gz: 512 MiB .txt + 1 s WAV", text_tar),
-            (f"{os.path.getsize(flac) / 1e6:.2f} MB FLAC: 119 s, 8 ch, 384 kHz", flac_tar)]
+    write_tar(four_tar, [SynthSample(f"wide{i}", {"flac": pathlib.Path(flac)}, 119.0) for i in range(4)])
+    wide = f"{os.path.getsize(flac) / 1e6:.2f} MB FLAC: 119 s, 8 ch, 384 kHz"
+    return [(f"{os.path.getsize(text_tar) / 1e6:.2f} MB .tar.gz: 512 MiB .txt + 1 s WAV", text_tar, 1),
+            (wide, flac_tar, 1), (f"4 x {wide}, 4 decode threads", four_tar, 4)]
 
 
 class _Chunks:
@@ -166,9 +171,9 @@ class _Chunks:
 def hostile_table(folder: str) -> None:
     from pipeline.scheduler import CPU_ACTOR_MEMORY_GB
 
-    print("\npeak RSS of the actor's ShardProcessor on small hostile files (random:tiny, 1 thread, 1 decode thread)")
-    for what, tar in write_hostile_shards(folder):
-        row = measure_in_fresh_process(tar, os.path.join(folder, f"out-{os.path.basename(tar)}"), False)
+    print("\npeak RSS of the actor's ShardProcessor on small hostile files (random:tiny, 1 torch thread)")
+    for what, tar, threads in write_hostile_shards(folder):
+        row = measure_in_fresh_process(tar, os.path.join(folder, f"out-{os.path.basename(tar)}"), False, threads)
         print(f"  {what}: peak {row['peak_mb']:.0f} MB ({row['peak_mb'] - row['loaded_mb']:.0f} MB over the loaded actor; "
               f"a CPU actor reserves {CPU_ACTOR_MEMORY_GB:g} GB), error records {row['errors'] or 'none'}")
 
@@ -186,9 +191,10 @@ def main():
     parser.add_argument("--hostile", action="store_true", help="only the hostile small files")
     parser.add_argument("--child", nargs=2, metavar=("TAR", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--whole-file", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--decode-threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure_shard(*args.child, args.whole_file)))
+        print(json.dumps(measure_shard(*args.child, args.whole_file, args.decode_threads)))
         return
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
