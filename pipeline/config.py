@@ -155,6 +155,8 @@ def _load_yaml(path: str):
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(error, "problem", None) or _first_line(error)
         raise ConfigError("config file", f"{path!r} is not valid YAML: {where}{problem}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError("config file", f"{path!r} is not text (UTF-8): byte {error.start}") from None
 
 
 def _parse_overrides(overrides: list[str]):

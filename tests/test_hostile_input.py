@@ -130,6 +130,9 @@ def good_yaml(tmp_path):
 def test_malformed_yaml_exits_2_naming_line_and_column_not_a_traceback(tmp_path, capsys, no_ray):
     code, err = run_cli(tmp_path, capsys, "source:\n  kind: webdataset\n  urls: [a.tar\noutput: {dir: x}\n")
     assert code == 2 and "not valid YAML" in err and "line 4, column 7" in err
+    (tmp_path / "run.yaml").write_bytes(b"source:\xae\xff\x00")
+    code, err = run_cli(tmp_path, capsys, None)
+    assert code == 2 and "is not text" in err
 
 
 def test_missing_config_file_exits_2_not_a_traceback(tmp_path, capsys, no_ray):
