@@ -368,3 +368,35 @@ def test_hostile_tar_members_are_each_a_row_or_an_error_record_in_a_real_run(tmp
         "b": "duplicate_member", "c": "unsupported_member", "e": "truncated", "g": "metadata_too_large"}
     record = next(iter(records_of(config.output.dir).values()))
     assert record["samples_read"] == 7 == record["rows"] + record["errors"]
+
+
+def test_http_path_cells_are_bounded_by_max_file_bytes_and_a_503_is_the_shards_to_retry(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.config import SourceConfig
+    from pipeline.failures import TRANSIENT
+    from pipeline.sources import ShardError
+    from pipeline.sources.hf import read_hf_shard
+    from tests.httpserver import TroubleServer
+
+    wav = wav_bytes(clip(), 16000)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "good.wav").write_bytes(wav)
+    (served / "big.wav").write_bytes(wav + b"\0" * 20_000)
+    (served / "flaky-a.wav").write_bytes(wav)
+    with TroubleServer(str(served), flaky_failures=100) as server:
+        def read(names):
+            path = tmp_path / f"{len(names)}.parquet"
+            pq.write_table(pa.table({"id": names, "audio": [f"{server.url}/{n}" for n in names]}), path)
+            return by_key(read_hf_shard(Shard("s", str(path), "hf-parquet"), SourceConfig(kind="hf", path=str(path)),
+                                        max_file_bytes=len(wav) + 1000))
+
+        samples = read(["good.wav", "big.wav", "gone.wav"])
+        assert samples["good.wav"].audio == wav
+        assert samples["big.wav"].error.reason == "file_too_large" and server.gets["big.wav"] == 0  # never read
+        assert samples["gone.wav"].error.reason == "missing_audio_file"
+        with pytest.raises(ShardError) as error:
+            read(["good.wav", "flaky-a.wav"])
+        assert error.value.kind == TRANSIENT
