@@ -56,14 +56,14 @@ def _protocol(fs) -> str:
     return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
 
-def is_local(fs) -> bool:
+def _is_local(fs) -> bool:
     return _protocol(fs) in ("file", "local")
 
 
 def full_url(fs, path: str) -> str:
     """A path that fsspec returned (protocol stripped) as the URL to open it again. One file has one URL:
     a local file is its normalised absolute path however it was spelled (relative, file://, with ..)."""
-    if is_local(fs):
+    if _is_local(fs):
         return os.path.normpath(path)
     return path if "://" in path else f"{_protocol(fs)}://{path}"  # http(s) paths keep their scheme
 
@@ -81,7 +81,7 @@ def glob_with_sizes(fs, pattern: str) -> list[tuple[str, int]]:
 
 def local_size(fs, path: str) -> int:
     """A local file's size; 0 elsewhere, where asking would cost a request per shard."""
-    return int(fs.size(path) or 0) if is_local(fs) and fs.isfile(path) else 0
+    return int(fs.size(path) or 0) if _is_local(fs) and fs.isfile(path) else 0
 
 
 def largest_first(shards) -> list[Shard]:

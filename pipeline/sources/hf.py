@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from ..audio import SPILL_ABOVE_BYTES, SampleError, SpilledFile
 from ..config import AudioConfig, ConfigError, SourceConfig
 from ..failures import transient_cause
-from . import (RawSample, Shard, ShardError, SourceListing, full_url, glob_with_sizes, is_local, local_size, read_error,
+from . import (RawSample, Shard, ShardError, SourceListing, _is_local, full_url, glob_with_sizes, local_size, read_error,
                shard_id)
 
 BATCH_ROWS = 64
@@ -179,7 +179,7 @@ def _read_audio_file(path: str, max_file_bytes: int) -> bytes | SpilledFile:
     except (ValueError, ImportError) as error:  # an unknown protocol; a filesystem whose driver is not installed
         raise SampleError("unreadable_audio_path", f"{path}: {type(error).__name__}: {str(error)[:160]}") from None
     try:
-        if is_local(fs):
+        if _is_local(fs):
             return _read_local_file(path, inner, max_file_bytes)
         info = fs.info(inner)
         if info.get("type") != "file":

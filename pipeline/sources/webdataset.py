@@ -12,7 +12,7 @@ from braceexpand import braceexpand
 
 from ..audio import AUDIO_EXTENSIONS, SPILL_ABOVE_BYTES, SampleError, SpilledFile
 from ..config import AudioConfig, ConfigError, SourceConfig
-from . import RawSample, Shard, ShardError, full_url, glob_with_sizes, is_local, local_size, read_error, shard_id
+from . import RawSample, Shard, ShardError, _is_local, full_url, glob_with_sizes, local_size, read_error, shard_id
 
 
 def list_tar_shards(urls: list[str]) -> list[Shard]:
@@ -26,7 +26,7 @@ def list_tar_shards(urls: list[str]) -> list[Shard]:
                 expanded += [(full_url(fs, match), size) for match, size in glob_with_sizes(fs, url)]
             else:
                 expanded.append((full_url(fs, path), local_size(fs, path)))
-                if is_local(fs) and not fs.exists(path):
+                if _is_local(fs) and not fs.exists(path):
                     missing.append(url)
     if not expanded:
         raise ConfigError("source.urls", f"{urls} match no file", "check the paths and patterns")
