@@ -2,6 +2,7 @@
 
     python jobs/bench_memory.py                                  # 10 min, 1 h, 3 h (prints its own run time)
     python jobs/bench_memory.py --minutes 10 60 --whole-minutes 10 --agreement-seconds 180
+    python jobs/bench_memory.py --hostile                        # only the small files that claim gigabytes
 
 Memory: one 48 kHz stereo FLAC per WebDataset tar, processed by the `ShardProcessor` a CPU actor runs
 (one torch thread, one decode thread, `random:tiny`, default 120 s windows), each length in a fresh
@@ -13,6 +14,11 @@ Agreement: synthetic stereo clips of `--agreement-seconds` (FLAC at 44.1 and 48 
 whose MPEG-2 decoding in libsndfile depends on read sizes) decoded whole and in blocks
 (pipeline.audio.DECODE_METHOD), encoded with `random:tiny` (windowed past 120 s): the share of equal
 tokens, and the largest difference between the two 24 kHz waveforms.
+
+Hostile (`--hostile`): small files whose content, not their size, would set the memory, each in a fresh process
+through the same ShardProcessor: a .tar.gz of under a MB holding a 512 MiB .txt (beside a short WAV), a tar
+of a 119 s FLAC of 8-channel 384 kHz silence (under 120 s, so by length alone it would decode whole), and a
+tar of four such FLACs decoded by four threads at once.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ def write_shard(folder: str, minutes: float) -> tuple[str, int]:
     return tar, size
 
 
-def measure_shard(tar: str, out_dir: str, whole_file: bool) -> dict:
+def measure_shard(tar: str, out_dir: str, whole_file: bool, decode_threads: int = 1) -> dict:
     """Runs in a fresh process: one shard through the actor's ShardProcessor, as a 1-CPU actor runs it."""
     import torch
 
@@ -60,18 +66,20 @@ def measure_shard(tar: str, out_dir: str, whole_file: bool) -> dict:
         pipeline.audio.BLOCKED_ABOVE_S = float("inf")
         pipeline.sources.webdataset.SPILL_ABOVE_BYTES = float("inf")
     config = load_config(None, ["source.kind=webdataset", f"source.urls=[{tar}]", "codec.model=random:tiny",
+                                f"audio.decode_threads={decode_threads}",
                                 f"output.dir={out_dir}"])
     processor = ShardProcessor(config, "bench", cpus=1)
     loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (shard,) = list_shards(config.source).shards
     result = processor.process(shard)
-    assert result.status == "done" and result.rows == 1, result
+    assert result.status == "done" and result.rows >= 1, result
     return {"loaded_mb": loaded_mb, "peak_mb": result.peak_rss_mb, "seconds": result.seconds,
-            "audio_seconds": result.audio_seconds}
+            "audio_seconds": result.audio_seconds, "errors": result.error_reasons}
 
 
-def measure_in_fresh_process(tar: str, out_dir: str, whole_file: bool) -> dict:
-    command = [sys.executable, __file__, "--child", tar, out_dir] + (["--whole-file"] if whole_file else [])
+def measure_in_fresh_process(tar: str, out_dir: str, whole_file: bool, decode_threads: int = 1) -> dict:
+    command = [sys.executable, __file__, "--child", tar, out_dir, f"--decode-threads={decode_threads}"]
+    command += ["--whole-file"] if whole_file else []
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -115,6 +123,61 @@ def agreement(folder: str, seconds: float) -> None:
               f"of {whole_codes.size}")
 
 
+def write_hostile_shards(folder: str) -> list[tuple[str, str]]:
+    """(what, tar path, decode threads) of the hostile shards (see the module's docstring)."""
+    import gzip
+    import tarfile
+
+    import soundfile
+
+    from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
+
+    text_tar = os.path.join(folder, "huge-text.tar.gz")
+    wav = encode_audio(synth_clip(np.random.default_rng(0), 1.0, 16000), 16000, "wav")
+    with gzip.open(text_tar, "wb", compresslevel=9) as raw, tarfile.open(fileobj=raw, mode="w|") as tar:
+        for name, size, chunks in (("a.wav", len(wav), [wav]), ("b.txt", 512 << 20, (b"x" * (1 << 20) for _ in range(512)))):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, _Chunks(chunks))
+    flac = os.path.join(folder, "wide.flac")
+    with soundfile.SoundFile(flac, "w", 384000, 8, format="FLAC") as f:
+        silence = np.zeros((384000, 8), np.float32)
+        for _ in range(119):
+            f.write(silence)
+    flac_tar, four_tar = os.path.join(folder, "wide.tar"), os.path.join(folder, "wide-4.tar")
+    write_tar(flac_tar, [SynthSample("wide", {"flac": pathlib.Path(flac)}, 119.0)])
+    write_tar(four_tar, [SynthSample(f"wide{i}", {"flac": pathlib.Path(flac)}, 119.0) for i in range(4)])
+    wide = f"{os.path.getsize(flac) / 1e6:.2f} MB FLAC: 119 s, 8 ch, 384 kHz"
+    return [(f"{os.path.getsize(text_tar) / 1e6:.2f} MB .tar.gz: 512 MiB .txt + 1 s WAV", text_tar, 1),
+            (wide, flac_tar, 1), (f"4 x {wide}, 4 decode threads", four_tar, 4)]
+
+
+class _Chunks:
+    """A file-like object over byte chunks, so a 512 MiB member is written without holding it."""
+
+    def __init__(self, chunks):
+        self.chunks, self.buffer = iter(chunks), b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self.buffer) < size:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                break
+            self.buffer += chunk
+        out, self.buffer = (self.buffer, b"") if size < 0 else (self.buffer[:size], self.buffer[size:])
+        return out
+
+
+def hostile_table(folder: str) -> None:
+    from pipeline.scheduler import CPU_ACTOR_MEMORY_GB
+
+    print("\npeak RSS of the actor's ShardProcessor on small hostile files (random:tiny, 1 torch thread)")
+    for what, tar, threads in write_hostile_shards(folder):
+        row = measure_in_fresh_process(tar, os.path.join(folder, f"out-{os.path.basename(tar)}"), False, threads)
+        print(f"  {what}: peak {row['peak_mb']:.0f} MB ({row['peak_mb'] - row['loaded_mb']:.0f} MB over the loaded actor; "
+              f"a CPU actor reserves {CPU_ACTOR_MEMORY_GB:g} GB), error records {row['errors'] or 'none'}")
+
+
 def _length(minutes: float) -> str:
     return f"{minutes / 60:g} h" if minutes >= 60 else f"{minutes:g} min"
 
@@ -125,16 +188,20 @@ def main():
     parser.add_argument("--whole-minutes", type=float, nargs="*", default=[10, 60],
                         help="file lengths with blocked decoding and spilling off")
     parser.add_argument("--agreement-seconds", type=float, default=300.0)
+    parser.add_argument("--hostile", action="store_true", help="only the hostile small files")
     parser.add_argument("--child", nargs=2, metavar=("TAR", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--whole-file", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--decode-threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure_shard(*args.child, args.whole_file)))
+        print(json.dumps(measure_shard(*args.child, args.whole_file, args.decode_threads)))
         return
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
-        memory_table(folder, args.minutes, args.whole_minutes)
-        agreement(folder, args.agreement_seconds)
+        if not args.hostile:
+            memory_table(folder, args.minutes, args.whole_minutes)
+            agreement(folder, args.agreement_seconds)
+        hostile_table(folder)
     print(f"\nbenchmark run time: {(time.perf_counter() - began) / 60:.1f} min")
 
 

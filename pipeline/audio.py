@@ -1,7 +1,8 @@
 """Audio bytes, spilled files or arrays -> validated mono float32 at the codec's rate.
 
 A file's length is read from its header before any sample is decoded, so one over `audio.max_seconds`
-costs nothing. Clips up to BLOCKED_ABOVE_S decode whole, as they always have. Longer ones decode
+costs nothing (one whose header declares no length is measured as it decodes). Clips up to BLOCKED_ABOVE_S
+(and up to that many seconds of 48 kHz stereo in samples) decode whole, as they always have. Longer ones decode
 BLOCK_S at a time, each block downmixed and pushed through soxr's streaming resampler into a `FileWave`
 (a temporary file the codec reads a window at a time): memory is a block and a window, not the clip.
 Downmixing is per frame and soxr's stream gives its one-shot resampler's samples exactly, so the blocked
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,12 +32,22 @@ import soxr
 
 from codec import FileWave
 
+from . import containers
 from .loudness import LoudnessMeter, Normalisation, apply_gain, normalisation
 
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "oga", "aiff", "aif", "au", "sph", "w64", "caf")
 
 BLOCK_S = 10.0  # decoded and resampled at a time, for clips over BLOCKED_ABOVE_S
 BLOCKED_ABOVE_S = 120.0
+# A clip decodes whole only if it also holds no more samples (frames x channels) than `blocked_above_s` of 48 kHz
+# stereo: a small file of many channels at a high rate is decoded in blocks too, so what it declares cannot claim
+# gigabytes. No clip that decoded whole before moves to blocks, and blocks give the whole-file samples (see
+# above), so the recorded DECODE_METHOD stands. A block is at most BLOCK_MAX_BYTES of decoded float32.
+WHOLE_SAMPLES_PER_S = 48000 * 2
+BLOCK_MAX_BYTES = 16 << 20
+# libsndfile's `frames` for a stream whose container declares no length (FLAC with total_samples = 0, as
+# ffmpeg writes to a pipe): such a file is decoded in blocks and measured, audio.max_seconds applied as it goes
+UNKNOWN_FRAMES = 2**63 - 1
 # recorded in the output's identity: how audio became the codec's input
 DECODE_METHOD = f"blocked-v1: {BLOCK_S:g} s blocks above {BLOCKED_ABOVE_S:g} s, soxr stream into a temp file"
 
@@ -47,6 +59,11 @@ class SampleError(Exception):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+# Audio files larger than this are copied to a temporary file in chunks (a SpilledFile), not read into memory:
+# an hour of 48 kHz stereo FLAC is hundreds of MB, held per sample in flight.
+SPILL_ABOVE_BYTES = 64 << 20
 
 
 class SpilledFile:
@@ -81,8 +98,6 @@ class Audio:
     loudness: Normalisation | None = None  # what audio.loudness_lufs did to the clip (None: off)
 
 
-# a WAV data size of 0 or all ones means "streamed, size unknown", not a truncated file
-_STREAMED_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
 _DECODER_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError)
 
 
@@ -92,7 +107,8 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
     """Bytes, a SpilledFile or an (array, sample_rate) pair -> validated audio at `target_rate`.
 
     A file declaring more than `max_seconds` is refused from its header, before any sample is decoded;
-    one longer than `blocked_above_s` (None: BLOCKED_ABOVE_S) is decoded in blocks into a FileWave.
+    one longer than `blocked_above_s` (None: BLOCKED_ABOVE_S), holding more samples than that long a 48 kHz
+    stereo clip, or whose container declares no length, is decoded in blocks into a FileWave.
     `loudness_lufs`: normalise the clip's integrated loudness to this target (None: leave it).
     `ceil_length`: a resampled clip holds ceil(frames x target_rate / rate) samples, zero-padded, as
     librosa.resample's `fix_length` gives them (the authors' preprocessing, `codec.convention=authors`);
@@ -102,10 +118,12 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
         array, rate = source
         return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs, ceil_length)
     with _opened(source) as f:
-        if f.samplerate > 0:
+        unknown = f.frames == UNKNOWN_FRAMES
+        if f.samplerate > 0 and not unknown:
             _require_within(f.frames / f.samplerate, max_seconds, " (the header's length; not decoded)")
-        if f.frames > blocked_above_s * f.samplerate:
-            return _decode_in_blocks(f, target_rate, quality, loudness_lufs, ceil_length)
+        if (unknown or f.frames > blocked_above_s * f.samplerate
+                or f.frames * f.channels > blocked_above_s * WHOLE_SAMPLES_PER_S):
+            return _decode_in_blocks(f, target_rate, quality, loudness_lufs, max_seconds, ceil_length)
         array, rate = _read_whole(f), f.samplerate
     return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs, ceil_length)
 
@@ -118,9 +136,16 @@ def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
 
 @contextlib.contextmanager
 def _opened(source: bytes | SpilledFile) -> Iterator[soundfile.SoundFile]:
-    """The file open for reading; what libsndfile cannot read is `undecodable`."""
+    """The file open for reading; what libsndfile cannot read is `undecodable`, a file holding less than its
+    container declares `truncated` (pipeline/containers.py)."""
     if isinstance(source, (bytes, bytearray)) and not source:
         raise SampleError("empty_file", "0 bytes")
+    if isinstance(source, SpilledFile):
+        cut = containers.truncation(*containers.head_and_tail(fd=source.file.fileno(), size=source.size))
+    else:
+        cut = containers.truncation(*containers.head_and_tail(source))
+    if cut:
+        raise SampleError("truncated", cut)
     try:
         with soundfile.SoundFile(source.file if isinstance(source, SpilledFile) else io.BytesIO(source)) as f:
             yield f
@@ -136,18 +161,22 @@ def _read_whole(f: soundfile.SoundFile) -> np.ndarray:
 
 
 def _decode_in_blocks(f: soundfile.SoundFile, target_rate: int, quality: str, loudness_lufs: float | None,
-                      ceil_length: bool = False) -> Audio:
-    """Decode, downmix and resample BLOCK_S at a time into a FileWave, in a block's memory; with a loudness
-    target, the loudness is measured block by block and the gain is the FileWave's, applied as it is read."""
-    rate, declared, block = f.samplerate, f.frames, max(1, round(BLOCK_S * f.samplerate))
+                      max_seconds: float = math.inf, ceil_length: bool = False) -> Audio:
+    """Decode, downmix and resample BLOCK_S (at most BLOCK_MAX_BYTES) at a time into a FileWave, in a block's
+    memory; with a loudness target, the loudness is measured block by block and the gain is the FileWave's,
+    applied as it is read. A clip found longer than `max_seconds` as it decodes is `too_long`."""
+    rate, declared = f.samplerate, f.frames
+    block = max(1, min(round(BLOCK_S * rate), BLOCK_MAX_BYTES // (4 * f.channels)))
     resampler = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality=quality) if rate != target_rate else None
     meter = LoudnessMeter(rate) if loudness_lufs is not None else None
     wave, decoded, non_finite, peak, loudness = FileWave(), 0, 0, 0.0, None
     try:
         while True:
             # read(), not blocks(): a short read (the end, or a truncated file) must show as one
-            mono = f.read(block, dtype="float32", always_2d=True).mean(axis=1, dtype=np.float32)
+            mono = _read_block(f, block, declared == UNKNOWN_FRAMES).mean(axis=1, dtype=np.float32)
             decoded += len(mono)
+            _require_within(decoded / rate, max_seconds, " (found while decoding" +
+                            (": its header declares no length)" if declared == UNKNOWN_FRAMES else ")"))
             non_finite += _non_finite_count(mono)
             last = len(mono) < block
             if meter is not None:
@@ -172,12 +201,24 @@ def _decode_in_blocks(f: soundfile.SoundFile, target_rate: int, quality: str, lo
     return Audio(wave, int(rate), int(f.channels), decoded / rate, loudness)
 
 
+def _read_block(f: soundfile.SoundFile, frames: int, unknown_length: bool) -> np.ndarray:
+    """Up to `frames` [frames, channels] float32. soundfile's read() seeks to its new position after every read,
+    which libsndfile refuses for a stream of unknown length, so such a stream is read through libsndfile's call."""
+    if not unknown_length:
+        return f.read(frames, dtype="float32", always_2d=True)
+    out = np.empty((frames, f.channels), dtype=np.float32)
+    got = soundfile._snd.sf_readf_float(f._file, soundfile._ffi.cast("float *", out.ctypes.data), frames)
+    return out[:got]
+
+
 def _require_complete(f: soundfile.SoundFile, declared: int, decoded: int) -> None:
-    """libsndfile decodes a truncated WAV, Ogg or MP3 without complaint, returning what is there;
-    a silently shortened clip is data loss, so truncation is an error here."""
-    truncated = _truncation(f.format, f.extra_info, declared, decoded)
-    if truncated:
-        raise SampleError("truncated", truncated)
+    """Fewer frames decoded than the container declared (FLAC's and MP3's headers; the others' containers are
+    checked before decoding, in _opened) is a truncated file: a silently shortened clip is data loss."""
+    if declared == UNKNOWN_FRAMES:
+        return
+    # an MP3's length is its Xing/LAME header's or an estimate from the bit rate: a little off by design
+    if decoded < (0.99 if f.format == "MP3" else 1.0) * declared:
+        raise SampleError("truncated", f"{decoded} of {declared} declared frames decodable")
 
 
 def _require_samples(frames: int) -> None:
@@ -202,20 +243,6 @@ def _require_finite(non_finite: int) -> None:
 def _require_resampled(size: int, frames: int, rate: int) -> None:
     if size == 0:
         raise SampleError("empty_audio", f"{frames} samples at {rate} Hz resample to none")
-
-
-def _truncation(container: str, info: str, declared: int, decoded: int) -> str:
-    if container == "MP3" and decoded < 0.99 * declared:
-        return f"{decoded} of {declared} frames decodable"
-    if container == "OGG" and "lacks an end-of-stream" in info:
-        return "the Ogg stream ends without its end-of-stream page"
-    for line in info.splitlines():
-        if line.startswith("data :") and "should be" in line:
-            header = int(line.split(":")[1].split("(")[0])
-            actual = int(line.split("should be")[1].strip(" )"))
-            if header not in _STREAMED_SIZES and header > actual:
-                return f"WAV data chunk declares {header} bytes, {actual} present"
-    return ""
 
 
 def _peak(samples: np.ndarray) -> float:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
+import yaml
 from omegaconf import MISSING, OmegaConf
 
 from codec.conventions import CONVENTIONS
@@ -39,6 +43,9 @@ class SourceConfig:
     lines_per_shard: int = 1000  # nemo, lhotse CutSet manifests: lines per shard (the line ranges are recorded in the output)
     audio_root: Optional[str] = None  # nemo: audio_filepath must lie under this folder or URL (None: anywhere)
     demo_if_missing: bool = False  # demo only: write a synthetic corpus at `urls` when the tars are absent
+    # a tar's .txt/.json member or an HF metadata cell larger than this is an error record, never read into a row:
+    # memory is set by the configuration, not by what a file claims to hold
+    max_text_bytes: int = 4 << 20
 
 
 @dataclass
@@ -46,6 +53,8 @@ class AudioConfig:
     resampler_quality: str = "HQ"  # soxr quality
     max_seconds: float = 4 * 3600.0  # longer clips are error records, not encodes (from the file's header, undecoded)
     decode_threads: int = 0  # 0: one per CPU the actor holds
+    # an audio file (an HF path cell) or tar member larger than this is a `file_too_large` record, never read
+    max_file_bytes: int = 8 << 30
     # normalise each clip's integrated loudness (BS.1770, pyloudnorm) to this many LUFS before encoding, as the
     # reference tokenizer's `loudness_normalize` does (its default target: -23); None: off. See pipeline/loudness.py
     loudness_lufs: Optional[float] = None
@@ -135,8 +144,8 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
     try:
         layers = [schema]
         if path is not None:
-            layers.append(OmegaConf.load(path))
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
+            layers.append(_load_yaml(path))
+        layers.append(_parse_overrides(list(overrides)))
         merged = OmegaConf.merge(*layers)
         config: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
@@ -146,11 +155,59 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
     return config
 
 
+def _load_yaml(path: str):
+    if not os.path.isfile(path):
+        raise ConfigError("config file", f"{path!r} does not exist" if not os.path.exists(path) else f"{path!r} is not a file",
+                          "the first argument is a YAML config, e.g. configs/demo.yaml")
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or _first_line(error)
+        raise ConfigError("config file", f"{path!r} is not valid YAML: {where}{problem}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError("config file", f"{path!r} is not text (UTF-8): byte {error.start}") from None
+
+
+def _parse_overrides(overrides: list[str]):
+    try:
+        return OmegaConf.from_dotlist(overrides)
+    except yaml.YAMLError as error:  # a value is parsed as YAML: `a=[x` or an unquoted `{`
+        problem = getattr(error, "problem", None) or _first_line(error)
+        raise ConfigError("overrides", f"{overrides} hold a value that is not valid YAML: {problem}",
+                          "quote values holding [ ] { } , : (e.g. source.urls=['a-{0..9}.tar'])") from None
+
+
+def _non_finite(node, prefix: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite number in a config (dataclasses, lists, dicts)."""
+    if is_dataclass(node):
+        items = ((f.name, getattr(node, f.name)) for f in fields(node))
+    elif isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, (list, tuple)):
+        items = enumerate(node)
+    else:
+        return prefix if isinstance(node, float) and not math.isfinite(node) else None
+    for name, value in items:
+        found = _non_finite(value, f"{prefix}.{name}" if prefix else str(name))
+        if found:
+            return found
+    return None
+
+
+# what torch.device takes and an actor can hold; a typo fails here, not in every actor after Ray started
+_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+
+
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0]
 
 
 def validate(config: Config) -> None:
+    non_finite = _non_finite(config)
+    if non_finite:
+        raise ConfigError(non_finite, "is NaN or infinite", "give a finite number")
     s = config.source
     if s.kind not in SOURCE_KINDS:
         raise ConfigError("source.kind", f"{s.kind!r} is not a source kind", f"use one of {list(SOURCE_KINDS)}")
@@ -178,6 +235,10 @@ def validate(config: Config) -> None:
         raise ConfigError("audio.resampler_quality", f"{config.audio.resampler_quality!r}", f"one of {SOXR_QUALITIES}")
     if config.audio.max_seconds <= 0:
         raise ConfigError("audio.max_seconds", "must be > 0")
+    if s.max_text_bytes < 1:
+        raise ConfigError("source.max_text_bytes", "must be >= 1")
+    if config.audio.max_file_bytes < 1:
+        raise ConfigError("audio.max_file_bytes", "must be >= 1")
     if config.audio.decode_threads < 0:
         raise ConfigError("audio.decode_threads", "must be >= 0", "0 uses one thread per CPU of the actor")
     loudness = config.audio.loudness_lufs
@@ -185,6 +246,8 @@ def validate(config: Config) -> None:
         raise ConfigError("audio.loudness_lufs", f"{loudness} LUFS is outside ({LOUDNESS_RANGE[0]:g}, {LOUDNESS_RANGE[1]:g}]",
                           "the reference tokenizer normalises to -23; null turns normalisation off")
     c = config.codec
+    if not _DEVICE.fullmatch(c.device):
+        raise ConfigError("codec.device", f"{c.device!r} is not a device", "use auto, cpu, cuda, cuda:N, mps or xpu")
     if c.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError("codec.dtype", f"{c.dtype!r}", "use float32, bfloat16 or float16")
     if c.convention not in CONVENTIONS:

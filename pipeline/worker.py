@@ -213,7 +213,7 @@ class ShardProcessor:
         pool: list[tuple[RawSample, Audio]] = []
         pool_seconds = 0.0
         # one pool ahead: the next pool is decoded while this one encodes
-        decoded_ahead = DecodeAhead(lambda: read_shard(shard, self.config.source), self._decode, self.decode_threads,
+        decoded_ahead = DecodeAhead(lambda: read_shard(shard, self.config.source, self.config.audio.max_file_bytes), self._decode, self.decode_threads,
                                     ahead_seconds=self.pool_target, name=shard.id)
         for raw, decoded in decoded_ahead:
             if raw is None:  # the shard itself broke off: no rows; the driver retries it or records its failure

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import fsspec
 import pyarrow as pa
 
-from ..config import SourceConfig
+from ..config import AudioConfig, SourceConfig
 from ..failures import PERMANENT, TRANSIENT, transient_cause
 
 
@@ -147,7 +147,9 @@ def list_shards(config: SourceConfig) -> SourceListing:
     return list_hf_shards(config)
 
 
-def read_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
+def read_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = AudioConfig.max_file_bytes) -> Iterator[RawSample]:
+    """`max_file_bytes`: audio.max_file_bytes, the largest audio file or member a sample may be (tars and HF
+    cells; the files, nemo and lhotse readers open each file where it is)."""
     if shard.kind == "files":
         from .files import read_files_shard
 
@@ -163,7 +165,7 @@ def read_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
     if shard.kind == "webdataset":
         from .webdataset import read_tar_shard
 
-        return read_tar_shard(shard)
+        return read_tar_shard(shard, config.max_text_bytes, max_file_bytes)
     from .hf import read_hf_shard
 
-    return read_hf_shard(shard, config)
+    return read_hf_shard(shard, config, max_file_bytes)

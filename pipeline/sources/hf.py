@@ -8,17 +8,22 @@ decoder unchanged and no sample is decoded twice.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from typing import Iterator
 
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..audio import SampleError
-from ..config import ConfigError, SourceConfig
-from . import RawSample, Shard, ShardError, SourceListing, full_url, glob_with_sizes, local_size, read_error, shard_id
+from ..audio import SPILL_ABOVE_BYTES, SampleError, SpilledFile
+from ..config import AudioConfig, ConfigError, SourceConfig
+from ..failures import transient_cause
+from . import (RawSample, Shard, ShardError, SourceListing, _is_local, full_url, glob_with_sizes, local_size, read_error,
+               shard_id)
 
 BATCH_ROWS = 64
 
@@ -165,31 +170,107 @@ def _record_batches(shard: Shard, config: SourceConfig) -> Iterator[pa.RecordBat
             raise read_error(error, shard.url, "corrupt_file") from None
 
 
-def _read_audio_file(path: str) -> bytes:
+def _read_audio_file(path: str, max_file_bytes: int) -> bytes | SpilledFile:
+    """A path cell's file: opened only if it is a regular file (or an object-store object) of at most
+    `max_file_bytes`; a large one is spilled to disk as a tar's large member is. A store or network failure
+    is the shard's (retried); anything else wrong with the path is this row's error record."""
     try:
-        with fsspec.open(path, "rb") as f:
-            return f.read()
-    except OSError as error:
-        raise SampleError("missing_audio_file", f"{path}: {error}") from None
+        fs, inner = fsspec.core.url_to_fs(path)
+    except (ValueError, ImportError) as error:  # an unknown protocol; a filesystem whose driver is not installed
+        raise SampleError("unreadable_audio_path", f"{path}: {type(error).__name__}: {str(error)[:160]}") from None
+    try:
+        if _is_local(fs):
+            return _read_local_file(path, inner, max_file_bytes)
+        info = fs.info(inner)
+        if info.get("type") != "file":
+            raise SampleError("not_a_regular_file", f"{path} is a {info.get('type')}, not a file")
+        size = int(info.get("size") or 0)
+        _require_file_size(path, size, max_file_bytes)
+        with fs.open(inner, "rb") as f:
+            if size:
+                return _read_or_spill(f, size)
+            data = f.read(max_file_bytes + 1)  # a server that tells no size: read no more than the limit allows
+            _require_file_size(path, len(data), max_file_bytes)
+            return data
+    except (SampleError, ShardError):
+        raise
+    except Exception as error:  # OSError, and client errors that are not
+        if transient_cause(error) is not None:
+            raise read_error(error, path, "transient_io") from None
+        raise SampleError("missing_audio_file", f"{path}: {str(error)[:200]}") from None
 
 
-def _audio_value(value):
-    """Audio cell -> bytes or (array, rate): the datasets Audio struct, raw bytes, a path, or array+rate."""
+def _read_local_file(path: str, inner: str, max_file_bytes: int) -> bytes | SpilledFile:
+    # O_NONBLOCK: a FIFO opens without waiting for a writer (and is then refused); no effect on regular files
+    fd = os.open(inner, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        status = os.fstat(fd)  # of what was opened, so a path swapped after a check cannot slip through
+        if not stat.S_ISREG(status.st_mode):
+            kind = "FIFO" if stat.S_ISFIFO(status.st_mode) else "folder" if stat.S_ISDIR(status.st_mode) else "special file"
+            raise SampleError("not_a_regular_file", f"{path} is a {kind}")
+        _require_file_size(path, status.st_size, max_file_bytes)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        return _read_or_spill(f, status.st_size)
+
+
+def _require_file_size(path: str, size: int, max_file_bytes: int) -> None:
+    if size > max_file_bytes:
+        raise SampleError("file_too_large", f"{path}: {size} bytes > audio.max_file_bytes={max_file_bytes}")
+
+
+def _read_or_spill(f, size: int) -> bytes | SpilledFile:
+    return SpilledFile(f) if size > SPILL_ABOVE_BYTES else f.read()
+
+
+def _audio_value(value, max_file_bytes: int):
+    """Audio cell -> bytes, a SpilledFile or (array, rate): the datasets Audio struct, raw bytes, a path, or
+    array+rate. What cannot be one is this row's SampleError."""
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, str):
-        return _read_audio_file(value)
+        return _read_audio_file(value, max_file_bytes)
     if isinstance(value, dict):
         if value.get("bytes"):
             return value["bytes"]
         if value.get("array") is not None:
-            return np.asarray(value["array"], dtype=np.float32), value.get("sampling_rate")
+            return _array_value(value["array"], value.get("sampling_rate"))
         if value.get("path"):
-            return _read_audio_file(value["path"])
+            return _read_audio_file(value["path"], max_file_bytes)
     raise SampleError("no_audio", f"audio cell holds {type(value).__name__}")
 
 
-def read_hf_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
+def _array_value(array, rate) -> tuple[np.ndarray, int]:
+    try:
+        samples = np.asarray(array, dtype=np.float32)
+    except (ValueError, TypeError) as error:  # ragged lists, strings, nested objects
+        raise SampleError("bad_array", f"audio array: {str(error)[:160]}") from None
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not np.isfinite(rate) or rate <= 0:
+        raise SampleError("bad_sample_rate", f"sampling_rate {rate!r}")
+    return samples, rate
+
+
+def _text_columns(batch: pa.RecordBatch, names: list[str], max_text_bytes: int) -> tuple[dict, dict]:
+    """The scalar columns as Python lists, with cells over `max_text_bytes` left out (None), and for each row
+    holding one the first such column."""
+    columns, too_large = {}, {}
+    for name in names:
+        column = batch.column(name)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            over = pc.fill_null(pc.greater(pc.binary_length(column), max_text_bytes), False)
+            if pc.any(over).as_py():
+                for row in np.flatnonzero(over.to_numpy(zero_copy_only=False)):
+                    too_large.setdefault(int(row), name)
+                column = pc.if_else(over, pa.scalar(None, column.type), column)
+        columns[name] = column.to_pylist()
+    return columns, too_large
+
+
+def read_hf_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = AudioConfig.max_file_bytes) -> Iterator[RawSample]:
+    """Rows of one Arrow or Parquet file; a bad cell (audio or metadata) is that row's error record."""
     row = 0
     for batch in _record_batches(shard, config):
         names = batch.schema.names
@@ -202,15 +283,24 @@ def read_hf_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
         if key_column is not None and key_column not in names:
             raise ShardError("missing_key_column", f"no column {key_column!r} in {shard.url}; set source.key_column")
         scalars = [n for n, t in zip(names, batch.schema.types) if n != config.audio_column and _is_scalar(t)]
-        columns = {n: batch.column(n).to_pylist() for n in scalars}
+        columns, too_large = _text_columns(batch, scalars, config.max_text_bytes)
         audio = batch.column(config.audio_column).to_pylist()
         for i, cell in enumerate(audio):
             key = str(columns[key_column][i]) if key_column else f"{shard.id}/{row}"
             metadata = {n: columns[n][i] for n in scalars if n != key_column}
             row += 1
+            if i in too_large:
+                yield RawSample(key, None, metadata, SampleError(
+                    "metadata_too_large", f"column {too_large[i]!r} holds more than source.max_text_bytes="
+                                          f"{config.max_text_bytes} bytes"))
+                continue
             try:
-                yield RawSample(key, _audio_value(cell), metadata)
+                yield RawSample(key, _audio_value(cell, max_file_bytes), metadata)
                 continue
             except SampleError as error:
                 problem = error
+            except ShardError:
+                raise
+            except Exception as error:  # a cell no branch above foresaw costs its row, not the shard's other rows
+                problem = SampleError("bad_audio_cell", f"{type(error).__name__}: {str(error)[:160]}")
             yield RawSample(key, None, metadata, problem)

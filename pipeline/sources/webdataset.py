@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 import tarfile
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import fsspec
 from braceexpand import braceexpand
 
-from ..audio import AUDIO_EXTENSIONS, SampleError, SpilledFile
-from . import RawSample, Shard, ShardError, full_url, glob_with_sizes, local_size, read_error, shard_id
-
-# Audio members larger than this are copied to a temporary file in chunks, not read into memory: an
-# hour of 48 kHz stereo FLAC is hundreds of MB, held per sample in flight.
-SPILL_ABOVE_BYTES = 64 << 20
+from ..audio import AUDIO_EXTENSIONS, SPILL_ABOVE_BYTES, SampleError, SpilledFile
+from ..config import AudioConfig, ConfigError, SourceConfig
+from . import RawSample, Shard, ShardError, _is_local, full_url, glob_with_sizes, local_size, read_error, shard_id
 
 
 def list_tar_shards(urls: list[str]) -> list[Shard]:
-    expanded = []
+    """The tars of `urls`; a listing that finds none, or only local paths none of which exists, is a config
+    error before anything starts (remote paths are not asked one by one: a missing one is its shard's error)."""
+    expanded, missing = [], []
     for pattern in urls:
         for url in braceexpand(pattern):
             fs, path = fsspec.core.url_to_fs(url)
@@ -26,6 +26,13 @@ def list_tar_shards(urls: list[str]) -> list[Shard]:
                 expanded += [(full_url(fs, match), size) for match, size in glob_with_sizes(fs, url)]
             else:
                 expanded.append((full_url(fs, path), local_size(fs, path)))
+                if _is_local(fs) and not fs.exists(path):
+                    missing.append(url)
+    if not expanded:
+        raise ConfigError("source.urls", f"{urls} match no file", "check the paths and patterns")
+    if len(missing) == len(expanded):
+        raise ConfigError("source.urls", f"none of the {len(missing)} paths exists (the first: {missing[0]!r})",
+                          "check the paths: they are looked for where the driver runs, relative ones from its working directory")
     seen, shards = set(), []
     for url, size in expanded:
         if url not in seen:
@@ -45,14 +52,56 @@ def _is_audio(ext: str) -> bool:
     return ext.rsplit(".", 1)[-1] in AUDIO_EXTENSIONS
 
 
-def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, ext: str) -> bytes | SpilledFile:
-    stream = tar.extractfile(info)
-    if info.size > SPILL_ABOVE_BYTES and _is_audio(ext):
-        return SpilledFile(stream)
-    return stream.read()
+TEXT_MEMBERS = ("txt", "json")  # the members a row keeps (as `text` and `metadata`); others are never read
 
 
-def _to_sample(key: str, members: dict[str, bytes | SpilledFile]) -> RawSample:
+@dataclass
+class _Sample:
+    """The members of one key so far, and the first reason it cannot be a row."""
+
+    key: str
+    members: dict = field(default_factory=dict)  # ext -> bytes | SpilledFile | None (a member not read)
+    problem: SampleError | None = None
+
+    def fail(self, reason: str, detail: str) -> None:
+        self.problem = self.problem or SampleError(reason, detail)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_text_bytes: int
+    max_file_bytes: int
+
+
+def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, ext: str, sample: _Sample, limits: _Limits):
+    """A member's content, bounded by the limits: audio spilled to disk when large, text up to
+    `source.max_text_bytes`, anything else not read at all (None)."""
+    if _is_audio(ext):
+        if info.size > limits.max_file_bytes:
+            sample.fail("file_too_large", f"{info.name}: {info.size} bytes > audio.max_file_bytes={limits.max_file_bytes}")
+            return None
+        stream = tar.extractfile(info)
+        return SpilledFile(stream) if info.size > SPILL_ABOVE_BYTES else stream.read()
+    if ext in TEXT_MEMBERS:
+        if info.size > limits.max_text_bytes:
+            sample.fail("metadata_too_large", f"{info.name}: {info.size} bytes > source.max_text_bytes="
+                                              f"{limits.max_text_bytes} (not read)")
+            return None
+        return tar.extractfile(info).read()
+    return None
+
+
+def _close(members: dict) -> None:
+    for value in members.values():
+        if isinstance(value, SpilledFile):
+            value.close()
+
+
+def _to_sample(sample: _Sample) -> RawSample:
+    key, members = sample.key, sample.members
+    if sample.problem is not None:
+        _close(members)  # a spilled member of a sample that cannot be a row gives its disk back now
+        return RawSample(key, None, {}, sample.problem)
     audio_ext = next((ext for ext in members if _is_audio(ext)), None)
     metadata = {}
     if "txt" in members:
@@ -62,6 +111,7 @@ def _to_sample(key: str, members: dict[str, bytes | SpilledFile]) -> RawSample:
         try:
             json.loads(raw)
         except ValueError:
+            _close(members)
             return RawSample(key, None, metadata, SampleError("bad_metadata", "the .json member is not JSON"))
         metadata["metadata"] = raw
     if audio_ext is None:
@@ -70,29 +120,64 @@ def _to_sample(key: str, members: dict[str, bytes | SpilledFile]) -> RawSample:
     return RawSample(key, members[audio_ext], metadata)
 
 
-def read_tar_shard(shard: Shard) -> Iterator[RawSample]:
+def _open(url: str):
     try:
-        stream = fsspec.open(shard.url, "rb").open()
+        return fsspec.open(url, "rb").open()
     except FileNotFoundError as error:
-        raise read_error(error, shard.url, "missing_shard") from None
+        raise read_error(error, url, "missing_shard") from None
     except Exception as error:  # OSError, and client errors that are not (aiohttp's)
-        raise read_error(error, shard.url, "unreadable_shard") from None
-    current_key, members = None, {}
+        raise read_error(error, url, "unreadable_shard") from None
+
+
+def _linked(url: str, offset: int, link: tarfile.TarInfo, ext: str, sample: _Sample, limits: _Limits):
+    """A hard link's content: its target, an earlier member of the same tar, read by a second pass over the
+    tar up to it (a stream cannot seek back; hard links are rare, GNU tar writes them for hard-linked files)."""
+    with _open(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for info in tar:
+            if info.offset == offset:
+                return _read_member(tar, info, ext, sample, limits)
+    raise tarfile.ReadError(f"hard link {link.name}: its target is gone on a second read")
+
+
+def read_tar_shard(shard: Shard, max_text_bytes: int = SourceConfig.max_text_bytes,
+                   max_file_bytes: int = AudioConfig.max_file_bytes) -> Iterator[RawSample]:
+    """Every member is part of a row or of an error record: a name repeated within a sample is
+    `duplicate_member`, a hard link reads as its target, symlinks and devices are `unsupported_member`;
+    folders hold no sample and are passed over."""
+    limits = _Limits(max_text_bytes, max_file_bytes)
+    stream = _open(shard.url)
+    sample: _Sample | None = None
+    files: dict[str, int] = {}  # name -> offset of the last regular member of that name (hard-link targets)
     try:
         with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             for info in tar:
-                if not info.isfile():
+                if info.isdir():
                     continue
                 key, ext = _split_member(info.name)
-                if key != current_key:
-                    if current_key is not None:
-                        yield _to_sample(current_key, members)
-                    current_key, members = key, {}
-                members[ext] = _read_member(tar, info, ext)
+                if sample is None or key != sample.key:
+                    if sample is not None:
+                        yield _to_sample(sample)
+                    sample = _Sample(key)
+                if ext in sample.members:
+                    sample.fail("duplicate_member", f"{info.name} appears twice in a row")
+                    continue
+                if info.isfile():
+                    files[info.name] = info.offset
+                    sample.members[ext] = _read_member(tar, info, ext, sample, limits)
+                elif info.islnk() and info.linkname in files:
+                    sample.members[ext] = _linked(shard.url, files[info.linkname], info, ext, sample, limits)
+                else:
+                    what = (f"a hard link to {info.linkname!r}, no earlier file of this tar" if info.islnk() else
+                            f"a symlink to {info.linkname!r}" if info.issym() else
+                            "a FIFO" if info.isfifo() else "a device" if info.isdev() else f"of tar type {info.type!r}")
+                    sample.fail("unsupported_member", f"{info.name} is {what}")
+                    sample.members[ext] = None
     except ShardError:
         raise
     except Exception as error:  # tarfile.TarError, EOFError, OSError, a client's read error
         # a truncated tar loses its last sample too: it may be cut mid-member
+        if sample is not None:
+            _close(sample.members)
         raise read_error(error, shard.url, "corrupt_tar") from None
-    if current_key is not None:
-        yield _to_sample(current_key, members)
+    if sample is not None:
+        yield _to_sample(sample)

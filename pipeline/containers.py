@@ -1,0 +1,151 @@
+"""Does a file hold all the audio its container declares? Read from the container's own bytes.
+
+libsndfile decodes a cut file without complaint, returning what is there: for WAV, W64, RF64, AIFF, 8SVX, AVR,
+AU and NIST it shrinks the length to the bytes present, and an Ogg file (Vorbis, Opus) declares no length beyond
+its last page. So the declared length is read here from the header (the data chunk's size against the bytes
+after it), and an Ogg stream must end on a whole page carrying the end-of-stream flag. FLAC and MP3 declare
+their length where libsndfile reads it (`frames`), and pipeline/audio.py compares the decoded length with it.
+Containers whose header declares no length (IRCAM, raw) cannot be checked, and these are not parsed: MAT4, MAT5,
+PAF, PVF, VOC, WVE, MPC2K (rare in audio corpora); nor can a data chunk that does not start within the first
+HEAD_BYTES.
+"""
+
+from __future__ import annotations
+
+import os
+
+HEAD_BYTES = 1 << 16  # where the data chunk must start to be checked (chunks before it: fmt, LIST, ...)
+OGG_MAX_PAGE = 27 + 255 + 255 * 255  # the largest Ogg page: its header, 255 lacing values, 255 full segments
+
+# a data size of 0 or all ones means "streamed, size unknown", not a truncated file
+_STREAMED_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
+_OGG_END_OF_STREAM = 0x04
+
+
+def head_and_tail(data: bytes | None = None, fd: int | None = None, size: int = 0) -> tuple[bytes, bytes, int]:
+    """The first HEAD_BYTES and the last OGG_MAX_PAGE bytes of `data`, or of the open file `fd` of `size` bytes
+    (read with pread: the file's position, which the decoder uses, does not move)."""
+    if data is not None:
+        return bytes(data[:HEAD_BYTES]), bytes(data[-OGG_MAX_PAGE:]), len(data)
+    tail_at = max(0, size - OGG_MAX_PAGE)
+    return os.pread(fd, HEAD_BYTES, 0), os.pread(fd, size - tail_at, tail_at), size
+
+
+def truncation(head: bytes, tail: bytes, size: int) -> str:
+    """What is missing from a file whose container declares more than it holds; '' when nothing is (or the
+    container declares no length)."""
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64"):
+        return _riff(head, size)
+    if head[:4] == b"riff":
+        return _w64(head, size)
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return _chunks(head, size, 12, "big", b"SSND", "AIFF sound data chunk")
+    if head[:4] == b"FORM" and head[8:12] in (b"8SVX", b"16SV"):
+        return _chunks(head, size, 12, "big", b"BODY", "8SVX body chunk")
+    if head[:4] == b"2BIT":
+        return _avr(head, size)
+    if head[:4] == b".snd":
+        return _au(head, size)
+    if head[:7] == b"NIST_1A":
+        return _nist(head, size)
+    if head[:4] == b"OggS":
+        return _ogg(tail)
+    return ""
+
+
+def _missing(what: str, declared: int, present: int) -> str:
+    return f"{what} declares {declared} bytes, {present} present" if declared > present else ""
+
+
+def _chunks(head: bytes, size: int, pos: int, order: str, data_id: bytes, what: str, data_size: int | None = None) -> str:
+    """Walk 4-byte-id chunks with 4-byte sizes (RIFF, AIFF) to the data chunk and compare its size with the bytes
+    after its header. `data_size`: RF64's real size of a data chunk whose own field is all ones."""
+    while pos + 8 <= len(head):
+        chunk, declared = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], order)
+        if chunk == data_id:
+            if data_size is not None and declared == 0xFFFFFFFF:
+                declared = data_size
+            elif declared in _STREAMED_SIZES:
+                return ""
+            return _missing(what, declared, size - pos - 8)
+        pos += 8 + declared + (declared & 1)
+    return ""
+
+
+def _riff(head: bytes, size: int) -> str:
+    order = "big" if head[:4] == b"RIFX" else "little"
+    data_size = None
+    if head[:4] == b"RF64" and head[12:16] == b"ds64":
+        data_size = int.from_bytes(head[28:36], "little")  # ds64: RIFF size, then the data size (64 bits each)
+    return _chunks(head, size, 12, order, b"data", "WAV data chunk", data_size)
+
+
+def _w64(head: bytes, size: int) -> str:
+    # Sony Wave64: 16-byte GUID ids (the data chunk's starts with b"data"), 8-byte sizes that include the
+    # 24-byte chunk header, chunks 8-byte aligned; the file starts with the riff GUID, its size and the wave GUID
+    pos = 40
+    while pos + 24 <= len(head):
+        chunk, declared = head[pos:pos + 16], int.from_bytes(head[pos + 16:pos + 24], "little")
+        if declared < 24:
+            return ""
+        if chunk[:4] == b"data":
+            return _missing("W64 data chunk", declared - 24, size - pos - 24)
+        pos += (declared + 7) & ~7
+    return ""
+
+
+def _avr(head: bytes, size: int) -> str:
+    # Audio Visual Research: a 128-byte big-endian header; mono flag (0 / all ones) at 12, bits per sample at 14,
+    # frames at 26
+    channels = 2 if head[12:14] == b"\xff\xff" else 1
+    bits, frames = int.from_bytes(head[14:16], "big"), int.from_bytes(head[26:30], "big")
+    return _missing("AVR sample data", frames * channels * (bits // 8), size - 128)
+
+
+def _au(head: bytes, size: int) -> str:
+    offset, declared = int.from_bytes(head[4:8], "big"), int.from_bytes(head[8:12], "big")
+    return "" if declared == 0xFFFFFFFF else _missing("AU data", declared, size - offset)
+
+
+def _nist(head: bytes, size: int) -> str:
+    lines = head.split(b"end_head")[0].decode("latin-1").split("\n")
+    fields = {}
+    for line in lines[2:]:
+        parts = line.split()
+        if len(parts) == 3:
+            fields[parts[0]] = parts[2]
+    try:
+        header = int(lines[1])
+        declared = int(fields["sample_count"]) * int(fields.get("channel_count", 1)) * int(fields["sample_n_bytes"])
+    except (IndexError, KeyError, ValueError):
+        return ""
+    if fields.get("sample_coding", "pcm") != "pcm":
+        return ""  # compressed: the data is not count x channels x bytes long
+    return _missing("NIST sample data", declared, size - header)
+
+
+def _ogg(tail: bytes) -> str:
+    """The stream must end on a whole page with the end-of-stream flag: a cut mid-page leaves a part of a page
+    after the last whole one, a cut between pages a last page without the flag. Bytes after the last page that
+    are no page (an ID3 tag some tools append) are passed over, as libsndfile does."""
+    at = tail.rfind(b"OggS")
+    while at >= 0:
+        end = _ogg_page_end(tail, at)
+        if end is not None:  # else: part of a page, or the four bytes inside a page's data
+            if tail.startswith(b"OggS", end):
+                return "the Ogg stream ends inside a page"  # a page follows this whole one, and it is not whole
+            if tail[at + 5] & _OGG_END_OF_STREAM:
+                return ""
+            return "the Ogg stream ends without its end-of-stream page"
+        at = tail.rfind(b"OggS", 0, at)
+    return "the Ogg stream ends inside a page"
+
+
+def _ogg_page_end(data: bytes, at: int) -> int | None:
+    """Where the page starting at `at` ends, if all of it is in `data`."""
+    if at + 27 > len(data):
+        return None
+    segments = data[at + 26]
+    lacing = data[at + 27:at + 27 + segments]
+    end = at + 27 + segments + sum(lacing)
+    return end if len(lacing) == segments and end <= len(data) else None
