@@ -315,12 +315,11 @@ class Codec:
             tensor = torch.from_numpy(codes.astype(np.int64))[None].to(self.device)
             audio = self.model.decode(tensor, return_dict=False)[0, 0].float().cpu().numpy()
             length = codes.shape[1] * self.hop_length if lengths is None else lengths[index]
-            encoded = clip_samples[index] if clip_samples is not None else None if lengths is None else length
+            encoded = clip_samples[index] if clip_samples is not None else (length if lengths is not None else None)
             shift = 0 if encoded is None else self._acoustic_shift(encoded)
             audio = audio[shift : shift + length]
             out.append(np.pad(audio, (0, length - audio.size)) if lengths is not None else audio)
         return out
-
 
     def _acoustic_shift(self, num_samples: int) -> int:
         try:

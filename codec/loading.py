@@ -7,7 +7,7 @@ import torch
 from .batching import BatchPolicy
 from .checkpoint import Checkpoint, load_model, resolve_checkpoint
 from .codec import Codec
-from .conventions import CONVENTIONS, MODEL_CARD
+from .conventions import MODEL_CARD
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,8 +48,6 @@ def load_codec(
     convention: which codes a clip has (codec.conventions): 'model_card' (zero-padded to whole hops,
     `model.encode` alone) or 'authors' (what boson-ai's own `HiggsAudioTokenizer.encode` returns).
     """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention {convention!r} is not one of {list(CONVENTIONS)}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
     torch_device = resolve_device(device)

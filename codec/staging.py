@@ -32,7 +32,9 @@ class StagingBuffer:
             host[row, clip.size :] = 0.0
         if self.device.type == "cpu":
             return host.clone()[:, None, :]  # the buffer is reused: the batch must not alias it
-        out = host.to(self.device, non_blocking=True)
+        # non-blocking only from pinned memory: another device's copy from pageable memory could still be
+        # reading the buffer when the next batch overwrites it
+        out = host.to(self.device, non_blocking=self.pinned)
         if self.pinned:
             self._read_by = torch.cuda.Event()
             self._read_by.record()
