@@ -247,12 +247,13 @@ def test_bad_hf_cells_are_error_records_for_their_rows_and_the_rest_of_the_shard
 # -- truncation, unknown lengths, decode memory -----------------------------------------------------------
 
 
-def encoded(fmt: str, subtype: str | None, seconds: float = 2.0, rate: int = 48000, channels: int = 1) -> bytes:
+def encoded(fmt: str, subtype: str | None, seconds: float = 2.0, rate: int = 48000, channels: int = 1,
+            endian: str | None = None) -> bytes:
     import soundfile
 
     samples = (np.random.default_rng(1).standard_normal((int(seconds * rate), channels)) * 0.1).astype(np.float32)
     buffer = io.BytesIO()
-    soundfile.write(buffer, samples, rate, format=fmt, subtype=subtype)
+    soundfile.write(buffer, samples, rate, format=fmt, subtype=subtype, endian=endian)
     return buffer.getvalue()
 
 
@@ -275,15 +276,20 @@ TRUNCATED = {  # format, subtype: libsndfile returns the bytes present as a shor
     "opus": ("OGG", "OPUS"), "vorbis": ("OGG", "VORBIS"), "wav": ("WAV", "PCM_16"), "w64": ("W64", "PCM_16"),
     "rf64": ("RF64", "PCM_16"), "aiff": ("AIFF", "PCM_16"), "au": ("AU", "PCM_16"), "nist": ("NIST", "PCM_16"),
     "svx": ("SVX", "PCM_16"), "avr": ("AVR", "PCM_16"), "avr_stereo": ("AVR", "PCM_16", 2), "mp3": ("MP3", None),
+    "mat4": ("MAT4", "PCM_16", 2), "mat4_float": ("MAT4", "FLOAT"), "mat4_big": ("MAT4", "PCM_16", 1, "BIG"),
+    "mat5": ("MAT5", "PCM_16", 2), "voc": ("VOC", "PCM_16", 2), "voc_u8": ("VOC", "PCM_U8"), "wve": ("WVE", "ALAW"),
+    "mpc2k": ("MPC2K", "PCM_16"), "mpc2k_stereo": ("MPC2K", "PCM_16", 2),
 }
+RATES = {"SVX": 16000, "AVR": 16000, "WVE": 8000, "MPC2K": 44100, "VOC": 8000}  # what each container takes
 
 
 @pytest.mark.parametrize("name", TRUNCATED)
 def test_truncated_file_is_a_truncated_record_not_a_shorter_clip(name):
     from pipeline.audio import SampleError, SpilledFile
 
-    fmt, subtype, *channels = TRUNCATED[name]
-    data = encoded(fmt, subtype, rate=16000 if fmt in ("SVX", "AVR") else 48000, channels=channels[0] if channels else 1)
+    fmt, subtype, *layout = TRUNCATED[name]
+    channels, endian = (layout + [1, None][len(layout):])
+    data = encoded(fmt, subtype, rate=RATES.get(fmt, 48000), channels=channels, endian=endian)
     assert decoded(data).duration_s == pytest.approx(2.0, abs=0.05)  # whole: accepted as it is
     if name in ("opus", "vorbis"):  # an ID3v1 tag appended after the last page is no cut
         assert decoded(data + b"TAG" + bytes(125)).duration_s == pytest.approx(2.0, abs=0.05)
