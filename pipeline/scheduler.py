@@ -68,6 +68,17 @@ def ensure_ray(config: Config) -> float:
 
 
 def actor_options(config: Config, nodes: list[dict], pending: int | None = None) -> tuple[int, dict]:
+    """ray.actor_resources: only the nodes offering them are sized for, and no more actors than they hold."""
+    wanted = config.ray.actor_resources
+    offering = [n for n in nodes if all(n.get(name, 0) >= amount for name, amount in wanted.items())]
+    count, options = _actor_options(config, offering or nodes, pending)
+    if wanted:
+        held = sum(min(int(n[name] // amount) for name, amount in wanted.items()) for n in offering)
+        count, options["resources"] = min(count, max(1, held)), dict(wanted)
+    return count, options
+
+
+def _actor_options(config: Config, nodes: list[dict], pending: int | None = None) -> tuple[int, dict]:
     """How many codec actors, and the Ray resources each one reserves (see RayConfig for the defaults).
 
     nodes: each live node's resources. Sizes are fitted to the nodes, not the cluster total: a
@@ -80,6 +91,8 @@ def actor_options(config: Config, nodes: list[dict], pending: int | None = None)
         # all the CPUs beside each GPU on the tightest GPU node, so every GPU gets its actor and decoding gets every
         # core no other actor holds: one GPU needs ~21 decode cores at 10,000x (jobs/bench_decode.py), more than any cap
         share = min(int(n.get("CPU", 1)) // int(n["GPU"]) for n in gpu_nodes)
+        if config.audio.decode_task_cpus:
+            share = 1  # decoding runs in tasks, which take the node's other CPUs (or another node's)
         options = {"num_gpus": 1, "num_cpus": r.cpus_per_actor or max(1, share)}
         if r.memory_per_actor_gb:
             options["memory"] = int(r.memory_per_actor_gb * 2**30)

@@ -24,7 +24,8 @@ from codec.memory import is_out_of_memory, release_device_memory
 
 from .audio import Audio, SampleError, SpilledFile, decode_audio
 from .batch_budget import BatchBudget
-from .config import Config
+from .config import AudioConfig, Config
+from .decode_tasks import DecodeInTask
 from .failures import TRANSIENT, UNEXPECTED, describe, is_transient
 from .loudness import CLIPPED
 from .prefetch import DecodeAhead
@@ -85,6 +86,7 @@ class ShardResult:
     loudness_unmeasured: int = 0  # rows left as they were: too short (< 400 ms) or too quiet to measure
     batch_budget: dict = field(default_factory=dict)  # the actor's batch budget when the shard ended (see BatchBudget)
     budget_halvings: int = 0  # out-of-memory errors during this shard that halved the actor's budget
+    decode_nodes: list = field(default_factory=list)  # nodes whose decode tasks decoded it (audio.decode_task_cpus)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -127,6 +129,31 @@ def load_codec_for(config: Config, checkpoint: Checkpoint | None = None):
     return codec
 
 
+@dataclass(frozen=True)
+class SampleDecoder:
+    """One raw sample -> audio at the codec's rate, or the SampleError that is its record. Picklable, so a decode
+    task in another process (pipeline/decode_tasks.py) decodes exactly as the actor's own threads do."""
+
+    audio: AudioConfig
+    sample_rate: int
+    ceil_length: bool  # codec.convention=authors: resampled to librosa's length
+
+    def __call__(self, raw: RawSample) -> Audio | SampleError:
+        try:
+            if raw.error is not None:
+                return raw.error if isinstance(raw.error, SampleError) else SampleError("bad_sample", str(raw.error))
+            a = self.audio
+            return decode_audio(raw.audio, self.sample_rate, a.resampler_quality, a.max_seconds,
+                                loudness_lufs=a.loudness_lufs, ceil_length=self.ceil_length)
+        except SampleError as error:
+            return error
+        except Exception as error:  # a decoder bug must cost one sample, not the shard
+            return SampleError("decode_failed", repr(error)[:200])
+        finally:
+            if isinstance(raw.audio, SpilledFile):
+                raw.audio.close()  # its disk space goes once decoded, not when the pool holding `raw` is encoded
+
+
 class ShardProcessor:
     def __init__(self, config: Config, name: str = "local", cpus: int | None = None,
                  checkpoint: Checkpoint | None = None, schema: pa.Schema | None = None, versions: dict | None = None):
@@ -164,6 +191,7 @@ class ShardProcessor:
         pool_batches = POOL_BATCHES if self.codec.policy.max_clips > 1 else 1
         self.pool_target = config.ray.pool_seconds or pool_batches * self.codec.policy.max_batch_seconds
         self.budget = BatchBudget(self.codec.policy)
+        self._decode = SampleDecoder(config.audio, self.codec.sample_rate, resamples_to_ceil(self.codec.convention))
 
     @property
     def in_shard(self) -> dict:
@@ -212,9 +240,13 @@ class ShardProcessor:
         seen: set[str] = set()
         pool: list[tuple[RawSample, Audio]] = []
         pool_seconds = 0.0
-        # one pool ahead: the next pool is decoded while this one encodes
-        decoded_ahead = DecodeAhead(lambda: read_shard(shard, self.config.source, self.config.audio.max_file_bytes), self._decode, self.decode_threads,
-                                    ahead_seconds=self.pool_target, name=shard.id)
+        # one pool ahead: the next pool is decoded while this one encodes, here or in a decode task
+        task_cpus = self.config.audio.decode_task_cpus
+        if task_cpus:
+            decoded_ahead = DecodeInTask(shard, self.config, self._decode, task_cpus, self.pool_target)
+        else:
+            decoded_ahead = DecodeAhead(lambda: read_shard(shard, self.config.source, self.config.audio.max_file_bytes),
+                                        self._decode, self.decode_threads, ahead_seconds=self.pool_target, name=shard.id)
         for raw, decoded in decoded_ahead:
             if raw is None:  # the shard itself broke off: no rows; the driver retries it or records its failure
                 result.status, result.shard_error = "failed", f"{decoded.reason}: {decoded.detail}"
@@ -222,6 +254,7 @@ class ShardProcessor:
                 if decoded.kind == UNEXPECTED:
                     result.traceback = decoded.detail
                 result.decode_wait_s = decoded_ahead.wait_seconds
+                result.decode_nodes = sorted(getattr(decoded_ahead, "nodes", ()))
                 return
             result.samples_read += 1
             if isinstance(decoded, SampleError):
@@ -248,6 +281,7 @@ class ShardProcessor:
         result.encoded_frames, result.encode_s = progress["encoded_frames"], progress["encode_s"]
         result.threads = progress["threads"]
         result.decode_wait_s = decoded_ahead.wait_seconds
+        result.decode_nodes = sorted(getattr(decoded_ahead, "nodes", ()))
         result.loudness_clipped, result.loudness_unmeasured = progress["loudness_clipped"], progress["loudness_unmeasured"]
         result.batch_budget, result.budget_halvings = progress["batch_budget"], progress["budget_halvings"]
 
@@ -314,18 +348,3 @@ class ShardProcessor:
         # out of the except block: the traceback, and the failed pass's tensors its frames held, are gone
         release_device_memory(self.codec.device)
         return failure
-
-    def _decode(self, raw: RawSample) -> Audio | SampleError:
-        try:
-            if raw.error is not None:
-                return raw.error if isinstance(raw.error, SampleError) else SampleError("bad_sample", str(raw.error))
-            audio = self.config.audio
-            return decode_audio(raw.audio, self.codec.sample_rate, audio.resampler_quality, audio.max_seconds,
-                                loudness_lufs=audio.loudness_lufs, ceil_length=resamples_to_ceil(self.codec.convention))
-        except SampleError as error:
-            return error
-        except Exception as error:  # a decoder bug must cost one sample, not the shard
-            return SampleError("decode_failed", repr(error)[:200])
-        finally:
-            if isinstance(raw.audio, SpilledFile):
-                raw.audio.close()  # its disk space goes once decoded, not when the pool holding `raw` is encoded
