@@ -30,7 +30,7 @@ from .loudness import CLIPPED
 from .prefetch import DecodeAhead
 from .runstate import library_versions
 from .schema import output_schema
-from .sources import RawSample, Shard, read_shard
+from .sources import RawSample, Shard, ShardError, read_shard, transient_error
 from .storage import Storage
 from .writer import ShardWriter
 
@@ -315,7 +315,9 @@ class ShardProcessor:
         release_device_memory(self.codec.device)
         return failure
 
-    def _decode(self, raw: RawSample) -> Audio | SampleError:
+    def _decode(self, raw: RawSample) -> Audio | SampleError | ShardError:
+        """The sample's audio, or its error record; a transient ShardError (a full TMPDIR, no memory left) when
+        another attempt could decode it: the shard breaks off there and is retried whole (prefetch.DecodeAhead)."""
         try:
             if raw.error is not None:
                 return raw.error if isinstance(raw.error, SampleError) else SampleError("bad_sample", str(raw.error))
@@ -325,7 +327,7 @@ class ShardProcessor:
         except SampleError as error:
             return error
         except Exception as error:  # a decoder bug must cost one sample, not the shard
-            return SampleError("decode_failed", repr(error)[:200])
+            return transient_error(error, f"decoding {raw.key}") or SampleError("decode_failed", repr(error)[:200])
         finally:
             if isinstance(raw.audio, SpilledFile):
                 raw.audio.close()  # its disk space goes once decoded, not when the pool holding `raw` is encoded
