@@ -348,7 +348,8 @@ def _text_columns(batch: pa.RecordBatch, names: list[str], max_text_bytes: int) 
 
 
 def read_hf_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = AudioConfig.max_file_bytes) -> Iterator[RawSample]:
-    """Rows of one Arrow or Parquet file; a bad cell (audio or metadata) is that row's error record."""
+    """Rows of one Arrow or Parquet file; a bad cell (audio or metadata) is that row's error record, a cell that
+    failed for a cause a retry could change (the store, a full disk) the shard's transient ShardError."""
     row = 0
     for batch in _record_batches(shard):
         names = batch.schema.names
