@@ -39,7 +39,7 @@ def test_hf_path_cells_on_a_store_answering_503_twice_are_all_encoded_after_a_re
     assert errors_of(config.output.dir) == []
 
 
-def no_space_left(self, samples):
+def no_space_left(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
@@ -75,3 +75,17 @@ def test_enospc_or_memory_error_while_decoding_fails_the_shard_as_transient_not_
     assert errors_of(config.output.dir) == [] and not (tmp_path / "out/data").exists()
     retried = processor.process(shard)  # the retry, with the disk or memory back
     assert retried.status == "done" and retried.rows == 2 and retried.errors == 0
+
+
+def test_enospc_spilling_a_large_tar_member_fails_the_shard_as_transient_not_as_a_corrupt_tar(tmp_path, monkeypatch):
+    import pipeline.sources.webdataset
+    from pipeline.sources import Shard, ShardError
+    from pipeline.sources.webdataset import read_tar_shard
+    from pipeline.synth import SynthSample, write_tar
+
+    write_tar(str(tmp_path / "s.tar"), [SynthSample("a", {"wav": wav_bytes(clip(0.5, 1), 16000)}, 0.5)])
+    monkeypatch.setattr(pipeline.sources.webdataset, "SPILL_ABOVE_BYTES", 1000)  # the member is spilled to TMPDIR
+    monkeypatch.setattr("pipeline.audio.shutil.copyfileobj", no_space_left)
+    with pytest.raises(ShardError) as error:
+        list(read_tar_shard(Shard("s", str(tmp_path / "s.tar"), "webdataset")))
+    assert error.value.kind == TRANSIENT and error.value.reason == "no_space_left", error.value
