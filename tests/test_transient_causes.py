@@ -89,3 +89,28 @@ def test_enospc_spilling_a_large_tar_member_fails_the_shard_as_transient_not_as_
     with pytest.raises(ShardError) as error:
         list(read_tar_shard(Shard("s", str(tmp_path / "s.tar"), "webdataset")))
     assert error.value.kind == TRANSIENT and error.value.reason == "no_space_left", error.value
+
+
+def test_memory_error_while_lhotse_loads_a_cut_fails_the_shard_as_transient_not_an_undecodable_record(
+        tmp_path, monkeypatch):
+    import lhotse
+    from lhotse import AudioSource, CutSet, MonoCut, Recording
+
+    from pipeline.config import load_config
+    from pipeline.sources import ShardError, list_shards, read_shard
+    from pipeline.storage import Storage
+
+    path = tmp_path / "a.wav"
+    path.write_bytes(wav_bytes(clip(0.5, 1), 16000))
+    # a command source: no file segment, lhotse loads the cut itself
+    recording = Recording("rec", [AudioSource("command", [0], f"cat {path}")], 16000, 8000, 0.5)
+    CutSet.from_cuts([MonoCut("cut", 0.0, 0.5, 0, recording=recording)]).to_file(str(tmp_path / "cuts.jsonl.gz"))
+    config = load_config(None, ["source.kind=lhotse", f"source.path={tmp_path}/cuts.jsonl.gz", "codec.model=random:tiny",
+                                f"output.dir={tmp_path}/out"])
+    (shard,) = list_shards(config.source).settle(Storage(config.output.dir))
+    (row,) = read_shard(shard, config.source)
+    assert row.error is None and row.audio[0].shape == (8000, 1)  # lhotse loads it
+    monkeypatch.setattr(lhotse.MonoCut, "load_audio", no_memory_left)
+    with pytest.raises(ShardError) as error:
+        list(read_shard(shard, config.source))
+    assert error.value.kind == TRANSIENT and error.value.reason == "out_of_host_memory", error.value
