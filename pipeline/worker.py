@@ -22,10 +22,11 @@ from codec.conventions import resamples_to_ceil
 from codec.heap import release_freed_heap, resident_mb
 from codec.memory import is_out_of_memory, release_device_memory
 
-from .audio import Audio, SampleError, SpilledFile, decode_audio
+from .audio import Audio, SampleError
 from .batch_budget import BatchBudget
-from .config import AudioConfig, Config
+from .config import Config
 from .decode_tasks import DecodeInTask
+from .decoding import SampleDecoder
 from .failures import TRANSIENT, UNEXPECTED, describe, is_transient
 from .loudness import CLIPPED
 from .prefetch import DecodeAhead
@@ -127,31 +128,6 @@ def load_codec_for(config: Config, checkpoint: Checkpoint | None = None):
     # limits the config fixes replace the device default's
     codec.policy = codec.policy_with(c.max_batch_seconds, c.max_clips)
     return codec
-
-
-@dataclass(frozen=True)
-class SampleDecoder:
-    """One raw sample -> audio at the codec's rate, or the SampleError that is its record. Picklable, so a decode
-    task in another process (pipeline/decode_tasks.py) decodes exactly as the actor's own threads do."""
-
-    audio: AudioConfig
-    sample_rate: int
-    ceil_length: bool  # codec.convention=authors: resampled to librosa's length
-
-    def __call__(self, raw: RawSample) -> Audio | SampleError:
-        try:
-            if raw.error is not None:
-                return raw.error if isinstance(raw.error, SampleError) else SampleError("bad_sample", str(raw.error))
-            a = self.audio
-            return decode_audio(raw.audio, self.sample_rate, a.resampler_quality, a.max_seconds,
-                                loudness_lufs=a.loudness_lufs, ceil_length=self.ceil_length)
-        except SampleError as error:
-            return error
-        except Exception as error:  # a decoder bug must cost one sample, not the shard
-            return SampleError("decode_failed", repr(error)[:200])
-        finally:
-            if isinstance(raw.audio, SpilledFile):
-                raw.audio.close()  # its disk space goes once decoded, not when the pool holding `raw` is encoded
 
 
 class ShardProcessor:

@@ -244,6 +244,42 @@ def test_bad_hf_cells_are_error_records_for_their_rows_and_the_rest_of_the_shard
     assert "source.max_text_bytes" in samples["huge_text"].error.detail
 
 
+def test_hf_array_cells_are_read_by_their_layout_and_an_implausible_shape_is_a_bad_shape_record(tmp_path, tiny_codec):
+    """A [2, N] stereo array (as `datasets` and torchaudio lay it out) is N frames of 2 channels, not 2 frames of N:
+    its row lasts N / rate and has the codes of the same samples laid out [N, 2]. Shapes that name no channel
+    axis are records naming the shape."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.sources import list_shards
+    from pipeline.worker import ShardProcessor
+    from tests.test_pipeline import config_for, read_rows
+    from tests.test_reliability import errors_of
+
+    stereo = np.stack([clip(1.0), clip(1.0)[::-1]])  # [channels, frames]: 2 x 16000
+    cells = {"channels_first": stereo, "frames_first": stereo.T, "both_long": np.zeros((100, 400), np.float32),
+             "both_short": np.zeros((2, 8), np.float32)}
+    kind = pa.struct([("array", pa.list_(pa.list_(pa.float32()))), ("sampling_rate", pa.int64())])
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": list(cells), "audio": pa.array(
+        [{"array": a.tolist(), "sampling_rate": 16000} for a in cells.values()], kind)}), tmp_path / "in/a.parquet")
+    cube = pa.struct([("array", pa.list_(pa.list_(pa.list_(pa.float32())))), ("sampling_rate", pa.int64())])
+    pq.write_table(pa.table({"id": ["cube"], "audio": pa.array(
+        [{"array": np.zeros((2, 2, 100)).tolist(), "sampling_rate": 16000}], cube)}), tmp_path / "in/b.parquet")
+    config = config_for(tmp_path, {"kind": "hf", "path": str(tmp_path / "in")})
+    processor = ShardProcessor(config)
+    assert all(processor.process(shard).status == "done" for shard in list_shards(config.source).shards)
+    rows = {r["key"]: r for r in read_rows(config.output.dir)}
+    assert sorted(rows) == ["channels_first", "frames_first"]
+    assert rows["channels_first"]["duration_s"] == pytest.approx(1.0)
+    assert rows["channels_first"]["codes"] == rows["frames_first"]["codes"]
+    errors = {e["key"]: e for e in errors_of(config.output.dir)}
+    assert {key: e["reason"] for key, e in errors.items()} == {"both_long": "bad_shape", "both_short": "bad_shape",
+                                                                "cube": "bad_shape"}
+    assert "[100, 400]" in errors["both_long"]["detail"] and "[2, 8]" in errors["both_short"]["detail"]
+    assert "[2, 2, 100]" in errors["cube"]["detail"]
+
+
 # -- truncation, unknown lengths, decode memory -----------------------------------------------------------
 
 
@@ -350,6 +386,38 @@ def test_small_file_of_many_channels_at_a_high_rate_decodes_in_bounded_memory():
 
 
 # -- end to end: every member counted --------------------------------------------------------------------------
+
+
+def read_bytes() -> int:
+    """Bytes this process has read through read(2) and its kin so far (/proc/self/io's rchar)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def test_tar_member_no_field_uses_is_passed_over_without_being_read_locally_and_over_http(tmp_path):
+    """A 48 MiB `.bin` between two samples is neither part of a row nor read: the tar is read by seeking past it,
+    from a local disk (the bytes this process reads) and from an HTTP server (the bytes it sends)."""
+    from tests.httpserver import TroubleServer
+
+    unused = 48 << 20
+    wav = wav_bytes(clip(), 16000)
+    (tmp_path / "served").mkdir()
+    path = tmp_path / "served/s.tar"
+    with tarfile.open(path, "w") as tar:
+        add(tar, "a.wav", wav)
+        add(tar, "a.bin", bytes(unused))
+        add(tar, "b.wav", wav)
+    assert path.stat().st_size > unused
+
+    before = read_bytes()
+    samples = by_key(read_tar_shard(shard_of(path)))
+    local = read_bytes() - before
+    assert sorted(samples) == ["a", "b"] and samples["a"].audio == samples["b"].audio == wav
+    assert local < unused / 4, f"{local} bytes read locally"
+    with TroubleServer(str(tmp_path / "served")) as server:
+        samples = by_key(read_tar_shard(shard_of(f"{server.url}/s.tar")))
+    assert sorted(samples) == ["a", "b"] and samples["b"].audio == wav
+    assert server.sent["s.tar"] < unused / 4, f"{server.sent['s.tar']} bytes sent"
 
 
 def test_hostile_tar_members_are_each_a_row_or_an_error_record_in_a_real_run(tmp_path, ray_local):

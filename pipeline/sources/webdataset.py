@@ -129,6 +129,12 @@ def _open(url: str):
         raise read_error(error, url, "unreadable_shard") from None
 
 
+def _tar_mode(stream) -> str:
+    """Random access where the file allows it (local files, object stores, HTTP with ranges): a member no field
+    uses is then passed over by a seek, never read; a stream (HTTP without a length) is read through."""
+    return "r:*" if stream.seekable() else "r|*"
+
+
 def _linked(url: str, offset: int, link: tarfile.TarInfo, ext: str, sample: _Sample, limits: _Limits):
     """A hard link's content: its target, an earlier member of the same tar, read by a second pass over the
     tar up to it (a stream cannot seek back; hard links are rare, GNU tar writes them for hard-linked files)."""
@@ -149,7 +155,7 @@ def read_tar_shard(shard: Shard, max_text_bytes: int = SourceConfig.max_text_byt
     sample: _Sample | None = None
     files: dict[str, int] = {}  # name -> offset of the last regular member of that name (hard-link targets)
     try:
-        with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with stream, tarfile.open(fileobj=stream, mode=_tar_mode(stream)) as tar:
             for info in tar:
                 if info.isdir():
                     continue
