@@ -20,7 +20,7 @@ import torch
 
 from codec import BatchPolicy, load_codec, reference_encode
 from codec.calibration import CPU_CANDIDATES, GPU_CANDIDATES
-from codec.flops import flops_per_audio_second, peak_flops
+from demo.flops import flops_per_audio_second, peak_flops
 
 
 def corpus(seed: int, clips: int, max_s: float) -> list[np.ndarray]:

@@ -40,7 +40,7 @@ RATE, CHANNELS = 48000, 2
 
 def write_shard(folder: str, minutes: float) -> tuple[str, int]:
     """A tar holding one `minutes`-long FLAC; returns its path and the FLAC's size in bytes."""
-    from pipeline.synth import SynthSample, write_long_audio, write_tar
+    from demo.synth import SynthSample, write_long_audio, write_tar
 
     flac = os.path.join(folder, f"long-{minutes:g}.flac")
     write_long_audio(flac, minutes * 60, RATE, CHANNELS, "flac", seed=int(minutes))
@@ -104,7 +104,7 @@ AGREEMENT_CLIPS = (("flac", 44100), ("flac", 48000), ("mp3", 22050))
 def agreement(folder: str, seconds: float) -> None:
     from codec import load_codec
     from pipeline.audio import DECODE_METHOD, SpilledFile, decode_audio
-    from pipeline.synth import write_long_audio
+    from demo.synth import write_long_audio
 
     codec = load_codec("random:tiny", device="cpu")
     print(f"\ntoken agreement, blocked ({DECODE_METHOD}) vs whole-file decoding, {seconds:g} s stereo clips, random:tiny")
@@ -130,7 +130,7 @@ def write_hostile_shards(folder: str) -> list[tuple[str, str]]:
 
     import soundfile
 
-    from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
+    from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
 
     text_tar = os.path.join(folder, "huge-text.tar.gz")
     wav = encode_audio(synth_clip(np.random.default_rng(0), 1.0, 16000), 16000, "wav")

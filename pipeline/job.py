@@ -19,7 +19,6 @@ from .scheduler import Scheduler, ensure_ray
 from .schema import describe, output_schema, schema_to_text
 from .sources import SourceListing, largest_first, list_shards
 from .storage import Storage
-from .synth import ensure_demo_webdataset
 from .worker import ShardResult, encoder_busy_share
 
 
@@ -38,15 +37,6 @@ class JobSummary:
     failed_shards: list = field(default_factory=list)  # (shard id, reason) of every failed shard of the output
     startup: dict | None = None  # seconds from the job's start to its first encoded batch, by part (see Scheduler.startup)
     loudness_lufs: float | None = None  # audio.loudness_lufs of the run (None: off)
-
-
-def _ensure_demo_corpus(config: Config) -> None:
-    if config.source.kind != "webdataset":
-        raise ConfigError("source.demo_if_missing", "works for webdataset sources only")
-    try:
-        ensure_demo_webdataset(config.source.urls)
-    except ValueError as error:
-        raise ConfigError("source.urls", str(error), "e.g. ['demo_data/demo-{000..003}.tar']") from None
 
 
 @dataclass
@@ -116,8 +106,6 @@ def open_run_state(config: Config, storage: Storage, codec: CodecFacts, listing:
 def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
     start = time.time()
     storage = Storage(config.output.dir)
-    if config.source.demo_if_missing:
-        _ensure_demo_corpus(config)
     listing = list_shards(config.source)
     if not listing.shards and listing.plan is None:
         raise ConfigError("source", "no shards found", "check source.urls / source.path")

@@ -260,7 +260,7 @@ def test_bandwidth_not_in_checkpoint_fails_before_work(tmp_path):
 def test_hf_audio_as_paths_and_arrays(tmp_path, ray_local, tiny_codec):
     import pyarrow as pa
 
-    from pipeline.synth import encode_audio, synth_clip
+    from demo.synth import encode_audio, synth_clip
 
     rng = np.random.default_rng(7)
     os.makedirs(tmp_path / "files")

@@ -18,7 +18,7 @@ from pipeline.job import run_job
 from pipeline.scheduler import GuardTripped
 from pipeline.run import Progress
 from pipeline.run import main as cli_main
-from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
+from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
 from pipeline.reading.verify import main as verify_main
 from pipeline.reading.verify import verify
 from tests.corpus import mixed_tar, wav_bytes

@@ -370,7 +370,7 @@ def test_every_data_file_has_the_run_schema_and_readers_read_a_mixed_output_whol
     keys = mixed_parquet_shards(str(tmp_path / "hf"))
     config_for(tmp_path, {"kind": "hf", "path": str(tmp_path / "hf")}, name="hf.yaml")
     assert run_main([str(tmp_path / "hf.yaml"), f"output.dir={tmp_path}/out_hf"]) == 0
-    from pipeline.synth import SynthSample, random_sample, write_tar
+    from demo.synth import SynthSample, random_sample, write_tar
 
     rng = np.random.default_rng(1)
     for shard in range(3):  # shard 2 has no transcripts at all

@@ -12,7 +12,7 @@ from pipeline.config import load_config
 from pipeline.job import run_job
 from pipeline.sources import list_shards, read_shard
 from pipeline.storage import Storage
-from pipeline.synth import random_sample
+from demo.synth import random_sample
 from tests.test_pipeline import config_for, expected_codes, manifest_of, read_rows, records_of
 
 FILES_PATTERN = "in/**/*.{wav,flac,mp3,txt,json}"
@@ -91,7 +91,7 @@ def test_files_run_keys_codes_sidecars_and_a_rerun_after_additions_leaves_done_s
 
 def write_recordings(folder) -> dict:
     """Two long recordings: name -> (path, float32 samples as soundfile reads them, rate)."""
-    from pipeline.synth import synth_clip
+    from demo.synth import synth_clip
 
     rng, recordings = np.random.default_rng(5), {}
     for name, seconds, rate, channels in (("rec/long.flac", 140.0, 44100, 2), ("rec/short.wav", 20.0, 16000, 1)):

@@ -8,11 +8,11 @@ from typing import Callable
 
 import numpy as np
 
-from .config import OutputConfig
-from .runstate import RunState
-from .schema import describe, output_schema, schema_to_text
-from .storage import Storage
-from .writer import ShardWriter
+from pipeline.config import OutputConfig
+from pipeline.runstate import RunState
+from pipeline.schema import describe, output_schema, schema_to_text
+from pipeline.storage import Storage
+from pipeline.writer import ShardWriter
 
 FRAME_RATE = 25.0
 
