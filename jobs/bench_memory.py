@@ -169,7 +169,7 @@ class _Chunks:
 
 
 def hostile_table(folder: str) -> None:
-    from pipeline.scheduler import CPU_ACTOR_MEMORY_GB
+    from pipeline.driver.pool import CPU_ACTOR_MEMORY_GB
 
     print("\npeak RSS of the actor's ShardProcessor on small hostile files (random:tiny, 1 torch thread)")
     for what, tar, threads in write_hostile_shards(folder):

@@ -14,12 +14,12 @@ from .audio import DECODE_METHOD
 from .config import Config, ConfigError, as_dict
 from .device import probe_device
 from .loudness import METHOD as LOUDNESS_METHOD
-from .runstate import RunState, library_versions
-from .scheduler import Scheduler, ensure_ray
+from .runstate import RunState, ShardRecord, error_text, library_versions
+from .driver import Scheduler, ensure_ray
 from .schema import describe, output_schema, schema_to_text
 from .sources import SourceListing, largest_first, list_shards
 from .storage import Storage
-from .worker import ShardResult, encoder_busy_share
+from .worker import encoder_busy_share
 
 
 @dataclass
@@ -119,7 +119,7 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         pending = largest_first(s for s in shards if not state.done(s.id))
         skipped = len(shards) - len(pending)
         on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped})
-        results: list[ShardResult] = []
+        results: list[ShardRecord] = []
         start_failures: list[str] = []
         startup = None
         if pending:
@@ -132,7 +132,7 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
                 startup = {"prepare_s": prepared, **startup, "ray_start_s": ray_start_s,
                            "to_first_batch_s": startup.pop("first_batch_at") - start}
         complete = all(state.done(s.id) for s in shards)
-        failed = sorted((k, r.get("shard_error") or "") for k, r in state.records.items() if r["status"] != "done")
+        failed = sorted((k, error_text(r)) for k, r in state.records.items() if r["status"] != "done")
     finally:
         state.close()
     return JobSummary("complete" if complete else "incomplete", len(shards), skipped, len(shards) - skipped,

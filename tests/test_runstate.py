@@ -15,7 +15,7 @@ import pytest
 from pipeline.config import SourceConfig, load_config
 from pipeline.job import open_run_state, resolve_codec
 from pipeline.run import main as run_main
-from pipeline.runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, RunState, read_run
+from pipeline.runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, RunState, ShardRecord, read_run
 from pipeline.runstate.lease import LEASE
 from pipeline.runstate.plan import PLAN
 from pipeline.runstate.records import COMMITS
@@ -42,10 +42,11 @@ def output_settings(**changes):
 
 
 def result(shard_id, status="done", rows=2):
-    return {"shard_id": shard_id, "source": f"/in/{shard_id}.tar", "status": status, "samples_read": rows,
+    # as records were written before reason and detail were fields: `from_dict` splits `shard_error`
+    return ShardRecord.from_dict({"shard_id": shard_id, "source": f"/in/{shard_id}.tar", "status": status, "samples_read": rows,
             "rows": rows if status == "done" else 0, "errors": 0, "error_reasons": {}, "audio_seconds": 1.0,
             "frames": 25, "tokens": 200, "encoded_frames": 25, "files": [f"data/{shard_id}.parquet"],
-            "shard_error": None if status == "done" else "corrupt_tar: cut"}
+            "shard_error": None if status == "done" else "corrupt_tar: cut"})
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -15,12 +15,11 @@ import ray
 
 from pipeline.config import load_config
 from pipeline.failures import PERMANENT, TRANSIENT
-from pipeline.runstate import RunState
-from pipeline.scheduler import GuardTripped, Scheduler, actor_options, threads_to_lend
+from pipeline.runstate import RunState, ShardRecord
+from pipeline.driver import GuardTripped, Scheduler, actor_options, threads_to_lend
 from pipeline.schema import describe, output_schema, schema_to_text
 from pipeline.sources import Shard
 from pipeline.storage import Storage
-from pipeline.worker import ShardResult
 
 
 @ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=3)
@@ -51,7 +50,7 @@ class ScriptedActor:
             log.seek(0)
             return len(log.readlines())
 
-    def process(self, shard: Shard) -> ShardResult:
+    def process(self, shard: Shard) -> ShardRecord:
         self.started[shard.id] = time.time()
         behaviour = shard.url.split("/")[0].removeprefix("script:")
         call = self._count(shard.id)
@@ -62,7 +61,7 @@ class ScriptedActor:
 
     def _act(self, shard, behaviour, call):
         def failed(kind, reason):
-            return ShardResult(shard.id, shard.url, "failed", shard_error=f"{reason}: call {call}", failure=kind,
+            return ShardRecord(shard.id, shard.url, "failed", reason=reason, detail=f"call {call}", failure=kind,
                                worker=self.name)
 
         most_threads = self.threads
@@ -85,7 +84,7 @@ class ScriptedActor:
             time.sleep(3600)
         elif behaviour == "sick-actor" and self.first:
             return failed(TRANSIENT, "cuda_error")
-        return ShardResult(shard.id, shard.url, "done", rows=1, samples_read=1, worker=self.name,
+        return ShardRecord(shard.id, shard.url, "done", rows=1, samples_read=1, worker=self.name,
                            files=[f"data/{shard.id}.parquet"], threads=most_threads)
 
 
@@ -122,7 +121,7 @@ def test_transient_failures_are_retried_on_another_actor_and_permanent_ones_are_
                           "ray.max_consecutive_failures=10", "ray.retry_backoff_s=2")  # both actors up by the retries
     assert records["flaky"]["status"] == "done" and records["flaky"]["attempts"] == 3
     assert records["down"]["status"] == "failed" and records["down"]["attempts"] == 3
-    assert records["down"]["shard_error"].startswith("transient_io")
+    assert records["down"]["reason"] == "transient_io"
     assert records["broken"]["status"] == "failed" and records["broken"]["attempts"] == 1
     assert len(calls(tmp_path, "broken")) == 1  # a permanent failure is not tried again
     flaky = calls(tmp_path, "flaky")
@@ -145,7 +144,7 @@ def test_only_the_shard_that_kills_its_actor_is_charged(tmp_path, ray_local):
     assert sorted(lost[0]["lost"]) == ["neighbour", "poison"] and lost[0]["charged"] is None
     assert all(i["charged"] == "poison" for i in lost[1:]) and len(lost) == 3  # alone, it kills: charged twice
     assert records["neighbour"]["status"] == "done" and records["neighbour"]["attempts"] == 1
-    assert records["poison"]["status"] == "failed" and records["poison"]["shard_error"].startswith("actor_lost")
+    assert records["poison"]["status"] == "failed" and records["poison"]["reason"] == "actor_lost"
 
 
 def test_actor_failing_shards_in_a_row_is_replaced(tmp_path, ray_local):
@@ -161,7 +160,7 @@ def test_hung_shard_is_bounded_by_its_time_limit(tmp_path, ray_local):
     records, events = run(tmp_path, {"stuck": "hang", "fine": "slow-0.5"}, "ray.num_actors=1",
                           "ray.shard_timeout_s=3", "ray.max_attempts=2", "guard.min_shards=10")
     assert time.time() - start < 60
-    assert records["stuck"]["status"] == "failed" and records["stuck"]["shard_error"].startswith("timeout")
+    assert records["stuck"]["status"] == "failed" and records["stuck"]["reason"] == "timeout"
     assert records["fine"]["status"] == "done" and records["fine"]["attempts"] == 1
     assert [i["charged"] for k, i in events if k == "actor_lost"] == ["stuck", "stuck"]
 

@@ -335,7 +335,7 @@ def test_dataset_card_lets_load_dataset_read_the_output_folder_and_its_snippet_d
     assert scope["audio"].size == round(scope["row"]["duration_s"] * 24000)
     # reading code stays free of Ray and the driver
     imported = subprocess.run([sys.executable, "-c", "import sys, pipeline.reading.card; print(sorted(m for m in "
-                               "sys.modules if m.split('.')[0] == 'ray' or m in ('pipeline.job', 'pipeline.scheduler')))"],
+                               "sys.modules if m.split('.')[0] == 'ray' or m in ('pipeline.job', 'pipeline.driver')))"],
                               capture_output=True, text=True, check=True).stdout.strip()
     assert imported == "[]"
 
