@@ -8,18 +8,16 @@ import sys
 from .synth import ensure_demo_webdataset
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
     parser.add_argument("urls", nargs="+", help="local tar paths, brace patterns allowed: demo_data/demo-{000..003}.tar")
-    args = parser.parse_args(argv)
+    urls = parser.parse_args(argv).urls
     try:
-        written = ensure_demo_webdataset(args.urls)
+        written = ensure_demo_webdataset(urls)
     except ValueError as error:
-        print(f"python -m demo: {error}", file=sys.stderr)
-        return 2
-    print(f"demo corpus: {'wrote ' + str(len(written)) + ' tars' if written else 'already there'} ({' '.join(args.urls)})")
-    return 0
+        sys.exit(f"python -m demo: {error}")  # exit status 1, the message on stderr
+    print(f"demo corpus: {f'wrote {len(written)} tars' if written else 'already there'} ({' '.join(urls)})")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -81,6 +81,28 @@ def test_rerun_trusts_commit_records_over_a_summary_that_lags_and_rebuilds_it(st
     assert not read_run(storage).summary_stale and not storage.exists(LEASE)
 
 
+def test_failed_record_written_with_shard_error_only_reads_with_its_reason_and_detail(storage):
+    """Records written before reason and detail were fields hold "reason: detail" in `shard_error`: the summary's
+    reasons, verify and ShardRecord read them as they read new ones."""
+    from pipeline.reading.verify import verify
+    from pipeline.runstate.records import record_path
+
+    state = RunState.open(storage, header(), output_settings())
+    state.commit(result("new", "failed"))
+    state.close()
+    old = {"shard_id": "old", "source": "/in/old.tar", "status": "failed", "shard_error": "corrupt_tar: cut at 512",
+           "files": ["errors/old.jsonl"]}
+    storage.write_bytes(record_path("old", "failed"), json.dumps(old).encode())
+    view = read_run(storage)
+    assert (view.records["new"]["reason"], view.records["new"]["detail"]) == ("corrupt_tar", "cut")
+    record = ShardRecord.from_dict(view.records["old"])
+    assert (record.reason, record.detail, record.error) == ("corrupt_tar", "cut at 512", "corrupt_tar: cut at 512")
+    again = RunState.open(storage, header(), output_settings())
+    assert again.totals()["shard_error_reasons"] == {"corrupt_tar": 2}
+    again.close()
+    assert "shard old: failed (corrupt_tar: cut at 512)" in verify(storage.url)
+
+
 def test_commit_record_cut_short_counts_as_not_done_and_is_reported(storage):
     state = RunState.open(storage, header(), output_settings(summary_interval_s=3600))
     state.commit(result("a"))
