@@ -18,6 +18,8 @@ the planned count left out (dropped) or had read by two ranks (filled from anoth
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import shutil
 import tempfile
 import time
@@ -26,10 +28,12 @@ from collections import Counter
 import numpy as np
 import pyarrow.parquet
 
-from pipeline.reading.batching import Batcher
-from pipeline.reading.dataset import TokenDataset
-from pipeline.storage import Storage
-from demo.synth_tokens import write_token_output
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # demo/ is not installed
+
+from pipeline.reading.batching import Batcher  # noqa: E402
+from pipeline.reading.dataset import TokenDataset  # noqa: E402
+from pipeline.storage import Storage  # noqa: E402
+from demo.synth_tokens import write_token_output  # noqa: E402
 
 
 class CountingParquetFile(pyarrow.parquet.ParquetFile):

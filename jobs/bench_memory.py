@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # demo/ is not installed
+
 RATE, CHANNELS = 48000, 2
 
 

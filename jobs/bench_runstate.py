@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import shutil
 import tempfile
 import time
@@ -22,12 +23,13 @@ import time
 import fsspec
 import numpy as np
 
-from pipeline.config import load_config
-from pipeline.runstate import RunState
-from pipeline.runstate.summary import SHARD_LIST
-from pipeline.schema import describe, output_schema, row_group_summary, schema_to_text
-from pipeline.storage import Storage
-from pipeline.runstate import ShardRecord
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # demo/ is not installed
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.runstate import RunState, ShardRecord  # noqa: E402
+from pipeline.runstate.summary import SHARD_LIST  # noqa: E402
+from pipeline.schema import describe, output_schema, row_group_summary, schema_to_text  # noqa: E402
+from pipeline.storage import Storage  # noqa: E402
 
 
 def fake_result(i: int) -> ShardRecord:

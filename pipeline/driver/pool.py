@@ -142,6 +142,7 @@ class ActorPool:
         self.start_failures = start_failures  # messages of every failed start, for the run's summary
         self.slots: list[Slot] = []
         self.options: dict = {}
+        self._announced = False  # the "actors" event, sent once every place had its first start
         self.first_facts: dict[str, dict] = {}  # actor name -> describe() of its first generation
 
     def open(self, pending: int) -> None:
@@ -151,13 +152,15 @@ class ActorPool:
         now = time.time()
         self.slots = [Slot(i, start_at=now + i * START_STAGGER_S) for i in range(min(count, pending))]
         self.start_due(now)
-        self.on_event("actors", {"count": len(self.slots), "options": self.options,
-                                 "actors": [s.actor for s in self.slots]})
 
     def start_due(self, now: float) -> None:
         for slot in self.slots:
             if slot.actor is None and not slot.given_up and slot.start_at <= now:
                 self._start(slot)
+        if not self._announced and all(s.generation or s.given_up for s in self.slots):
+            self._announced = True  # once every place had its first start
+            self.on_event("actors", {"count": len(self.slots), "options": self.options,
+                                     "actors": [s.actor for s in self.slots if s.actor is not None]})
 
     def next_start_in(self, now: float) -> float | None:
         """Seconds until the next actor start that waits out its stagger or backoff; None when none waits."""
