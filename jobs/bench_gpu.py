@@ -35,9 +35,9 @@ from codec import BatchPolicy, load_codec  # noqa: E402
 from codec.batching import GPU_POLICY, plan_batches  # noqa: E402
 from codec.calibration import GPU_CANDIDATES  # noqa: E402
 from codec.memory import is_out_of_memory, release_device_memory  # noqa: E402
-from codec.flops import flops_per_audio_second, peak_flops  # noqa: E402
+from demo.flops import flops_per_audio_second, peak_flops  # noqa: E402
 from pipeline.audio import decode_bytes, to_model_audio  # noqa: E402
-from pipeline.synth import lognormal_seconds, random_sample  # noqa: E402
+from demo.synth import lognormal_seconds, random_sample  # noqa: E402
 from pipeline.worker import POOL_BATCHES  # noqa: E402
 
 SWEEP = (*GPU_CANDIDATES, BatchPolicy(1920, 256))

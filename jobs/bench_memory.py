@@ -41,12 +41,14 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # demo/ is not installed
+
 RATE, CHANNELS = 48000, 2
 
 
 def write_shard(folder: str, minutes: float) -> tuple[str, int]:
     """A tar holding one `minutes`-long FLAC; returns its path and the FLAC's size in bytes."""
-    from pipeline.synth import SynthSample, write_long_audio, write_tar
+    from demo.synth import SynthSample, write_long_audio, write_tar
 
     flac = os.path.join(folder, f"long-{minutes:g}.flac")
     write_long_audio(flac, minutes * 60, RATE, CHANNELS, "flac", seed=int(minutes))
@@ -110,7 +112,7 @@ AGREEMENT_CLIPS = (("flac", 44100), ("flac", 48000), ("mp3", 22050))
 def agreement(folder: str, seconds: float) -> None:
     from codec import load_codec
     from pipeline.audio import DECODE_METHOD, SpilledFile, decode_audio
-    from pipeline.synth import write_long_audio
+    from demo.synth import write_long_audio
 
     codec = load_codec("random:tiny", device="cpu")
     print(f"\ntoken agreement, blocked ({DECODE_METHOD}) vs whole-file decoding, {seconds:g} s stereo clips, random:tiny")
@@ -136,7 +138,7 @@ def write_hostile_shards(folder: str) -> list[tuple[str, str]]:
 
     import soundfile
 
-    from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
+    from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
 
     text_tar = os.path.join(folder, "huge-text.tar.gz")
     wav = encode_audio(synth_clip(np.random.default_rng(0), 1.0, 16000), 16000, "wav")
@@ -175,7 +177,7 @@ class _Chunks:
 
 
 def hostile_table(folder: str) -> None:
-    from pipeline.scheduler import CPU_ACTOR_MEMORY_GB
+    from pipeline.driver.pool import CPU_ACTOR_MEMORY_GB
 
     print("\npeak RSS of the actor's ShardProcessor on small hostile files (random:tiny, 1 torch thread)")
     for what, tar, threads in write_hostile_shards(folder):

@@ -28,7 +28,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.decode_tasks import DecodeInTask  # noqa: E402
 from pipeline.prefetch import DecodeAhead  # noqa: E402
 from pipeline.sources import RawSample, list_shards, read_shard  # noqa: E402
-from pipeline.synth import random_sample, write_tar  # noqa: E402
+from demo.synth import random_sample, write_tar  # noqa: E402
 from pipeline.decoding import SampleDecoder  # noqa: E402
 
 

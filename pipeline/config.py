@@ -42,7 +42,6 @@ class SourceConfig:
     files_per_shard: int = 1000  # files: audio files grouped into one shard (the grouping is recorded in the output)
     lines_per_shard: int = 1000  # nemo, lhotse CutSet manifests: lines per shard (the line ranges are recorded in the output)
     audio_root: Optional[str] = None  # nemo: audio_filepath must lie under this folder or URL (None: anywhere)
-    demo_if_missing: bool = False  # demo only: write a synthetic corpus at `urls` when the tars are absent
     # a tar's .txt/.json member or an HF metadata cell larger than this is an error record, never read into a row:
     # memory is set by the configuration, not by what a file claims to hold
     max_text_bytes: int = 4 << 20

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import traceback
+from contextlib import contextmanager
 
 TRANSIENT = "transient"  # retried with backoff on another actor, up to ray.max_attempts
 PERMANENT = "permanent"  # the shard fails at once
@@ -84,3 +85,20 @@ def describe(error: BaseException, frames: int = 6) -> str:
     lines = traceback.format_exception(type(error), error, error.__traceback__)
     tail = "".join(lines[-(frames + 1):])
     return f"{type(error).__name__}: {str(error)[:300]}\n{tail}".strip()
+
+
+class TransientStartError(RuntimeError):
+    """An actor's constructor failed for a transient cause (the hub's 429, a connection reset): the driver starts
+    it again after a backoff instead of counting it toward the stop after two failed starts (driver.pool)."""
+
+
+@contextmanager
+def classified_start():
+    """Around an actor's constructor: a transient error leaves it as TransientStartError, whose name the driver
+    reads in the error Ray reports (the original exception does not cross the actor's death)."""
+    try:
+        yield
+    except Exception as error:
+        if is_transient(error):
+            raise TransientStartError(describe(error)) from error
+        raise

@@ -1,7 +1,7 @@
 """A local HTTP file server (127.0.0.1) that misbehaves on request, for the failure tests.
 
 Files are served from a folder with HEAD, GET and single byte ranges. A file's name picks its trouble:
-- `flaky-*`: the first `flaky_failures` requests for it answer 503;
+- `flaky-*`: the first `flaky_failures` GETs for it answer 503 (a HEAD answers: a listing sees its size);
 - `drop-*`: the first GET sends half the body and closes the connection;
 - `stall-*`: every GET sends half the body, then stalls (for `stall_s`, or until the server stops).
 """
@@ -19,6 +19,7 @@ class TroubleServer:
     def __init__(self, folder: str, flaky_failures: int = 2, stall_s: float = 90.0):
         self.folder, self.flaky_failures, self.stall_s = folder, flaky_failures, stall_s
         self.requests: Counter = Counter()  # every request, per file name
+        self.get_requests: Counter = Counter()  # every GET, per file name
         self.gets: Counter = Counter()  # GETs that reached the body, per file name
         self.sent: Counter = Counter()  # body bytes sent, per file name
         self.released = threading.Event()
@@ -40,10 +41,11 @@ class TroubleServer:
                 name = os.path.basename(self.path)
                 path = os.path.join(server.folder, name)
                 server.requests[name] += 1
+                server.get_requests[name] += body
                 if not os.path.isfile(path):
                     self.send_error(404)
                     return
-                if name.startswith("flaky-") and server.requests[name] <= server.flaky_failures:
+                if name.startswith("flaky-") and body and server.get_requests[name] <= server.flaky_failures:
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
                     self.end_headers()

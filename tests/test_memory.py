@@ -14,7 +14,7 @@ from pipeline.actors import SHARDS_IN_FLIGHT
 from pipeline.job import run_job
 from pipeline.sources import list_shards
 from pipeline.worker import ShardProcessor
-from pipeline.synth import SynthSample, encode_audio, synth_clip, write_long_audio, write_tar
+from demo.synth import SynthSample, encode_audio, synth_clip, write_long_audio, write_tar
 from tests.test_pipeline import config_for
 
 

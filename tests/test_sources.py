@@ -14,7 +14,7 @@ from pipeline.reading.verify import vanished_source_files, verify
 from pipeline.runstate.plan import read_plan
 from pipeline.sources import list_shards, read_shard
 from pipeline.storage import Storage
-from pipeline.synth import random_sample
+from demo.synth import random_sample
 from tests.test_pipeline import config_for, expected_codes, manifest_of, read_rows, records_of
 
 FILES_PATTERN = "in/**/*.{wav,flac,mp3,txt,json}"
@@ -109,7 +109,7 @@ def test_overwrite_clears_the_recorded_plan_so_files_are_grouped_anew(tmp_path, 
 
 def write_recordings(folder) -> dict:
     """Two long recordings: name -> (path, float32 samples as soundfile reads them, rate)."""
-    from pipeline.synth import synth_clip
+    from demo.synth import synth_clip
 
     rng, recordings = np.random.default_rng(5), {}
     for name, seconds, rate, channels in (("rec/long.flac", 140.0, 44100, 2), ("rec/short.wav", 20.0, 16000, 1)):
@@ -353,7 +353,7 @@ def test_dataset_card_lets_load_dataset_read_the_output_folder_and_its_snippet_d
     assert scope["audio"].size == round(scope["row"]["duration_s"] * 24000)
     # reading code stays free of Ray and the driver
     imported = subprocess.run([sys.executable, "-c", "import sys, pipeline.reading.card; print(sorted(m for m in "
-                               "sys.modules if m.split('.')[0] == 'ray' or m in ('pipeline.job', 'pipeline.scheduler')))"],
+                               "sys.modules if m.split('.')[0] == 'ray' or m in ('pipeline.job', 'pipeline.driver')))"],
                               capture_output=True, text=True, check=True).stdout.strip()
     assert imported == "[]"
 

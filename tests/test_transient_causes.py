@@ -56,7 +56,7 @@ INJECTIONS = {"enospc_writing_tmpdir": ("codec.waves.FileWave.append", no_space_
 def test_enospc_or_memory_error_while_decoding_fails_the_shard_as_transient_not_a_decode_failed_record(
         tmp_path, tiny_codec, monkeypatch, injected):
     from pipeline.sources import list_shards
-    from pipeline.synth import SynthSample, write_tar
+    from demo.synth import SynthSample, write_tar
     from pipeline.worker import ShardProcessor
 
     write_tar(str(tmp_path / "in/s.tar"), [
@@ -71,7 +71,7 @@ def test_enospc_or_memory_error_while_decoding_fails_the_shard_as_transient_not_
         patch.setattr(target, raising)
         result = processor.process(shard)
     assert result.status == "failed" and result.failure == TRANSIENT, result
-    assert result.shard_error.startswith(reason) and result.rows == 0 and result.error_reasons == {}
+    assert result.reason == reason and result.rows == 0 and result.error_reasons == {}
     assert errors_of(config.output.dir) == [] and not (tmp_path / "out/data").exists()
     retried = processor.process(shard)  # the retry, with the disk or memory back
     assert retried.status == "done" and retried.rows == 2 and retried.errors == 0
@@ -81,7 +81,7 @@ def test_enospc_spilling_a_large_tar_member_fails_the_shard_as_transient_not_as_
     import pipeline.sources.webdataset
     from pipeline.sources import Shard, ShardError
     from pipeline.sources.webdataset import read_tar_shard
-    from pipeline.synth import SynthSample, write_tar
+    from demo.synth import SynthSample, write_tar
 
     write_tar(str(tmp_path / "s.tar"), [SynthSample("a", {"wav": wav_bytes(clip(0.5, 1), 16000)}, 0.5)])
     monkeypatch.setattr(pipeline.sources.webdataset, "SPILL_ABOVE_BYTES", 1000)  # the member is spilled to TMPDIR

@@ -18,7 +18,7 @@ import sys
 
 import pyarrow.parquet as pq
 
-from ..runstate import DONE, OutputError, Totals, read_run
+from ..runstate import DONE, OutputError, Totals, error_text, read_run
 from ..schema import schema_from_text
 from ..storage import Storage
 
@@ -58,7 +58,7 @@ def verify(output_dir: str) -> list[str]:
     expected = set()
     for shard_id, record in sorted(run.records.items()):
         if record["status"] != DONE:
-            problems.append(f"shard {shard_id}: failed ({record.get('shard_error')})")
+            problems.append(f"shard {shard_id}: failed ({error_text(record)})")
         for name in record.get("files", []):
             expected.add(name)
             problem = _check_file(storage, name, record, schema)

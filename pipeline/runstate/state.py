@@ -17,7 +17,7 @@ from ..storage import Storage
 from .identity import IdentityChanged, check_identity, fingerprint
 from .lease import LEASE, Lease
 from .plan import PLAN
-from .records import COMMITS, DONE, FAILED, list_records, read_records, record_path, write_record
+from .records import COMMITS, DONE, FAILED, ShardRecord, list_records, read_records, record_path, write_record
 from .summary import MANIFEST, SHARD_LIST, Totals, read_manifest, read_shard_list, write_summary
 
 RUN_STATE = (MANIFEST, SHARD_LIST, COMMITS, PLAN)  # removed first on overwrite, then the data
@@ -158,10 +158,11 @@ class RunState:
     def totals(self) -> dict:
         return self._totals.as_dict()
 
-    def commit(self, result: dict) -> None:
+    def commit(self, result: ShardRecord) -> None:
         """Record a finished shard (its data and error files are already written)."""
         self.lease.check()
-        record = dict(result, finished_at=time.time())
+        result.finished_at = time.time()
+        record = result.to_dict()
         shard_id = record["shard_id"]
         write_record(self.storage, record)
         old = self.records.get(shard_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -15,10 +16,30 @@ from ..config import AudioConfig, ConfigError, SourceConfig
 from . import RawSample, Shard, ShardError, _is_local, full_url, glob_with_sizes, local_size, read_error, shard_id
 
 
+INFO_CONCURRENCY = 32  # fs.info requests in flight at once while listing remote tars named one by one
+
+
+def _sizes_by_info(named: list[tuple[object, str]]) -> list[int]:
+    """Sizes of remote files named one by one (brace patterns: no listing told them), asked concurrently; 0 for
+    one the store does not answer for (a missing tar is its own shard's error, not the listing's). The driver's
+    time limits and largest-first order use them."""
+    def size(item) -> int:
+        fs, path = item
+        try:
+            return int(fs.info(path).get("size") or 0)
+        except Exception:  # any client's error: the size stays unknown
+            return 0
+
+    if not named:
+        return []
+    with ThreadPoolExecutor(min(INFO_CONCURRENCY, len(named))) as pool:
+        return list(pool.map(size, named))
+
+
 def list_tar_shards(urls: list[str]) -> list[Shard]:
     """The tars of `urls`; a listing that finds none, or only local paths none of which exists, is a config
-    error before anything starts (remote paths are not asked one by one: a missing one is its shard's error)."""
-    expanded, missing = [], []
+    error before anything starts (a missing remote path is its shard's error)."""
+    expanded, missing, unsized = [], [], []
     for pattern in urls:
         for url in braceexpand(pattern):
             fs, path = fsspec.core.url_to_fs(url)
@@ -28,6 +49,10 @@ def list_tar_shards(urls: list[str]) -> list[Shard]:
                 expanded.append((full_url(fs, path), local_size(fs, path)))
                 if _is_local(fs) and not fs.exists(path):
                     missing.append(url)
+                elif not _is_local(fs):
+                    unsized.append((len(expanded) - 1, fs, path))
+    for (i, _, _), size in zip(unsized, _sizes_by_info([(fs, path) for _, fs, path in unsized])):
+        expanded[i] = (expanded[i][0], size)
     if not expanded:
         raise ConfigError("source.urls", f"{urls} match no file", "check the paths and patterns")
     if len(missing) == len(expanded):
