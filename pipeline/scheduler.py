@@ -276,7 +276,7 @@ class Scheduler:
         """Commit a shard's outcome; `charged`: its last failure is already counted in its attempts."""
         if result.status != "done":
             reason, _, detail = (result.shard_error or "failed: ").partition(": ")
-            result.files = publish_shard_failure(self.storage, shard.id, shard.url, reason,
+            result.files = publish_shard_failure(self.storage, shard.id, shard.source, reason,
                                                  result.traceback or detail)
         elif shard.size and result.seconds > 0:
             self.bytes_per_second.append(shard.size / result.seconds)
@@ -289,7 +289,7 @@ class Scheduler:
         check_guard(self.config, self.state.totals())
 
     def _failed_for_good(self, shard: Shard, kind: str, reason: str, detail: str) -> ShardResult:
-        return ShardResult(shard.id, shard.url, "failed", shard_error=f"{reason}: {detail}", failure=kind)
+        return ShardResult(shard.id, shard.source, "failed", shard_error=f"{reason}: {detail}", failure=kind)
 
     def _charge(self, shard: Shard, slot: Slot | None, kind: str, reason: str, detail: str) -> None:
         """A transient failure of this shard: retry with backoff, or fail past ray.max_attempts."""
@@ -362,7 +362,7 @@ class Scheduler:
             self._actor_lost(slot, str(error))
             return
         except RayTaskError as error:  # the worker's own guard failed: treat as unexpected
-            result = ShardResult(shard.id, shard.url, "failed", failure=UNEXPECTED,
+            result = ShardResult(shard.id, shard.source, "failed", failure=UNEXPECTED,
                                  shard_error=f"worker_exception: {str(error).splitlines()[0][:200]}",
                                  traceback=str(error)[-2000:])
         self._settle(slot, shard, result)

@@ -20,6 +20,7 @@ class TroubleServer:
         self.folder, self.flaky_failures, self.stall_s = folder, flaky_failures, stall_s
         self.requests: Counter = Counter()  # every request, per file name
         self.gets: Counter = Counter()  # GETs that reached the body, per file name
+        self.queries: list[str] = []  # each request's query string (a presigned URL's signature reaches the server)
         self.released = threading.Event()
         server = self
 
@@ -36,7 +37,8 @@ class TroubleServer:
                 self._serve(body=True)
 
             def _serve(self, body: bool):
-                name = os.path.basename(self.path)
+                name = os.path.basename(self.path.split("?")[0])
+                server.queries.append(self.path.partition("?")[2])
                 path = os.path.join(server.folder, name)
                 server.requests[name] += 1
                 if not os.path.isfile(path):

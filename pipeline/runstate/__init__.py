@@ -3,8 +3,9 @@
 from .identity import IdentityChanged, library_versions
 from .lease import LeaseHeld, LeaseLost
 from .records import DONE, FAILED
+from .retry import StoreWriteFailed
 from .state import OutputError, RunState, RunView, read_run
 from .summary import MANIFEST, Totals
 
 __all__ = ["DONE", "FAILED", "IdentityChanged", "LeaseHeld", "LeaseLost", "MANIFEST", "OutputError", "RunState",
-           "RunView", "Totals", "library_versions", "read_run"]
+           "RunView", "StoreWriteFailed", "Totals", "library_versions", "read_run"]

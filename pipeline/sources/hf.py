@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 from ..audio import SPILL_ABOVE_BYTES, SampleError, SpilledFile
 from ..config import AudioConfig, ConfigError, SourceConfig
 from ..failures import transient_cause
-from . import (RawSample, Shard, ShardError, SourceListing, _is_local, full_url, glob_with_sizes, local_size, read_error,
-               shard_id)
+from . import (RawSample, Shard, ShardError, SourceListing, _is_local, full_url, glob_with_sizes, is_pattern, local_size,
+               read_error, shard_id)
 
 BATCH_ROWS = 64
 
@@ -37,7 +37,7 @@ def list_hf_shards(config: SourceConfig) -> SourceListing:
     path = config.path
     fs, root = fsspec.core.url_to_fs(path)
     revision = None
-    if any(ch in path for ch in "*?["):
+    if is_pattern(path):
         files = glob_with_sizes(fs, root)
         if not files:
             raise ConfigError("source.path", f"no files match {path!r}")
