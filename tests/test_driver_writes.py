@@ -76,3 +76,11 @@ def test_shard_failing_for_good_after_an_earlier_attempt_published_leaves_no_row
     # verify names a data file that no done record stands for
     shutil.copy(out / "data" / records["a"]["files"][0].split("/")[-1], out / "data" / b_data[0])
     assert any(p.startswith(f"data file without a done record: data/{b_data[0]}") for p in verify(str(out)))
+
+
+@pytest.mark.parametrize("key, value", [("write_attempts", 0), ("write_backoff_s", -1)])
+def test_driver_write_retry_settings_out_of_range_name_their_key(key, value):
+    from pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=f"output.{key}"):
+        load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", f"output.{key}={value}"])

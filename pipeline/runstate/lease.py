@@ -101,12 +101,12 @@ class Lease:
         """Renew every `interval`; after a failure (any exception: an error that ended this thread would leave the
         driver writing on unleased), try again sooner. A lease not renewed by one interval before it would expire
         is given up (`lost`): the driver stops before another run may take it over."""
-        renewed, wait = time.time(), interval
+        renewed, wait = self.mine["heartbeat_at"], interval  # as the lease file says: what another run reads
         while not self._stop.wait(wait):
             deadline = renewed + self.timeout_s - interval
             try:
                 self._renew(deadline)
-                renewed, wait = time.time(), interval
+                renewed, wait = self.mine["heartbeat_at"], interval
             except LeaseLost as error:
                 self.lost = str(error)
                 return

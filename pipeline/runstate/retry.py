@@ -44,15 +44,17 @@ class WriteRetry:
             try:
                 return write()
             except Exception as error:
-                if isinstance(error, _ANSWERS) and transient_cause(error) is None:
+                transient = transient_cause(error) is not None
+                if isinstance(error, _ANSWERS) and not transient:
                     raise
                 delay = self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
-                if transient_cause(error) is None:
+                times = "once" if attempt == 1 else f"{attempt} times"
+                if not transient:
                     how = "with an error no retry changes"
                 elif attempt >= self.attempts:
-                    how = f"{attempt} times (output.write_attempts={self.attempts})"
+                    how = f"{times} (output.write_attempts={self.attempts})"
                 elif until is not None and time.time() + delay > until:
-                    how = f"{attempt} times, with no time left for another try"
+                    how = f"{times}, with no time left for another try"
                 else:
                     if on_retry is not None:
                         on_retry(what, attempt, delay, error)
