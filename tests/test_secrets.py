@@ -88,3 +88,38 @@ def test_urls_differing_only_in_their_query_are_refused_not_merged():
     shards = list_tar_shards(["http://h/get.tar?object=1", "http://h/get.tar?object=2"])
     with pytest.raises(ConfigError, match="source.urls.*differ only in their query"):
         distinct_shards(shards)
+
+
+def test_presigned_nemo_manifest_and_audio_paths_are_recorded_without_secrets_and_read_with_the_configs_signature(
+        tmp_path):
+    import json
+
+    import soundfile
+    import numpy as np
+
+    from pipeline.config import load_config
+    from pipeline.sources import list_shards, read_shard
+    from pipeline.storage import Storage
+
+    served = tmp_path / "served"
+    served.mkdir()
+    soundfile.write(str(served / "a.wav"), np.zeros(1600, np.float32), 16000)
+    with TroubleServer(str(served)) as server:
+        entry = {"audio_filepath": f"{server.url}/a.wav?X-Amz-Signature={SIGNATURE}", "text": "hi"}
+        (served / "m.jsonl").write_text(json.dumps(entry) + "\n")
+        storage = Storage(str(tmp_path / "out"))
+
+        def listed(signature):
+            config = load_config(None, ["source.kind=nemo", f"source.path={server.url}/m.jsonl?X-Amz-Signature={signature}",
+                                        "output.dir=x"])
+            return config, list_shards(config.source).settle(storage)
+
+        config, (shard,) = listed(SIGNATURE)
+        (sample,) = read_shard(shard, config.source)
+        assert SIGNATURE not in sample.key and sample.metadata["audio_filepath"] == f"{server.url}/a.wav?REDACTED"
+        assert secrets_in(tmp_path / "out") == []  # the recorded plan
+        config, (again,) = listed(NEW_SIGNATURE)  # the recorded shard, read with the configuration's signature
+        assert again.id == shard.id and again.url.endswith(NEW_SIGNATURE)
+        before = len(server.queries)
+        (sample,) = read_shard(again, config.source)
+        assert sample.error is None and f"X-Amz-Signature={NEW_SIGNATURE}" in server.queries[before:]

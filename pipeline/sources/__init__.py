@@ -50,6 +50,11 @@ class Shard:
         """The URL as it is written down (manifest, run state, error records, rows): `url` without its secrets."""
         return redact(self.url)
 
+    @property
+    def file_name(self) -> str:
+        """The last segment of the URL's path, without query: the prefix of keys that name their manifest and line."""
+        return split_query(self.source)[0].rstrip("/").rsplit("/", 1)[-1]
+
 
 def shard_record(shard: Shard) -> dict:
     """A recorded shard as runstate.plan stores it: its URL without secrets (see shard_from_record)."""
