@@ -1,30 +1,27 @@
-"""Higgs Audio V2 tokenizer: loading and padding-invariant batched encoding."""
+"""Higgs Audio V2 tokenizer: loading and padding-invariant batched encoding.
 
-from .batching import BatchPolicy, default_policy, plan_batches
-from .calibration import calibrate
-from .codec import Codec, CodecIdentity, codebooks_for_bandwidth, reference_encode
-from .conventions import AUTHORS, CONVENTIONS, MODEL_CARD
-from .checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
-from .loading import load_codec
-from .validation import CodecInputError
-from .waves import FileWave
+Names are imported from their modules on first use (PEP 562), so a process that only decodes audio (a decode
+task, pipeline/decode_tasks.py, reading `FileWave`) does not import torch and transformers to start.
+"""
 
-__all__ = [
-    "AUTHORS",
-    "CONVENTIONS",
-    "MODEL_CARD",
-    "BatchPolicy",
-    "calibrate",
-    "codebooks_for_bandwidth",
-    "Checkpoint",
-    "CheckpointError",
-    "Codec",
-    "CodecIdentity",
-    "CodecInputError",
-    "default_policy",
-    "FileWave",
-    "load_codec",
-    "plan_batches",
-    "reference_encode",
-    "resolve_checkpoint",
-]
+from importlib import import_module
+
+_WHERE = {
+    "BatchPolicy": "batching", "default_policy": "batching", "plan_batches": "batching",
+    "calibrate": "calibration",
+    "Codec": "codec", "CodecIdentity": "codec", "codebooks_for_bandwidth": "codec", "reference_encode": "codec",
+    "AUTHORS": "conventions", "CONVENTIONS": "conventions", "MODEL_CARD": "conventions",
+    "Checkpoint": "checkpoint", "CheckpointError": "checkpoint", "resolve_checkpoint": "checkpoint",
+    "load_codec": "loading",
+    "CodecInputError": "validation",
+    "FileWave": "waves",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'codec' has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # once: later lookups are plain attribute reads
+    return value

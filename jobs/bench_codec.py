@@ -13,14 +13,18 @@ on a long clip.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
 import torch
 
-from codec import BatchPolicy, load_codec, reference_encode
-from codec.calibration import CPU_CANDIDATES, GPU_CANDIDATES
-from codec.flops import flops_per_audio_second, peak_flops
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # demo/ is not installed
+
+from codec import BatchPolicy, load_codec, reference_encode  # noqa: E402
+from codec.calibration import CPU_CANDIDATES, GPU_CANDIDATES  # noqa: E402
+from demo.flops import flops_per_audio_second, peak_flops  # noqa: E402
 
 
 def corpus(seed: int, clips: int, max_s: float) -> list[np.ndarray]:

@@ -4,7 +4,7 @@
     python jobs/bench_dataset.py --groups 2000 --stores memory
 
 Build: an output of `--groups` one-row shards (so as many files and row groups), written without the codec
-(`pipeline.synth_tokens`: ShardWriter + RunState commits, as a run writes them). For each store it times
+(`demo.synth_tokens`: ShardWriter + RunState commits, as a run writes them). For each store it times
 `TokenDataset(...)` and counts the Parquet footers opened while building (every `pyarrow.parquet.ParquetFile`
 made), then the time to the first row and to the first batch (the batcher fills its 2,000-row buffer
 first). The same output with commit records lacking `row_groups` (as written before they carried them)
@@ -18,6 +18,8 @@ the planned count left out (dropped) or had read by two ranks (filled from anoth
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import shutil
 import tempfile
 import time
@@ -26,10 +28,12 @@ from collections import Counter
 import numpy as np
 import pyarrow.parquet
 
-from pipeline.reading.batching import Batcher
-from pipeline.reading.dataset import TokenDataset
-from pipeline.storage import Storage
-from pipeline.synth_tokens import write_token_output
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # demo/ is not installed
+
+from pipeline.reading.batching import Batcher  # noqa: E402
+from pipeline.reading.dataset import TokenDataset  # noqa: E402
+from pipeline.storage import Storage  # noqa: E402
+from demo.synth_tokens import write_token_output  # noqa: E402
 
 
 class CountingParquetFile(pyarrow.parquet.ParquetFile):

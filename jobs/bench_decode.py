@@ -30,7 +30,7 @@ import soundfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.audio import decode_audio  # noqa: E402
-from pipeline.synth import synth_clip  # noqa: E402
+from demo.synth import synth_clip  # noqa: E402
 
 # (label, rate, channels, soundfile format, subtype): the formats issue 19 names
 FORMATS = (

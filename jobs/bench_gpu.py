@@ -14,7 +14,8 @@ tokenizer (the real architecture's speed; codes meaningless):
   3. audio-hours per GPU-hour of each math mode at its best policy (one device: audio-s/s);
   4. FLOP utilisation against the device's datasheet peak for that math;
   5. decode + resample speed on one CPU thread, and the decode threads that keep the best encode speed fed;
-  6. the padding efficiency the default GPU policy plans for an actor's pools of this length mix.
+  6. the padding efficiency the default GPU policy plans for an actor's pools of this length mix;
+  7. the share of an encode's wall time the device waits on the host (no kernel running), per math mode.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from codec import BatchPolicy, load_codec  # noqa: E402
 from codec.batching import GPU_POLICY, plan_batches  # noqa: E402
 from codec.calibration import GPU_CANDIDATES  # noqa: E402
 from codec.memory import is_out_of_memory, release_device_memory  # noqa: E402
-from codec.flops import flops_per_audio_second, peak_flops  # noqa: E402
+from demo.flops import flops_per_audio_second, peak_flops  # noqa: E402
 from pipeline.audio import decode_bytes, to_model_audio  # noqa: E402
-from pipeline.synth import lognormal_seconds, random_sample  # noqa: E402
+from demo.synth import lognormal_seconds, random_sample  # noqa: E402
 from pipeline.worker import POOL_BATCHES  # noqa: E402
 
 SWEEP = (*GPU_CANDIDATES, BatchPolicy(1920, 256))
@@ -90,6 +91,23 @@ def timed_encode(codec, waves, bandwidth: float, policy: BatchPolicy) -> tuple[l
     efficiency = real / max(1, codec.encoded_frames - encoded_before)
     peak = torch.cuda.max_memory_allocated() / 2**30 if codec.device.type == "cuda" else float("nan")
     return codes, seconds, efficiency, peak
+
+
+def device_wait_share(codec, waves, bandwidth: float, policy: BatchPolicy) -> float | None:
+    """Of one encode's wall time, the share the device had no kernel running: waiting on the host (staging,
+    Python between kernels, codes copied back). Kernel time from torch.profiler's CUDA activity; None on CPU."""
+    if codec.device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        codec.encode(waves, bandwidth, policy.max_batch_seconds, policy.max_clips)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    busy = sum(event.self_device_time_total for event in prof.key_averages()) / 1e6  # microseconds
+    return max(0.0, 1.0 - busy / wall)
 
 
 def agreement(codes, reference) -> tuple[float, float]:
@@ -160,11 +178,16 @@ def main():
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
-    print("\n| math | best policy | audio-hours per GPU-hour | agreement with float32 | decode threads to keep it fed |")
-    print("| --- | --- | --- | --- | --- |")
+    print("\n| math | best policy | audio-hours per GPU-hour | agreement with float32 | decode threads to keep it fed | "
+          "device waiting on the host (profiled encode) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for label, (speed, policy, overall) in best.items():
+        dtype = "bfloat16" if label == "bfloat16" else "float32"
+        codec = load_codec(args.model, device=args.device, dtype=dtype, allow_tf32=label == "tf32")
+        waiting = device_wait_share(codec, waves, args.bandwidth, policy)
+        del codec
         print(f"| {label} | {policy.max_batch_seconds:g} x {policy.max_clips} | {speed:.0f} | {overall * 100:.3f}% | "
-              f"{int(np.ceil(speed / decode_speed))} |")
+              f"{int(np.ceil(speed / decode_speed))} | {'n/a' if waiting is None else f'{waiting:.1%}'} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "model": args.model,

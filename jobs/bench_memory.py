@@ -3,6 +3,7 @@
     python jobs/bench_memory.py                                  # 10 min, 1 h, 3 h (prints its own run time)
     python jobs/bench_memory.py --minutes 10 60 --whole-minutes 10 --agreement-seconds 180
     python jobs/bench_memory.py --hostile                        # only the small files that claim gigabytes
+    python jobs/bench_memory.py --hf-cells 4 --hf-cell-mb 200    # only the HF reader on one row group of large cells
 
 Memory: one 48 kHz stereo FLAC per WebDataset tar, processed by the `ShardProcessor` a CPU actor runs
 (one torch thread, one decode thread, `random:tiny`, default 120 s windows), each length in a fresh
@@ -19,6 +20,11 @@ Hostile (`--hostile`): small files whose content, not their size, would set the 
 through the same ShardProcessor: a .tar.gz of under a MB holding a 512 MiB .txt (beside a short WAV), a tar
 of a 119 s FLAC of 8-channel 384 kHz silence (under 120 s, so by length alone it would decode whole), and a
 tar of four such FLACs decoded by four threads at once.
+
+HF cells (`--hf-cells`): a Parquet file written by `datasets` (`Dataset.to_parquet`, an `Audio` column of
+bytes), all its cells in one row group, read by the HF reader (`read_hf_shard`) in a fresh process, each
+cell's audio taken and let go as the decoder would: the peak RSS over the process once pyarrow is loaded,
+against the cell size and the row group's.
 """
 
 from __future__ import annotations
@@ -35,12 +41,14 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # demo/ is not installed
+
 RATE, CHANNELS = 48000, 2
 
 
 def write_shard(folder: str, minutes: float) -> tuple[str, int]:
     """A tar holding one `minutes`-long FLAC; returns its path and the FLAC's size in bytes."""
-    from pipeline.synth import SynthSample, write_long_audio, write_tar
+    from demo.synth import SynthSample, write_long_audio, write_tar
 
     flac = os.path.join(folder, f"long-{minutes:g}.flac")
     write_long_audio(flac, minutes * 60, RATE, CHANNELS, "flac", seed=int(minutes))
@@ -104,7 +112,7 @@ AGREEMENT_CLIPS = (("flac", 44100), ("flac", 48000), ("mp3", 22050))
 def agreement(folder: str, seconds: float) -> None:
     from codec import load_codec
     from pipeline.audio import DECODE_METHOD, SpilledFile, decode_audio
-    from pipeline.synth import write_long_audio
+    from demo.synth import write_long_audio
 
     codec = load_codec("random:tiny", device="cpu")
     print(f"\ntoken agreement, blocked ({DECODE_METHOD}) vs whole-file decoding, {seconds:g} s stereo clips, random:tiny")
@@ -130,7 +138,7 @@ def write_hostile_shards(folder: str) -> list[tuple[str, str]]:
 
     import soundfile
 
-    from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
+    from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
 
     text_tar = os.path.join(folder, "huge-text.tar.gz")
     wav = encode_audio(synth_clip(np.random.default_rng(0), 1.0, 16000), 16000, "wav")
@@ -169,13 +177,68 @@ class _Chunks:
 
 
 def hostile_table(folder: str) -> None:
-    from pipeline.scheduler import CPU_ACTOR_MEMORY_GB
+    from pipeline.driver.pool import CPU_ACTOR_MEMORY_GB
 
     print("\npeak RSS of the actor's ShardProcessor on small hostile files (random:tiny, 1 torch thread)")
     for what, tar, threads in write_hostile_shards(folder):
         row = measure_in_fresh_process(tar, os.path.join(folder, f"out-{os.path.basename(tar)}"), False, threads)
         print(f"  {what}: peak {row['peak_mb']:.0f} MB ({row['peak_mb'] - row['loaded_mb']:.0f} MB over the loaded actor; "
               f"a CPU actor reserves {CPU_ACTOR_MEMORY_GB:g} GB), error records {row['errors'] or 'none'}")
+
+
+def write_hf_cells(path: str, cells: int, cell_mb: float) -> None:
+    """A Parquet file of `cells` audio cells of `cell_mb` MB of incompressible bytes (as encoded audio is) in the
+    `datasets` Audio layout (a struct of bytes and path), written by `datasets`' Parquet writer (its page and
+    chunking options) in one row group. Run it in its own process: it holds the cells."""
+    import pyarrow as pa
+    from datasets.arrow_writer import ParquetWriter
+
+    rng = np.random.default_rng(0)
+    audio = pa.array([{"bytes": rng.bytes(int(cell_mb * 2**20)), "path": None} for _ in range(cells)],
+                     pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    table = pa.table({"id": [f"c{i}" for i in range(cells)], "audio": audio})
+    with ParquetWriter(path=path, schema=table.schema) as writer:
+        writer.write_table(table, writer_batch_size=cells)
+        writer.finalize()
+
+
+def read_hf_cells(path: str) -> dict:
+    """Runs in a fresh process: every row of the file through the HF reader, each spilled cell closed once seen
+    (as decoding closes it). Peak RSS (`ru_maxrss`) and the RSS once pyarrow and the reader are loaded."""
+    import pyarrow.parquet as pq
+
+    from pipeline.audio import SpilledFile
+    from pipeline.config import SourceConfig
+    from pipeline.sources import Shard
+    from pipeline.sources.hf import read_hf_shard
+
+    metadata = pq.ParquetFile(path).metadata
+    loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sizes, spilled = [], []
+    for sample in read_hf_shard(Shard("cells", path, "hf-parquet"), SourceConfig(kind="hf", path=path)):
+        assert sample.error is None, sample.error
+        spilled.append(isinstance(sample.audio, SpilledFile))
+        sizes.append(sample.audio.size if spilled[-1] else len(sample.audio))
+        if spilled[-1]:
+            sample.audio.close()
+    return {"loaded_mb": loaded_mb, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "cell_mb": [size / 2**20 for size in sizes], "row_groups": metadata.num_row_groups,
+            "spilled": all(spilled)}
+
+
+def hf_cells_table(folder: str, cells: int, cell_mb: float) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    path = os.path.join(folder, "cells.parquet")
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as fresh:
+        fresh.submit(write_hf_cells, path, cells, cell_mb).result()
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as fresh:
+        row = fresh.submit(read_hf_cells, path).result()
+    print(f"\npeak RSS of the HF reader on {cells} cells of {cell_mb:g} MB in {row['row_groups']} row group(s), "
+          f"written by datasets: {row['peak_mb']:.0f} MB, {row['peak_mb'] - row['loaded_mb']:.0f} MB over the loaded "
+          f"reader ({(row['peak_mb'] - row['loaded_mb']) / cell_mb:.1f} cells; the row group is {cells * cell_mb:g} MB)")
+    os.remove(path)
 
 
 def _length(minutes: float) -> str:
@@ -189,6 +252,8 @@ def main():
                         help="file lengths with blocked decoding and spilling off")
     parser.add_argument("--agreement-seconds", type=float, default=300.0)
     parser.add_argument("--hostile", action="store_true", help="only the hostile small files")
+    parser.add_argument("--hf-cells", type=int, default=0, help="only the HF reader: this many cells in a row group")
+    parser.add_argument("--hf-cell-mb", type=float, default=200.0, help="the size of each HF cell")
     parser.add_argument("--child", nargs=2, metavar=("TAR", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--whole-file", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--decode-threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -198,10 +263,13 @@ def main():
         return
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
-        if not args.hostile:
-            memory_table(folder, args.minutes, args.whole_minutes)
-            agreement(folder, args.agreement_seconds)
-        hostile_table(folder)
+        if args.hf_cells:
+            hf_cells_table(folder, args.hf_cells, args.hf_cell_mb)
+        else:
+            if not args.hostile:
+                memory_table(folder, args.minutes, args.whole_minutes)
+                agreement(folder, args.agreement_seconds)
+            hostile_table(folder)
     print(f"\nbenchmark run time: {(time.perf_counter() - began) / 60:.1f} min")
 
 

@@ -37,7 +37,7 @@ sys.path.insert(0, REPO)
 
 
 def make_corpus(minutes: float, long_share: float, seed: int):
-    from pipeline.synth import lognormal_seconds, random_sample
+    from demo.synth import lognormal_seconds, random_sample
 
     rng = np.random.default_rng(seed)
     target, samples = minutes * 60, []
@@ -49,7 +49,7 @@ def make_corpus(minutes: float, long_share: float, seed: int):
 
 
 def write_shards(folder: str, samples, shards: int) -> None:
-    from pipeline.synth import write_tar
+    from demo.synth import write_tar
 
     for shard in range(shards):
         write_tar(os.path.join(folder, f"bench-{shard:03d}.tar"), samples[shard::shards])
@@ -173,7 +173,7 @@ def main():
             write_shards(folder, samples, shards)
         out = os.path.join(work, f"out-{shards}")
         wall, log = timed_command([sys.executable, "-m", "pipeline.run", os.path.join(REPO, "configs/demo.yaml"),
-                                   "source.demo_if_missing=false", f"source.urls=[{folder}/bench-*.tar]",
+                                   f"source.urls=[{folder}/bench-*.tar]",
                                    f"codec.model={checkpoint}", f"codec.bandwidth={args.bandwidth}",
                                    f"codec.device={args.device}", f"output.dir={out}"], env)
         stats = shard_stats(out)

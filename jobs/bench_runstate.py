@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import shutil
 import tempfile
 import time
@@ -22,27 +23,28 @@ import time
 import fsspec
 import numpy as np
 
-from pipeline.config import load_config
-from pipeline.runstate import RunState
-from pipeline.runstate.summary import SHARD_LIST
-from pipeline.schema import describe, output_schema, row_group_summary, schema_to_text
-from pipeline.storage import Storage
-from pipeline.worker import ShardResult
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # demo/ is not installed
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.runstate import RunState, ShardRecord  # noqa: E402
+from pipeline.runstate.summary import SHARD_LIST  # noqa: E402
+from pipeline.schema import describe, output_schema, row_group_summary, schema_to_text  # noqa: E402
+from pipeline.storage import Storage  # noqa: E402
 
 
-def fake_result(i: int) -> dict:
+def fake_result(i: int) -> ShardRecord:
     """A done shard of 400 clips (one hour, log-normal lengths) as the worker reports it: every field a real
     record has, with its row groups' length bins."""
     shard = f"train-{i:06d}-{i * 2654435761 % 16**10:010x}"
     frames = np.clip(np.random.default_rng(i).lognormal(np.log(225), 0.6, 398), 10, 3000).astype(np.int64)
-    result = ShardResult(
+    result = ShardRecord(
         shard, f"s3://bucket/audio/train-{i:06d}.tar", "done", samples_read=400, rows=398, errors=2,
         error_reasons={"decode_failed": 2}, audio_seconds=3600.0, frames=int(frames.sum()), encoded_frames=94000,
         tokens=int(frames.sum()) * 8, files=[f"data/{shard}.parquet", f"errors/{shard}.jsonl"],
         sha256={f"data/{shard}.parquet": "0" * 64}, seconds=41.0, decode_wait_s=0.2, encode_s=40.1, started_at=1.7e9,
         worker="actor-3", peak_rss_mb=3400.0, rss_after_mb=3100.0, threads=1)
     result.row_groups = {f"data/{shard}.parquet": [row_group_summary(frames)]}
-    return result.as_dict()
+    return result
 
 
 def header() -> dict:
@@ -78,13 +80,13 @@ def bench_commits(url: str, count: int) -> None:
           f"({len(storage.read_bytes(SHARD_LIST)) / 1e6:.1f} MB shard list)")
     begin = time.perf_counter()
     rerun = RunState.open(storage, header(), settings())
-    found = sum(rerun.done(fake_result(i)["shard_id"]) for i in range(count))
+    found = sum(rerun.done(fake_result(i).shard_id) for i in range(count))
     rerun.lease.release()
     print(f"  rerun finds {found} of {count} done, summary current: {time.perf_counter() - begin:.2f} s")
     storage.remove(SHARD_LIST)
     begin = time.perf_counter()
     rerun = RunState.open(storage, header(), settings())
-    found = sum(rerun.done(fake_result(i)["shard_id"]) for i in range(count))
+    found = sum(rerun.done(fake_result(i).shard_id) for i in range(count))
     elapsed = time.perf_counter() - begin
     rerun.close()
     print(f"  rerun finds {found} of {count} done, no summary (every record read, summary rebuilt): {elapsed:.2f} s")
@@ -92,7 +94,7 @@ def bench_commits(url: str, count: int) -> None:
 
 def bench_e2e(shards: int, work: str) -> None:
     from pipeline.job import run_job
-    from pipeline.synth import random_sample, write_tar
+    from demo.synth import random_sample, write_tar
 
     rng = np.random.default_rng(0)
     folder = os.path.join(work, "tiny")

@@ -24,7 +24,8 @@ setup() {
 
 case "${1:-}" in
   setup) setup ;;
-  demo) setup; shift; python -m pipeline.run configs/demo.yaml "$@" ;;
+  demo)  # the corpus first (written once, by the demo, not by the driver), then the run
+    setup; shift; python -m demo "demo_data/demo-{000..003}.tar"; python -m pipeline.run configs/demo.yaml "$@" ;;
   test)
     setup; shift
     python -m pytest -q --durations=25 "$@"

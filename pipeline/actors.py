@@ -13,8 +13,10 @@ from codec import Checkpoint
 from codec.memory import prefer_expandable_segments
 
 from .config import Config
+from .failures import classified_start
 from .sources import Shard
-from .worker import ShardProcessor, ShardResult
+from .runstate import ShardRecord
+from .worker import ShardProcessor
 
 
 # The driver keeps this many shards on each actor: while one encodes, the next one reads and decodes
@@ -30,8 +32,9 @@ class CodecActor:
         transformers_logging.disable_progress_bar()
         self.alloc_conf = prefer_expandable_segments()  # before the codec's first CUDA allocation
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-        self.processor = ShardProcessor(config, name, cpus=max(1, round(cpus)) if cpus else None,
-                                        checkpoint=checkpoint, schema=schema, versions=versions)
+        with classified_start():  # loading from the hub may meet its throttling: the driver retries that later
+            self.processor = ShardProcessor(config, name, cpus=max(1, round(cpus)) if cpus else None,
+                                            checkpoint=checkpoint, schema=schema, versions=versions)
 
     def describe(self) -> dict:
         codec = self.processor.codec
@@ -57,5 +60,5 @@ class CodecActor:
     def progress(self) -> dict:
         return {**self.processor.in_shard, "batch_budget": self.processor.budget.as_dict()}
 
-    def process(self, shard: Shard) -> ShardResult:
+    def process(self, shard: Shard) -> ShardRecord:
         return self.processor.process(shard)

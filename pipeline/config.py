@@ -6,7 +6,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import yaml
 from omegaconf import MISSING, OmegaConf
@@ -42,7 +42,6 @@ class SourceConfig:
     files_per_shard: int = 1000  # files: audio files grouped into one shard (the grouping is recorded in the output)
     lines_per_shard: int = 1000  # nemo, lhotse CutSet manifests: lines per shard (the line ranges are recorded in the output)
     audio_root: Optional[str] = None  # nemo: audio_filepath must lie under this folder or URL (None: anywhere)
-    demo_if_missing: bool = False  # demo only: write a synthetic corpus at `urls` when the tars are absent
     # a tar's .txt/.json member or an HF metadata cell larger than this is an error record, never read into a row:
     # memory is set by the configuration, not by what a file claims to hold
     max_text_bytes: int = 4 << 20
@@ -53,6 +52,10 @@ class AudioConfig:
     resampler_quality: str = "HQ"  # soxr quality
     max_seconds: float = 4 * 3600.0  # longer clips are error records, not encodes (from the file's header, undecoded)
     decode_threads: int = 0  # 0: one per CPU the actor holds
+    # 0: decode in the codec actor's threads. N > 0: each shard in flight is read and decoded by a Ray task of N
+    # CPUs (its own process, on any node with free CPUs: CPU-only nodes can feed GPU actors), streamed to the
+    # actor through the object store in bounded memory; GPU actors then reserve one CPU. See pipeline/decode_tasks.py
+    decode_task_cpus: int = 0
     # an audio file (an HF path cell) or tar member larger than this is a `file_too_large` record, never read
     max_file_bytes: int = 8 << 30
     # normalise each clip's integrated loudness (BS.1770, pyloudnorm) to this many LUFS before encoding, as the
@@ -112,6 +115,9 @@ class RayConfig:
     # shards in flight, printed by jobs/bench_pipeline.py --shapes 16), so a node never runs more of them than
     # its memory holds. GPU actors: none.
     memory_per_actor_gb: float = 0.0
+    # custom Ray resources each codec actor reserves besides CPUs/GPUs (e.g. {encoder: 1} to keep codec actors on
+    # the nodes that offer it, while decode tasks, audio.decode_task_cpus, go to any node)
+    actor_resources: Dict[str, float] = field(default_factory=dict)
     pool_seconds: float = 0.0  # audio gathered per encode call, bucketed inside; 0: 8x the batch budget
     max_attempts: int = 3  # tries per shard for transient failures (network, store 5xx, timeout, actor lost)
     max_consecutive_failures: int = 3  # an actor failing this many shards in a row (transient/unexpected) is replaced
@@ -245,6 +251,12 @@ def validate(config: Config) -> None:
         raise ConfigError("audio.max_file_bytes", "must be >= 1")
     if config.audio.decode_threads < 0:
         raise ConfigError("audio.decode_threads", "must be >= 0", "0 uses one thread per CPU of the actor")
+    for name, amount in config.ray.actor_resources.items():
+        if name in ("CPU", "GPU", "memory") or not amount > 0:
+            raise ConfigError(f"ray.actor_resources.{name}", f"{amount!r}", "a custom resource with an amount > 0; CPUs, GPUs "
+                              "and memory are ray.cpus_per_actor, codec.device and ray.memory_per_actor_gb")
+    if config.audio.decode_task_cpus < 0:
+        raise ConfigError("audio.decode_task_cpus", "must be >= 0", "0 decodes in the codec actor's own threads")
     loudness = config.audio.loudness_lufs
     if loudness is not None and not LOUDNESS_RANGE[0] < loudness <= LOUDNESS_RANGE[1]:  # NaN fails too
         raise ConfigError("audio.loudness_lufs", f"{loudness} LUFS is outside ({LOUDNESS_RANGE[0]:g}, {LOUDNESS_RANGE[1]:g}]",

@@ -3,11 +3,11 @@
 libsndfile decodes a cut file without complaint, returning what is there: for WAV, W64, RF64, AIFF, 8SVX, AVR,
 AU and NIST it shrinks the length to the bytes present, and an Ogg file (Vorbis, Opus) declares no length beyond
 its last page. So the declared length is read here from the header (the data chunk's size against the bytes
-after it), and an Ogg stream must end on a whole page carrying the end-of-stream flag. FLAC and MP3 declare
-their length where libsndfile reads it (`frames`), and pipeline/audio.py compares the decoded length with it.
-Containers whose header declares no length (IRCAM, raw) cannot be checked, and these are not parsed: MAT4, MAT5,
-PAF, PVF, VOC, WVE, MPC2K (rare in audio corpora); nor can a data chunk that does not start within the first
-HEAD_BYTES.
+after it), and an Ogg stream must end on a whole page carrying the end-of-stream flag. MAT4 and MAT5 (a
+samplerate matrix, then the wave's), VOC (sized blocks), WVE and MPC2K (a frame count in the header) are read
+the same way. FLAC and MP3 declare their length where libsndfile reads it (`frames`), and pipeline/audio.py
+compares the decoded length with it. Containers whose header declares no length (IRCAM, PAF, PVF, raw) are
+decoded and measured, as is a data chunk that does not start within the first HEAD_BYTES.
 """
 
 from __future__ import annotations
@@ -50,7 +50,16 @@ def truncation(head: bytes, tail: bytes, size: int) -> str:
         return _nist(head, size)
     if head[:4] == b"OggS":
         return _ogg(tail)
-    return ""
+    if head[:10] == b"MATLAB 5.0":
+        return _mat5(head, size)
+    if head[:20] == b"Creative Voice File\x1a":
+        return _voc(head, size)
+    if head[:16] == b"ALawSoundFile**\x00":
+        # Psion WVE: A-law, one byte per sample, the sample count at 18 (big-endian), data after a 32-byte header
+        return _missing("WVE sample data", int.from_bytes(head[18:22], "big"), size - 32)
+    if head[:2] == b"\x01\x04" and len(head) >= 42:
+        return _mpc2k(head, size)
+    return _mat4(head, size)
 
 
 def _missing(what: str, declared: int, present: int) -> str:
@@ -149,3 +158,66 @@ def _ogg_page_end(data: bytes, at: int) -> int | None:
     lacing = data[at + 27:at + 27 + segments]
     end = at + 27 + segments + sum(lacing)
     return end if len(lacing) == segments and end <= len(data) else None
+
+
+_MAT5_MATRIX = 14  # miMATRIX: an element holding elements
+_MAT4_BYTES = {0: 8, 1: 4, 2: 4, 3: 2, 4: 2, 5: 1}  # the P digit of a MAT4 matrix type MOPT: its element size
+
+
+def _mat4(head: bytes, size: int) -> str:
+    """MAT4 has no magic: libsndfile's own rule is a first 1 x 1 double matrix named "samplerate", then the
+    wave's matrix (channels x frames); the type field's byte order tells the file's (M digit 0 little, 1 big)."""
+    for order, machine in (("little", 0), ("big", 1)):
+        if int.from_bytes(head[:4], order) == machine * 1000 and head[20:31] == b"samplerate\x00":
+            break
+    else:
+        return ""
+    pos = 20 + int.from_bytes(head[16:20], order) + 8
+    if pos + 20 > len(head):
+        return ""
+    kind, rows, cols, imaginary, name = (int.from_bytes(head[pos + i:pos + i + 4], order) for i in range(0, 20, 4))
+    element = _MAT4_BYTES.get(kind // 10 % 10)
+    if element is None or kind // 1000 != machine:
+        return ""
+    data_at = pos + 20 + name
+    return _missing("MAT4 wave matrix", rows * cols * element * (2 if imaginary else 1), size - data_at)
+
+
+def _mat5(head: bytes, size: int) -> str:
+    """A 128-byte text header ending in the byte-order mark ("IM": little-endian), then data elements (4-byte type,
+    4-byte size, data padded to 8 bytes). A matrix's own size is not trusted (libsndfile writes it 8 bytes over):
+    the elements inside it are walked, and the wave's data element is the one a cut file comes short of."""
+    order = "little" if head[126:128] == b"IM" else "big"
+    pos, ends = 128, [len(head)]
+    while pos + 8 <= ends[-1]:
+        kind, declared = int.from_bytes(head[pos:pos + 4], order), int.from_bytes(head[pos + 4:pos + 8], order)
+        if kind == _MAT5_MATRIX:
+            ends.append(min(len(head), pos + 8 + declared))
+            pos += 8
+            continue
+        if kind >> 16:  # a small element: size in the upper half of the type word, data in the 4 bytes after it
+            pos += 8
+        elif pos + 8 + declared > size:
+            return _missing("MAT5 data element", declared, size - pos - 8)
+        else:
+            pos += 8 + ((declared + 7) & ~7)
+        while len(ends) > 1 and pos >= ends[-1]:
+            ends.pop()
+    return ""
+
+
+def _voc(head: bytes, size: int) -> str:
+    # Creative Voice: blocks from the offset at 20, each a type byte and a 3-byte little-endian size; type 0 ends
+    pos = int.from_bytes(head[20:22], "little")
+    while pos + 4 <= len(head) and head[pos] != 0:
+        declared = int.from_bytes(head[pos + 1:pos + 4], "little")
+        if pos + 4 + declared > size:
+            return _missing("VOC data block", declared, size - pos - 4)
+        pos += 4 + declared
+    return ""
+
+
+def _mpc2k(head: bytes, size: int) -> str:
+    # Akai MPC 2000: a 42-byte header; 16-bit samples, a stereo flag at 21, the sample end (frames) at 30
+    channels = 2 if head[21] else 1
+    return _missing("MPC2K sample data", int.from_bytes(head[30:34], "little") * channels * 2, size - 42)

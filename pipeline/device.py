@@ -15,7 +15,7 @@ import ray
 import torch
 
 from .config import Config
-from .scheduler import actor_options
+from .driver.pool import actor_options
 
 
 def device_facts(device: str) -> dict:

@@ -1,5 +1,6 @@
-"""Which failures are worth another try: transient (the network, a store's 5xx or throttling, a timeout) or
-permanent (the data itself: a missing file, a corrupt tar, a bad column).
+"""Which failures are worth another try: transient (the network, a store's 5xx or throttling, a timeout, and the
+machine's resources: a full disk, no memory left) or permanent (the data itself: a missing file, a corrupt tar,
+a bad column).
 
 Client libraries wrap their errors (fsspec's HTTP filesystem turns a 503 into FileNotFoundError from the
 503; s3fs turns a botocore ClientError into an OSError caused by it), so the whole cause chain is read,
@@ -8,7 +9,9 @@ and by duck typing: no client library has to be imported to classify its errors.
 
 from __future__ import annotations
 
+import errno
 import traceback
+from contextlib import contextmanager
 
 TRANSIENT = "transient"  # retried with backoff on another actor, up to ray.max_attempts
 PERMANENT = "permanent"  # the shard fails at once
@@ -22,6 +25,10 @@ _TRANSIENT_TYPES = {  # by name: aiohttp, botocore/urllib3, requests, http.clien
     "ClientOSError", "ServerTimeoutError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
     "ConnectionClosedError", "ProtocolError", "IncompleteRead", "RemoteDisconnected", "ChunkedEncodingError",
 }
+
+
+# the machine, not the data: another attempt on another node (or once the disk or memory is freed) succeeds
+_RESOURCE_ERRNOS = {errno.ENOSPC: "no_space_left", errno.ENOMEM: "out_of_host_memory"}
 
 
 def _chain(error: BaseException):
@@ -49,7 +56,9 @@ def _status(error: BaseException) -> tuple[int | None, str | None]:
 def transient_cause(error: BaseException) -> BaseException | None:
     """The error in the cause chain that makes `error` transient; None when it is not."""
     for cause in _chain(error):
-        if isinstance(cause, (ConnectionError, TimeoutError)) or type(cause).__name__ in _TRANSIENT_TYPES:
+        if isinstance(cause, (ConnectionError, TimeoutError, MemoryError)) or type(cause).__name__ in _TRANSIENT_TYPES:
+            return cause
+        if isinstance(cause, OSError) and cause.errno in _RESOURCE_ERRNOS:
             return cause
         status, code = _status(cause)
         if (status is not None and (status in _TRANSIENT_STATUS or status >= 500)) or code in _TRANSIENT_CODES:
@@ -61,8 +70,35 @@ def is_transient(error: BaseException) -> bool:
     return transient_cause(error) is not None
 
 
+def transient_reason(cause: BaseException) -> str:
+    """The reason a shard failed for a transient `cause` (one transient_cause returned): the store or network
+    (`transient_io`), a full disk (`no_space_left`) or no memory left (`out_of_host_memory`)."""
+    if isinstance(cause, MemoryError):
+        return "out_of_host_memory"
+    if isinstance(cause, OSError) and cause.errno in _RESOURCE_ERRNOS:
+        return _RESOURCE_ERRNOS[cause.errno]
+    return "transient_io"
+
+
 def describe(error: BaseException, frames: int = 6) -> str:
     """Type, message and the last frames of the traceback: what a failed shard's error record keeps."""
     lines = traceback.format_exception(type(error), error, error.__traceback__)
     tail = "".join(lines[-(frames + 1):])
     return f"{type(error).__name__}: {str(error)[:300]}\n{tail}".strip()
+
+
+class TransientStartError(RuntimeError):
+    """An actor's constructor failed for a transient cause (the hub's 429, a connection reset): the driver starts
+    it again after a backoff instead of counting it toward the stop after two failed starts (driver.pool)."""
+
+
+@contextmanager
+def classified_start():
+    """Around an actor's constructor: a transient error leaves it as TransientStartError, whose name the driver
+    reads in the error Ray reports (the original exception does not cross the actor's death)."""
+    try:
+        yield
+    except Exception as error:
+        if is_transient(error):
+            raise TransientStartError(describe(error)) from error
+        raise

@@ -14,13 +14,12 @@ from .audio import DECODE_METHOD
 from .config import Config, ConfigError, as_dict
 from .device import probe_device
 from .loudness import METHOD as LOUDNESS_METHOD
-from .runstate import RunState, StoreWriteFailed, library_versions
-from .scheduler import Scheduler, ensure_ray
+from .runstate import RunState, ShardRecord, StoreWriteFailed, error_text, library_versions
+from .driver import Scheduler, ensure_ray
 from .schema import describe, output_schema, schema_to_text
 from .sources import SourceListing, distinct_shards, largest_first, list_shards
 from .storage import Storage
-from .synth import ensure_demo_webdataset
-from .worker import ShardResult, encoder_busy_share
+from .worker import encoder_busy_share
 
 
 @dataclass
@@ -38,15 +37,6 @@ class JobSummary:
     failed_shards: list = field(default_factory=list)  # (shard id, reason) of every failed shard of the output
     startup: dict | None = None  # seconds from the job's start to its first encoded batch, by part (see Scheduler.startup)
     loudness_lufs: float | None = None  # audio.loudness_lufs of the run (None: off)
-
-
-def _ensure_demo_corpus(config: Config) -> None:
-    if config.source.kind != "webdataset":
-        raise ConfigError("source.demo_if_missing", "works for webdataset sources only")
-    try:
-        ensure_demo_webdataset(config.source.urls)
-    except ValueError as error:
-        raise ConfigError("source.urls", str(error), "e.g. ['demo_data/demo-{000..003}.tar']") from None
 
 
 @dataclass
@@ -119,8 +109,6 @@ def open_run_state(config: Config, storage: Storage, codec: CodecFacts, listing:
 def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
     start = time.time()
     storage = Storage(config.output.dir)
-    if config.source.demo_if_missing:
-        _ensure_demo_corpus(config)
     listing = list_shards(config.source)
     if not listing.shards and listing.plan is None:
         raise ConfigError("source", "no shards found", "check source.urls / source.path")
@@ -135,7 +123,7 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         pending = largest_first(s for s in shards if not state.done(s.id))
         skipped = len(shards) - len(pending)
         on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped})
-        results: list[ShardResult] = []
+        results: list[ShardRecord] = []
         start_failures: list[str] = []
         startup = None
         if pending:
@@ -148,7 +136,7 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
                 startup = {"prepare_s": prepared, **startup, "ray_start_s": ray_start_s,
                            "to_first_batch_s": startup.pop("first_batch_at") - start}
         complete = all(state.done(s.id) for s in shards)
-        failed = sorted((k, r.get("shard_error") or "") for k, r in state.records.items() if r["status"] != "done")
+        failed = sorted((k, error_text(r)) for k, r in state.records.items() if r["status"] != "done")
     finally:
         state.close()
     return JobSummary("complete" if complete else "incomplete", len(shards), skipped, len(shards) - skipped,

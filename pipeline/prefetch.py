@@ -23,13 +23,14 @@ IN_FLIGHT_PER_THREAD = 2  # undecoded clips handed to the threads: bounds the ov
 
 
 class DecodeAhead:
-    """Iterate (raw, decoded) in input order, with (None, ShardError) last if reading breaks off.
+    """Iterate (raw, decoded) in input order, with (None, ShardError) last if reading breaks off, or if decoding
+    one sample returns a ShardError (a cause another attempt could change: the shard is retried whole).
 
     Decoded audio waiting for the consumer stays under `ahead_seconds` plus the clips in flight
     (2 per thread). `wait_seconds` is the time the consumer spent blocked on decoding: near 0 means
     decoding is off the critical path."""
 
-    def __init__(self, read: Callable[[], Iterable[RawSample]], decode: Callable[[RawSample], Audio | SampleError],
+    def __init__(self, read: Callable[[], Iterable[RawSample]], decode: Callable[[RawSample], Audio | SampleError | ShardError],
                  threads: int, ahead_seconds: float, name: str = "shard"):
         self._read = read
         self._decode = decode
@@ -95,6 +96,9 @@ class DecodeAhead:
                 decoded = work.result() if raw is not None else work
                 self.wait_seconds += time.perf_counter() - waited
                 self._take(decoded)
+                if isinstance(decoded, ShardError):
+                    yield None, decoded
+                    return
                 yield raw, decoded
         finally:
             self._stop.set()

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from .config import ConfigError, load_config
 from .job import run_job
-from .scheduler import ActorStartFailed, GuardTripped
+from .driver import ActorStartFailed, GuardTripped
 from .runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, StoreWriteFailed
 from .urls import redact_text
 
@@ -77,13 +77,20 @@ class Progress:
                 self.say(f"codec actor {info['actor']} failed to start; replacing it:\n{_indent(info['error'])}")
             else:
                 self.say(f"codec actor {info['actor']} failed to start; its replacement failed the same way: stopping")
+        elif kind == "actor_start_retry":
+            why = ("died while loading with no Python error (out of host memory?)" if info["cause"] == "lost" else
+                   "failed to start for a transient cause")
+            self.say(f"codec actor {info['actor']} {why}, {info['count']} time(s) in a row; starting it again in "
+                     f"{info['delay']:.0f} s:\n{_indent(info['error'])}")
+        elif kind == "actor_given_up":
+            self.say(f"{info['why']}: given up; {info['left']} codec actor place(s) go on")
         elif kind == "shard_done":
             result = info["result"]
             self.done += 1
             self.audio += result.audio_seconds
             elapsed = time.time() - self.started
             eta = elapsed / self.done * (self.total - self.done)
-            state = "ok" if result.status == "done" else f"FAILED ({result.shard_error})"
+            state = "ok" if result.status == "done" else f"FAILED ({result.error})"
             self.say(
                 f"[{self.done}/{self.total}] {result.shard_id}: {result.rows} rows, {result.errors} errors, {state} | "
                 f"{self.audio / 3600:.3f} h audio, {self.audio / max(elapsed, 1e-9):.1f}x realtime, ETA {_hms(eta)}"

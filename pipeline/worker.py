@@ -22,13 +22,15 @@ from codec.conventions import resamples_to_ceil
 from codec.heap import release_freed_heap, resident_mb
 from codec.memory import is_out_of_memory, release_device_memory
 
-from .audio import Audio, SampleError, SpilledFile, decode_audio
+from .audio import Audio, SampleError
 from .batch_budget import BatchBudget
 from .config import Config
+from .decode_tasks import DecodeInTask
+from .decoding import SampleDecoder
 from .failures import TRANSIENT, UNEXPECTED, describe, is_transient
 from .loudness import CLIPPED
 from .prefetch import DecodeAhead
-from .runstate import library_versions
+from .runstate import ShardRecord, library_versions
 from .schema import output_schema
 from .sources import RawSample, Shard, read_shard
 from .storage import Storage
@@ -52,45 +54,7 @@ class ClipFailure:
     detail: str
 
 
-@dataclass
-class ShardResult:
-    shard_id: str
-    source: str
-    status: str  # done | failed
-    samples_read: int = 0
-    rows: int = 0
-    errors: int = 0
-    error_reasons: dict = field(default_factory=dict)
-    shard_error: str | None = None  # "reason: detail" of a failed shard
-    failure: str | None = None  # failures.TRANSIENT | PERMANENT | UNEXPECTED | "timeout" | "actor_lost"
-    traceback: str | None = None  # type, message and last frames, for unexpected failures
-    attempts: int = 1  # tries this shard took in this run, this one included
-    audio_seconds: float = 0.0
-    frames: int = 0
-    encoded_frames: int = 0
-    tokens: int = 0
-    files: list = field(default_factory=list)
-    sha256: dict = field(default_factory=dict)
-    row_groups: dict = field(default_factory=dict)  # data file -> per row group [rows, frames, length bins]: readers plan from it
-    seconds: float = 0.0
-    decode_wait_s: float = 0.0  # of `seconds`, the encoder waiting for decoded audio
-    encode_s: float = 0.0  # of `seconds`, the device encoding this shard
-    started_at: float = 0.0  # wall clock (time.time()); shards of one actor overlap
-    worker: str = ""
-    peak_rss_mb: float = 0.0  # of the worker process, so far
-    rss_after_mb: float = 0.0  # of the worker process when the shard ended, freed heap handed back: grows with a leak
-    first_encode_s: float | None = None  # worker start to its first encode call (first shard only)
-    threads: int = 0  # most torch threads its encodes ran with (CPU actors get idle actors' cores)
-    loudness_clipped: int = 0  # rows gained past full scale by audio.loudness_lufs (not limited)
-    loudness_unmeasured: int = 0  # rows left as they were: too short (< 400 ms) or too quiet to measure
-    batch_budget: dict = field(default_factory=dict)  # the actor's batch budget when the shard ended (see BatchBudget)
-    budget_halvings: int = 0  # out-of-memory errors during this shard that halved the actor's budget
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def actor_spans(results: list[ShardResult]) -> dict[str, float]:
+def actor_spans(results: list[ShardRecord]) -> dict[str, float]:
     """Per actor, the time it had shards: first start to last end (its shards overlap)."""
     spans: dict[str, tuple[float, float]] = {}
     for r in results:
@@ -100,7 +64,7 @@ def actor_spans(results: list[ShardResult]) -> dict[str, float]:
     return {worker: end - begin for worker, (begin, end) in spans.items()}
 
 
-def encoder_busy_share(results: list[ShardResult]) -> float | None:
+def encoder_busy_share(results: list[ShardRecord]) -> float | None:
     """Of the time each actor had shards, the share its device spent encoding. Below ~0.95 something
     else (decoding, reading, writing) is on the critical path."""
     total = sum(actor_spans(results).values())
@@ -164,13 +128,15 @@ class ShardProcessor:
         pool_batches = POOL_BATCHES if self.codec.policy.max_clips > 1 else 1
         self.pool_target = config.ray.pool_seconds or pool_batches * self.codec.policy.max_batch_seconds
         self.budget = BatchBudget(self.codec.policy)
+        self._decode = SampleDecoder(config.audio, self.codec.sample_rate, resamples_to_ceil(self.codec.convention))
 
     @property
     def in_shard(self) -> dict:
         under_way = dict(self._progress)
         return {"shards": len(under_way), "samples": sum(p["samples"] for p in under_way.values()),
                 "audio_seconds": sum(p["audio_seconds"] for p in under_way.values()),
-                "started": {shard: p["started_at"] for shard, p in under_way.items()}}
+                "started": {shard: p["started_at"] for shard, p in under_way.items()},
+                "audio": {shard: p["audio_seconds"] for shard, p in under_way.items()}}  # the driver's deadlines
 
     def _should_calibrate(self) -> bool:
         c = self.config.codec
@@ -178,11 +144,11 @@ class ShardProcessor:
             return False  # the config fixed the policy
         return c.calibrate == "on" or (c.calibrate == "auto" and self.codec.device.type == "cuda")
 
-    def process(self, shard: Shard) -> ShardResult:
+    def process(self, shard: Shard) -> ShardRecord:
         start = time.perf_counter()
         self.startup.setdefault("first_shard_at", time.time())
         writer = ShardWriter(self.storage, shard.id, shard.source, self.schema, self.config.output.compression)
-        result = ShardResult(shard.id, shard.source, "done", worker=self.name)
+        result = ShardRecord(shard.id, shard.source, "done", worker=self.name)
         result.started_at = time.time()
         progress = self._progress[shard.id] = {"samples": 0, "audio_seconds": 0.0, "encoded_frames": 0, "encode_s": 0.0,
                                                "started_at": result.started_at, "threads": 0, "loudness_clipped": 0,
@@ -194,7 +160,7 @@ class ShardProcessor:
             result.status, result.failure = "failed", TRANSIENT if is_transient(error) else UNEXPECTED
             if result.failure == UNEXPECTED:
                 log.exception("shard %s failed unexpectedly on %s", shard.id, self.name)
-            result.shard_error = f"worker_exception: {type(error).__name__}: {str(error)[:200]}"
+            result.reason, result.detail = "worker_exception", f"{type(error).__name__}: {str(error)[:200]}"
             result.traceback = describe(error)
             result.files, result.rows = [], 0
         finally:
@@ -208,20 +174,25 @@ class ShardProcessor:
             self._reported_first = True
         return result
 
-    def _process(self, shard: Shard, writer: ShardWriter, result: ShardResult, progress: dict) -> None:
+    def _process(self, shard: Shard, writer: ShardWriter, result: ShardRecord, progress: dict) -> None:
         seen: set[str] = set()
         pool: list[tuple[RawSample, Audio]] = []
         pool_seconds = 0.0
-        # one pool ahead: the next pool is decoded while this one encodes
-        decoded_ahead = DecodeAhead(lambda: read_shard(shard, self.config.source, self.config.audio.max_file_bytes), self._decode, self.decode_threads,
-                                    ahead_seconds=self.pool_target, name=shard.id)
+        # one pool ahead: the next pool is decoded while this one encodes, here or in a decode task
+        task_cpus = self.config.audio.decode_task_cpus
+        if task_cpus:
+            decoded_ahead = DecodeInTask(shard, self.config, self._decode, task_cpus, self.pool_target)
+        else:
+            decoded_ahead = DecodeAhead(lambda: read_shard(shard, self.config.source, self.config.audio.max_file_bytes),
+                                        self._decode, self.decode_threads, ahead_seconds=self.pool_target, name=shard.id)
         for raw, decoded in decoded_ahead:
             if raw is None:  # the shard itself broke off: no rows; the driver retries it or records its failure
-                result.status, result.shard_error = "failed", f"{decoded.reason}: {decoded.detail}"
+                result.status, result.reason, result.detail = "failed", decoded.reason, decoded.detail
                 result.failure = decoded.kind
                 if decoded.kind == UNEXPECTED:
                     result.traceback = decoded.detail
                 result.decode_wait_s = decoded_ahead.wait_seconds
+                result.decode_nodes = sorted(getattr(decoded_ahead, "nodes", ()))
                 return
             result.samples_read += 1
             if isinstance(decoded, SampleError):
@@ -248,6 +219,7 @@ class ShardProcessor:
         result.encoded_frames, result.encode_s = progress["encoded_frames"], progress["encode_s"]
         result.threads = progress["threads"]
         result.decode_wait_s = decoded_ahead.wait_seconds
+        result.decode_nodes = sorted(getattr(decoded_ahead, "nodes", ()))
         result.loudness_clipped, result.loudness_unmeasured = progress["loudness_clipped"], progress["loudness_unmeasured"]
         result.batch_budget, result.budget_halvings = progress["batch_budget"], progress["budget_halvings"]
 
@@ -314,18 +286,3 @@ class ShardProcessor:
         # out of the except block: the traceback, and the failed pass's tensors its frames held, are gone
         release_device_memory(self.codec.device)
         return failure
-
-    def _decode(self, raw: RawSample) -> Audio | SampleError:
-        try:
-            if raw.error is not None:
-                return raw.error if isinstance(raw.error, SampleError) else SampleError("bad_sample", str(raw.error))
-            audio = self.config.audio
-            return decode_audio(raw.audio, self.codec.sample_rate, audio.resampler_quality, audio.max_seconds,
-                                loudness_lufs=audio.loudness_lufs, ceil_length=resamples_to_ceil(self.codec.convention))
-        except SampleError as error:
-            return error
-        except Exception as error:  # a decoder bug must cost one sample, not the shard
-            return SampleError("decode_failed", repr(error)[:200])
-        finally:
-            if isinstance(raw.audio, SpilledFile):
-                raw.audio.close()  # its disk space goes once decoded, not when the pool holding `raw` is encoded

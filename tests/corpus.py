@@ -8,7 +8,7 @@ import os
 import numpy as np
 import soundfile
 
-from pipeline.synth import SynthSample, random_sample, synth_clip, write_tar
+from demo.synth import SynthSample, random_sample, synth_clip, write_tar
 
 
 def mixed_tar(path: str, prefix: str, count: int, seed: int, max_seconds: float = 2.5) -> list[SynthSample]:

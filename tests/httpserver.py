@@ -1,7 +1,7 @@
 """A local HTTP file server (127.0.0.1) that misbehaves on request, for the failure tests.
 
 Files are served from a folder with HEAD, GET and single byte ranges. A file's name picks its trouble:
-- `flaky-*`: the first `flaky_failures` requests for it answer 503;
+- `flaky-*`: the first `flaky_failures` GETs for it answer 503 (a HEAD answers: a listing sees its size);
 - `drop-*`: the first GET sends half the body and closes the connection;
 - `stall-*`: every GET sends half the body, then stalls (for `stall_s`, or until the server stops).
 """
@@ -19,7 +19,9 @@ class TroubleServer:
     def __init__(self, folder: str, flaky_failures: int = 2, stall_s: float = 90.0):
         self.folder, self.flaky_failures, self.stall_s = folder, flaky_failures, stall_s
         self.requests: Counter = Counter()  # every request, per file name
+        self.get_requests: Counter = Counter()  # every GET, per file name
         self.gets: Counter = Counter()  # GETs that reached the body, per file name
+        self.sent: Counter = Counter()  # body bytes sent, per file name
         self.queries: list[str] = []  # each request's query string (a presigned URL's signature reaches the server)
         self.released = threading.Event()
         server = self
@@ -41,38 +43,43 @@ class TroubleServer:
                 server.queries.append(self.path.partition("?")[2])
                 path = os.path.join(server.folder, name)
                 server.requests[name] += 1
+                server.get_requests[name] += body
                 if not os.path.isfile(path):
                     self.send_error(404)
                     return
-                if name.startswith("flaky-") and server.requests[name] <= server.flaky_failures:
+                if name.startswith("flaky-") and body and server.get_requests[name] <= server.flaky_failures:
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                data = open(path, "rb").read()
-                start, stop = 0, len(data)
+                size = os.path.getsize(path)
+                start, stop = 0, size
                 match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
                 if match:
                     start = int(match[1])
-                    stop = min(len(data), int(match[2]) + 1) if match[2] else len(data)
+                    stop = min(size, int(match[2]) + 1) if match[2] else size
                 self.send_response(206 if match else 200)
                 self.send_header("Content-Length", str(stop - start))
                 self.send_header("Accept-Ranges", "bytes")
                 if match:
-                    self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
+                    self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
                 self.end_headers()
                 if not body:
                     return
-                part = data[start:stop]
+                with open(path, "rb") as f:  # the range only: a large file is not read whole per request
+                    f.seek(start)
+                    part = f.read(stop - start)
                 server.gets[name] += 1
                 if name.startswith("stall-") or (name.startswith("drop-") and server.gets[name] == 1):
                     self.wfile.write(part[: len(part) // 2])
                     self.wfile.flush()
+                    server.sent[name] += len(part) // 2
                     if name.startswith("stall-"):
                         server.released.wait(server.stall_s)
                     self.close_connection = True
                     return
                 self.wfile.write(part)
+                server.sent[name] += len(part)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -15,7 +15,7 @@ from pipeline.audio import BLOCK_S, SampleError, SpilledFile, decode_audio
 from pipeline.config import load_config
 from pipeline.sources import Shard
 from pipeline.sources import webdataset
-from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
+from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
 from pipeline.worker import ShardProcessor
 from tests.corpus import wav_bytes
 

@@ -17,8 +17,9 @@ def test_gpu_benchmark_runs_every_measurement_on_a_cpu_smoke_corpus(tmp_path):
     lines = done.stdout.splitlines()
     best = [line for line in lines if line.startswith(("| float32 | 960", "| tf32 |", "| bfloat16 |"))]
     assert len(best) >= 3, done.stdout
-    summary = [line for line in lines if line.count("|") == 6 and line.split("|")[1].strip() in ("float32", "tf32", "bfloat16")]
+    summary = [line for line in lines if line.count("|") == 7 and line.split("|")[1].strip() in ("float32", "tf32", "bfloat16")]
     assert len(summary) == 3 and "100.000%" in summary[0], done.stdout  # float32 agrees with itself
+    assert all(line.split("|")[6].strip() == "n/a" for line in summary), done.stdout  # device waiting: CUDA only
     assert "decode + resample" in done.stdout
     # each policy against each clip alone on the device and against float32 CPU codes: on CPU in float32 all equal
     sweep = [line.split("|") for line in lines if line.startswith("| float32 | ") and line.count("|") == 11]

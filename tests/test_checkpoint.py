@@ -24,7 +24,7 @@ from codec.presets import build_random_model
 from pipeline.run import main as run_main
 from pipeline.runstate import read_run
 from pipeline.storage import Storage
-from pipeline.synth import random_sample, write_tar
+from demo.synth import random_sample, write_tar
 
 INNER = ["snake1", "conv1", "snake2", "conv2"]  # a DAC residual unit's block.0-3
 
@@ -248,7 +248,7 @@ def test_codec_model_that_is_not_a_tokenizer_is_a_config_error(tmp_path, capsys,
     }[layout]()
     tar = tmp_path / "a.tar"
     write_tar(str(tar), [random_sample(np.random.default_rng(0), "k", 0.5)])
-    code = run_main(["configs/demo.yaml", f"source.urls=[{tar}]", "source.demo_if_missing=false",
+    code = run_main(["configs/demo.yaml", f"source.urls=[{tar}]",
                      f"output.dir={tmp_path / 'out'}", f"codec.model={spec}"])
     err = capsys.readouterr().err
     assert code == 2
@@ -263,7 +263,7 @@ def test_original_format_end_to_end_and_actor_start_failure_stops_the_run(releas
     samples = [random_sample(rng, f"s{i}", s) for i, s in enumerate((0.6, 1.7))]
     tar = tmp_path / "a.tar"
     write_tar(str(tar), samples)
-    common = ["configs/demo.yaml", f"source.urls=[{tar}]", "source.demo_if_missing=false",
+    common = ["configs/demo.yaml", f"source.urls=[{tar}]",
               f"codec.cache_dir={tmp_path / 'cache'}", "ray.num_actors=1", "codec.bandwidth=1.0"]
     code = run_main(common + [f"output.dir={tmp_path / 'out'}", f"codec.model={released['original']}"])
     err = capsys.readouterr().err

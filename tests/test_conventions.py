@@ -14,7 +14,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.job import run_job
 from pipeline.runstate import IdentityChanged
 from pipeline.runstate.identity import check_identity
-from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
+from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
 from tests.test_pipeline import config_for, read_rows
 
 HOP = 960

@@ -1,6 +1,6 @@
 """The training side of the output: balanced reading across ranks and workers, crops, token-budget batches,
 and the plan built from commit records without opening data files. Outputs are written without the codec
-(`pipeline.synth_tokens`: ShardWriter + RunState commits, as a run writes them)."""
+(`demo.synth_tokens`: ShardWriter + RunState commits, as a run writes them)."""
 
 import random
 import re
@@ -17,7 +17,7 @@ from pipeline.reading.dataset import TokenDataset, list_units
 from pipeline.reading.plan import EpochPlan, Unit, load_units
 from pipeline.runstate import read_run
 from pipeline.storage import Storage
-from pipeline.synth_tokens import uniform_lengths, write_token_output
+from demo.synth_tokens import uniform_lengths, write_token_output
 from pipeline.writer import ROW_GROUP_ROWS
 
 SHARDS = [1, 3, 700, 2501]  # 3,205 rows; the last shard has three row groups (1024, 1024, 453)

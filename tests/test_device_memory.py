@@ -13,7 +13,7 @@ from pipeline import worker as worker_module
 from pipeline.batch_budget import BatchBudget
 from pipeline.config import load_config
 from pipeline.sources import list_shards
-from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
+from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
 from pipeline.worker import ShardProcessor
 from tests.test_pipeline import expected_codes, read_rows
 

@@ -44,7 +44,7 @@ def test_stalled_read_is_bounded_by_the_shard_time_limit(tmp_path, ray_local, ca
     assert time.time() - start < 60  # each try stalls 90 s unless the time limit ends it
     err = capsys.readouterr().err
     records = {r["source"].rsplit("/", 1)[-1]: r for r in records_of(tmp_path / "out").values()}
-    assert records["stall-2.tar"]["status"] == "failed" and records["stall-2.tar"]["shard_error"].startswith("timeout")
+    assert records["stall-2.tar"]["status"] == "failed" and records["stall-2.tar"]["reason"] == "timeout"
     assert records["ok-0.tar"]["status"] == records["ok-1.tar"]["status"] == "done"
     assert "over its time limit" in err and f"failed shard {records['stall-2.tar']['shard_id']}: timeout" in err
 
@@ -59,7 +59,7 @@ def test_unexpected_worker_exception_is_reported_with_its_traceback(tmp_path, ti
     monkeypatch.setattr(processor, "_encode", lambda *a: {}["a device that lost its mind"])
     result = processor.process(list_shards(config.source).shards[0])
     assert result.status == "failed" and result.failure == UNEXPECTED and result.files == []
-    assert "KeyError" in result.shard_error and 'File "' in result.traceback and "_process" in result.traceback
+    assert result.reason == "worker_exception" and "KeyError" in result.detail and 'File "' in result.traceback and "_process" in result.traceback
 
 
 @pytest.mark.parametrize("error, transient", [

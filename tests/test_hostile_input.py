@@ -244,15 +244,52 @@ def test_bad_hf_cells_are_error_records_for_their_rows_and_the_rest_of_the_shard
     assert "source.max_text_bytes" in samples["huge_text"].error.detail
 
 
+def test_hf_array_cells_are_read_by_their_layout_and_an_implausible_shape_is_a_bad_shape_record(tmp_path, tiny_codec):
+    """A [2, N] stereo array (as `datasets` and torchaudio lay it out) is N frames of 2 channels, not 2 frames of N:
+    its row lasts N / rate and has the codes of the same samples laid out [N, 2]. Shapes that name no channel
+    axis are records naming the shape."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.sources import list_shards
+    from pipeline.worker import ShardProcessor
+    from tests.test_pipeline import config_for, read_rows
+    from tests.test_reliability import errors_of
+
+    stereo = np.stack([clip(1.0), clip(1.0)[::-1]])  # [channels, frames]: 2 x 16000
+    cells = {"channels_first": stereo, "frames_first": stereo.T, "both_long": np.zeros((100, 400), np.float32),
+             "both_short": np.zeros((2, 8), np.float32)}
+    kind = pa.struct([("array", pa.list_(pa.list_(pa.float32()))), ("sampling_rate", pa.int64())])
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": list(cells), "audio": pa.array(
+        [{"array": a.tolist(), "sampling_rate": 16000} for a in cells.values()], kind)}), tmp_path / "in/a.parquet")
+    cube = pa.struct([("array", pa.list_(pa.list_(pa.list_(pa.float32())))), ("sampling_rate", pa.int64())])
+    pq.write_table(pa.table({"id": ["cube"], "audio": pa.array(
+        [{"array": np.zeros((2, 2, 100)).tolist(), "sampling_rate": 16000}], cube)}), tmp_path / "in/b.parquet")
+    config = config_for(tmp_path, {"kind": "hf", "path": str(tmp_path / "in")})
+    processor = ShardProcessor(config)
+    assert all(processor.process(shard).status == "done" for shard in list_shards(config.source).shards)
+    rows = {r["key"]: r for r in read_rows(config.output.dir)}
+    assert sorted(rows) == ["channels_first", "frames_first"]
+    assert rows["channels_first"]["duration_s"] == pytest.approx(1.0)
+    assert rows["channels_first"]["codes"] == rows["frames_first"]["codes"]
+    errors = {e["key"]: e for e in errors_of(config.output.dir)}
+    assert {key: e["reason"] for key, e in errors.items()} == {"both_long": "bad_shape", "both_short": "bad_shape",
+                                                                "cube": "bad_shape"}
+    assert "[100, 400]" in errors["both_long"]["detail"] and "[2, 8]" in errors["both_short"]["detail"]
+    assert "[2, 2, 100]" in errors["cube"]["detail"]
+
+
 # -- truncation, unknown lengths, decode memory -----------------------------------------------------------
 
 
-def encoded(fmt: str, subtype: str | None, seconds: float = 2.0, rate: int = 48000, channels: int = 1) -> bytes:
+def encoded(fmt: str, subtype: str | None, seconds: float = 2.0, rate: int = 48000, channels: int = 1,
+            endian: str | None = None) -> bytes:
     import soundfile
 
     samples = (np.random.default_rng(1).standard_normal((int(seconds * rate), channels)) * 0.1).astype(np.float32)
     buffer = io.BytesIO()
-    soundfile.write(buffer, samples, rate, format=fmt, subtype=subtype)
+    soundfile.write(buffer, samples, rate, format=fmt, subtype=subtype, endian=endian)
     return buffer.getvalue()
 
 
@@ -275,15 +312,20 @@ TRUNCATED = {  # format, subtype: libsndfile returns the bytes present as a shor
     "opus": ("OGG", "OPUS"), "vorbis": ("OGG", "VORBIS"), "wav": ("WAV", "PCM_16"), "w64": ("W64", "PCM_16"),
     "rf64": ("RF64", "PCM_16"), "aiff": ("AIFF", "PCM_16"), "au": ("AU", "PCM_16"), "nist": ("NIST", "PCM_16"),
     "svx": ("SVX", "PCM_16"), "avr": ("AVR", "PCM_16"), "avr_stereo": ("AVR", "PCM_16", 2), "mp3": ("MP3", None),
+    "mat4": ("MAT4", "PCM_16", 2), "mat4_float": ("MAT4", "FLOAT"), "mat4_big": ("MAT4", "PCM_16", 1, "BIG"),
+    "mat5": ("MAT5", "PCM_16", 2), "voc": ("VOC", "PCM_16", 2), "voc_u8": ("VOC", "PCM_U8"), "wve": ("WVE", "ALAW"),
+    "mpc2k": ("MPC2K", "PCM_16"), "mpc2k_stereo": ("MPC2K", "PCM_16", 2),
 }
+RATES = {"SVX": 16000, "AVR": 16000, "WVE": 8000, "MPC2K": 44100, "VOC": 8000}  # what each container takes
 
 
 @pytest.mark.parametrize("name", TRUNCATED)
 def test_truncated_file_is_a_truncated_record_not_a_shorter_clip(name):
     from pipeline.audio import SampleError, SpilledFile
 
-    fmt, subtype, *channels = TRUNCATED[name]
-    data = encoded(fmt, subtype, rate=16000 if fmt in ("SVX", "AVR") else 48000, channels=channels[0] if channels else 1)
+    fmt, subtype, *layout = TRUNCATED[name]
+    channels, endian = (layout + [1, None][len(layout):])
+    data = encoded(fmt, subtype, rate=RATES.get(fmt, 48000), channels=channels, endian=endian)
     assert decoded(data).duration_s == pytest.approx(2.0, abs=0.05)  # whole: accepted as it is
     if name in ("opus", "vorbis"):  # an ID3v1 tag appended after the last page is no cut
         assert decoded(data + b"TAG" + bytes(125)).duration_s == pytest.approx(2.0, abs=0.05)
@@ -344,6 +386,38 @@ def test_small_file_of_many_channels_at_a_high_rate_decodes_in_bounded_memory():
 
 
 # -- end to end: every member counted --------------------------------------------------------------------------
+
+
+def read_bytes() -> int:
+    """Bytes this process has read through read(2) and its kin so far (/proc/self/io's rchar)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def test_tar_member_no_field_uses_is_passed_over_without_being_read_locally_and_over_http(tmp_path):
+    """A 48 MiB `.bin` between two samples is neither part of a row nor read: the tar is read by seeking past it,
+    from a local disk (the bytes this process reads) and from an HTTP server (the bytes it sends)."""
+    from tests.httpserver import TroubleServer
+
+    unused = 48 << 20
+    wav = wav_bytes(clip(), 16000)
+    (tmp_path / "served").mkdir()
+    path = tmp_path / "served/s.tar"
+    with tarfile.open(path, "w") as tar:
+        add(tar, "a.wav", wav)
+        add(tar, "a.bin", bytes(unused))
+        add(tar, "b.wav", wav)
+    assert path.stat().st_size > unused
+
+    before = read_bytes()
+    samples = by_key(read_tar_shard(shard_of(path)))
+    local = read_bytes() - before
+    assert sorted(samples) == ["a", "b"] and samples["a"].audio == samples["b"].audio == wav
+    assert local < unused / 4, f"{local} bytes read locally"
+    with TroubleServer(str(tmp_path / "served")) as server:
+        samples = by_key(read_tar_shard(shard_of(f"{server.url}/s.tar")))
+    assert sorted(samples) == ["a", "b"] and samples["b"].audio == wav
+    assert server.sent["s.tar"] < unused / 4, f"{server.sent['s.tar']} bytes sent"
 
 
 def test_hostile_tar_members_are_each_a_row_or_an_error_record_in_a_real_run(tmp_path, ray_local):

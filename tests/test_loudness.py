@@ -22,7 +22,7 @@ from pipeline.loudness import CLIPPED, NORMALISED, TOO_QUIET, TOO_SHORT, Loudnes
 from pipeline.run import main as run_main
 from pipeline.runstate import IdentityChanged
 from pipeline.runstate.identity import check_identity
-from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
+from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
 from tests.corpus import wav_bytes
 from tests.test_pipeline import manifest_of, read_rows, records_of
 

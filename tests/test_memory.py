@@ -14,7 +14,7 @@ from pipeline.actors import SHARDS_IN_FLIGHT
 from pipeline.job import run_job
 from pipeline.sources import list_shards
 from pipeline.worker import ShardProcessor
-from pipeline.synth import SynthSample, encode_audio, synth_clip, write_long_audio, write_tar
+from demo.synth import SynthSample, encode_audio, synth_clip, write_long_audio, write_tar
 from tests.test_pipeline import config_for
 
 
@@ -109,3 +109,24 @@ def test_a_file_over_max_seconds_is_a_too_long_record_read_from_its_header(tmp_p
     records = [json.loads(line) for line in errors.read_text().splitlines()]
     assert [(r["key"], r["reason"]) for r in records] == [("declares_5h", "too_long")]
     assert "18000 s > audio.max_seconds=14400" in records[0]["detail"] and "not decoded" in records[0]["detail"]
+
+
+HF_CELLS, HF_CELL_MB = 8, 72  # one row group of 576 MB, each cell over the spill threshold
+
+
+def test_hf_parquet_row_group_of_large_audio_cells_is_read_in_a_few_cells_memory_not_the_row_groups(tmp_path):
+    """A Parquet file as `datasets` writes an Audio column, its 8 cells of 72 MB in one row group, read by the HF
+    reader in a fresh process: the reader's peak over its loaded RSS is a few cells (pyarrow reads a page,
+    decompresses it and copies the value out), however many the row group holds, so less than the row group.
+    Reading the row group whole (pre-buffered column chunks), or 64 rows as Python objects, costs the row group
+    and more (jobs/bench_memory.py --hf-cells prints the peak in cells)."""
+    from jobs.bench_memory import read_hf_cells, write_hf_cells
+
+    path = str(tmp_path / "cells.parquet")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        fresh.submit(write_hf_cells, path, HF_CELLS, HF_CELL_MB).result()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        read = fresh.submit(read_hf_cells, path).result()
+    assert read["row_groups"] == 1 and read["cell_mb"] == [HF_CELL_MB] * HF_CELLS and read["spilled"]
+    grew = read["peak_mb"] - read["loaded_mb"]
+    assert grew < HF_CELLS * HF_CELL_MB, f"{grew:.0f} MB over the loaded reader for cells of {HF_CELL_MB} MB"

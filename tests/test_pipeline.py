@@ -11,7 +11,7 @@ from codec import reference_encode
 from pipeline.audio import decode_bytes, to_model_audio
 from pipeline.config import ConfigError, SourceConfig, load_config
 from pipeline.job import run_job
-from pipeline.scheduler import actor_options as _actor_options
+from pipeline.driver import actor_options as _actor_options
 from pipeline.runstate import IdentityChanged, read_run
 from pipeline.storage import Storage
 from pipeline.sources import Shard, largest_first, list_shards
@@ -223,10 +223,11 @@ def test_actor_sizing_by_device_cpus_and_memory_fits_each_node():
 
 
 def test_encoder_busy_share_counts_overlapping_shards_once():
-    from pipeline.worker import ShardResult, encoder_busy_share
+    from pipeline.runstate import ShardRecord
+    from pipeline.worker import encoder_busy_share
 
     def result(worker, started_at, seconds, encode_s):
-        return ShardResult("s", "u", "done", worker=worker, started_at=started_at, seconds=seconds, encode_s=encode_s)
+        return ShardRecord("s", "u", "done", worker=worker, started_at=started_at, seconds=seconds, encode_s=encode_s)
 
     # actor a: shards over 100-110 and 105-115 (a 15 s span, 12 s encoding); actor b: 5 s, all encoding
     results = [result("a", 100, 10, 6), result("a", 105, 10, 6), result("b", 100, 5, 5)]
@@ -260,7 +261,7 @@ def test_bandwidth_not_in_checkpoint_fails_before_work(tmp_path):
 def test_hf_audio_as_paths_and_arrays(tmp_path, ray_local, tiny_codec):
     import pyarrow as pa
 
-    from pipeline.synth import encode_audio, synth_clip
+    from demo.synth import encode_audio, synth_clip
 
     rng = np.random.default_rng(7)
     os.makedirs(tmp_path / "files")

@@ -15,10 +15,10 @@ import pytest
 
 from codec import load_codec
 from pipeline.job import run_job
-from pipeline.scheduler import GuardTripped
+from pipeline.driver import GuardTripped
 from pipeline.run import Progress
 from pipeline.run import main as cli_main
-from pipeline.synth import SynthSample, encode_audio, synth_clip, write_tar
+from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
 from pipeline.reading.verify import main as verify_main
 from pipeline.reading.verify import verify
 from tests.corpus import mixed_tar, wav_bytes
@@ -113,9 +113,9 @@ def test_bad_shards_are_recorded_without_partial_rows_and_the_run_goes_on(tmp_pa
 
     by_source = {os.path.basename(e["source"]): e for e in records_of(tmp_path / "out").values()}
     assert by_source["good.tar"]["status"] == "done"
-    assert by_source["missing.tar"]["status"] == "failed" and "missing_shard" in by_source["missing.tar"]["shard_error"]
+    assert by_source["missing.tar"]["status"] == "failed" and by_source["missing.tar"]["reason"] == "missing_shard"
     cut = by_source["cut.tar"]
-    assert cut["status"] == "failed" and cut["shard_error"].startswith("corrupt_tar")
+    assert cut["status"] == "failed" and cut["reason"] == "corrupt_tar"
     # the cut tar read some samples before it broke; none of them reach data/ (glob readers would see them),
     # its shard-level record stands for all of them and a rerun redoes it whole
     assert cut["samples_read"] >= 1 and cut["rows"] == 0 and cut["files"] == [f"errors/{cut['shard_id']}.jsonl"]

@@ -14,7 +14,7 @@ from pipeline.reading import report as report_module
 from pipeline.reading.fidelity import mel_distance_db, si_snr_db
 from pipeline.reading.inspect import main as inspect_main
 from pipeline.reading.stats import collect
-from pipeline.synth import synth_clip
+from demo.synth import synth_clip
 from tests.corpus import mixed_tar
 from tests.test_pipeline import config_for
 
@@ -211,7 +211,7 @@ def test_audit_compares_against_the_loudness_normalised_audio_the_codec_was_give
     from pipeline.audio import decode_audio
     from pipeline.reading.fidelity import RowRef, _decode_original
     from pipeline.sources import RawSample
-    from pipeline.synth import encode_audio
+    from demo.synth import encode_audio
 
     data = encode_audio(0.02 * synth_clip(np.random.default_rng(3), 3.0, 16000), 16000, "wav")
     manifest = {"config": {"audio": {"resampler_quality": "HQ", "max_seconds": 3600.0, "loudness_lufs": -23.0}}}

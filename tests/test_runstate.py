@@ -15,7 +15,7 @@ import pytest
 from pipeline.config import SourceConfig, load_config
 from pipeline.job import open_run_state, resolve_codec
 from pipeline.run import main as run_main
-from pipeline.runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, RunState, read_run
+from pipeline.runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, RunState, ShardRecord, read_run
 from pipeline.runstate.lease import LEASE
 from pipeline.runstate.plan import PLAN
 from pipeline.runstate.records import COMMITS
@@ -42,10 +42,11 @@ def output_settings(**changes):
 
 
 def result(shard_id, status="done", rows=2):
-    return {"shard_id": shard_id, "source": f"/in/{shard_id}.tar", "status": status, "samples_read": rows,
+    # as records were written before reason and detail were fields: `from_dict` splits `shard_error`
+    return ShardRecord.from_dict({"shard_id": shard_id, "source": f"/in/{shard_id}.tar", "status": status, "samples_read": rows,
             "rows": rows if status == "done" else 0, "errors": 0, "error_reasons": {}, "audio_seconds": 1.0,
             "frames": 25, "tokens": 200, "encoded_frames": 25, "files": [f"data/{shard_id}.parquet"],
-            "shard_error": None if status == "done" else "corrupt_tar: cut"}
+            "shard_error": None if status == "done" else "corrupt_tar: cut"})
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -78,6 +79,28 @@ def test_rerun_trusts_commit_records_over_a_summary_that_lags_and_rebuilds_it(st
     assert sorted(storage.list(COMMITS)) == [f"{n}.done.json" for n in ("bad", "s0", "s1", "s2")]
     again.close()
     assert not read_run(storage).summary_stale and not storage.exists(LEASE)
+
+
+def test_failed_record_written_with_shard_error_only_reads_with_its_reason_and_detail(storage):
+    """Records written before reason and detail were fields hold "reason: detail" in `shard_error`: the summary's
+    reasons, verify and ShardRecord read them as they read new ones."""
+    from pipeline.reading.verify import verify
+    from pipeline.runstate.records import record_path
+
+    state = RunState.open(storage, header(), output_settings())
+    state.commit(result("new", "failed"))
+    state.close()
+    old = {"shard_id": "old", "source": "/in/old.tar", "status": "failed", "shard_error": "corrupt_tar: cut at 512",
+           "files": ["errors/old.jsonl"]}
+    storage.write_bytes(record_path("old", "failed"), json.dumps(old).encode())
+    view = read_run(storage)
+    assert (view.records["new"]["reason"], view.records["new"]["detail"]) == ("corrupt_tar", "cut")
+    record = ShardRecord.from_dict(view.records["old"])
+    assert (record.reason, record.detail, record.error) == ("corrupt_tar", "cut at 512", "corrupt_tar: cut at 512")
+    again = RunState.open(storage, header(), output_settings())
+    assert again.totals()["shard_error_reasons"] == {"corrupt_tar": 2}
+    again.close()
+    assert "shard old: failed (corrupt_tar: cut at 512)" in verify(storage.url)
 
 
 def test_commit_record_cut_short_counts_as_not_done_and_is_reported(storage):
@@ -370,7 +393,7 @@ def test_every_data_file_has_the_run_schema_and_readers_read_a_mixed_output_whol
     keys = mixed_parquet_shards(str(tmp_path / "hf"))
     config_for(tmp_path, {"kind": "hf", "path": str(tmp_path / "hf")}, name="hf.yaml")
     assert run_main([str(tmp_path / "hf.yaml"), f"output.dir={tmp_path}/out_hf"]) == 0
-    from pipeline.synth import SynthSample, random_sample, write_tar
+    from demo.synth import SynthSample, random_sample, write_tar
 
     rng = np.random.default_rng(1)
     for shard in range(3):  # shard 2 has no transcripts at all

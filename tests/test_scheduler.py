@@ -14,13 +14,19 @@ import pytest
 import ray
 
 from pipeline.config import load_config
-from pipeline.failures import PERMANENT, TRANSIENT
-from pipeline.runstate import RunState
-from pipeline.scheduler import GuardTripped, Scheduler, actor_options, threads_to_lend
+from pipeline.driver import ActorStartFailed
+from pipeline.driver.deadlines import Deadlines
+from pipeline.driver.policy import Retries
+from pipeline.failures import PERMANENT, TRANSIENT, classified_start
+from pipeline.runstate import RunState, ShardRecord
+from pipeline.driver import GuardTripped, Scheduler, actor_options, threads_to_lend
 from pipeline.schema import describe, output_schema, schema_to_text
 from pipeline.sources import Shard
 from pipeline.storage import Storage
-from pipeline.worker import ShardResult
+
+
+class HubThrottled(Exception):
+    status = 429  # as the hub's HTTP error carries its response's status
 
 
 @ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=3)
@@ -28,12 +34,30 @@ class ScriptedActor:
     def __init__(self, config, name, *setup):
         self.folder = os.path.join(config.output.dir, "script")
         os.makedirs(self.folder, exist_ok=True)
-        self.name, self.started, self.threads = name, {}, 1
+        self.name, self.started, self.threads, self.mute = name, {}, 1, False
+        self._start_as_planned()
         try:  # the first actor ever started is "sick" when the script asks for one
             os.close(os.open(os.path.join(self.folder, "first-actor"), os.O_CREAT | os.O_EXCL))
             self.first = True
         except FileExistsError:
             self.first = False
+
+    def _start_as_planned(self):
+        """script/start-plan.json {"lost": n, "transient": m, "permanent": k}: the first n actor starts die with no
+        Python error (as a host OOM kill while loading leaves them), the next m raise a 429, the next k a
+        constructor error that would repeat; counted across actors."""
+        path = os.path.join(self.folder, "start-plan.json")
+        if not os.path.exists(path):
+            return
+        plan, start = json.load(open(path)), self._count("starts")
+        if start <= plan.get("lost", 0):
+            os._exit(1)
+        start -= plan.get("lost", 0)
+        with classified_start():  # as CodecActor's constructor
+            if start <= plan.get("transient", 0):
+                raise HubThrottled("429 Client Error: Too Many Requests for url: https://huggingface.co/...")
+            if start - plan.get("transient", 0) <= plan.get("permanent", 0):
+                raise ValueError("scripted: a checkpoint that cannot load")
 
     def describe(self):
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
@@ -42,6 +66,8 @@ class ScriptedActor:
         self.threads = threads
 
     def progress(self):
+        if self.mute:  # an actor that never answers
+            time.sleep(3600)
         return {"shards": len(self.started), "samples": 0, "audio_seconds": 0.0, "started": dict(self.started)}
 
     def _count(self, shard_id: str) -> int:
@@ -51,7 +77,7 @@ class ScriptedActor:
             log.seek(0)
             return len(log.readlines())
 
-    def process(self, shard: Shard) -> ShardResult:
+    def process(self, shard: Shard) -> ShardRecord:
         self.started[shard.id] = time.time()
         behaviour = shard.url.split("/")[0].removeprefix("script:")
         call = self._count(shard.id)
@@ -62,7 +88,7 @@ class ScriptedActor:
 
     def _act(self, shard, behaviour, call):
         def failed(kind, reason):
-            return ShardResult(shard.id, shard.url, "failed", shard_error=f"{reason}: call {call}", failure=kind,
+            return ShardRecord(shard.id, shard.url, "failed", reason=reason, detail=f"call {call}", failure=kind,
                                worker=self.name)
 
         most_threads = self.threads
@@ -83,14 +109,20 @@ class ScriptedActor:
             os._exit(1)
         elif behaviour == "hang":
             time.sleep(3600)
+        elif behaviour.startswith("mute"):  # answers neither progress() nor, for a while, process()
+            self.mute = True
+            time.sleep(float(behaviour.split("-")[1]))
         elif behaviour == "sick-actor" and self.first:
             return failed(TRANSIENT, "cuda_error")
-        return ShardResult(shard.id, shard.url, "done", rows=1, samples_read=1, worker=self.name,
+        return ShardRecord(shard.id, shard.url, "done", rows=1, samples_read=1, worker=self.name,
                            files=[f"data/{shard.id}.parquet"], threads=most_threads)
 
 
-def run(tmp_path, behaviours: dict, *overrides, events=None):
+def run(tmp_path, behaviours: dict, *overrides, events=None, start_plan=None):
     # scripted actors need next to no memory: reserve little, so the 2 CPUs alone decide how many run
+    if start_plan is not None:
+        os.makedirs(tmp_path / "out" / "script", exist_ok=True)
+        (tmp_path / "out" / "script" / "start-plan.json").write_text(json.dumps(start_plan))
     config = load_config(None, ["source.kind=webdataset", "source.urls=[x.tar]", f"output.dir={tmp_path}/out",
                                 "ray.retry_backoff_s=0.1", "ray.progress_interval_s=0.5",
                                 "ray.memory_per_actor_gb=0.1", *overrides])
@@ -122,7 +154,7 @@ def test_transient_failures_are_retried_on_another_actor_and_permanent_ones_are_
                           "ray.max_consecutive_failures=10", "ray.retry_backoff_s=2")  # both actors up by the retries
     assert records["flaky"]["status"] == "done" and records["flaky"]["attempts"] == 3
     assert records["down"]["status"] == "failed" and records["down"]["attempts"] == 3
-    assert records["down"]["shard_error"].startswith("transient_io")
+    assert records["down"]["reason"] == "transient_io"
     assert records["broken"]["status"] == "failed" and records["broken"]["attempts"] == 1
     assert len(calls(tmp_path, "broken")) == 1  # a permanent failure is not tried again
     flaky = calls(tmp_path, "flaky")
@@ -145,7 +177,7 @@ def test_only_the_shard_that_kills_its_actor_is_charged(tmp_path, ray_local):
     assert sorted(lost[0]["lost"]) == ["neighbour", "poison"] and lost[0]["charged"] is None
     assert all(i["charged"] == "poison" for i in lost[1:]) and len(lost) == 3  # alone, it kills: charged twice
     assert records["neighbour"]["status"] == "done" and records["neighbour"]["attempts"] == 1
-    assert records["poison"]["status"] == "failed" and records["poison"]["shard_error"].startswith("actor_lost")
+    assert records["poison"]["status"] == "failed" and records["poison"]["reason"] == "actor_lost"
 
 
 def test_actor_failing_shards_in_a_row_is_replaced(tmp_path, ray_local):
@@ -161,7 +193,7 @@ def test_hung_shard_is_bounded_by_its_time_limit(tmp_path, ray_local):
     records, events = run(tmp_path, {"stuck": "hang", "fine": "slow-0.5"}, "ray.num_actors=1",
                           "ray.shard_timeout_s=3", "ray.max_attempts=2", "guard.min_shards=10")
     assert time.time() - start < 60
-    assert records["stuck"]["status"] == "failed" and records["stuck"]["shard_error"].startswith("timeout")
+    assert records["stuck"]["status"] == "failed" and records["stuck"]["reason"] == "timeout"
     assert records["fine"]["status"] == "done" and records["fine"]["attempts"] == 1
     assert [i["charged"] for k, i in events if k == "actor_lost"] == ["stuck", "stuck"]
 
@@ -171,6 +203,104 @@ def test_guard_stops_when_most_finished_shards_fail(tmp_path, ray_local):
     behaviours.update(ok0="slow-2", ok1="slow-2")
     with pytest.raises(GuardTripped, match=r"of \d+ finished shards failed .* most common: corrupt_tar"):
         run(tmp_path, behaviours, "guard.min_shards=4", "guard.max_failed_shard_fraction=0.5")
+
+
+def test_guard_counts_this_runs_outcomes_so_a_rerun_after_fixing_the_source_completes(tmp_path, ray_local):
+    """Rerun after a guard-tripped run: the failed records of the run before are what this run redoes, not
+    failures of its own; one still broken shard finishing first must not stop it."""
+    broken = {f"bad{i}": "permanent" for i in range(5)}
+    with pytest.raises(GuardTripped):
+        run(tmp_path, {**broken, "ok": "slow-3"}, "guard.min_shards=4", "guard.max_failed_shard_fraction=0.5")
+    fixed = {"bad0": "permanent", **{f"bad{i}": "slow-1" for i in range(1, 5)}, "ok": "slow-1"}
+    records, _ = run(tmp_path, fixed, "guard.min_shards=4", "guard.max_failed_shard_fraction=0.5")
+    assert records["bad0"]["status"] == "failed" and records["bad0"]["reason"] == "corrupt_tar"
+    assert all(records[k]["status"] == "done" for k in fixed if k != "bad0"), records
+
+
+def test_actor_killed_while_loading_is_counted_backed_off_and_then_given_up(tmp_path, ray_local, monkeypatch):
+    """A host OOM kill during model load raises no Python error: each one is counted and waits out a backoff;
+    the run goes on once an actor comes up, and stops saying why when none ever does."""
+    events: list = []
+    records, _ = run(tmp_path / "a", {"a": "ok", "b": "ok"}, "ray.num_actors=1", events=events,
+                     start_plan={"lost": 2})
+    retries = [i for k, i in events if k == "actor_start_retry"]
+    assert [(i["cause"], i["count"]) for i in retries] == [("lost", 1), ("lost", 2)]
+    assert all(i["delay"] > 0 for i in retries) and not [k for k, _ in events if k == "actor_start_failed"]
+    assert all(r["status"] == "done" for r in records.values()) and len(records) == 2
+
+    monkeypatch.setattr("pipeline.driver.pool.START_RETRIES", 2)
+    events = []
+    with pytest.raises(ActorStartFailed, match="died while loading with no Python error"):
+        run(tmp_path / "b", {"a": "ok"}, "ray.num_actors=1", events=events, start_plan={"lost": 99})
+    assert [i["cause"] for k, i in events if k == "actor_given_up"] == ["lost"]
+
+
+def test_transient_start_errors_do_not_count_toward_the_two_strike_stop(tmp_path, ray_local):
+    """Three 429s while loading and one real constructor error: only the latter counts, once, so the run goes on."""
+    events: list = []
+    records, _ = run(tmp_path, {"a": "ok", "b": "ok"}, "ray.num_actors=1", events=events,
+                     start_plan={"transient": 3, "permanent": 1})
+    assert [i["cause"] for k, i in events if k == "actor_start_retry"] == ["transient"] * 3
+    failed = [i for k, i in events if k == "actor_start_failed"]
+    assert len(failed) == 1 and failed[0]["replacing"] and "cannot load" in failed[0]["error"]
+    assert all(r["status"] == "done" for r in records.values()) and len(records) == 2
+
+
+def test_shard_whose_actor_never_answers_is_timed_out_from_dispatch(tmp_path, ray_local):
+    """progress() hangs too, so the actor never says it started the shard: the clock runs from dispatch. (Left
+    alone the shard would end done after 30 s.)"""
+    records, events = run(tmp_path, {"mute": "mute-30"}, "ray.num_actors=1", "ray.shard_timeout_s=2",
+                          "ray.max_attempts=1", "guard.min_shards=10")
+    assert records["mute"]["status"] == "failed" and records["mute"]["reason"] == "timeout"
+    assert [i["charged"] for k, i in events if k == "actor_lost"] == ["mute"]
+
+
+def test_retries_come_due_in_not_before_order_and_skip_only_the_actor_they_failed_on():
+    retries, shards = Retries(), {name: Shard(name, name, "webdataset") for name in "abcd"}
+    for name, not_before in (("a", 50.0), ("b", 10.0), ("c", 30.0), ("d", 20.0)):
+        retries.push(shards[name], not_before)
+    assert retries.next_due_in(0.0) == 10.0 and retries.take(5.0, busy=False) == (None, False)
+    taken = [retries.take(100.0, busy=False)[0].id for _ in range(4)]
+    assert taken == ["b", "d", "c", "a"] and len(retries) == 0
+    retries.push(shards["a"], 1.0)
+    retries.push(shards["b"], 2.0)
+    assert retries.take(3.0, busy=False, skip=lambda s: s.id == "a")[0].id == "b"  # "a" failed on this actor
+    assert retries.take(3.0, busy=False)[0].id == "a"  # another actor takes it
+    retries.push(shards["c"], 1.0, suspect=True)
+    assert retries.take(3.0, busy=True) == (None, True)  # a suspect waits for an empty actor, which takes it alone
+    assert retries.take(3.0, busy=False)[0].id == "c"
+
+
+def test_time_limit_follows_the_audio_a_shard_has_encoded_at_the_measured_speed():
+    """Without a size (a brace-expanded URL) a shard of hours of audio on CPU must not fail at the floor while it
+    makes progress; speeds come from done shards."""
+    config = load_config(None, ["source.kind=webdataset", "source.urls=[x.tar]", "output.dir=x"]).ray
+    deadlines, floor = Deadlines(config), config.shard_timeout_min_s
+    for i in range(3):
+        shard = Shard(f"done{i}", "u", "webdataset")
+        deadlines.dispatch(shard.id, 0.0)
+        deadlines.finish(shard, ShardRecord(shard.id, "u", "done", audio_seconds=600.0, seconds=60.0))
+    long = Shard("long", "u", "webdataset")
+    deadlines.dispatch(long.id, 0.0)
+    assert deadlines.limit(long) == floor
+    deadlines.progress({"long": 10 * floor})  # encoded at the measured 10 audio seconds per second: on time
+    assert deadlines.limit(long) == 4 * floor and deadlines.overdue(long, 2 * floor) is None
+    assert deadlines.overdue(long, 5 * floor) == 4 * floor
+
+
+def test_brace_expanded_http_tars_are_sized_for_time_limits_and_largest_first(tmp_path):
+    from pipeline.sources import largest_first
+    from pipeline.sources.webdataset import list_tar_shards
+    from tests.httpserver import TroubleServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    for i, size in enumerate((3000, 9000, 5000)):
+        (served / f"t-{i}.tar").write_bytes(b"\0" * size)
+    with TroubleServer(str(served)) as server:
+        shards = list_tar_shards([f"{server.url}/t-{{0..3}}.tar"])  # t-3.tar is missing: its own shard's error
+    assert [s.size for s in shards] == [3000, 9000, 5000, 0]
+    assert [s.url.rsplit("/", 1)[1] for s in largest_first(shards)] == ["t-1.tar", "t-2.tar", "t-0.tar", "t-3.tar"]
 
 
 def test_actors_waiting_for_resources_are_reported_while_the_others_work(tmp_path, ray_local):

@@ -10,9 +10,11 @@ import soundfile
 
 from pipeline.config import load_config
 from pipeline.job import run_job
+from pipeline.reading.verify import vanished_source_files, verify
+from pipeline.runstate.plan import read_plan
 from pipeline.sources import list_shards, read_shard
 from pipeline.storage import Storage
-from pipeline.synth import random_sample
+from demo.synth import random_sample
 from tests.test_pipeline import config_for, expected_codes, manifest_of, read_rows, records_of
 
 FILES_PATTERN = "in/**/*.{wav,flac,mp3,txt,json}"
@@ -87,11 +89,27 @@ def test_files_run_keys_codes_sidecars_and_a_rerun_after_additions_leaves_done_s
     records = records_of(tmp_path / "out")
     assert {k: records[k] for k in done} == done
     assert sorted(r["key"] for r in read_rows(tmp_path / "out")) == ["a/b/added", "a/b/deep", "a/song", "top", "z/new"]
+    assert verify(str(tmp_path / "out")) == []  # the output matches its records ...
+    gone = vanished_source_files(str(tmp_path / "out"))  # ... and verify --sources says what the source lost
+    assert len(gone) == 1 and f"{tmp_path / 'in'}/top.wav" in gone[0]
+
+
+def test_overwrite_clears_the_recorded_plan_so_files_are_grouped_anew(tmp_path, ray_local):
+    write_audio_files(tmp_path / "in", ["a/1.wav", "a/3.flac", "b/5.mp3"], seed=0)
+    config = config_for(tmp_path, {"kind": "files", "urls": [str(tmp_path / FILES_PATTERN)], "files_per_shard": 2})
+    assert run_job(config).status == "complete"
+    os.remove(tmp_path / "in/a/1.wav")
+    write_audio_files(tmp_path / "in", ["a/0.wav"], seed=1)
+    config.output.overwrite, config.source.files_per_shard = True, 3  # other settings: the output is replaced
+    assert run_job(config).status == "complete"
+    plan = list(read_plan(Storage(str(tmp_path / "out"))))
+    assert [[m[0] for m in s["members"]] for s in plan] == [["a/0.wav", "a/3.flac", "b/5.mp3"]]
+    assert sorted(r["key"] for r in read_rows(tmp_path / "out")) == ["a/0", "a/3", "b/5"]
 
 
 def write_recordings(folder) -> dict:
     """Two long recordings: name -> (path, float32 samples as soundfile reads them, rate)."""
-    from pipeline.synth import synth_clip
+    from demo.synth import synth_clip
 
     rng, recordings = np.random.default_rng(5), {}
     for name, seconds, rate, channels in (("rec/long.flac", 140.0, 44100, 2), ("rec/short.wav", 20.0, 16000, 1)):
@@ -335,7 +353,7 @@ def test_dataset_card_lets_load_dataset_read_the_output_folder_and_its_snippet_d
     assert scope["audio"].size == round(scope["row"]["duration_s"] * 24000)
     # reading code stays free of Ray and the driver
     imported = subprocess.run([sys.executable, "-c", "import sys, pipeline.reading.card; print(sorted(m for m in "
-                               "sys.modules if m.split('.')[0] == 'ray' or m in ('pipeline.job', 'pipeline.scheduler')))"],
+                               "sys.modules if m.split('.')[0] == 'ray' or m in ('pipeline.job', 'pipeline.driver')))"],
                               capture_output=True, text=True, check=True).stdout.strip()
     assert imported == "[]"
 

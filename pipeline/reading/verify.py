@@ -4,7 +4,9 @@ Reports files that are missing, corrupt (checksum or unreadable), of another sch
 or with the wrong row or error count; files in data/ or errors/ that no commit record names (a
 shard whose driver was killed between writing it and committing it: a rerun redoes it), and a data file of a
 shard whose record says it failed (rows that readers of data/*.parquet would read); commit
-records that cannot be trusted; shards that failed. Exit status 0 only when all is well.
+records that cannot be trusted; shards that failed. With `--sources`, also the source files of done shards
+that are gone from the source (`files` sources, from the recorded plan): their rows stay as written, but the
+output can no longer be rebuilt or audited from the source. Exit status 0 only when all is well.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 
 import pyarrow.parquet as pq
 
-from ..runstate import DONE, FAILED, OutputError, Totals, read_run
+from ..runstate import DONE, FAILED, OutputError, Totals, error_text, read_run
 from ..schema import schema_from_text
 from ..storage import Storage
 
@@ -57,7 +59,7 @@ def verify(output_dir: str) -> list[str]:
     expected = set()
     for shard_id, record in sorted(run.records.items()):
         if record["status"] != DONE:
-            problems.append(f"shard {shard_id}: failed ({record.get('shard_error')})")
+            problems.append(f"shard {shard_id}: failed ({error_text(record)})")
         for name in record.get("files", []):
             expected.add(name)
             problem = _check_file(storage, name, record, schema)
@@ -77,12 +79,39 @@ def verify(output_dir: str) -> list[str]:
     return problems
 
 
+def vanished_source_files(output_dir: str) -> list[str]:
+    """Files of done `files` shards that the source no longer holds: one listing per shard root, as the
+    driver's own listing, not a request per file."""
+    import fsspec
+
+    from ..runstate.plan import read_plan
+
+    storage = Storage(output_dir)
+    done = read_run(storage).done()
+    wanted: dict[str, list[tuple[str, str]]] = {}  # root -> (shard, relative path)
+    for shard in read_plan(storage):
+        if shard["kind"] == "files" and shard["id"] in done:
+            wanted.setdefault(shard["url"], []).extend((shard["id"], member[0]) for member in shard["members"])
+    problems = []
+    for root, members in sorted(wanted.items()):
+        fs, path = fsspec.core.url_to_fs(root)
+        fs.invalidate_cache(path)
+        present = {p.rstrip("/")[len(path.rstrip("/")) + 1:] for p in fs.find(path)} if fs.exists(path) else set()
+        problems += [f"source gone: {root}/{rel} (shard {shard} is done; its rows stay as written)"
+                     for shard, rel in members if rel not in present]
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.reading.verify", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir")
+    parser.add_argument("--sources", action="store_true",
+                        help="also list source files of done shards that are gone (files sources)")
     args = parser.parse_args(argv)
     problems = verify(args.output_dir)
+    if args.sources and not problems:
+        problems = vanished_source_files(args.output_dir)
     for line in problems:
         print(line)
     if problems:

@@ -9,12 +9,85 @@ a rerun reads only the records the summary does not hold yet.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field, fields
 
 from ..storage import Storage
 
 COMMITS = "_run/commits"
 DONE, FAILED = "done", "failed"
 REQUIRED = ("shard_id", "status", "source")
+
+
+def reason_and_detail(record: dict) -> tuple[str, str]:
+    """A failed record's (reason, detail). Records written before these were fields hold them as one
+    "reason: detail" string in `shard_error`."""
+    if record.get("reason") is not None:
+        return record["reason"], record.get("detail") or ""
+    reason, _, detail = (record.get("shard_error") or "").partition(": ")
+    return reason, detail
+
+
+def error_text(record: dict) -> str:
+    """A failed record's reason and detail as one line, for people."""
+    reason, detail = reason_and_detail(record)
+    return f"{reason}: {detail}" if detail else reason
+
+
+@dataclass
+class ShardRecord:
+    """A shard's outcome: what its worker reports and the driver commits (`to_dict` is the commit record's JSON)."""
+
+    shard_id: str
+    source: str
+    status: str  # done | failed
+    samples_read: int = 0
+    rows: int = 0
+    errors: int = 0
+    error_reasons: dict = field(default_factory=dict)
+    reason: str | None = None  # why a failed shard failed: corrupt_tar, timeout, worker_exception, ...
+    detail: str | None = None  # what the failure said
+    failure: str | None = None  # failures.TRANSIENT | PERMANENT | UNEXPECTED | "timeout" | "actor_lost"
+    traceback: str | None = None  # type, message and last frames, for unexpected failures
+    attempts: int = 1  # tries this shard took in this run, this one included
+    audio_seconds: float = 0.0
+    frames: int = 0
+    encoded_frames: int = 0
+    tokens: int = 0
+    files: list = field(default_factory=list)
+    sha256: dict = field(default_factory=dict)
+    row_groups: dict = field(default_factory=dict)  # data file -> per row group [rows, frames, length bins]: readers plan from it
+    seconds: float = 0.0
+    decode_wait_s: float = 0.0  # of `seconds`, the encoder waiting for decoded audio
+    encode_s: float = 0.0  # of `seconds`, the device encoding this shard
+    started_at: float = 0.0  # wall clock (time.time()); shards of one actor overlap
+    worker: str = ""
+    peak_rss_mb: float = 0.0  # of the worker process, so far
+    rss_after_mb: float = 0.0  # of the worker process when the shard ended, freed heap handed back: grows with a leak
+    first_encode_s: float | None = None  # worker start to its first encode call (first shard only)
+    threads: int = 0  # most torch threads its encodes ran with (CPU actors get idle actors' cores)
+    loudness_clipped: int = 0  # rows gained past full scale by audio.loudness_lufs (not limited)
+    loudness_unmeasured: int = 0  # rows left as they were: too short (< 400 ms) or too quiet to measure
+    batch_budget: dict = field(default_factory=dict)  # the actor's batch budget when the shard ended (see BatchBudget)
+    budget_halvings: int = 0  # out-of-memory errors during this shard that halved the actor's budget
+    decode_nodes: list = field(default_factory=list)  # nodes whose decode tasks decoded it (audio.decode_task_cpus)
+    finished_at: float = 0.0  # when the driver committed it
+
+    @property
+    def error(self) -> str:
+        """Reason and detail as one line, for people ("" for a done shard)."""
+        return error_text(asdict(self)) if self.status != DONE else ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "ShardRecord":
+        """A commit record as written by any version: unknown keys are dropped, an old `shard_error` is split."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in record.items() if k in known}
+        if record.get("status") != DONE and "reason" not in record:
+            values["reason"], values["detail"] = reason_and_detail(record)
+        return cls(**values)
 
 
 def record_path(shard_id: str, status: str) -> str:
@@ -70,4 +143,5 @@ def read_records(storage: Storage, wanted: list[tuple[str, str]]) -> tuple[dict,
 
 
 def write_record(storage: Storage, record: dict) -> None:
+    """`record`: a ShardRecord's `to_dict`."""
     storage.write_bytes(record_path(record["shard_id"], record["status"]), json.dumps(record, sort_keys=True).encode())

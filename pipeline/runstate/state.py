@@ -18,7 +18,7 @@ from ..urls import redact_tree
 from .identity import IdentityChanged, check_identity, fingerprint
 from .lease import LEASE, Lease
 from .plan import PLAN
-from .records import COMMITS, DONE, FAILED, list_records, read_records, record_path, write_record
+from .records import COMMITS, DONE, FAILED, ShardRecord, list_records, read_records, record_path, write_record
 from .retry import RetriedStorage, WriteRetry
 from .summary import MANIFEST, SHARD_LIST, Totals, read_manifest, read_shard_list, write_summary
 
@@ -161,10 +161,11 @@ class RunState:
     def totals(self) -> dict:
         return self._totals.as_dict()
 
-    def commit(self, result: dict) -> None:
+    def commit(self, result: ShardRecord) -> None:
         """Record a finished shard (its data and error files are already written); URLs in it without secrets."""
         self.lease.check()
-        record = redact_tree(dict(result, finished_at=time.time()))
+        result.finished_at = time.time()
+        record = redact_tree(result.to_dict())
         shard_id = record["shard_id"]
         write_record(self.storage, record)
         old = self.records.get(shard_id)

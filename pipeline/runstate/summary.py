@@ -13,7 +13,7 @@ import time
 from collections import Counter
 
 from ..storage import Storage
-from .records import DONE
+from .records import DONE, reason_and_detail
 
 MANIFEST = "manifest.json"
 SHARD_LIST = "_run/shards.jsonl"
@@ -41,7 +41,7 @@ class Totals:
                 self.error_reasons[reason] += sign * count
         else:
             self.sums["shards_failed"] += sign
-            self.shard_error_reasons[(record.get("shard_error") or "").split(":")[0]] += sign
+            self.shard_error_reasons[reason_and_detail(record)[0]] += sign
 
     def as_dict(self) -> dict:
         s = self.sums

@@ -12,7 +12,7 @@ import fsspec
 import pyarrow as pa
 
 from ..config import AudioConfig, ConfigError, SourceConfig
-from ..failures import PERMANENT, TRANSIENT, transient_cause
+from ..failures import PERMANENT, TRANSIENT, transient_cause, transient_reason
 from ..urls import redact, split_query
 
 
@@ -27,12 +27,19 @@ class ShardError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-def read_error(error: BaseException, url: str, reason: str) -> ShardError:
-    """A shard's I/O error as a ShardError: `transient_io` when the store or network failed, else `reason`."""
+def transient_error(error: BaseException, where: str) -> ShardError | None:
+    """`error` as the shard's transient failure when a retry can change it (failures.transient_cause: the store,
+    the network, a full disk, no memory left), else None. A sample lost to such a cause would be lost for good:
+    a done shard never runs again."""
     cause = transient_cause(error)
-    if cause is not None:
-        return ShardError("transient_io", f"{url}: {type(cause).__name__}: {str(cause)[:200]}", TRANSIENT)
-    return ShardError(reason, f"{url}: {str(error)[:200]}")
+    if cause is None:
+        return None
+    return ShardError(transient_reason(cause), f"{where}: {type(cause).__name__}: {str(cause)[:200]}", TRANSIENT)
+
+
+def read_error(error: BaseException, url: str, reason: str) -> ShardError:
+    """A shard's I/O error as a ShardError: transient (transient_error) when a retry can change it, else `reason`."""
+    return transient_error(error, url) or ShardError(reason, f"{url}: {str(error)[:200]}")
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,15 @@
 shard per file), or a hub dataset name (one shard per Parquet file of the split, at one commit).
 
 Arrow and Parquet are read with pyarrow, not `datasets`' decoders, so audio bytes reach our own
-decoder unchanged and no sample is decoded twice.
+decoder unchanged and no sample is decoded twice. Memory is bounded by bytes, not rows: a Parquet row group
+of more than BATCH_BYTES is read row by row with its pages streamed, a local Arrow file is memory-mapped, and
+each audio cell is taken from Arrow's buffers on its own (a large one spilled to a temporary file), never as
+a batch of Python objects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,11 +25,12 @@ import pyarrow.parquet as pq
 
 from ..audio import SPILL_ABOVE_BYTES, SampleError, SpilledFile
 from ..config import AudioConfig, ConfigError, SourceConfig
-from ..failures import transient_cause
 from . import (RawSample, Shard, ShardError, SourceListing, _is_local, full_url, glob_with_sizes, is_pattern, local_size,
-               read_error, shard_id)
+               read_error, shard_id, transient_error)
 
-BATCH_ROWS = 64
+BATCH_BYTES = 64 << 20  # a Parquet row group holding more (uncompressed) is read row by row
+READ_BUFFER_BYTES = 1 << 20  # Parquet pages stream through a buffer this size: no column chunk is read whole
+MAX_CHANNELS = 64  # an audio array's channel axis is at most this long, and its frame axis longer
 
 
 def shard_kind(path: str) -> str:
@@ -157,17 +162,33 @@ def _is_scalar(kind) -> bool:
     return pa.types.is_primitive(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
 
 
-def _record_batches(shard: Shard, config: SourceConfig) -> Iterator[pa.RecordBatch]:
+def _record_batches(shard: Shard) -> Iterator[pa.RecordBatch]:
     with _open_shard(shard) as handle:
         try:
             if shard.kind == "hf-arrow":
-                reader = pa.ipc.open_stream(handle)
-                batches = iter(reader)
+                yield from _arrow_batches(shard.url, handle)
             else:
-                batches = pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS)
-            yield from batches
+                yield from _parquet_batches(pq.ParquetFile(handle, buffer_size=READ_BUFFER_BYTES, pre_buffer=False))
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as error:
             raise read_error(error, shard.url, "corrupt_file") from None
+
+
+def _arrow_batches(url: str, handle) -> Iterator[pa.RecordBatch]:
+    """An Arrow stream's batches as written (a stream cannot be read in parts of a batch); a local file's are
+    views of its memory map, pages the kernel can drop, not copies on the heap."""
+    fs, path = fsspec.core.url_to_fs(url)
+    with pa.memory_map(path) if _is_local(fs) else contextlib.nullcontext(handle) as source:
+        yield from pa.ipc.open_stream(source)
+
+
+def _parquet_batches(parquet: pq.ParquetFile) -> Iterator[pa.RecordBatch]:
+    """Row groups of at most BATCH_BYTES whole, larger ones row by row: with pages streamed (not pre-buffered),
+    a row group of long-form audio costs a few of its cells, not all of them."""
+    for group in range(parquet.num_row_groups):
+        meta = parquet.metadata.row_group(group)
+        if meta.num_rows:
+            rows = meta.num_rows if meta.total_byte_size <= BATCH_BYTES else 1
+            yield from parquet.iter_batches(batch_size=rows, row_groups=[group], use_threads=False)
 
 
 def _read_audio_file(path: str, max_file_bytes: int) -> bytes | SpilledFile:
@@ -195,8 +216,9 @@ def _read_audio_file(path: str, max_file_bytes: int) -> bytes | SpilledFile:
     except (SampleError, ShardError):
         raise
     except Exception as error:  # OSError, and client errors that are not
-        if transient_cause(error) is not None:
-            raise read_error(error, path, "transient_io") from None
+        transient = transient_error(error, path)  # the store, the network, a full TMPDIR: the shard's, retried
+        if transient is not None:
+            raise transient from None
         raise SampleError("missing_audio_file", f"{path}: {str(error)[:200]}") from None
 
 
@@ -226,31 +248,87 @@ def _read_or_spill(f, size: int) -> bytes | SpilledFile:
     return SpilledFile(f) if size > SPILL_ABOVE_BYTES else f.read()
 
 
-def _audio_value(value, max_file_bytes: int):
+def _is_binary(kind) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind)
+
+
+def _is_list(kind) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+
+
+def _field(cell: pa.StructScalar, name: str) -> pa.Scalar | None:
+    """A struct cell's field, None when the struct has no such field or it is null."""
+    if cell.type.get_field_index(name) < 0 or not cell[name].is_valid:
+        return None
+    return cell[name]
+
+
+def _audio_value(cell: pa.Scalar, max_file_bytes: int):
     """Audio cell -> bytes, a SpilledFile or (array, rate): the datasets Audio struct, raw bytes, a path, or
     array+rate. What cannot be one is this row's SampleError."""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, str):
-        return _read_audio_file(value, max_file_bytes)
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return value["bytes"]
-        if value.get("array") is not None:
-            return _array_value(value["array"], value.get("sampling_rate"))
-        if value.get("path"):
-            return _read_audio_file(value["path"], max_file_bytes)
-    raise SampleError("no_audio", f"audio cell holds {type(value).__name__}")
+    kind = cell.type
+    if cell.is_valid and _is_binary(kind):
+        return _bytes_value(cell)
+    if cell.is_valid and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        return _read_audio_file(cell.as_py(), max_file_bytes)
+    if cell.is_valid and pa.types.is_struct(kind):
+        data, array, path = _field(cell, "bytes"), _field(cell, "array"), _field(cell, "path")
+        if data is not None and _is_binary(data.type) and data.as_buffer().size:
+            return _bytes_value(data)
+        if array is not None and _is_list(array.type):
+            rate = _field(cell, "sampling_rate")
+            return _array_value(array, None if rate is None else rate.as_py())
+        if path is not None and path.as_py():
+            return _read_audio_file(str(path.as_py()), max_file_bytes)
+    raise SampleError("no_audio", f"audio cell holds {kind if cell.is_valid else 'null'}")
 
 
-def _array_value(array, rate) -> tuple[np.ndarray, int]:
-    try:
-        samples = np.asarray(array, dtype=np.float32)
-    except (ValueError, TypeError) as error:  # ragged lists, strings, nested objects
-        raise SampleError("bad_array", f"audio array: {str(error)[:160]}") from None
+def _bytes_value(cell: pa.Scalar) -> bytes | SpilledFile:
+    """A bytes cell: a large one copied from Arrow's buffer to a temporary file, as a tar's large member is."""
+    buffer = cell.as_buffer()
+    return SpilledFile(pa.BufferReader(buffer)) if buffer.size > SPILL_ABOVE_BYTES else buffer.to_pybytes()
+
+
+def _array_value(cell: pa.Scalar, rate) -> tuple[np.ndarray, int]:
+    samples = _ndarray(cell)
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not np.isfinite(rate) or rate <= 0:
         raise SampleError("bad_sample_rate", f"sampling_rate {rate!r}")
-    return samples, rate
+    return _frames_by_channels(samples), rate
+
+
+def _ndarray(cell: pa.Scalar) -> np.ndarray:
+    """A (nested) list cell as a float32 array of its shape, from Arrow's buffers: no Python float per sample."""
+    values = cell.values
+    shape = [len(values)]
+    while _is_list(values.type):
+        lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+        if values.null_count or (lengths.size and lengths.min() != lengths.max()):
+            raise SampleError("bad_array", "audio array: its lists are ragged or null")
+        shape.append(int(lengths[0]) if lengths.size else 0)
+        values = values.flatten()
+    try:
+        if values.null_count:
+            raise ValueError("it holds nulls")
+        return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(shape)
+    except (pa.ArrowException, ValueError, TypeError) as error:  # strings, nested structs, nulls
+        raise SampleError("bad_array", f"audio array: {str(error)[:160]}") from None
+
+
+def _frames_by_channels(samples: np.ndarray) -> np.ndarray:
+    """[frames] or [frames, channels], as audio.to_model_audio takes it. `datasets` and torchaudio lay out
+    multichannel audio as [channels, frames], others as [frames, channels]: a 2-D array is read by which axis
+    is short (at most MAX_CHANNELS) and which long; a shape that says neither (both short, both long, more
+    than two axes) is this row's error record, never a clip read the wrong way round."""
+    if samples.ndim == 1:
+        return samples
+    if samples.ndim == 2:
+        first, second = samples.shape
+        if first <= MAX_CHANNELS < second:
+            return samples.T
+        if second <= MAX_CHANNELS < first:
+            return samples
+    raise SampleError("bad_shape", f"audio array of shape {list(samples.shape)}: neither [channels, frames] nor "
+                                   f"[frames, channels] with at most {MAX_CHANNELS} channels")
 
 
 def _text_columns(batch: pa.RecordBatch, names: list[str], max_text_bytes: int) -> tuple[dict, dict]:
@@ -270,9 +348,10 @@ def _text_columns(batch: pa.RecordBatch, names: list[str], max_text_bytes: int) 
 
 
 def read_hf_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = AudioConfig.max_file_bytes) -> Iterator[RawSample]:
-    """Rows of one Arrow or Parquet file; a bad cell (audio or metadata) is that row's error record."""
+    """Rows of one Arrow or Parquet file; a bad cell (audio or metadata) is that row's error record, a cell that
+    failed for a cause a retry could change (the store, a full disk) the shard's transient ShardError."""
     row = 0
-    for batch in _record_batches(shard, config):
+    for batch in _record_batches(shard):
         names = batch.schema.names
         if config.audio_column not in names:
             raise ShardError(
@@ -284,8 +363,8 @@ def read_hf_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = Audi
             raise ShardError("missing_key_column", f"no column {key_column!r} in {shard.url}; set source.key_column")
         scalars = [n for n, t in zip(names, batch.schema.types) if n != config.audio_column and _is_scalar(t)]
         columns, too_large = _text_columns(batch, scalars, config.max_text_bytes)
-        audio = batch.column(config.audio_column).to_pylist()
-        for i, cell in enumerate(audio):
+        audio = batch.column(config.audio_column)
+        for i in range(batch.num_rows):
             key = str(columns[key_column][i]) if key_column else f"{shard.id}/{row}"
             metadata = {n: columns[n][i] for n in scalars if n != key_column}
             row += 1
@@ -295,12 +374,16 @@ def read_hf_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = Audi
                                           f"{config.max_text_bytes} bytes"))
                 continue
             try:
-                yield RawSample(key, _audio_value(cell, max_file_bytes), metadata)
+                yield RawSample(key, _audio_value(audio[i], max_file_bytes), metadata)
                 continue
             except SampleError as error:
                 problem = error
             except ShardError:
                 raise
             except Exception as error:  # a cell no branch above foresaw costs its row, not the shard's other rows
+                transient = transient_error(error, f"{shard.url} row {row - 1}")  # ... unless a retry could read it
+                if transient is not None:
+                    raise transient from None
                 problem = SampleError("bad_audio_cell", f"{type(error).__name__}: {str(error)[:160]}")
             yield RawSample(key, None, metadata, problem)
+        del batch, audio, columns  # the next batch is read without this one held

@@ -21,7 +21,8 @@ import pyarrow as pa
 
 from ..audio import SampleError
 from ..config import ConfigError, SourceConfig
-from . import RawSample, Shard, SourceListing, full_url, glob_with_sizes, normalise_url, read_error, shard_id
+from . import (RawSample, Shard, SourceListing, full_url, glob_with_sizes, normalise_url, read_error, shard_id,
+               transient_error)
 from .lines import line_range_plan, manifests, read_line_range
 from .segments import Segment, read_segments
 
@@ -99,7 +100,10 @@ def _loaded(cut, metadata: dict) -> RawSample:
         return RawSample(cut.id, bytes(sources[0].source), metadata)
     try:
         samples = cut.load_audio()  # [channels, samples]
-    except Exception as error:  # lhotse raises many types for unreadable audio; each costs one row
+    except Exception as error:  # lhotse raises many types for unreadable audio; each costs one row ...
+        transient = transient_error(error, f"cut {cut.id}")
+        if transient is not None:  # ... unless a retry could load it (the store, a full disk, no memory left)
+            raise transient from None
         return RawSample(cut.id, None, metadata, SampleError("undecodable", f"{type(error).__name__}: {str(error)[:200]}"))
     return RawSample(cut.id, (np.asarray(samples, np.float32).T, cut.sampling_rate), metadata)
 

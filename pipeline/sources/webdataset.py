@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -16,10 +17,30 @@ from . import (RawSample, Shard, ShardError, _is_local, full_url, glob_with_size
                shard_id)
 
 
+INFO_CONCURRENCY = 32  # fs.info requests in flight at once while listing remote tars named one by one
+
+
+def _sizes_by_info(named: list[tuple[object, str]]) -> list[int]:
+    """Sizes of remote files named one by one (brace patterns: no listing told them), asked concurrently; 0 for
+    one the store does not answer for (a missing tar is its own shard's error, not the listing's). The driver's
+    time limits and largest-first order use them."""
+    def size(item) -> int:
+        fs, path = item
+        try:
+            return int(fs.info(path).get("size") or 0)
+        except Exception:  # any client's error: the size stays unknown
+            return 0
+
+    if not named:
+        return []
+    with ThreadPoolExecutor(min(INFO_CONCURRENCY, len(named))) as pool:
+        return list(pool.map(size, named))
+
+
 def list_tar_shards(urls: list[str]) -> list[Shard]:
     """The tars of `urls`; a listing that finds none, or only local paths none of which exists, is a config
-    error before anything starts (remote paths are not asked one by one: a missing one is its shard's error)."""
-    expanded, missing = [], []
+    error before anything starts (a missing remote path is its shard's error)."""
+    expanded, missing, unsized = [], [], []
     for pattern in urls:
         for url in braceexpand(pattern):
             fs, path = fsspec.core.url_to_fs(url)
@@ -29,6 +50,10 @@ def list_tar_shards(urls: list[str]) -> list[Shard]:
                 expanded.append((full_url(fs, path), local_size(fs, path)))
                 if _is_local(fs) and not fs.exists(path):
                     missing.append(url)
+                elif not _is_local(fs):
+                    unsized.append((len(expanded) - 1, fs, path))
+    for (i, _, _), size in zip(unsized, _sizes_by_info([(fs, path) for _, fs, path in unsized])):
+        expanded[i] = (expanded[i][0], size)
     if not expanded:
         raise ConfigError("source.urls", f"{urls} match no file", "check the paths and patterns")
     if len(missing) == len(expanded):
@@ -130,6 +155,12 @@ def _open(url: str):
         raise read_error(error, url, "unreadable_shard") from None
 
 
+def _tar_mode(stream) -> str:
+    """Random access where the file allows it (local files, object stores, HTTP with ranges): a member no field
+    uses is then passed over by a seek, never read; a stream (HTTP without a length) is read through."""
+    return "r:*" if stream.seekable() else "r|*"
+
+
 def _linked(url: str, offset: int, link: tarfile.TarInfo, ext: str, sample: _Sample, limits: _Limits):
     """A hard link's content: its target, an earlier member of the same tar, read by a second pass over the
     tar up to it (a stream cannot seek back; hard links are rare, GNU tar writes them for hard-linked files)."""
@@ -150,7 +181,7 @@ def read_tar_shard(shard: Shard, max_text_bytes: int = SourceConfig.max_text_byt
     sample: _Sample | None = None
     files: dict[str, int] = {}  # name -> offset of the last regular member of that name (hard-link targets)
     try:
-        with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with stream, tarfile.open(fileobj=stream, mode=_tar_mode(stream)) as tar:
             for info in tar:
                 if info.isdir():
                     continue

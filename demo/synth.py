@@ -115,17 +115,18 @@ def make_demo_webdataset(folder: str, shards: int = 4, total_seconds: float = 60
     return paths
 
 
-def ensure_demo_webdataset(urls: list[str]) -> None:
-    """Write the demo corpus where `urls` (brace patterns of local paths) expect it, unless it is there."""
+def ensure_demo_webdataset(urls: list[str]) -> list[str]:
+    """Write the demo corpus where `urls` (brace patterns of local paths) expect it, unless it is there;
+    returns the paths written (none when it was there)."""
     from braceexpand import braceexpand
 
     paths = [os.path.abspath(p) for url in urls for p in braceexpand(url)]
     if any("://" in p for p in paths):
         raise ValueError("the demo corpus is written to local paths only")
     if all(os.path.exists(p) for p in paths):
-        return
+        return []
     folder = os.path.dirname(paths[0])
     expected = [os.path.join(folder, f"demo-{i:03d}.tar") for i in range(len(paths))]
     if sorted(paths) != expected:
         raise ValueError(f"the demo corpus is demo-000.tar ... demo-{len(paths) - 1:03d}.tar in one folder, not {urls}")
-    make_demo_webdataset(folder, shards=len(paths))
+    return make_demo_webdataset(folder, shards=len(paths))

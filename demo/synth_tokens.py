@@ -8,11 +8,11 @@ from typing import Callable
 
 import numpy as np
 
-from .config import OutputConfig
-from .runstate import RunState
-from .schema import describe, output_schema, schema_to_text
-from .storage import Storage
-from .writer import ShardWriter
+from pipeline.config import OutputConfig
+from pipeline.runstate import RunState, ShardRecord
+from pipeline.schema import describe, output_schema, schema_to_text
+from pipeline.storage import Storage
+from pipeline.writer import ShardWriter
 
 FRAME_RATE = 25.0
 
@@ -28,7 +28,7 @@ def write_token_output(url: str, shard_rows: list[int], num_codebooks: int = 2, 
                        lengths: Lengths = uniform_lengths(),
                        seed: int = 0, legacy: bool = False) -> dict[str, np.ndarray]:
     """An output at `url` with one done shard per entry of `shard_rows` (that many rows; row lengths in frames
-    drawn by `lengths(rng, n, shard index)`). `legacy`: commit records without `row_groups`, as outputs written before
+    drawn by `lengths(rng, n, shard index)`). `legacy`: commit records without row groups, as outputs written before
     records carried them. Returns {key: codes [num_codebooks, num_frames] int16}."""
     storage = Storage(url)
     schema = output_schema([])
@@ -49,12 +49,10 @@ def write_token_output(url: str, shard_rows: list[int], num_codebooks: int = 2, 
                 written[key] = codes
             published = writer.publish()
             frames = int(sum(c.shape[1] for c in writer.codes))
-            record = {"shard_id": shard_id, "source": writer.source, "status": "done", "samples_read": rows,
-                      "rows": rows, "errors": 0, "error_reasons": {}, "shard_error": None,
-                      "audio_seconds": frames / FRAME_RATE, "frames": frames, "encoded_frames": frames,
-                      "tokens": frames * num_codebooks, "files": published["files"], "sha256": published["sha256"]}
-            if not legacy:
-                record["row_groups"] = published["row_groups"]
+            record = ShardRecord(shard_id, writer.source, "done", samples_read=rows, rows=rows,
+                                 audio_seconds=frames / FRAME_RATE, frames=frames, encoded_frames=frames,
+                                 tokens=frames * num_codebooks, files=published["files"], sha256=published["sha256"],
+                                 row_groups={} if legacy else published["row_groups"])
             state.commit(record)
     finally:
         state.close()
