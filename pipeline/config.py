@@ -97,6 +97,10 @@ class OutputConfig:
     summary_interval_s: float = 900.0  # rewrite manifest.json from the commit records at most this often (and at the end)
     lease_timeout_s: float = 300.0  # a lease without a heartbeat for this long is taken over (a dead driver elsewhere)
     accept_new_versions: bool = False  # go on with an output after a torch/transformers/soxr upgrade (recorded)
+    # the driver's writes (commit records, a failed shard's error file, the summary, the lease): tries on transient
+    # store errors, the first delay doubling per try (jittered); a write that still fails stops the run (exit 3)
+    write_attempts: int = 5
+    write_backoff_s: float = 1.0
 
 
 @dataclass
@@ -283,6 +287,10 @@ def validate(config: Config) -> None:
         raise ConfigError("output.dir", "empty", "a local folder or an fsspec URL")
     if config.output.summary_interval_s < 0 or config.output.lease_timeout_s <= 0:
         raise ConfigError("output.summary_interval_s", "summary_interval_s must be >= 0 and lease_timeout_s > 0")
+    if config.output.write_attempts < 1:
+        raise ConfigError("output.write_attempts", f"{config.output.write_attempts}", "use 1 or more (1: no retry)")
+    if config.output.write_backoff_s < 0:
+        raise ConfigError("output.write_backoff_s", f"{config.output.write_backoff_s}", "use 0 or more seconds")
     if config.output.compression not in ("zstd", "snappy", "gzip", "none"):
         raise ConfigError("output.compression", f"{config.output.compression!r}", "use zstd, snappy, gzip or none")
     r = config.ray

@@ -14,10 +14,10 @@ from .audio import DECODE_METHOD
 from .config import Config, ConfigError, as_dict
 from .device import probe_device
 from .loudness import METHOD as LOUDNESS_METHOD
-from .runstate import RunState, ShardRecord, error_text, library_versions
+from .runstate import RunState, ShardRecord, StoreWriteFailed, error_text, library_versions
 from .driver import Scheduler, ensure_ray
 from .schema import describe, output_schema, schema_to_text
-from .sources import SourceListing, largest_first, list_shards
+from .sources import SourceListing, distinct_shards, largest_first, list_shards
 from .storage import Storage
 from .worker import encoder_busy_share
 
@@ -99,8 +99,11 @@ def open_run_state(config: Config, storage: Storage, codec: CodecFacts, listing:
     }
     try:
         return RunState.open(storage, header, config.output, on_event)
-    except (PermissionError, NotADirectoryError, FileExistsError) as error:
-        raise ConfigError("output.dir", f"cannot write there: {error}", "a writable folder or URL") from None
+    except (PermissionError, NotADirectoryError, FileExistsError, StoreWriteFailed) as error:
+        cause = error.__cause__ if isinstance(error, StoreWriteFailed) else error
+        if not isinstance(cause, (PermissionError, NotADirectoryError, FileExistsError)):
+            raise  # the store failing, not the folder refusing: exit 3 with the store's error
+        raise ConfigError("output.dir", f"cannot write there: {cause}", "a writable folder or URL") from None
 
 
 def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
@@ -115,7 +118,8 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
     device = probe_device(config)
     state = open_run_state(config, storage, codec, listing, on_event, device)
     try:
-        shards = listing.settle(storage)  # recorded shards are read (and new ones recorded) under the lease
+        shards = listing.settle(state.storage)  # recorded shards are read (and new ones recorded) under the lease
+        distinct_shards(shards)
         pending = largest_first(s for s in shards if not state.done(s.id))
         skipped = len(shards) - len(pending)
         on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped})
@@ -124,7 +128,7 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         startup = None
         if pending:
             setup = (codec.checkpoint, state.schema, state.header["identity"]["versions"])
-            scheduler = Scheduler(config, state, storage, pending, on_event, setup, start_failures)
+            scheduler = Scheduler(config, state, state.storage, pending, on_event, setup, start_failures)
             prepared = time.time() - start - ray_start_s  # listing, codec resolution, device probe, run state
             results = scheduler.run()
             startup = scheduler.startup()

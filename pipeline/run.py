@@ -1,8 +1,9 @@
 """CLI: `python -m pipeline.run CONFIG [key=value ...]` runs (or resumes) a tokenization job.
 
 Exit status: 0 complete, 1 incomplete (failed shards; rerun to retry them), 2 bad config,
-3 stopped: by the failure guard, changed settings or an older output, or codec actors that cannot start;
-4 output.dir is in use by another run (or this run's lease was taken over).
+3 stopped: by the failure guard, changed settings or an older output, codec actors that cannot start, or a
+write to output.dir that failed past output.write_attempts (rerun to go on);
+4 output.dir is in use by another run (or this run's lease was taken over, or could not be renewed in time).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from datetime import timedelta
 from .config import ConfigError, load_config
 from .job import run_job
 from .driver import ActorStartFailed, GuardTripped
-from .runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError
+from .runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, StoreWriteFailed
+from .urls import redact_text
 
 
 def _hms(seconds: float) -> str:
@@ -58,6 +60,9 @@ class Progress:
             self.say(f"{info['count']} codec actor(s) have waited {info['seconds']:.0f} s for resources "
                      f"({info['options']} each); {info['running']} running take the shards meanwhile; "
                      f"available now: {info['available']}")
+        elif kind == "store_retry":
+            self.say(f"output.dir: {info['what']} failed (try {info['attempt']}), trying again in {info['delay']:.1f} s "
+                     f"({info['error']})")
         elif kind == "lease_taken_over":
             self.say(f"output.dir: taking over the lease ({info['note']})")
         elif kind == "corrupt_commits":
@@ -99,7 +104,8 @@ class Progress:
             )
 
     def say(self, line: str) -> None:
-        print(line, file=self.stream or sys.stderr, flush=True)
+        """Every line the driver prints, with URLs' secrets removed (events quote URLs and clients' messages)."""
+        print(redact_text(line), file=self.stream or sys.stderr, flush=True)
 
 
 def _indent(text: str, lines: int = 12) -> str:
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except ActorStartFailed as error:
         progress.say(f"error: codec actors cannot start, so nothing can run; the constructor says:\n{_indent(str(error), 40)}")
         return 3
-    except (GuardTripped, IdentityChanged, OutputError) as error:
+    except (GuardTripped, IdentityChanged, OutputError, StoreWriteFailed) as error:
         progress.say(f"error: {error}")
         return 3
     except (LeaseHeld, LeaseLost) as error:

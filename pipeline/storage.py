@@ -46,7 +46,7 @@ class Storage:
         """Delete one file; absent already is fine (a retried delete, a concurrent cleanup)."""
         try:
             self.fs.rm_file(self.path(relative))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # a parent that is a file holds nothing to remove either
             pass
 
     def write_bytes(self, relative: str, data: bytes) -> None:

@@ -147,8 +147,8 @@ class ShardProcessor:
     def process(self, shard: Shard) -> ShardRecord:
         start = time.perf_counter()
         self.startup.setdefault("first_shard_at", time.time())
-        writer = ShardWriter(self.storage, shard.id, shard.url, self.schema, self.config.output.compression)
-        result = ShardRecord(shard.id, shard.url, "done", worker=self.name)
+        writer = ShardWriter(self.storage, shard.id, shard.source, self.schema, self.config.output.compression)
+        result = ShardRecord(shard.id, shard.source, "done", worker=self.name)
         result.started_at = time.time()
         progress = self._progress[shard.id] = {"samples": 0, "audio_seconds": 0.0, "encoded_frames": 0, "encode_s": 0.0,
                                                "started_at": result.started_at, "threads": 0, "loudness_clipped": 0,

@@ -1,5 +1,6 @@
 """Rows of one shard -> one Parquet file under data/ (in the run's schema), error records -> one JSONL
-file under errors/. A shard that fails publishes no rows: only its shard-level error record."""
+file under errors/. A shard that fails publishes no rows: only its shard-level error record (an earlier
+attempt's data file is removed first)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from codec.hashing import sha256_file
 
 from .schema import build_table, row_group_summary
 from .storage import Storage
+from .urls import redact_text
 
 ROW_GROUP_ROWS = 1024
 
@@ -28,7 +30,12 @@ class ErrorRecord:
     detail: str = ""
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        """As written: URLs in the detail (a path cell, a client's message) without their secrets."""
+        return dict(self.__dict__, detail=redact_text(self.detail))
+
+
+def data_file(shard_id: str) -> str:
+    return f"data/{shard_id}.parquet"
 
 
 class ShardWriter:
@@ -69,7 +76,7 @@ class ShardWriter:
         compression = None if self.compression == "none" else self.compression
         table = self.table()
         pq.write_table(table, local, compression=compression, row_group_size=ROW_GROUP_ROWS)
-        data_name = f"data/{self.shard_id}.parquet"
+        data_name = data_file(self.shard_id)
         checksums[data_name] = sha256_file(local)
         row_groups = {data_name: _row_groups(local, table.column("num_frames").to_numpy())}
         self.storage.put_file(local, data_name)
@@ -92,7 +99,10 @@ def _row_groups(local: str, num_frames: np.ndarray) -> list[list]:
 
 
 def publish_shard_failure(storage: Storage, shard_id: str, source: str, reason: str, detail: str = "") -> list[str]:
-    """A failed shard: no rows in data/, one shard-level error record standing for all of its samples."""
+    """A failed shard: no rows in data/, one shard-level error record standing for all of its samples. An earlier
+    attempt may have published its data file (and then failed, or its commit did): removed before the failure is
+    committed, so readers of data/*.parquet never read rows of a failed shard."""
+    storage.remove_file(data_file(shard_id))
     error_name = f"errors/{shard_id}.jsonl"
     record = ErrorRecord(None, shard_id, source, reason, detail)
     storage.write_bytes(error_name, (json.dumps(record.as_dict()) + "\n").encode())

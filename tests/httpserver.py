@@ -22,6 +22,7 @@ class TroubleServer:
         self.get_requests: Counter = Counter()  # every GET, per file name
         self.gets: Counter = Counter()  # GETs that reached the body, per file name
         self.sent: Counter = Counter()  # body bytes sent, per file name
+        self.queries: list[str] = []  # each request's query string (a presigned URL's signature reaches the server)
         self.released = threading.Event()
         server = self
 
@@ -38,7 +39,8 @@ class TroubleServer:
                 self._serve(body=True)
 
             def _serve(self, body: bool):
-                name = os.path.basename(self.path)
+                name = os.path.basename(self.path.split("?")[0])
+                server.queries.append(self.path.partition("?")[2])
                 path = os.path.join(server.folder, name)
                 server.requests[name] += 1
                 server.get_requests[name] += body

@@ -2,7 +2,7 @@
 
 The S3 clients' own retries are turned off (`max_attempts: 1`), so what survives the 503s is the
 pipeline's own retrying. `fail_first[prefix] = n`: the first n requests for each key under that prefix
-answer 503 ServiceUnavailable.
+answer 503 ServiceUnavailable; a prefix that starts with a method ("PUT /bucket/_run/") fails only that method.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class FlakyS3:
                 with server.lock:
                     server.requests[(self.command, path)] += 1
                     count = server.requests[(self.command, path)]
-                    fail = any(path.startswith(p) and count <= n for p, n in server.fail_first.items())
+                    fail = any(f"{self.command} {path}".startswith(p) if " " in p else path.startswith(p)
+                               for p, n in server.fail_first.items() if count <= n)
                     if fail:
                         server.failed[path] += 1
                 if fail:

@@ -92,3 +92,45 @@ def test_s3_killed_driver_rerun_holds_every_sample_once(tmp_path, s3):
     assert f"{done_before} already done" in rerun.stderr and "taking over the lease" in rerun.stderr
     assert sorted(row["key"] for row in TokenDataset("s3://audio/out2")) == sorted(keys)
     assert verify("s3://audio/out2") == []
+
+
+def test_s3_driver_writes_through_503s_on_run_state_summary_lease_and_a_failed_shards_errors_are_retried(tmp_path, s3):
+    keys = upload_tars(tmp_path, 2)
+    # every driver-side write fails twice first: commit records, the shard list, the source plan, the lease, the
+    # manifest, and the error file of a shard that fails (its tar is missing)
+    s3.fail_first = {"PUT /audio/out/_run/": 2, "PUT /audio/out/manifest.json": 2, "PUT /audio/out/errors/gone": 2}
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": ["s3://audio/in/t-{0..1}.tar", "s3://audio/in/gone.tar"]},
+                        "output.dir=s3://audio/out", "output.write_backoff_s=0.05")
+    events = []
+    summary = run_job(config, lambda kind, info: events.append((kind, info)))
+    assert summary.totals["shards_done"] == 2 and summary.totals["shards_failed"] == 1  # gone.tar: missing
+    failed = {path.split("/", 3)[-1].split("/")[-1].split("-")[0] for path in s3.failed}
+    assert {"lease.json", "manifest.json", "shards.jsonl", "gone", "t"} <= failed, s3.failed
+    retried = {info["what"].split()[1] for kind, info in events if kind == "store_retry"}  # by the driver itself
+    assert retried == {path.removeprefix("/audio/out/") for path in s3.failed}
+    records = read_run(Storage("s3://audio/out")).records
+    assert sorted(r["status"] for r in records.values()) == ["done", "done", "failed"]
+    assert [p for p in verify("s3://audio/out") if not p.startswith("shard gone-")] == []
+    assert sorted(row["key"] for row in TokenDataset("s3://audio/out")) == sorted(keys)
+
+
+def test_s3_driver_write_failing_past_its_retries_stops_the_run_with_exit_3_and_a_rerun_completes(tmp_path, s3, capsys):
+    import fsspec
+
+    from pipeline.run import main as run_main
+
+    keys = upload_tars(tmp_path, 3)
+    config_for(tmp_path, {"kind": "webdataset", "urls": "s3://audio/in/t-{0..2}.tar"})
+    command = [str(tmp_path / "run.yaml"), "output.dir=s3://audio/out3", "output.write_attempts=3",
+               "output.write_backoff_s=0.05"]
+    s3.fail_first = {"PUT /audio/out3/_run/commits/": 10**9}  # the store refuses every commit record
+    assert run_main(command) == 3
+    err = capsys.readouterr().err
+    assert "error: writing _run/commits/" in err and "failed 3 times (output.write_attempts=3)" in err, err
+    assert "the store says: OSError: [Errno 16] injected by the test" in err, err  # the store's own error
+    assert read_run(Storage("s3://audio/out3")).records == {}  # nothing counts as done that was not committed
+    s3.fail_first = {}
+    assert run_main(command) == 0
+    fsspec.filesystem("s3").invalidate_cache()  # this process listed data/ before the workers wrote to it
+    assert sorted(row["key"] for row in TokenDataset("s3://audio/out3")) == sorted(keys)  # every sample once
+    assert verify("s3://audio/out3") == []

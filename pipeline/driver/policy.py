@@ -154,7 +154,7 @@ class FailurePolicy:
                                           "reason": f"{reason}: {detail}"[:300], "delay": delay})
             self.retry(shard, actor, delay, now)
         else:
-            self._final(shard, ShardRecord(shard.id, shard.url, "failed", reason=reason, detail=detail, failure=kind),
+            self._final(shard, ShardRecord(shard.id, shard.source, "failed", reason=reason, detail=detail, failure=kind),
                         charged=True)
 
     def requeue_uncharged(self, shards: list[Shard], now: float, suspect: bool = False) -> None:

@@ -79,7 +79,7 @@ class Scheduler:
     def _commit(self, shard: Shard, record: ShardRecord) -> None:
         """Write a shard's final outcome: a failed shard's error file, then its commit record."""
         if record.status != "done":
-            record.files = publish_shard_failure(self.storage, shard.id, shard.url, record.reason or "failed",
+            record.files = publish_shard_failure(self.storage, shard.id, shard.source, record.reason or "failed",
                                                  record.traceback or record.detail or "")
         self.deadlines.finish(shard, record)
         self.state.commit(record)
@@ -137,7 +137,7 @@ class Scheduler:
             self._actor_lost(slot, str(error))
             return
         except RayTaskError as error:  # the worker's own guard failed: treat as unexpected
-            record = ShardRecord(shard.id, shard.url, "failed", failure=UNEXPECTED, reason="worker_exception",
+            record = ShardRecord(shard.id, shard.source, "failed", failure=UNEXPECTED, reason="worker_exception",
                                  detail=str(error).splitlines()[0][:200], traceback=str(error)[-2000:])
         self._settle(slot, shard, record)
 

@@ -2,7 +2,8 @@
 
 Reports files that are missing, corrupt (checksum or unreadable), of another schema than the run's
 or with the wrong row or error count; files in data/ or errors/ that no commit record names (a
-shard whose driver was killed between writing it and committing it: a rerun redoes it); commit
+shard whose driver was killed between writing it and committing it: a rerun redoes it), and a data file of a
+shard whose record says it failed (rows that readers of data/*.parquet would read); commit
 records that cannot be trusted; shards that failed. With `--sources`, also the source files of done shards
 that are gone from the source (`files` sources, from the recorded plan): their rows stay as written, but the
 output can no longer be rebuilt or audited from the source. Exit status 0 only when all is well.
@@ -18,7 +19,7 @@ import sys
 
 import pyarrow.parquet as pq
 
-from ..runstate import DONE, OutputError, Totals, error_text, read_run
+from ..runstate import DONE, FAILED, OutputError, Totals, error_text, read_run
 from ..schema import schema_from_text
 from ..storage import Storage
 
@@ -66,7 +67,13 @@ def verify(output_dir: str) -> list[str]:
                 problems.append(problem)
     for folder in ("data", "errors"):
         for name in storage.list(folder):
-            if f"{folder}/{name}" not in expected:
+            if f"{folder}/{name}" in expected:
+                continue
+            record = run.records.get(name.rsplit(".", 1)[0], {})
+            if folder == "data" and record.get("status") == FAILED:
+                problems.append(f"data file without a done record: {folder}/{name} (its shard failed; readers of "
+                                "data/*.parquet read these rows: rerun, or remove the file)")
+            else:
                 kind = "leftover temporary" if name.startswith(".tmp-") else "uncommitted"
                 problems.append(f"{kind}: {folder}/{name} (no commit record names it; a rerun redoes its shard)")
     return problems

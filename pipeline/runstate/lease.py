@@ -3,7 +3,8 @@
 Taken with a create-if-absent write (O_EXCL locally; a conditional PUT where the object store has one:
 S3 and GCS through s3fs/gcsfs). A lease whose holder is a process that no longer exists on this host is
 taken over at once; one whose heartbeat is older than `timeout_s` is taken over with a note. A driver
-that finds its lease taken by another stops (`LeaseLost`) rather than writing beside it.
+that finds its lease taken by another, or cannot renew it before it expires, stops (`LeaseLost`) rather than
+writing beside another.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import time
 import uuid
 
-from ..storage import Storage
+from .retry import RetriedStorage, StoreWriteFailed
 
 LEASE = "_run/lease.json"
 
@@ -25,7 +26,7 @@ class LeaseHeld(RuntimeError):
 
 
 class LeaseLost(RuntimeError):
-    """This run's lease was taken over (its heartbeat stalled past the timeout)."""
+    """This run's lease was taken over (its heartbeat stalled past the timeout), or could not be renewed in time."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -39,7 +40,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 class Lease:
-    def __init__(self, storage: Storage, timeout_s: float, on_event=lambda kind, info: None):
+    def __init__(self, storage: RetriedStorage, timeout_s: float, on_event=lambda kind, info: None):
         self.storage, self.timeout_s, self.on_event = storage, timeout_s, on_event
         now = time.time()
         self.mine = {"holder": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
@@ -74,6 +75,8 @@ class Lease:
                 return self.storage.create(LEASE, json.dumps(self.mine).encode())
             except FileExistsError:
                 raise LeaseHeld(f"output.dir {self.storage.url}: another run took the lease at the same time") from None
+        if other is not None and other.get("holder") == self.mine["holder"]:
+            return  # our own create succeeded although the store answered with an error, and was retried
         now = time.time()
         if other is None:
             note = "an unreadable lease file"
@@ -95,20 +98,37 @@ class Lease:
         self.on_event("lease_taken_over", {"note": note})
 
     def _beat(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+        """Renew every `interval`; after a failure (any exception: an error that ended this thread would leave the
+        driver writing on unleased), try again sooner. A lease not renewed by one interval before it would expire
+        is given up (`lost`): the driver stops before another run may take it over."""
+        renewed, wait = self.mine["heartbeat_at"], interval  # as the lease file says: what another run reads
+        while not self._stop.wait(wait):
+            deadline = renewed + self.timeout_s - interval
             try:
-                current = self._read()
-            except FileNotFoundError:
-                current = None
-            if current is not None and current.get("holder") != self.mine["holder"]:
-                self.lost = (f"the lease on {self.storage.url} was taken over by {current.get('host')} pid "
-                             f"{current.get('pid')}: this run's heartbeat stalled past output.lease_timeout_s")
+                self._renew(deadline)
+                renewed, wait = self.mine["heartbeat_at"], interval
+            except LeaseLost as error:
+                self.lost = str(error)
                 return
-            self.mine["heartbeat_at"] = time.time()
-            try:
-                self.storage.write_bytes(LEASE, json.dumps(self.mine).encode())
-            except OSError:
-                pass  # a transient store error: the next beat tries again, well within the timeout
+            except Exception as error:
+                if time.time() >= deadline:
+                    self.lost = (f"this run could not renew its lease on {self.storage.url} for "
+                                 f"{time.time() - renewed:.0f} s and stops before output.lease_timeout_s="
+                                 f"{self.timeout_s:g} passes and another run may take it over; the last error: "
+                                 f"{type(error).__name__}: {str(error)[:300]}")
+                    return
+                wait = interval / 4
+
+    def _renew(self, until: float) -> None:
+        try:
+            current = self._read()
+        except FileNotFoundError:
+            current = None
+        if current is not None and current.get("holder") != self.mine["holder"]:
+            raise LeaseLost(f"the lease on {self.storage.url} was taken over by {current.get('host')} pid "
+                            f"{current.get('pid')}: this run's heartbeat stalled past output.lease_timeout_s")
+        self.mine["heartbeat_at"] = time.time()
+        self.storage.write_bytes(LEASE, json.dumps(self.mine).encode(), until=until)  # retried, never past expiry
 
     def check(self) -> None:
         if self.lost:
@@ -123,5 +143,5 @@ class Lease:
         try:
             if (self._read() or {}).get("holder") == self.mine["holder"]:
                 self.storage.remove_file(LEASE)
-        except (FileNotFoundError, OSError):
-            pass
+        except (OSError, StoreWriteFailed):
+            pass  # a lease left behind: the next run on this host takes it over at once (this process is gone)

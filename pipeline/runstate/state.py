@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 from ..schema import SCHEMA_VERSION, schema_from_text
 from ..storage import Storage
+from ..urls import redact_tree
 from .identity import IdentityChanged, check_identity, fingerprint
 from .lease import LEASE, Lease
 from .plan import PLAN
 from .records import COMMITS, DONE, FAILED, ShardRecord, list_records, read_records, record_path, write_record
+from .retry import RetriedStorage, WriteRetry
 from .summary import MANIFEST, SHARD_LIST, Totals, read_manifest, read_shard_list, write_summary
 
 RUN_STATE = (MANIFEST, SHARD_LIST, COMMITS, PLAN)  # removed first on overwrite, then the data
@@ -90,10 +92,11 @@ class RunState:
     def open(cls, storage: Storage, header: dict, output, on_event=lambda kind, info: None) -> "RunState":
         """Take the lease, check or record the identity, learn what is done. `header`: what this run is
         (identity inputs, codec, schema, config); an existing output keeps its own header."""
+        storage = RetriedStorage(storage, WriteRetry.of(output), on_event)  # every write of the run state
         lease = Lease(storage, output.lease_timeout_s, on_event)
         lease.acquire()
         try:
-            state = cls(storage, header, lease, output.summary_interval_s, on_event)
+            state = cls(storage, redact_tree(header), lease, output.summary_interval_s, on_event)
             state._open(output.overwrite, output.accept_new_versions)
             return state
         except BaseException:
@@ -159,10 +162,10 @@ class RunState:
         return self._totals.as_dict()
 
     def commit(self, result: ShardRecord) -> None:
-        """Record a finished shard (its data and error files are already written)."""
+        """Record a finished shard (its data and error files are already written); URLs in it without secrets."""
         self.lease.check()
         result.finished_at = time.time()
-        record = result.to_dict()
+        record = redact_tree(result.to_dict())
         shard_id = record["shard_id"]
         write_record(self.storage, record)
         old = self.records.get(shard_id)
@@ -188,8 +191,10 @@ class RunState:
         self.lease.check()
 
     def close(self) -> None:
+        """The final summary (not after a lost lease, nor once a write failed: the commit records are the truth
+        and the next run rebuilds the summary from them), then the lease released."""
         try:
-            if not self.lease.lost:
+            if not self.lease.lost and self.storage.failed is None:
                 self.compact()
         finally:
             self.lease.release()

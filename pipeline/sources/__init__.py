@@ -11,8 +11,9 @@ from typing import Any, Iterator
 import fsspec
 import pyarrow as pa
 
-from ..config import AudioConfig, SourceConfig
+from ..config import AudioConfig, ConfigError, SourceConfig
 from ..failures import PERMANENT, TRANSIENT, transient_cause, transient_reason
+from ..urls import redact, split_query
 
 
 class ShardError(Exception):
@@ -51,17 +52,47 @@ class Shard:
     size: int = 0  # bytes, where listing tells it for free (0: unknown)
     members: tuple = ()  # what a recorded shard holds (files: its files; nemo: its line range), see runstate.plan
 
+    @property
+    def source(self) -> str:
+        """The URL as it is written down (manifest, run state, error records, rows): `url` without its secrets."""
+        return redact(self.url)
+
+    @property
+    def file_name(self) -> str:
+        """The last segment of the URL's path, without query: the prefix of keys that name their manifest and line."""
+        return split_query(self.source)[0].rstrip("/").rsplit("/", 1)[-1]
+
 
 def shard_record(shard: Shard) -> dict:
-    """A recorded shard as runstate.plan stores it."""
-    return {"id": shard.id, "url": shard.url, "kind": shard.kind, "size": shard.size, "members": shard.members}
+    """A recorded shard as runstate.plan stores it: its URL without secrets (see shard_from_record)."""
+    return {"id": shard.id, "url": shard.source, "kind": shard.kind, "size": shard.size, "members": shard.members}
 
 
-def shard_from_record(record: dict) -> Shard:
+def shard_from_record(record: dict, real_urls: dict[str, str] | None = None) -> Shard:
+    """A recorded shard, read from the real URL that the current configuration gives for its recorded (redacted)
+    one, `real_urls` ({redacted: real}, see by_redacted); a URL the configuration does not name is read as recorded."""
     def frozen(value):  # JSON lists back to the tuples a Shard holds
         return tuple(frozen(v) for v in value) if isinstance(value, list) else value
 
-    return Shard(record["id"], record["url"], record["kind"], int(record["size"]), frozen(record["members"]))
+    url = (real_urls or {}).get(record["url"], record["url"])
+    return Shard(record["id"], url, record["kind"], int(record["size"]), frozen(record["members"]))
+
+
+def by_redacted(urls) -> dict[str, str]:
+    """{redacted URL: real URL}: how a recorded plan finds the real URL of a shard (shard_from_record)."""
+    return {redact(url): url for url in urls}
+
+
+def distinct_shards(shards: list[Shard]) -> None:
+    """A ConfigError where two URLs differ only in what is not written down (their query or credentials): they
+    would be one shard id, and the second would be skipped as done."""
+    seen: dict[str, str] = {}
+    for shard in shards:
+        other = seen.setdefault(shard.id, shard.url)
+        if other != shard.url:
+            raise ConfigError("source.urls", f"two inputs are one shard {shard.id} ({shard.source}): they differ only "
+                              "in their query strings or credentials, which are not recorded (they may be secrets)",
+                              "give each object its own path")
 
 
 @dataclass
@@ -110,9 +141,16 @@ def largest_first(shards) -> list[Shard]:
     return sorted(shards, key=lambda shard: -shard.size)
 
 
+def is_pattern(url: str) -> bool:
+    """A glob (`*?[`), not counting an http(s) URL's query."""
+    return any(ch in split_query(url)[0] for ch in "*?[")
+
+
 def shard_id(url: str, suffix: str = "") -> str:
-    """Readable and stable: the file name, plus a hash of the full URL so equal names don't collide."""
-    name = url.rstrip("/").rsplit("/", 1)[-1]
+    """Readable and stable: the file name, plus a hash of the full URL so equal names don't collide. Of the URL as
+    redacted (pipeline.urls): a new signature on a presigned URL is the same shard."""
+    url = redact(url)
+    name = split_query(url)[0].rstrip("/").rsplit("/", 1)[-1]
     name = re.sub(r"\.(tar|arrow|parquet)$", "", name)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
     digest = hashlib.sha1(f"{url}{suffix}".encode()).hexdigest()[:10]

@@ -25,8 +25,9 @@ from ..audio import AUDIO_EXTENSIONS, SampleError, SpilledFile
 from ..config import ConfigError, SourceConfig
 from ..failures import transient_cause
 from ..runstate.plan import read_plan, record_plan
-from . import (RawSample, Shard, SourceListing, full_url, glob_with_sizes, local_size, normalise_url, read_error,
-               shard_from_record, shard_record)
+from ..urls import redact
+from . import (RawSample, Shard, SourceListing, by_redacted, full_url, glob_with_sizes, local_size, normalise_url,
+               read_error, shard_from_record, shard_record)
 from .webdataset import SPILL_ABOVE_BYTES
 
 SIDECARS = ("txt", "json")
@@ -78,7 +79,8 @@ def list_files(config: SourceConfig) -> SourceListing:
     per_shard = config.files_per_shard
 
     def plan(storage) -> list[Shard]:
-        recorded = [shard_from_record(r) for r in read_plan(storage)]
+        real = by_redacted({root for root, _ in audio})  # the plan holds roots without secrets
+        recorded = [shard_from_record(r, real) for r in read_plan(storage)]
         held = {(s.url, m[0]) for s in recorded for m in s.members}
         fresh = sorted(k for k in audio if k not in held)
         new: list[Shard] = []
@@ -101,7 +103,7 @@ def list_files(config: SourceConfig) -> SourceListing:
 
 
 def _shard(index: int, root: str, members: tuple) -> Shard:
-    digest = hashlib.sha1(f"{root}/{members[0][0]}".encode()).hexdigest()[:10]
+    digest = hashlib.sha1(f"{redact(root)}/{members[0][0]}".encode()).hexdigest()[:10]
     return Shard(f"files-{index:06d}-{digest}", root, "files", size=sum(m[1] for m in members), members=members)
 
 

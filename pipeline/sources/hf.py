@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 
 from ..audio import SPILL_ABOVE_BYTES, SampleError, SpilledFile
 from ..config import AudioConfig, ConfigError, SourceConfig
-from . import (RawSample, Shard, ShardError, SourceListing, _is_local, full_url, glob_with_sizes, local_size, read_error,
-               shard_id, transient_error)
+from . import (RawSample, Shard, ShardError, SourceListing, _is_local, full_url, glob_with_sizes, is_pattern, local_size,
+               read_error, shard_id, transient_error)
 
 BATCH_BYTES = 64 << 20  # a Parquet row group holding more (uncompressed) is read row by row
 READ_BUFFER_BYTES = 1 << 20  # Parquet pages stream through a buffer this size: no column chunk is read whole
@@ -42,7 +42,7 @@ def list_hf_shards(config: SourceConfig) -> SourceListing:
     path = config.path
     fs, root = fsspec.core.url_to_fs(path)
     revision = None
-    if any(ch in path for ch in "*?["):
+    if is_pattern(path):
         files = glob_with_sizes(fs, root)
         if not files:
             raise ConfigError("source.path", f"no files match {path!r}")

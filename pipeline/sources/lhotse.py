@@ -131,7 +131,7 @@ def _parsed_lines(shard: Shard) -> Iterator[tuple[str, str, object]]:
     """(key, where, cut): a line that is not a cut keys its error record MANIFEST_NAME:LINE."""
     from lhotse.serialization import deserialize_item
 
-    name = shard.url.rsplit("/", 1)[-1]
+    name = shard.file_name
     for number, line in enumerate(read_line_range(shard), start=shard.members[0] + 1):
         if not line.strip():
             continue

@@ -19,7 +19,8 @@ from braceexpand import braceexpand
 from ..config import ConfigError
 from ..runstate import IdentityChanged
 from ..runstate.plan import read_plan, record_plan
-from . import Shard, ShardError, full_url, glob_with_sizes, read_error, shard_from_record, shard_id, shard_record
+from . import (Shard, ShardError, by_redacted, full_url, glob_with_sizes, is_pattern, read_error, shard_from_record,
+               shard_id, shard_record)
 
 
 def manifests(path: str, what: str) -> list[str]:
@@ -27,7 +28,7 @@ def manifests(path: str, what: str) -> list[str]:
     urls = []
     for expanded in braceexpand(path):
         fs, root = fsspec.core.url_to_fs(expanded)
-        if any(ch in expanded for ch in "*?["):
+        if is_pattern(expanded):
             urls += [full_url(fs, match) for match, _ in glob_with_sizes(fs, root)]
         elif fs.isfile(root):
             urls.append(full_url(fs, root))
@@ -89,7 +90,8 @@ def line_range_plan(urls: list[str], per_shard: int, kind: str) -> Callable:
     """A SourceListing's plan: the recorded ranges of `urls` as they were, plus new ones (recorded now)."""
 
     def plan(storage) -> list[Shard]:
-        recorded = [shard_from_record(r) for r in read_plan(storage)]
+        real = by_redacted(urls)  # the plan holds URLs without secrets: the configuration's have them
+        recorded = [shard_from_record(r, real) for r in read_plan(storage)]
         new = []
         for url in urls:
             new += _ranges(url, per_shard, kind, [s for s in recorded if s.url == url])

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ..audio import SampleError
 from ..config import SourceConfig
+from ..urls import redact
 from . import RawSample, Shard, SourceListing, normalise_url
 from .lines import line_range_plan, manifests, read_line_range
 from .segments import Segment, read_segments
@@ -47,14 +48,15 @@ def _parse(line: bytes, where: str, key: str, manifest: str, audio_root: str | N
     url = normalise_url(f"{manifest.rsplit('/', 1)[0]}/{path}" if relative else path)
     if audio_root is not None and not url.startswith(audio_root.rstrip("/") + "/"):
         return SampleError("outside_audio_root", f"{where}: {path} is outside source.audio_root {audio_root}")
-    return Segment(key, where, url, float(offset), None if duration is None else float(duration), entry)
+    metadata = dict(entry, audio_filepath=redact(path))  # the row keeps the path, not what authorises reading it
+    return Segment(key, where, url, float(offset), None if duration is None else float(duration), metadata)
 
 
 def read_nemo_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
     lines = read_line_range(shard)
     first = shard.members[0]
     audio_root = normalise_url(config.audio_root) if config.audio_root else None
-    name = shard.url.rsplit("/", 1)[-1]
+    name = shard.file_name
     segments = []
     for number, line in enumerate(lines, start=first + 1):
         if not line.strip():

@@ -13,7 +13,8 @@ from braceexpand import braceexpand
 
 from ..audio import AUDIO_EXTENSIONS, SPILL_ABOVE_BYTES, SampleError, SpilledFile
 from ..config import AudioConfig, ConfigError, SourceConfig
-from . import RawSample, Shard, ShardError, _is_local, full_url, glob_with_sizes, local_size, read_error, shard_id
+from . import (RawSample, Shard, ShardError, _is_local, full_url, glob_with_sizes, is_pattern, local_size, read_error,
+               shard_id)
 
 
 INFO_CONCURRENCY = 32  # fs.info requests in flight at once while listing remote tars named one by one
@@ -43,7 +44,7 @@ def list_tar_shards(urls: list[str]) -> list[Shard]:
     for pattern in urls:
         for url in braceexpand(pattern):
             fs, path = fsspec.core.url_to_fs(url)
-            if any(ch in url for ch in "*?["):
+            if is_pattern(url):
                 expanded += [(full_url(fs, match), size) for match, size in glob_with_sizes(fs, url)]
             else:
                 expanded.append((full_url(fs, path), local_size(fs, path)))
