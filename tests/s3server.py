@@ -1,6 +1,6 @@
 """A real local S3 server (moto in server mode, on 127.0.0.1) behind a proxy that fails requests with 503.
 
-The S3 clients' own retries are turned off (`max_attempts: 1`), so what survives the 503s is the
+The S3 clients' own retries are turned off (`total_max_attempts: 1`), so what survives the 503s is the
 pipeline's own retrying. `fail_first[prefix] = n`: the first n requests for each key under that prefix
 answer 503 ServiceUnavailable; a prefix that starts with a method ("PUT /bucket/_run/") fails only that method.
 """
@@ -107,7 +107,7 @@ class FlakyS3:
         """s3fs options: this endpoint, test credentials, no retries of the client's own."""
         return {"endpoint_url": self.endpoint, "key": "test", "secret": "test",
                 "client_kwargs": {"region_name": "eu-west-1"},
-                "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}}}
+                "config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"}}}
 
     def env(self) -> dict:
         """Environment for processes (Ray workers, a CLI) that reach this S3: fsspec reads FSSPEC_S3."""

@@ -54,7 +54,7 @@ def upload_tars(tmp_path, count: int, per_tar: int = 3) -> list[str]:
 
 def test_s3_run_survives_503s_with_nothing_lost_duplicated_or_failed(tmp_path, s3):
     keys = upload_tars(tmp_path, 4)
-    s3.fail_first = {"/audio/in/": 2, "/audio/out/data/": 1}  # reads of every tar, the first write of every shard
+    s3.fail_first = {"/audio/in/": 2, "PUT /audio/out/data/": 1}  # reads of every tar, the first write of every shard
     config = config_for(tmp_path, {"kind": "webdataset", "urls": "s3://audio/in/t-{0..3}.tar"},
                         "output.dir=s3://audio/out", "ray.retry_backoff_s=0.2", "ray.max_attempts=4")
     summary = run_job(config)
