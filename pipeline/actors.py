@@ -27,14 +27,16 @@ SHARDS_IN_FLIGHT = 2
 # + 1: `progress`, `describe` and `set_threads` answer while shards are processed
 @ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=SHARDS_IN_FLIGHT + 1)
 class CodecActor:
-    def __init__(self, config: Config, name: str, checkpoint: Checkpoint, schema, versions: dict):
+    def __init__(self, config: Config, name: str, checkpoint: Checkpoint, schema, versions: dict,
+                 device: dict | None = None):
         # actors' output reaches the driver's log: keep it to warnings and errors, not loading bars
         transformers_logging.disable_progress_bar()
         self.alloc_conf = prefer_expandable_segments()  # before the codec's first CUDA allocation
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         with classified_start():  # loading from the hub may meet its throttling: the driver retries that later
             self.processor = ShardProcessor(config, name, cpus=max(1, round(cpus)) if cpus else None,
-                                            checkpoint=checkpoint, schema=schema, versions=versions)
+                                            checkpoint=checkpoint, schema=schema, versions=versions,
+                                            device=device)
 
     def describe(self) -> dict:
         codec = self.processor.codec

@@ -127,7 +127,8 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         start_failures: list[str] = []
         startup = None
         if pending:
-            setup = (codec.checkpoint, state.schema, state.header["identity"]["versions"])
+            identity = state.header["identity"]
+            setup = (codec.checkpoint, state.schema, identity["versions"], identity.get("device"))
             scheduler = Scheduler(config, state, state.storage, pending, on_event, setup, start_failures)
             prepared = time.time() - start - ray_start_s  # listing, codec resolution, device probe, run state
             results = scheduler.run()

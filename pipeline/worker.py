@@ -93,12 +93,21 @@ def load_codec_for(config: Config, checkpoint: Checkpoint | None = None):
 
 class ShardProcessor:
     def __init__(self, config: Config, name: str = "local", cpus: int | None = None,
-                 checkpoint: Checkpoint | None = None, schema: pa.Schema | None = None, versions: dict | None = None):
-        """checkpoint, schema, versions: what the driver resolved and recorded for the run (None: work them out
-        here, for use outside a run). An actor whose libraries differ from the run's refuses to start."""
+                 checkpoint: Checkpoint | None = None, schema: pa.Schema | None = None, versions: dict | None = None,
+                 device: dict | None = None):
+        """checkpoint, schema, versions, device: what the driver resolved and recorded for the run (None: work them
+        out here, for use outside a run). An actor whose libraries or device differ from the run's refuses to start:
+        the run's device was probed on one node, and another node's GPU model would change codes without a word."""
         if versions is not None and versions != library_versions():
             raise RuntimeError(f"this worker's libraries {library_versions()} differ from the run's {versions}: "
                                "codes would differ; install the same versions on every node")
+        from .device import device_facts  # here: pipeline.device imports the driver, which imports this module
+
+        here = device_facts(config.codec.device) if device is not None else None
+        if here is not None and here != device:
+            raise RuntimeError(f"this worker's device {here} differs from the run's {device}: codes would differ; keep "
+                               "codec actors on one GPU model (ray.actor_resources, e.g. {'accelerator_type:H100': 0.001}) "
+                               "or start a new output.dir for the other device")
         self.schema = schema if schema is not None else output_schema([])
         self.started = time.perf_counter()
         self.startup = {"init_at": time.time()}  # wall clock, so the driver can line it up with its own

@@ -329,6 +329,17 @@ def test_actor_with_other_library_versions_refuses_to_start(tmp_path):
         ShardProcessor(config, versions=dict(library_versions(), transformers="0.0"))
 
 
+def test_actor_on_another_device_than_the_runs_refuses_to_start(tmp_path):
+    from pipeline.device import device_facts
+    from pipeline.worker import ShardProcessor
+
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": ["a.tar"]}, "codec.device=cpu")
+    here = device_facts("cpu")
+    ShardProcessor(config, device=here)  # the run's device: starts
+    with pytest.raises(RuntimeError, match="device .* differs from the run's"):
+        ShardProcessor(config, device=dict(here, name="Another CPU"))
+
+
 def test_hub_layout_picks_the_split_files(tmp_path):
     from pipeline.config import ConfigError
 
