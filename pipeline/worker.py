@@ -34,6 +34,7 @@ from .runstate import ShardRecord, library_versions
 from .schema import output_schema
 from .sources import RawSample, Shard, read_shard
 from .storage import Storage
+from .urls import redact_text
 from .writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -167,10 +168,10 @@ class ShardProcessor:
             self._process(shard, writer, result, progress)
         except Exception as error:  # the store failing a write (transient), a bug or a device error (unexpected)
             result.status, result.failure = "failed", TRANSIENT if is_transient(error) else UNEXPECTED
-            if result.failure == UNEXPECTED:
-                log.exception("shard %s failed unexpectedly on %s", shard.id, self.name)
             result.reason, result.detail = "worker_exception", f"{type(error).__name__}: {str(error)[:200]}"
             result.traceback = describe(error)
+            if result.failure == UNEXPECTED:  # Ray forwards actors' logs to the driver's: no URL's secret in them
+                log.error("shard %s failed unexpectedly on %s: %s", shard.id, self.name, redact_text(result.traceback))
             result.files, result.rows = [], 0
         finally:
             self._progress.pop(shard.id, None)

@@ -62,6 +62,25 @@ def test_unexpected_worker_exception_is_reported_with_its_traceback(tmp_path, ti
     assert result.reason == "worker_exception" and "KeyError" in result.detail and 'File "' in result.traceback and "_process" in result.traceback
 
 
+def test_unexpected_worker_exception_logged_to_the_driver_holds_no_url_secret(tmp_path, tiny_codec, monkeypatch, caplog):
+    from pipeline.sources import list_shards
+    from pipeline.worker import ShardProcessor
+
+    mixed_tar(str(tmp_path / "in/a.tar"), "a", 2, seed=1)
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/a.tar")]})
+    processor = ShardProcessor(config)
+
+    def fail(*args):
+        raise RuntimeError("GET https://store.example/a.tar?X-Amz-Signature=SECRET123 failed oddly")
+
+    monkeypatch.setattr(processor, "_encode", fail)
+    with caplog.at_level("ERROR", logger="pipeline.worker"):
+        result = processor.process(list_shards(config.source).shards[0])
+    assert result.failure == UNEXPECTED
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "failed oddly" in logged and "SECRET123" not in logged  # Ray forwards actors' logs to the driver's
+
+
 @pytest.mark.parametrize("error, transient", [
     (ConnectionResetError("reset by peer"), True),
     (TimeoutError("read timed out"), True),
