@@ -303,7 +303,8 @@ def test_two_shards_at_once_on_one_processor_report_progress_and_their_own_count
         seen.append(processor.in_shard["samples"])
         time.sleep(0.005)
     assert len(results) == 2 and all(r.status == "done" and r.rows == 6 for r in results)
-    assert 0 < max(seen) <= 12 and processor.in_shard == {"shards": 0, "samples": 0, "audio_seconds": 0.0, "started": {}}
+    assert 0 < max(seen) <= 12 and processor.in_shard == {"shards": 0, "samples": 0, "audio_seconds": 0.0, "started": {},
+                                                           "audio": {}}
     for r in results:  # CPU encodes clip by clip: each shard's encoded frames are exactly its own frames
         assert r.encoded_frames == r.frames and r.encode_s > 0
     for row in read_rows(config.output.dir):
