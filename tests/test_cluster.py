@@ -63,7 +63,8 @@ def test_lost_node_mid_encode_loses_no_sample_and_changes_no_code(tmp_path, clus
     assert removed, "no node was removed while encoding"
     assert summary.status == "complete"
     lost = [info for kind, info in events if kind == "actor_lost"]
-    assert lost and all(info["charged"] is None for info in lost[:1])
+    # an actor lost holding several shards charges none of them (each runs again alone); one it held alone is charged
+    assert lost and all((info["charged"] is None) == (len(info["lost"]) > 1) for info in lost)
     assert any(kind == "actors_waiting" for kind, _ in events)  # its replacement has nowhere to go: said so
     rows = read_rows(config.output.dir)
     assert sorted(r["key"] for r in rows) == sorted(s.key for s in samples)  # every sample exactly once
