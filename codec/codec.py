@@ -14,7 +14,7 @@ import torchaudio
 from .batching import BatchPolicy, default_policy, plan_batches
 from .conventions import CONVENTIONS, MODEL_CARD, SEMANTIC_PAD, ClipLayout, FrameRules, resampled_size
 from .fast_ops import FastOps
-from .staging import StagingBuffer
+from .staging import LengthRows, StagingBuffer
 from .heap import release_freed_heap
 from .masking import GroupNormStats, PaddingMasks, conv_output_lengths, time_mask
 from .validation import CodecInputError, check_bandwidth, check_waveforms
@@ -71,6 +71,8 @@ class Codec:
         self.frame_rules = FrameRules(model, self._masks.acoustic, self._masks.semantic)
         self._fast_ops = FastOps(model)
         self._staging = StagingBuffer(device)  # one host buffer for every batch's copy to the device
+        self._length_staging = StagingBuffer(device, torch.int64)  # and one for the lengths its masks use
+        self._resample = SpeechResampler(config.sample_rate, config.semantic_sample_rate, device)
         # frames the model computed, padding and window context included; against the frames of
         # codes returned, this is the padding efficiency the pipeline reports
         self.encoded_frames = 0
@@ -164,20 +166,16 @@ class Codec:
             else:
                 acoustic, acoustic_lengths = self._stage([x[0] if x[1] is None else x[1] for x in inputs])
             self.encoded_frames += len(batch) * acoustic.shape[-1] // hop
-            norm_stats = self._batch_norm_stats([clip_stats.get(pieces[i].clip) for i in batch])
-            frames = max(pieces[i].num_frames for i in batch)
-            semantic_frames = None
-            if semantic_lengths is not None or norm_stats is not None:
-                semantic_lengths = semantic_lengths or [semantic.shape[-1]] * len(batch)
-                semantic_frames = [self.frame_rules.semantic_frames(n) for n in semantic_lengths]
+            staged = self._plan(semantic, semantic_lengths, acoustic, acoustic_lengths,
+                                [clip_stats.get(pieces[i].clip) for i in batch],
+                                max(pieces[i].num_frames for i in batch))
             # one device-to-host copy per batch, not one per clip
-            outputs = [out.cpu() for out in forward(_Batch(semantic, semantic_lengths, semantic_frames, acoustic,
-                                                           acoustic_lengths, norm_stats, frames))]
+            outputs = [out.cpu() for out in forward(staged)]
             for row, index in enumerate(batch):
                 piece = pieces[index]
                 keep = slice(piece.keep_start - piece.start, piece.keep_stop - piece.start)
                 results[index] = tuple(out[row, :, keep] for out in outputs)
-            if norm_stats is not None:
+            if staged.norm_stats is not None:
                 release_freed_heap()  # windows of a long clip: one window's memory, not a growing heap
         per_clip: list[list[tuple]] = [[] for _ in waveforms]
         for piece, result in zip(pieces, results):
@@ -197,15 +195,38 @@ class Codec:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def _batch_norm_stats(self, per_row: list) -> GroupNormStats | None:
-        if all(stats is None for stats in per_row):
-            return None
+    def _plan(self, semantic, semantic_lengths, acoustic, acoustic_lengths, clip_stats: list, frames: int) -> "_Batch":
+        """A staged batch and every length its masks use, worked out on the host from the clips' lengths and
+        copied to the device in one transfer (`LengthRows`)."""
+        rows, config = LengthRows(), self.model.config
+        given = None if all(stats is None for stats in clip_stats) else tuple(int(s is not None) for s in clip_stats)
+        semantic_frames = speech = group_norm = hubert_frames = None
+        if semantic_lengths is not None or given is not None:
+            semantic_lengths = semantic_lengths or [semantic.shape[-1]] * semantic.shape[0]
+            semantic_frames = [self.frame_rules.semantic_frames(n) for n in semantic_lengths]
+            speech = tuple(resampled_size(n, config.sample_rate, config.semantic_sample_rate) for n in semantic_lengths)
+            hubert = [n + 2 * SEMANTIC_PAD for n in speech]
+            group_norm = conv_output_lengths(hubert, [self._hubert_first_conv])
+            hubert_frames = tuple(int(self.model.semantic_model._get_feat_extract_output_lengths(n)) for n in hubert)
+            rows.add(speech, group_norm, hubert_frames, *self._masks.rows_needed(semantic=semantic_frames))
+        chunks = self._acoustic_chunks(acoustic.shape[-1], acoustic_lengths)
+        for chunk in chunks:
+            if chunk.valid is not None:
+                rows.add(*self._masks.rows_needed(acoustic=chunk.valid))
+        if given is not None:
+            rows.add(given)
+        rows.copy(self._length_staging)
+        return _Batch(semantic, semantic_lengths, semantic_frames, acoustic, chunks,
+                      self._batch_norm_stats(clip_stats, rows[given]) if given is not None else None, frames,
+                      rows, speech, group_norm, hubert_frames)
+
+    def _batch_norm_stats(self, per_row: list, given: torch.Tensor) -> GroupNormStats:
         groups = next(stats for stats in per_row if stats is not None)[0].shape[0]
         zero = torch.zeros(groups, device=self.device)
         return GroupNormStats(
             mean=torch.stack([zero if s is None else s[0] for s in per_row]),
             var=torch.stack([zero if s is None else s[1] for s in per_row]),
-            given=torch.tensor([s is not None for s in per_row], device=self.device),
+            given=given.bool(),
         )
 
     def _clip_group_norm_stats(self, wave, size: int, chunk: int = 1 << 15) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,7 +245,7 @@ class Codec:
             # conv steps [start, stop) read the speech padded by SEMANTIC_PAD, [start * stride, (stop - 1) * stride + kernel)
             speech = resampled_range(wave, size, config.sample_rate, config.semantic_sample_rate,
                                      start * stride - SEMANTIC_PAD, (stop - 1) * stride + kernel - SEMANTIC_PAD,
-                                     self.device)
+                                     self.device, self._resample)
             out = conv(speech[None, None])[0].double()
             out = out.reshape(groups, -1, out.shape[-1])
             total = total + out.sum(dim=(1, 2))
@@ -238,62 +259,57 @@ class Codec:
         are those of its clip alone; `norm_stats` overrides the first GroupNorm's statistics for rows that are
         windows of a longer clip."""
         model, config = self.model, self.model.config
-        speech = batch.semantic[:, 0, :]
-        if config.sample_rate != config.semantic_sample_rate:
-            speech = torchaudio.functional.resample(speech, config.sample_rate, config.semantic_sample_rate)
-        attention_mask = group_norm_lengths = None
-        if batch.semantic_lengths is not None:
-            speech_lengths = torch.tensor([resampled_size(n, config.sample_rate, config.semantic_sample_rate)
-                                           for n in batch.semantic_lengths], device=speech.device)
+        speech = self._resample(batch.semantic[:, 0, :])
+        masks = contextlib.nullcontext()
+        if batch.semantic_frames is not None:
+            rows = batch.rows
             # the resampler's tail rings past each clip's end; alone, the clip would see zeros there
-            speech = speech * time_mask(speech_lengths, speech.shape[-1], speech.dtype)
-            hubert_lengths = speech_lengths + 2 * SEMANTIC_PAD
-            attention_mask = time_mask(hubert_lengths, speech.shape[-1] + 2 * SEMANTIC_PAD).long()
-            group_norm_lengths = conv_output_lengths(hubert_lengths, [self._hubert_first_conv])
+            speech = speech * time_mask(rows[batch.speech_lengths], speech.shape[-1], speech.dtype)
+            # HuBERT's key mask and its zeroed frames come from the masks, not from an attention_mask
+            masks = self._masks.active(rows, semantic=batch.semantic_frames,
+                                       group_norm_lengths=rows[batch.group_norm_lengths],
+                                       group_norm_stats=batch.norm_stats, hubert_frames=rows[batch.hubert_frames])
         speech = F.pad(speech, (SEMANTIC_PAD, SEMANTIC_PAD))
-        masks = (
-            self._masks.active(semantic=batch.semantic_frames, group_norm_lengths=group_norm_lengths,
-                               group_norm_stats=batch.norm_stats)
-            if batch.semantic_frames is not None
-            else contextlib.nullcontext()
-        )
         with self._fast_ops.active(), self._autocast():
             with masks:
-                hidden = model.semantic_model(speech, attention_mask=attention_mask, output_hidden_states=True)
+                hidden = model.semantic_model(speech, output_hidden_states=True)
                 semantic = torch.stack(hidden.hidden_states, dim=1).mean(dim=1)[:, :: config.semantic_downsample_factor, :]
                 semantic = model.encoder_semantic(semantic.transpose(1, 2))
-            acoustic = self._acoustic(batch.acoustic, batch.acoustic_lengths)
+            acoustic = self._acoustic(batch.acoustic, batch.acoustic_chunks, batch.rows)
         if min(acoustic.shape[-1], semantic.shape[-1]) < batch.frames:
             raise RuntimeError(
                 f"acoustic ({acoustic.shape[-1]}) or semantic ({semantic.shape[-1]}) frames fall short of the "
                 f"{batch.frames} frames the clips' layouts give; this checkpoint does not fit the frame rules")
         return acoustic[..., : batch.frames], semantic[..., : batch.frames]
 
-    def _acoustic(self, audio: torch.Tensor, lengths: list[int] | None) -> torch.Tensor:
-        """DAC encoder output for a padded batch. DAC is purely convolutional, so a long batch runs in
-        chunks of `acoustic_chunk_frames` with enough context on each side to cover its receptive
-        field: each chunk's core frames are those of a single pass, and activation memory stays bounded."""
-        hop, total = self.hop_length, audio.shape[-1]
+    def _acoustic_chunks(self, total: int, lengths: list[int] | None) -> list["_Chunk"]:
+        """DAC is purely convolutional, so a long batch runs in chunks of `acoustic_chunk_frames` with enough
+        context on each side to cover its receptive field: each chunk's core frames are those of a single pass,
+        and activation memory stays bounded."""
+        hop = self.hop_length
         frames, chunk, context = total // hop, self.acoustic_chunk_frames, self.acoustic_context_frames
         if frames <= chunk + 2 * context:
-            chunks = [(0, frames, 0, frames)]
+            spans = [(0, frames, 0, frames)]
         else:
-            chunks = [(max(0, a - context), min(frames, a + chunk + context), a, min(frames, a + chunk))
-                      for a in range(0, frames, chunk)]
-        outputs = []
-        for start, stop, keep_start, keep_stop in chunks:
-            piece = audio[..., start * hop : stop * hop]
-            size = piece.shape[-1]
+            spans = [(max(0, a - context), min(frames, a + chunk + context), a, min(frames, a + chunk))
+                     for a in range(0, frames, chunk)]
+        chunks = []
+        for start, stop, keep_start, keep_stop in spans:
+            size = (stop - start) * hop
             # a clip that ends inside this chunk must see zeros past its end, as it would alone
             valid = None if lengths is None else [min(max(n - start * hop, 0), size) for n in lengths]
-            masks = (
-                self._masks.active(acoustic=valid)
-                if valid is not None and any(n < size for n in valid)
-                else contextlib.nullcontext()
-            )
+            chunks.append(_Chunk(start, stop, keep_start, keep_stop,
+                                 valid if valid is not None and any(n < size for n in valid) else None))
+        return chunks
+
+    def _acoustic(self, audio: torch.Tensor, chunks: list["_Chunk"], rows: LengthRows) -> torch.Tensor:
+        """DAC encoder output for a padded batch, chunk by chunk (`_acoustic_chunks`)."""
+        hop, outputs = self.hop_length, []
+        for c in chunks:
+            masks = self._masks.active(rows, acoustic=c.valid) if c.valid is not None else contextlib.nullcontext()
             with masks:
-                out = self.model.acoustic_encoder(piece)
-            outputs.append(out[..., keep_start - start : keep_stop - start])
+                out = self.model.acoustic_encoder(audio[..., c.start * hop : c.stop * hop])
+            outputs.append(out[..., c.keep_start - c.start : c.keep_stop - c.start])
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
 
     # ---- decode -----------------------------------------------------------------------------
@@ -328,18 +344,35 @@ class Codec:
             return 0
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """Frames [start, stop) of a batch go through the acoustic encoder, [keep_start, keep_stop) are kept;
+    `valid`: each row's valid samples in the chunk (None: no row ends inside it, nothing to mask)."""
+
+    start: int
+    stop: int
+    keep_start: int
+    keep_stop: int
+    valid: list[int] | None
+
+
 @dataclass
 class _Batch:
-    """Clips staged for one forward pass: per path the padded audio [B, 1, T] on the device and each row's
-    valid samples (None: no row is padded); the semantic encoder's valid frames per row (None: unmasked)."""
+    """Clips staged for one forward pass: per path the padded audio [B, 1, T] on the device and the semantic
+    path's valid samples per row; the semantic encoder's valid frames per row (None: unmasked); the acoustic
+    encoder's chunks; `rows`: every length the masks use, on the device, and the keys of the semantic ones."""
 
     semantic: torch.Tensor
     semantic_lengths: list[int] | None
     semantic_frames: list[int] | None
     acoustic: torch.Tensor
-    acoustic_lengths: list[int] | None
+    acoustic_chunks: list[_Chunk]
     norm_stats: GroupNormStats | None
     frames: int  # the most frames a row keeps
+    rows: LengthRows
+    speech_lengths: tuple[int, ...] | None  # valid 16 kHz samples
+    group_norm_lengths: tuple[int, ...] | None  # valid steps at HuBERT's first GroupNorm
+    hubert_frames: tuple[int, ...] | None  # valid frames at HuBERT's transformer encoder
 
 
 def _piece_input(wave, layout: ClipLayout, piece: Piece, hop: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -359,7 +392,7 @@ _RESAMPLE_ZERO_CROSSINGS, _RESAMPLE_ROLLOFF = 6, 0.99
 
 
 def resampled_range(wave, size: int, orig_rate: int, new_rate: int, start: int, stop: int,
-                    device: torch.device = torch.device("cpu")) -> torch.Tensor:
+                    device: torch.device = torch.device("cpu"), resample=None) -> torch.Tensor:
     """Samples [start, stop) of torchaudio's resampling of `wave` zero-padded to `size` samples (zeros outside
     the resampled clip), computed from the input around that range only.
 
@@ -367,7 +400,8 @@ def resampled_range(wave, size: int, orig_rate: int, new_rate: int, start: int, 
     samples of j * orig (rates divided by their gcd). Reading `context` >= width real samples beyond the range
     on each side, in whole steps of `orig`, gives each kept output exactly the input the whole clip's
     resampling gives it, so the samples are the same up to float32 rounding: on some CPUs the convolution's
-    summation order depends on the input's length (last-bit differences, tests/test_codec.py)."""
+    summation order depends on the input's length (last-bit differences, tests/test_codec.py).
+    resample: a `SpeechResampler` for these rates on `device` (default: torchaudio's, which builds its filter)."""
     gcd = math.gcd(orig_rate, new_rate)
     orig, new = orig_rate // gcd, new_rate // gcd
     out = torch.zeros(stop - start, device=device)
@@ -379,10 +413,30 @@ def resampled_range(wave, size: int, orig_rate: int, new_rate: int, start: int, 
     first_step, last_step = first // new, -(-last // new)
     begin = first_step * orig - context  # the input read, a whole number of steps; zeros outside the clip
     audio = torch.from_numpy(zero_padded(wave, begin, last_step * orig + context)).to(device)
-    resampled = torchaudio.functional.resample(audio, orig_rate, new_rate)
+    resampled = resample(audio) if resample else torchaudio.functional.resample(audio, orig_rate, new_rate)
     offset = begin // orig * new  # the output index of `resampled[0]`
     out[first - start : last - start] = resampled[first - offset : last - offset]
     return out
+
+
+class SpeechResampler:
+    """torchaudio's `functional.resample` from the codec's rate to HuBERT's, its filter built once on the device:
+    torchaudio builds it per call, copying a scalar to the device each time. The same ops on the same device, so
+    the same samples."""
+
+    def __init__(self, orig_rate: int, new_rate: int, device: torch.device):
+        from torchaudio.functional.functional import _apply_sinc_resample_kernel, _get_sinc_resample_kernel
+
+        self.orig_rate, self.new_rate, self.gcd = orig_rate, new_rate, math.gcd(orig_rate, new_rate)
+        self._apply = _apply_sinc_resample_kernel
+        self.kernel, self.width = (None, 0) if orig_rate == new_rate else _get_sinc_resample_kernel(
+            orig_rate, new_rate, self.gcd, lowpass_filter_width=_RESAMPLE_ZERO_CROSSINGS, rolloff=_RESAMPLE_ROLLOFF,
+            device=device, dtype=torch.float32)
+
+    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        if self.kernel is None:
+            return wave
+        return self._apply(wave, self.orig_rate, self.new_rate, self.gcd, self.kernel, self.width)
 
 
 def receptive_field_frames(encoder, hop: int) -> int:

@@ -13,23 +13,25 @@ import torch
 
 
 class StagingBuffer:
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32):
         self.device = device
+        self.dtype = dtype
         self.pinned = device.type == "cuda"
         self._buffer: torch.Tensor | None = None
         self._read_by: torch.cuda.Event | None = None  # the last copy out of the buffer
 
     def to_device(self, clips: list[np.ndarray], total: int) -> torch.Tensor:
-        """The clips, each zero-padded to `total` samples, as a [B, 1, total] float32 tensor on the device."""
+        """The clips, each zero-padded to `total` samples, as a [B, 1, total] tensor (of the buffer's dtype) on the
+        device."""
         need = len(clips) * total
         if self._read_by is not None:
             self._read_by.synchronize()
         if self._buffer is None or self._buffer.numel() < need:
-            self._buffer = torch.empty(need, dtype=torch.float32, pin_memory=self.pinned)
+            self._buffer = torch.empty(need, dtype=self.dtype, pin_memory=self.pinned)
         host = self._buffer[:need].view(len(clips), total)
         for row, clip in enumerate(clips):
             host[row, : clip.size] = torch.from_numpy(clip)
-            host[row, clip.size :] = 0.0
+            host[row, clip.size :] = 0
         if self.device.type == "cpu":
             return host.clone()[:, None, :]  # the buffer is reused: the batch must not alias it
         # non-blocking only from pinned memory: another device's copy from pageable memory could still be
@@ -39,3 +41,31 @@ class StagingBuffer:
             self._read_by = torch.cuda.Event()
             self._read_by.record()
         return out[:, None, :]
+
+
+class LengthRows:
+    """Every per-row length a batch's masks need (valid samples, frames, steps at each convolution), gathered on
+    the host while the batch is planned and copied to the device in one transfer, from the pinned buffer and
+    without blocking. Masks are then built on the device from these rows (`arange < length`): no value is read
+    back, and no small tensor crosses per convolution."""
+
+    def __init__(self):
+        self._index: dict[tuple[int, ...], int] = {}
+        self._table: torch.Tensor | None = None
+
+    def add(self, *rows: tuple[int, ...]) -> None:
+        if self._table is not None:
+            raise RuntimeError("rows added after the copy to the device")
+        for row in rows:
+            self._index.setdefault(tuple(row), len(self._index))
+
+    def copy(self, staging: StagingBuffer) -> "LengthRows":
+        if self._index:
+            width = len(next(iter(self._index)))
+            rows = [np.asarray(row, np.int64) for row in self._index]
+            self._table = staging.to_device(rows, width)[:, 0, :]
+        return self
+
+    def __getitem__(self, row: tuple[int, ...]) -> torch.Tensor:
+        """The device tensor of a row added before the copy (KeyError otherwise: a mask the plan missed)."""
+        return self._table[self._index[tuple(row)]]
