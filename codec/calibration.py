@@ -34,13 +34,18 @@ def calibration_clips(seconds: float, seed: int = 0, sample_rate: int = 24000) -
     return clips
 
 
-def _worst_case(codec, bandwidth: float, policy: BatchPolicy) -> None:
-    """The largest batch this policy can form: as many window-long clips as the budget admits.
+def worst_case_clips(codec, policy: BatchPolicy) -> list[np.ndarray]:
+    """The largest batch this policy can form: as many window-long clips as the budget admits, of unequal
+    lengths (each up to 1% shorter than the window, not whole hops), so the batch runs the padding masks as a
+    real mixed batch does, yet stays one batch (splitting it would save less padding than a batch costs).
     Speech-length calibration clips alone would not show that a policy runs out of memory on long ones."""
-    window_s = codec.window_frames / codec.frame_rate
-    count = max(1, min(policy.max_clips, int(policy.max_batch_seconds // window_s)))
-    clips = [np.zeros(int(window_s * codec.sample_rate), np.float32) for _ in range(count)]
-    codec.encode(clips, bandwidth, policy.max_batch_seconds, policy.max_clips)
+    window = int(codec.window_frames / codec.frame_rate * codec.sample_rate)
+    count = max(1, min(policy.max_clips, int(policy.max_batch_seconds * codec.sample_rate // window)))
+    return [np.zeros(window - (window // 100) * i // count - (i > 0), np.float32) for i in range(count)]
+
+
+def _worst_case(codec, bandwidth: float, policy: BatchPolicy) -> None:
+    codec.encode(worst_case_clips(codec, policy), bandwidth, policy.max_batch_seconds, policy.max_clips)
 
 
 def calibrate(codec, bandwidth: float, candidates=None, seconds: float | None = None, memory: "DeviceMemory | None" = None,

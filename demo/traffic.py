@@ -72,6 +72,10 @@ class DeviceTraffic(TorchDispatchMode):
             raise MixedDevices(f"{func} got tensors on {sorted(map(str, devices))}: shapes "
                                f"{[(tuple(t.shape), str(t.device)) for t in tensors]}")
         on_device = any(self._on_device(t) for t in tensors)
+        if func is aten.detach_.default and on_device:
+            # `torch.tensor(host data, device=...)` copies below the dispatcher; what it shows the mode is the
+            # in-place detach of the new device tensor
+            self.traffic.h2d_pageable += 1
         if on_device and self._reads_values(func, args):
             self.traffic.value_reads += 1
             self.reads[str(func)] += 1
