@@ -49,6 +49,7 @@ class Codec:
         policy: BatchPolicy | None = None,
         acoustic_chunk_s: float = 20.0,
         convention: str = MODEL_CARD,
+        allow_tf32: bool = False,
     ):
         if convention not in CONVENTIONS:
             raise ValueError(f"convention {convention!r} is not one of {CONVENTIONS}")
@@ -57,6 +58,7 @@ class Codec:
         self.identity = identity
         self.device = device
         self.dtype = dtype
+        self.allow_tf32 = allow_tf32  # for the encoders only, set around each of their passes (`_math`)
         config = model.config
         self.sample_rate: int = config.sample_rate
         self.hop_length: int = config.hop_length
@@ -108,8 +110,9 @@ class Codec:
 
         def codes_of(batch):
             embeddings = self._embeddings(batch)
-            fused = self.model.fc(torch.cat(embeddings, dim=1).float().transpose(1, 2)).transpose(1, 2)
-            return (self.model.quantizer.encode(fused, bandwidth).transpose(0, 1),)
+            with _math(self.device.type, tf32=False, dtype=None):  # fusion and RVQ (projection, distances, argmin): IEEE float32
+                fused = self.model.fc(torch.cat(embeddings, dim=1).float().transpose(1, 2)).transpose(1, 2)
+                return (self.model.quantizer.encode(fused, bandwidth).transpose(0, 1),)
 
         parts = self._run(waveforms, codes_of, self.policy_with(max_batch_seconds, max_clips))
         out = []
@@ -191,9 +194,8 @@ class Codec:
         return audio, None if all(n == total for n in lengths) else lengths
 
     def _autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        """The encoders' math: `dtype` autocast and TF32 as the codec was built with, for their passes only."""
+        return _math(self.device.type, self.allow_tf32, None if self.dtype == torch.float32 else self.dtype)
 
     def _plan(self, semantic, semantic_lengths, acoustic, acoustic_lengths, clip_stats: list, frames: int) -> "_Batch":
         """A staged batch and every length its masks use, worked out on the host from the clips' lengths and
@@ -373,6 +375,23 @@ class _Batch:
     speech_lengths: tuple[int, ...] | None  # valid 16 kHz samples
     group_norm_lengths: tuple[int, ...] | None  # valid steps at HuBERT's first GroupNorm
     hubert_frames: tuple[int, ...] | None  # valid frames at HuBERT's transformer encoder
+
+
+@contextlib.contextmanager
+def _math(device_type: str, tf32: bool, dtype: torch.dtype | None):
+    """TF32 for CUDA matmuls and convolutions on or off, and autocast to `dtype` (None: off), for the block
+    only. The flags are the process's, so they are set around each pass, not once at load: the quantizer must
+    see them off whatever the encoders use (one codec encodes at a time, worker.ShardProcessor)."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    cast = (torch.autocast(device_type=device_type, dtype=dtype) if dtype is not None
+            else torch.autocast(device_type=device_type, enabled=False) if device_type in ("cuda", "cpu")
+            else contextlib.nullcontext())
+    try:
+        with cast:
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def _piece_input(wave, layout: ClipLayout, piece: Piece, hop: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -51,9 +51,6 @@ def load_codec(
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
     torch_device = resolve_device(device)
-    if torch_device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-        torch.backends.cudnn.allow_tf32 = allow_tf32
     checkpoint = spec if isinstance(spec, Checkpoint) else resolve_checkpoint(spec, revision, seed)[0]
     return Codec(
         load_model(checkpoint, cache_dir),
@@ -65,4 +62,5 @@ def load_codec(
         policy=policy,
         acoustic_chunk_s=acoustic_chunk_s,
         convention=convention,
+        allow_tf32=allow_tf32,
     )

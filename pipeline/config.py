@@ -263,7 +263,10 @@ def validate(config: Config) -> None:
                           "the reference tokenizer normalises to -23; null turns normalisation off")
     c = config.codec
     if not _DEVICE.fullmatch(c.device):
-        raise ConfigError("codec.device", f"{c.device!r} is not a device", "use auto, cpu, cuda, cuda:N, mps or xpu")
+        raise ConfigError("codec.device", f"{c.device!r} is not a device", "use auto, cpu, cuda, mps or xpu")
+    if c.device.startswith("cuda:"):
+        raise ConfigError("codec.device", f"{c.device!r} names one GPU, but Ray gives each codec actor its own GPU, "
+                          "which the actor sees as device 0", "use cuda (or auto): one actor per GPU")
     if c.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError("codec.dtype", f"{c.dtype!r}", "use float32, bfloat16 or float16")
     if c.convention not in CONVENTIONS:

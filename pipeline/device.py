@@ -14,7 +14,7 @@ import platform
 import ray
 import torch
 
-from .config import Config
+from .config import Config, ConfigError
 from .driver.pool import actor_options
 
 
@@ -40,12 +40,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def device_for_actor(device: str) -> str:
+    """The device a process Ray started may use for `codec.device`: in a Ray task or actor that Ray gave no GPU,
+    'auto' is the CPU, explicitly; torch may still see the node's GPUs, but they are other actors' (or no one's
+    to take). 'cuda' stays, and such an actor's device facts then differ from the run's (worker.ShardProcessor)."""
+    if device == "auto" and ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE \
+            and not ray.get_gpu_ids():
+        return "cpu"
+    return device
+
+
 @ray.remote(max_retries=0)
 def _facts_here(device: str) -> dict:
-    return device_facts(device)
+    return device_facts(device_for_actor(device))
 
 
 def probe_device(config: Config) -> dict:
-    """The device facts where a codec actor of this run would run (on the Ray of `ensure_ray`)."""
+    """The device facts where a codec actor of this run would run (on the Ray of `ensure_ray`): a task holding
+    an actor's own resources (GPU, CPUs, memory, ray.actor_resources), so it lands on the kind of node they will.
+    ConfigError when codec.device asks for a GPU that no node offers: no actor could start."""
     _, options = actor_options(config, [n["Resources"] for n in ray.nodes() if n["Alive"]])
-    return ray.get(_facts_here.options(num_gpus=options["num_gpus"], num_cpus=1).remote(config.codec.device))
+    if config.codec.device == "cuda" and not options["num_gpus"]:
+        wanted = f" with ray.actor_resources {config.ray.actor_resources}" if config.ray.actor_resources else ""
+        raise ConfigError("codec.device", f"cuda asked for, but no node of this Ray cluster{wanted} offers a GPU",
+                          "set codec.device: cpu (or auto), or add GPU nodes")
+    return ray.get(_facts_here.options(**options).remote(config.codec.device))

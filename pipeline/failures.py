@@ -92,6 +92,11 @@ class TransientStartError(RuntimeError):
     it again after a backoff instead of counting it toward the stop after two failed starts (driver.pool)."""
 
 
+class WrongDeviceError(RuntimeError):
+    """An actor came up on another device than the run's recorded one (another GPU model, no GPU): its codes
+    would differ. The driver gives up its place, and the run goes on with the others (driver.pool)."""
+
+
 @contextmanager
 def classified_start():
     """Around an actor's constructor: a transient error leaves it as TransientStartError, whose name the driver

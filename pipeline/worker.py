@@ -27,7 +27,7 @@ from .batch_budget import BatchBudget
 from .config import Config
 from .decode_tasks import DecodeInTask
 from .decoding import SampleDecoder
-from .failures import TRANSIENT, UNEXPECTED, describe, is_transient
+from .failures import TRANSIENT, UNEXPECTED, WrongDeviceError, describe, is_transient
 from .loudness import CLIPPED
 from .prefetch import DecodeAhead
 from .runstate import ShardRecord, library_versions
@@ -72,12 +72,13 @@ def encoder_busy_share(results: list[ShardRecord]) -> float | None:
     return sum(r.encode_s for r in results) / total if total else None
 
 
-def load_codec_for(config: Config, checkpoint: Checkpoint | None = None):
-    """The codec of `config`; `checkpoint`: the one the driver resolved (pins the commit for every actor)."""
+def load_codec_for(config: Config, checkpoint: Checkpoint | None = None, device: str | None = None):
+    """The codec of `config`; `checkpoint`: the one the driver resolved (pins the commit for every actor);
+    `device`: where this process may run it (default codec.device; see pipeline.device.device_for_actor)."""
     c = config.codec
     codec = load_codec(
         checkpoint or c.model,
-        device=c.device,
+        device=device or c.device,
         dtype=c.dtype,
         seed=c.seed,
         revision=c.revision,
@@ -102,11 +103,12 @@ class ShardProcessor:
         if versions is not None and versions != library_versions():
             raise RuntimeError(f"this worker's libraries {library_versions()} differ from the run's {versions}: "
                                "codes would differ; install the same versions on every node")
-        from .device import device_facts  # here: pipeline.device imports the driver, which imports this module
+        from .device import device_facts, device_for_actor  # here: pipeline.device imports the driver, which imports this module
 
-        here = device_facts(config.codec.device) if device is not None else None
+        self.device = device_for_actor(config.codec.device)
+        here = device_facts(self.device) if device is not None else None
         if here is not None and here != device:
-            raise RuntimeError(f"this worker's device {here} differs from the run's {device}: codes would differ; keep "
+            raise WrongDeviceError(f"this worker's device {here} differs from the run's {device}: codes would differ; keep "
                                "codec actors on one GPU model (ray.actor_resources, e.g. {'accelerator_type:H100': 0.001}) "
                                "or start a new output.dir for the other device")
         self.schema = schema if schema is not None else output_schema([])
@@ -124,7 +126,7 @@ class ShardProcessor:
         self.decode_threads = config.audio.decode_threads or cpus or torch.get_num_threads()
         self.threads = torch.get_num_threads()  # for encoding; the driver lends idle actors' cores (set_threads)
         began = time.perf_counter()
-        self.codec = load_codec_for(config, checkpoint)
+        self.codec = load_codec_for(config, checkpoint, self.device)
         self.codec.num_codebooks(config.codec.bandwidth)  # a bandwidth the checkpoint lacks fails here, not mid-shard
         self.startup["load_s"] = time.perf_counter() - began
         self.calibration: list[dict] = []

@@ -148,7 +148,7 @@ def test_nan_or_infinite_number_exits_2_naming_its_key(tmp_path, capsys, no_ray,
     assert code == 2 and f"'{key}'" in err and "NaN or infinite" in err
 
 
-@pytest.mark.parametrize("device, ok", [("bogus", False), ("cuda:x", False), ("gpu", False), ("cuda:1", True),
+@pytest.mark.parametrize("device, ok", [("bogus", False), ("cuda:x", False), ("gpu", False), ("cuda:1", False),
                                         ("cuda", True), ("mps", True), ("cpu", True), ("auto", True)])
 def test_unknown_codec_device_is_a_config_error_before_any_actor(device, ok):
     from pipeline.config import ConfigError, load_config

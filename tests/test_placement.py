@@ -88,3 +88,31 @@ def test_a_batch_reads_no_device_value_and_copies_back_once(meta_codec):
     t = mode.traffic
     assert (t.d2h_blocking, t.d2h_non_blocking, t.value_reads) == (1, 0, 0), mode.reads
     assert 2 <= t.h2d_pinned + t.h2d_pageable <= paths + 1
+
+
+@pytest.mark.parametrize("dtype, allow_tf32", [("float32", True), ("bfloat16", False), ("bfloat16", True)])
+def test_quantizer_runs_in_ieee_float32_whatever_math_the_encoders_use(tiny_codec, dtype, allow_tf32):
+    """codec.allow_tf32 and bf16 autocast are for the encoders; the fusion and RVQ (projection, distances,
+    argmin) see TF32 off and no autocast, and the process's flags are as they were after the encode."""
+    codec, saved = tiny_codec, (tiny_codec.dtype, tiny_codec.allow_tf32)
+    codec.dtype, codec.allow_tf32 = getattr(torch, dtype), allow_tf32  # as load_codec(dtype=, allow_tf32=) sets them
+    seen = {}
+
+    def record(name):
+        def hook(module, args):
+            seen[name] = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                          torch.is_autocast_enabled("cpu"))
+        return hook
+
+    handles = [codec.model.quantizer.quantizers[0].project_in.register_forward_pre_hook(record("quantizer")),
+               codec.model.semantic_model.feature_projection.register_forward_pre_hook(record("encoder"))]
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        codec.encode(clips(0.5, 0.7), 2.0, max_clips=2)
+    finally:
+        for handle in handles:
+            handle.remove()
+        codec.dtype, codec.allow_tf32 = saved
+    assert seen["quantizer"] == (False, False, False)
+    assert seen["encoder"] == (allow_tf32, allow_tf32, dtype == "bfloat16")
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before

@@ -17,7 +17,7 @@ from pipeline.config import load_config
 from pipeline.driver import ActorStartFailed
 from pipeline.driver.deadlines import Deadlines
 from pipeline.driver.policy import Retries
-from pipeline.failures import PERMANENT, TRANSIENT, classified_start
+from pipeline.failures import PERMANENT, TRANSIENT, WrongDeviceError, classified_start
 from pipeline.runstate import RunState, ShardRecord
 from pipeline.driver import GuardTripped, Scheduler, actor_options, threads_to_lend
 from pipeline.schema import describe, output_schema, schema_to_text
@@ -43,9 +43,10 @@ class ScriptedActor:
             self.first = False
 
     def _start_as_planned(self):
-        """script/start-plan.json {"lost": n, "transient": m, "permanent": k}: the first n actor starts die with no
-        Python error (as a host OOM kill while loading leaves them), the next m raise a 429, the next k a
-        constructor error that would repeat; counted across actors."""
+        """script/start-plan.json {"lost": n, "transient": m, "permanent": k, "wrong_device": d}: the first n actor
+        starts die with no Python error (as a host OOM kill while loading leaves them), the next m raise a 429, the
+        next k a constructor error that would repeat, the next d find another device than the run's; counted
+        across actors."""
         path = os.path.join(self.folder, "start-plan.json")
         if not os.path.exists(path):
             return
@@ -58,6 +59,8 @@ class ScriptedActor:
                 raise HubThrottled("429 Client Error: Too Many Requests for url: https://huggingface.co/...")
             if start - plan.get("transient", 0) <= plan.get("permanent", 0):
                 raise ValueError("scripted: a checkpoint that cannot load")
+            if start - plan.get("transient", 0) - plan.get("permanent", 0) <= plan.get("wrong_device", 0):
+                raise WrongDeviceError("scripted: this worker's device differs from the run's")
 
     def describe(self):
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
@@ -243,6 +246,19 @@ def test_transient_start_errors_do_not_count_toward_the_two_strike_stop(tmp_path
     assert [i["cause"] for k, i in events if k == "actor_start_retry"] == ["transient"] * 3
     failed = [i for k, i in events if k == "actor_start_failed"]
     assert len(failed) == 1 and failed[0]["replacing"] and "cannot load" in failed[0]["error"]
+    assert all(r["status"] == "done" for r in records.values()) and len(records) == 2
+
+
+def test_actor_on_another_device_gives_up_its_place_and_the_run_goes_on(tmp_path, ray_local):
+    """Another GPU model would change codes: that actor's place is given up at once, with why, and the run
+    finishes on the other actor instead of stopping after its replacement fails the same way."""
+    events: list = []
+    records, _ = run(tmp_path, {"a": "ok", "b": "ok"}, "ray.num_actors=2", events=events,
+                     start_plan={"wrong_device": 1})
+    given_up = [i for k, i in events if k == "actor_given_up"]
+    assert [(i["cause"], i["left"]) for i in given_up] == [("wrong_device", 1)]
+    assert "another device than the run's" in given_up[0]["why"] and "device differs" in given_up[0]["error"]
+    assert not [k for k, _ in events if k == "actor_start_failed"]
     assert all(r["status"] == "done" for r in records.values()) and len(records) == 2
 
 

@@ -1,13 +1,15 @@
 """The actor pool: how many codec actors and what each reserves, their starts (staggered, backed off after a
 transient failure), replacement, and the cores idle actors lend to busy ones. It knows nothing of shards.
 
-A start can fail three ways (`start_cause`):
+A start can fail four ways (`start_cause`):
 - permanent: the constructor raised an error that would repeat (a bad checkpoint, other library versions):
   the actor is replaced once, and a second such failure of its place stops the run (`ActorStartFailed`);
 - transient: the constructor raised a transient error (the hub's 429 when many actors load at once, a
   connection reset; see `failures.TransientStartError`): started again after a backoff, not counted as above;
 - lost: the actor died with no Python error before it was up (killed for host memory while loading, its node
-  gone): counted and started again after a backoff.
+  gone): counted and started again after a backoff;
+- wrong device: it came up on another device than the run's recorded one (`failures.WrongDeviceError`): its place
+  is given up at once, with the reason in the log.
 A place whose actor fails to start transiently or is lost `START_RETRIES` times in a row is given up, and the
 run goes on with the others; when every place is given up the run stops (`ActorStartFailed`).
 """
@@ -24,12 +26,12 @@ import ray
 from ray.exceptions import RayActorError
 
 from ..config import Config
-from ..failures import TransientStartError
+from ..failures import TransientStartError, WrongDeviceError
 
 CPU_ACTOR_MEMORY_GB = 4.5
 START_STAGGER_S = 0.25  # between the first starts of consecutive actors: they do not all ask the hub at once
 START_RETRIES = 8  # transient or lost starts in a row after which an actor place is given up
-PERMANENT_START, TRANSIENT_START, LOST_START = "permanent", "transient", "lost"
+PERMANENT_START, TRANSIENT_START, LOST_START, WRONG_DEVICE = "permanent", "transient", "lost", "wrong_device"
 
 
 class ActorStartFailed(RuntimeError):
@@ -51,6 +53,8 @@ def start_cause(error: RayActorError) -> tuple[str, str]:
     message = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
     if not getattr(error, "actor_init_failed", False):
         return LOST_START, message
+    if WrongDeviceError.__name__ in message:
+        return WRONG_DEVICE, message
     return (TRANSIENT_START if TransientStartError.__name__ in message else PERMANENT_START), message
 
 
@@ -217,6 +221,10 @@ class ActorPool:
         slot.ready_ref, slot.failed_starts, slot.lost_starts = None, 0, 0
 
     def _start_failed(self, slot: Slot, cause: str, message: str) -> None:
+        if cause == WRONG_DEVICE:  # another start would land on the same kind of node: keep the place's resources free
+            self.start_failures.append(message)
+            self._give_up(slot, cause, message)
+            return
         self.start_failures.append(message if cause == PERMANENT_START else f"({cause}, started again) {message}")
         if cause == PERMANENT_START:
             slot.failed_starts += 1
@@ -239,9 +247,13 @@ class ActorPool:
         ray.kill(slot.actor)
         slot.actor, slot.ready_ref, slot.given_up = None, None, True
         left = sum(not s.given_up for s in self.slots)
-        why = (f"codec actor {slot.index} did not come up {slot.lost_starts} times in a row "
-               + ("(it died while loading with no Python error: out of host memory? lower ray.num_actors or raise "
-                  "ray.memory_per_actor_gb)" if cause == LOST_START else "(transient errors while starting)"))
+        if cause == WRONG_DEVICE:
+            why = (f"codec actor {slot.index} came up on another device than the run's, whose codes would differ "
+                   "(pin actors to one GPU model with ray.actor_resources)")
+        else:
+            why = (f"codec actor {slot.index} did not come up {slot.lost_starts} times in a row "
+                   + ("(it died while loading with no Python error: out of host memory? lower ray.num_actors or "
+                      "raise ray.memory_per_actor_gb)" if cause == LOST_START else "(transient errors while starting)"))
         self.on_event("actor_given_up", {"actor": slot.index, "cause": cause, "left": left, "error": message,
                                          "why": why})
         if not left:
