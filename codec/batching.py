@@ -39,12 +39,28 @@ def default_policy(device_type: str) -> BatchPolicy:
 BATCH_OVERHEAD_SHARE = 0.02
 
 
-def plan_batches(lengths: list[int], sample_rate: int, policy: BatchPolicy) -> list[list[int]]:
+# Batch shapes on a grid: cuDNN plans every convolution again for each new input shape, and a batch padded to
+# its longest clip (to a hop) has a new shape almost every batch. On the grid, a batch's frames are rounded up
+# to one of GRID_STEPS_PER_OCTAVE steps per octave (at most 1/8 more), and its clip count is one of GRID_COUNTS.
+# The padding masks make the extra padding invisible in the codes.
+GRID_STEPS_PER_OCTAVE = 8
+GRID_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def grid_frames(frames: int) -> int:
+    """`frames` rounded up to the grid: a multiple of 1/8 of its octave's start."""
+    step = max(1, 1 << (frames.bit_length() - 1)) // GRID_STEPS_PER_OCTAVE
+    return -(-frames // max(1, step)) * max(1, step)
+
+
+def plan_batches(lengths: list[int], sample_rate: int, policy: BatchPolicy, grid_hop: int | None = None) -> list[list[int]]:
     """Indices of `lengths` grouped into batches within the policy, with the least padded audio.
 
     Clips sorted by length are cut into consecutive runs (bucketing: similar lengths share a batch);
     where to cut is chosen by dynamic programming over cost = padded audio of each batch + a fixed
     overhead per batch, so a long clip does not drag shorter ones into a mostly padded batch.
+    grid_hop: batches on the shape grid, frames of this many samples (batch sizes in GRID_COUNTS; padded
+    length `padded_samples`).
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     budget = policy.max_batch_seconds * sample_rate
@@ -54,10 +70,12 @@ def plan_batches(lengths: list[int], sample_rate: int, policy: BatchPolicy) -> l
     cut = [0] * (n + 1)
     for end in range(1, n + 1):
         for start in range(end - 1, max(-1, end - 1 - policy.max_clips), -1):
-            longest = lengths[order[start]]  # sorted: the first clip of the run is the longest
+            longest = padded_samples(lengths[order[start]], grid_hop)  # sorted: the run's first clip is its longest
             count = end - start
             if count > 1 and count * longest > budget:
                 break
+            if grid_hop and count not in GRID_COUNTS:
+                continue
             cost = best[start] + count * longest + overhead
             if cost < best[end]:
                 best[end], cut[end] = cost, start
@@ -67,3 +85,10 @@ def plan_batches(lengths: list[int], sample_rate: int, policy: BatchPolicy) -> l
         batches.append(order[cut[end] : end])
         end = cut[end]
     return batches[::-1]
+
+
+def padded_samples(samples: int, grid_hop: int | None) -> int:
+    """The samples a batch whose longest clip has `samples` runs at: as they are, or on the grid of `grid_hop`."""
+    if not grid_hop:
+        return samples
+    return grid_frames(-(-samples // grid_hop)) * grid_hop

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-from .batching import BatchPolicy, default_policy, plan_batches
+from .batching import BatchPolicy, default_policy, padded_samples, plan_batches
 from .conventions import CONVENTIONS, MODEL_CARD, SEMANTIC_PAD, ClipLayout, FrameRules, resampled_size
 from .fast_ops import FastOps
 from .staging import LengthRows, StagingBuffer
@@ -50,6 +50,7 @@ class Codec:
         acoustic_chunk_s: float = 20.0,
         convention: str = MODEL_CARD,
         allow_tf32: bool = False,
+        shape_grid: bool | None = None,
     ):
         if convention not in CONVENTIONS:
             raise ValueError(f"convention {convention!r} is not one of {CONVENTIONS}")
@@ -59,6 +60,8 @@ class Codec:
         self.device = device
         self.dtype = dtype
         self.allow_tf32 = allow_tf32  # for the encoders only, set around each of their passes (`_math`)
+        # batch shapes on a grid (codec.batching) where kernels are planned per shape: off the host by default
+        self.shape_grid = device.type != "cpu" if shape_grid is None else shape_grid
         config = model.config
         self.sample_rate: int = config.sample_rate
         self.hop_length: int = config.hop_length
@@ -161,7 +164,8 @@ class Codec:
                 clip_stats[index] = self._clip_group_norm_stats(wave, layout.semantic_samples)
             pieces += clip_pieces
         results: list[tuple[torch.Tensor, ...] | None] = [None] * len(pieces)
-        for batch in plan_batches([p.num_frames * hop for p in pieces], self.sample_rate, policy):
+        grid_hop = hop if self.shape_grid else None
+        for batch in plan_batches([p.num_frames * hop for p in pieces], self.sample_rate, policy, grid_hop):
             inputs = [_piece_input(waveforms[pieces[i].clip], layouts[pieces[i].clip], pieces[i], hop) for i in batch]
             semantic, semantic_lengths = self._stage([x[0] for x in inputs])
             if all(x[1] is None for x in inputs):
@@ -189,7 +193,8 @@ class Codec:
         """Rows zero-padded to a whole number of hops, on the device, as [B, 1, T]; each row's valid samples,
         or None when every row fills the batch (nothing to mask)."""
         lengths = [clip.size for clip in clips]
-        total = -(-max(lengths) // self.hop_length) * self.hop_length
+        hop = self.hop_length
+        total = padded_samples(max(lengths), hop) if self.shape_grid else -(-max(lengths) // hop) * hop
         audio = self._staging.to_device(clips, total)
         return audio, None if all(n == total for n in lengths) else lengths
 

@@ -116,3 +116,25 @@ def test_quantizer_runs_in_ieee_float32_whatever_math_the_encoders_use(tiny_code
     assert seen["quantizer"] == (False, False, False)
     assert seen["encoder"] == (allow_tf32, allow_tf32, dtype == "bfloat16")
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+@pytest.mark.parametrize("convention", [MODEL_CARD, AUTHORS])
+def test_batches_on_the_shape_grid_give_each_clip_its_own_codes(host_model, convention):
+    """On the grid a batch is padded past its longest clip (frames rounded up, a clip count from a small set):
+    the masks must keep that padding out of the codes, for the longest clip too."""
+    from codec.batching import GRID_COUNTS
+
+    model = copy.deepcopy(host_model)
+    identity = CodecIdentity("random:tiny", "seed=0", "", None, "random")
+    gridded = Codec(model, identity, torch.device("cpu"), convention=convention, shape_grid=True)
+    waves = clips(0.45, 1.37, 0.93, 1.12, 0.61, seed=3)
+    shapes = []
+    plan = gridded._plan
+    gridded._plan = lambda semantic, *rest: shapes.append(tuple(semantic.shape)) or plan(semantic, *rest)
+    got = gridded.encode(waves, 2.0, max_clips=8)
+    (alone,) = gridded.encode(waves[1:2], 2.0)  # one clip, 35 frames padded to 36: nothing else to mask against
+    assert all(rows in GRID_COUNTS for rows, _, _ in shapes) and any(t % 960 == 0 and t > 960 * 34 for _, _, t in shapes)
+    gridded.shape_grid = False
+    np.testing.assert_array_equal(alone, gridded.encode(waves[1:2], 2.0)[0])
+    for wave, codes in zip(waves, got):
+        np.testing.assert_array_equal(codes, gridded.encode([wave], 2.0, max_clips=1)[0])
