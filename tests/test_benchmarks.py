@@ -42,3 +42,21 @@ def test_decode_benchmark_prints_each_format_threads_against_processes_and_cores
     assert "| 1 | " in out and "(1.00x) | " in out, out
     assert "decode cores per GPU at 5,000 audio-s/s (bench_gpu's best float32 rate on NVIDIA H100)" in out, out
 
+
+
+def test_gpu_check_runs_every_section_on_cpu_without_ray(tmp_path):
+    """The one-call GPU check (jobs/gpu_check.py), tiny and on CPU: every section lands in its JSON, and nothing
+    it imports pulls in Ray (the GPU machine it is for has none)."""
+    out = tmp_path / "check.json"
+    done = subprocess.run([sys.executable, "jobs/gpu_check.py", "--device", "cpu", "--model", "random:tiny",
+                           "--minutes", "0.1", "--quick", "--cpu-clips", "2", "--json", str(out)], cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["placement"]["ok"] and result["placement"]["per_batch"]["value_reads"] == 0
+    assert set(result["batched_equals_alone"]) == {"model_card", "authors"}
+    assert all(row["agreement"] == 1.0 for row in result["batched_equals_alone"].values())
+    assert set(result["modes"]) == {"float32", "tf32", "bfloat16"} and result["sweep"]
+    assert result["calibration"]["kept"] and result["ray_imported"] is False
+    assert "calibration keeps" in done.stdout
