@@ -60,7 +60,9 @@ def calibrate(codec, bandwidth: float, candidates=None, seconds: float | None = 
     clips = calibration_clips(seconds or (2 * max(c.max_batch_seconds for c in candidates) if on_gpu else 20.0))
     audio_s = sum(c.size for c in clips) / codec.sample_rate
     table, best = [], None
-    for policy in candidates:
+
+    def measure(policy: BatchPolicy) -> None:
+        nonlocal best
         memory.reset()
         speed = _measure(codec, bandwidth, policy, clips, audio_s, worst_case=total is not None)
         peak = memory.peak()
@@ -73,6 +75,15 @@ def calibrate(codec, bandwidth: float, candidates=None, seconds: float | None = 
             row["note"] = f"leaves less than {headroom:.0%} of the device's {total / 2**20:.0f} MB free"
         elif best is None or speed > best[0]:
             best = (speed, policy, row)
+
+    for policy in candidates:
+        measure(policy)
+    # none fits (a smaller GPU than the candidates assume): halve the smallest until one does, down to one clip,
+    # so running out of memory lowers the budget and does not end the actor
+    policy = min(candidates, key=lambda c: (c.max_clips, c.max_batch_seconds))
+    while best is None and policy.max_clips > 1:
+        policy = BatchPolicy(policy.max_batch_seconds / 2, policy.max_clips // 2)
+        measure(policy)
     if best is None:
         raise RuntimeError(f"no candidate batch policy fits in memory with {headroom:.0%} of it free: {table}; "
                            "set codec.max_batch_seconds and codec.max_clips to a smaller budget")

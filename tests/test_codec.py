@@ -353,3 +353,15 @@ def test_staging_buffer_reused_across_batches_leaves_no_stale_samples():
     assert second.shape == (1, 1, 12)
     np.testing.assert_array_equal(second[0, 0].numpy(), [1.0] * 3 + [0.0] * 9)
     np.testing.assert_array_equal(first[1, 0].numpy(), [0.25] * 7 + [0.0] * 5)  # not overwritten by the reuse
+
+
+def test_calibration_where_every_candidate_runs_out_of_memory_halves_the_budget_instead_of_ending_the_actor(
+        tiny_codec, monkeypatch):
+    from codec import calibrate
+
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    device = FakeDevice(tiny_codec, monkeypatch, total_mb=None, mb_per_clip=0, slow_clips=0, fails={8: oom, 16: oom})
+    best, table = calibrate(tiny_codec, 2.0, candidates=(BatchPolicy(40.0, 8), BatchPolicy(80.0, 16)), seconds=2.0,
+                            memory=device)
+    assert best == BatchPolicy(20.0, 4)
+    assert [(row["policy"]["max_clips"], row["kept"]) for row in table] == [(8, False), (16, False), (4, True)]
