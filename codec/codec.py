@@ -112,10 +112,7 @@ class Codec:
         waveforms = check_waveforms(waveforms)
 
         def codes_of(batch):
-            embeddings = self._embeddings(batch)
-            with _math(self.device.type, tf32=False, dtype=None):  # fusion and RVQ (projection, distances, argmin): IEEE float32
-                fused = self.model.fc(torch.cat(embeddings, dim=1).float().transpose(1, 2)).transpose(1, 2)
-                return (self.model.quantizer.encode(fused, bandwidth).transpose(0, 1),)
+            return (self._codes(self._embeddings(batch), bandwidth),)
 
         parts = self._run(waveforms, codes_of, self.policy_with(max_batch_seconds, max_clips))
         out = []
@@ -124,6 +121,13 @@ class Codec:
             assert codes.shape[0] == num_codebooks
             out.append(codes)
         return out
+
+    def _codes(self, embeddings: tuple[torch.Tensor, torch.Tensor], bandwidth: float) -> torch.Tensor:
+        """Codes [num_codebooks, B, frames] of (acoustic, semantic) embeddings: fusion and RVQ (projection,
+        distances, argmin) in IEEE float32, whatever TF32 and autocast the encoders ran under."""
+        with _math(self.device.type, tf32=False, dtype=None):
+            fused = self.model.fc(torch.cat(embeddings, dim=1).float().transpose(1, 2)).transpose(1, 2)
+            return self.model.quantizer.encode(fused, bandwidth).transpose(0, 1)
 
     def embeddings(
         self, waveforms: list[np.ndarray], max_batch_seconds: float | None = None, max_clips: int | None = None

@@ -138,3 +138,20 @@ def test_batches_on_the_shape_grid_give_each_clip_its_own_codes(host_model, conv
     np.testing.assert_array_equal(alone, gridded.encode(waves[1:2], 2.0)[0])
     for wave, codes in zip(waves, got):
         np.testing.assert_array_equal(codes, gridded.encode([wave], 2.0, max_clips=1)[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 exists on CUDA only")
+def test_quantizer_codes_from_fixed_embeddings_are_equal_with_tf32_on_and_off():
+    from codec import load_codec
+
+    codec = load_codec("random:tiny", device="cuda")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    channels = codec.model.fc.in_features
+    embeddings = torch.randn(4, channels, 200, device="cuda", generator=generator)
+    halves = (embeddings[:, :16], embeddings[:, 16:])  # rejoined by the fusion: where it splits does not matter
+    codes = {}
+    for tf32 in (False, True):
+        codec.allow_tf32 = tf32
+        with torch.inference_mode():
+            codes[tf32] = codec._codes(halves, 2.0).cpu()
+    assert torch.equal(codes[False], codes[True])
