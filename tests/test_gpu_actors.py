@@ -60,3 +60,24 @@ def test_eight_gpu_node_gets_one_actor_per_gpu_each_with_its_cpu_share():
         assert ray.get(alone.devices.remote()) == ("cpu", "cuda")
     finally:
         ray.shutdown()
+
+
+def test_device_probe_holds_the_actors_own_resources(ray_local, monkeypatch):
+    """The probe reads the device where an actor will land: it asks for what an actor asks for, custom
+    resources (ray.actor_resources, e.g. a GPU model's accelerator_type) included."""
+    import pipeline.device as device
+
+    asked = {}
+
+    class Probe:
+        def options(self, **options):
+            asked.update(options)
+            return self
+
+        def remote(self, configured):
+            return ray.put({"type": "cpu"})
+
+    monkeypatch.setattr(device, "_facts_here", Probe())
+    config = load_config(None, [*BASE, "codec.device=cpu", "ray.actor_resources={fast_disk: 1}"])
+    device.probe_device(config)
+    assert asked["resources"] == {"fast_disk": 1} and asked["num_gpus"] == 0 and asked["num_cpus"] >= 1
