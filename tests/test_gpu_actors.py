@@ -23,6 +23,27 @@ def test_cuda_on_a_cluster_without_gpus_stops_before_any_actor_with_the_fix(ray_
         probe_device(load_config(None, [*BASE, "codec.device=cuda"]))
 
 
+def test_device_probe_holds_the_actors_own_resources(ray_local, monkeypatch):
+    """The probe reads the device where an actor will land: it asks for what an actor asks for, custom
+    resources (ray.actor_resources, e.g. a GPU model's accelerator_type) included."""
+    import pipeline.device as device
+
+    asked = {}
+
+    class Probe:
+        def options(self, **options):
+            asked.update(options)
+            return self
+
+        def remote(self, configured):
+            return ray.put({"type": "cpu"})
+
+    monkeypatch.setattr(device, "_facts_here", Probe())
+    config = load_config(None, [*BASE, "codec.device=cpu", "ray.actor_resources={fast_disk: 1}"])
+    device.probe_device(config)
+    assert asked["resources"] == {"fast_disk": 1} and asked["num_gpus"] == 0 and asked["num_cpus"] >= 1
+
+
 @ray.remote
 class _Reporter:
     def given(self) -> dict:
@@ -61,23 +82,3 @@ def test_eight_gpu_node_gets_one_actor_per_gpu_each_with_its_cpu_share():
     finally:
         ray.shutdown()
 
-
-def test_device_probe_holds_the_actors_own_resources(ray_local, monkeypatch):
-    """The probe reads the device where an actor will land: it asks for what an actor asks for, custom
-    resources (ray.actor_resources, e.g. a GPU model's accelerator_type) included."""
-    import pipeline.device as device
-
-    asked = {}
-
-    class Probe:
-        def options(self, **options):
-            asked.update(options)
-            return self
-
-        def remote(self, configured):
-            return ray.put({"type": "cpu"})
-
-    monkeypatch.setattr(device, "_facts_here", Probe())
-    config = load_config(None, [*BASE, "codec.device=cpu", "ray.actor_resources={fast_disk: 1}"])
-    device.probe_device(config)
-    assert asked["resources"] == {"fast_disk": 1} and asked["num_gpus"] == 0 and asked["num_cpus"] >= 1
