@@ -24,7 +24,7 @@ import math
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import soundfile
@@ -32,10 +32,10 @@ import soxr
 
 from codec import FileWave
 
-from . import containers
+from . import containers, decoders, pyav_reader
 from .loudness import LoudnessMeter, Normalisation, apply_gain, normalisation
 
-AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "oga", "aiff", "aif", "au", "sph", "w64", "caf")
+AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "oga", "m4a", "mp4", "aiff", "aif", "au", "sph", "w64", "caf")
 
 BLOCK_S = 10.0  # decoded and resampled at a time, for clips over BLOCKED_ABOVE_S
 BLOCKED_ABOVE_S = 120.0
@@ -98,7 +98,22 @@ class Audio:
     loudness: Normalisation | None = None  # what audio.loudness_lufs did to the clip (None: off)
 
 
-_DECODER_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError)
+_DECODER_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, *pyav_reader.ERRORS)
+
+
+@dataclass
+class _Input:
+    """A file opened by the library that decodes its format (pipeline/decoders.py)."""
+
+    rate: int
+    channels: int
+    declared: int | None  # frames the container declares; None: no length (measured as it decodes)
+    # the share of `declared` a whole file decodes to at least (an MP3's length is a header's estimate: a little
+    # off by design); None: its truncation is found from the container alone (Ogg's pages, MP4's boxes)
+    complete_share: float | None
+    finite: bool  # its samples are stored as integers: no NaN or inf to look for
+    mono_blocks: Callable[[int], Iterator[tuple[np.ndarray, bool]]]  # block frames -> (mono block, is the last)
+    read_whole: Callable[[], np.ndarray] | None  # [frames, channels] at once (libsndfile); None: always streamed
 
 
 def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
@@ -108,7 +123,9 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
 
     A file declaring more than `max_seconds` is refused from its header, before any sample is decoded;
     one longer than `blocked_above_s` (None: BLOCKED_ABOVE_S), holding more samples than that long a 48 kHz
-    stereo clip, or whose container declares no length, is decoded in blocks into a FileWave.
+    stereo clip, or whose container declares no length, is decoded in blocks into a FileWave. A format ffmpeg
+    decodes (pipeline/decoders.py) is always decoded a block at a time, its resampled clip kept in memory until
+    it passes those limits and in a FileWave from there.
     `loudness_lufs`: normalise the clip's integrated loudness to this target (None: leave it).
     `ceil_length`: a resampled clip holds ceil(frames x target_rate / rate) samples, zero-padded, as
     librosa.resample's `fix_length` gives them (the authors' preprocessing, `codec.convention=authors`);
@@ -118,88 +135,161 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
         array, rate = source
         return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs, ceil_length)
     with _opened(source) as f:
-        unknown = f.frames == UNKNOWN_FRAMES
-        if f.samplerate > 0 and not unknown:
-            _require_within(f.frames / f.samplerate, max_seconds, " (the header's length; not decoded)")
-        if (unknown or f.frames > blocked_above_s * f.samplerate
-                or f.frames * f.channels > blocked_above_s * WHOLE_SAMPLES_PER_S):
+        rate, declared = f.rate, f.declared
+        if rate > 0 and declared is not None:
+            _require_within(declared / rate, max_seconds, " (the header's length; not decoded)")
+        in_memory = _whole_frames(blocked_above_s, rate, f.channels)
+        if f.read_whole is None:
+            return _decode_in_blocks(f, target_rate, quality, loudness_lufs, max_seconds, ceil_length, in_memory)
+        if declared is None or declared > in_memory:
             return _decode_in_blocks(f, target_rate, quality, loudness_lufs, max_seconds, ceil_length)
-        array, rate, finite = _read_whole(f), f.samplerate, _integer_coded(f)
-    return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs, ceil_length, finite)
+        array = f.read_whole()
+    return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs, ceil_length, f.finite)
+
+
+def _whole_frames(blocked_above_s: float, rate: int, channels: int) -> float:
+    """The most frames a clip may hold to be decoded whole (see WHOLE_SAMPLES_PER_S)."""
+    return min(blocked_above_s * rate, blocked_above_s * WHOLE_SAMPLES_PER_S / max(1, channels))
 
 
 def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
     """[frames, channels] float32 and the sample rate, for anything libsndfile reads (the whole file)."""
-    with _opened(data) as f:
+    with soundfile.SoundFile(io.BytesIO(data)) as f:
         return _read_whole(f), f.samplerate
 
 
 @contextlib.contextmanager
-def _opened(source: bytes | SpilledFile) -> Iterator[soundfile.SoundFile]:
-    """The file open for reading; what libsndfile cannot read is `undecodable`, a file holding less than its
-    container declares `truncated` (pipeline/containers.py)."""
+def _opened(source: bytes | SpilledFile) -> Iterator[_Input]:
+    """The file open for reading by its format's decoder; what it cannot read is `undecodable` (naming the
+    format), a file holding less than its container declares `truncated` (pipeline/containers.py)."""
     if isinstance(source, (bytes, bytearray)) and not source:
         raise SampleError("empty_file", "0 bytes")
     if isinstance(source, SpilledFile):
-        cut = containers.truncation(*containers.head_and_tail(fd=source.file.fileno(), size=source.size))
+        head, tail, size = containers.head_and_tail(fd=source.file.fileno(), size=source.size)
     else:
-        cut = containers.truncation(*containers.head_and_tail(source))
+        head, tail, size = containers.head_and_tail(source)
+    cut = containers.truncation(head, tail, size)
     if cut:
         raise SampleError("truncated", cut)
+    fmt = decoders.sniff(head)
+    file = source.file if isinstance(source, SpilledFile) else io.BytesIO(source)
     try:
-        with soundfile.SoundFile(source.file if isinstance(source, SpilledFile) else io.BytesIO(source)) as f:
-            yield f
+        if decoders.decoder_for(fmt) is decoders.Decoder.PYAV:
+            with pyav_reader.opened(file, fmt) as f:
+                yield _pyav_input(f, fmt)
+        else:
+            with soundfile.SoundFile(file) as f:
+                yield _soundfile_input(f)
     except _DECODER_ERRORS as error:
-        raise SampleError("undecodable", str(error).splitlines()[0][:200]) from None
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SampleError("undecodable", f"{fmt.value}: {detail}"[:200]) from None
+
+
+def _soundfile_input(f: soundfile.SoundFile) -> _Input:
+    unknown = f.frames == UNKNOWN_FRAMES
+
+    def mono_blocks(frames: int) -> Iterator[tuple[np.ndarray, bool]]:
+        while True:
+            # read(), not blocks(): a short read (the end, or a truncated file) must show as one
+            block = _read_block(f, frames, unknown)
+            last = len(block) < frames
+            yield downmix(block), last
+            if last:
+                return
+
+    return _Input(f.samplerate, f.channels, None if unknown else f.frames, _complete_share(f), _integer_coded(f),
+                  mono_blocks, lambda: _read_whole(f))
+
+
+def _pyav_input(f: pyav_reader.PyavInput, fmt: decoders.Format) -> _Input:
+    def mono_blocks(frames: int) -> Iterator[tuple[np.ndarray, bool]]:
+        for channels in f.blocks(frames):
+            yield _channel_mean(channels), False  # added in order (no earlier samples to match)
+        yield np.empty(0, np.float32), True  # flushes the resampler
+
+    return _Input(f.rate, f.channels, f.declared_frames, 0.99 if fmt is decoders.Format.MP3 else None, False,
+                  mono_blocks, None)
 
 
 def _read_whole(f: soundfile.SoundFile) -> np.ndarray:
     declared = f.frames
     array = f.read(dtype="float32", always_2d=True)
-    _require_complete(f, declared, len(array))
+    _require_complete(_complete_share(f), declared, len(array))
     return array
 
 
-def _decode_in_blocks(f: soundfile.SoundFile, target_rate: int, quality: str, loudness_lufs: float | None,
-                      max_seconds: float = math.inf, ceil_length: bool = False) -> Audio:
-    """Decode, downmix and resample BLOCK_S (at most BLOCK_MAX_BYTES) at a time into a FileWave, in a block's
-    memory; with a loudness target, the loudness is measured block by block and the gain is the FileWave's,
-    applied as it is read. A clip found longer than `max_seconds` as it decodes is `too_long`."""
-    rate, declared = f.samplerate, f.frames
+def _complete_share(f: soundfile.SoundFile) -> float:
+    # an MP3's length is its Xing/LAME header's or an estimate from the bit rate: a little off by design
+    return 0.99 if f.format == "MP3" else 1.0
+
+
+class _Resampled:
+    """A clip's resampled samples as they come: in memory up to `in_memory` source frames, then in a FileWave."""
+
+    def __init__(self, in_memory: float):
+        self.in_memory, self.chunks, self.file, self.size = in_memory, [], None, 0
+
+    def append(self, samples: np.ndarray, decoded: int) -> None:
+        if self.file is None and decoded > self.in_memory:
+            self.file = FileWave()
+            for chunk in self.chunks:
+                self.file.append(chunk)
+            self.chunks = []
+        if self.file is not None:
+            self.file.append(samples)
+        else:
+            self.chunks.append(samples)
+        self.size += len(samples)
+
+    def finish(self, gain: float | None) -> np.ndarray | FileWave:
+        if self.file is not None:
+            self.file.gain = 1.0 if gain is None else gain
+            return self.file
+        mono = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+        return mono if gain is None else apply_gain(mono, gain)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _decode_in_blocks(f: _Input, target_rate: int, quality: str, loudness_lufs: float | None,
+                      max_seconds: float = math.inf, ceil_length: bool = False, in_memory: float = -1) -> Audio:
+    """Decode, downmix and resample BLOCK_S (at most BLOCK_MAX_BYTES) at a time, in a block's memory, into a FileWave
+    (once more than `in_memory` frames are decoded; before that, in memory); with a loudness target, the loudness is
+    measured block by block and the gain is the FileWave's, applied as it is read. A clip found longer than
+    `max_seconds` as it decodes is `too_long`."""
+    rate, declared = f.rate, f.declared
     block = max(1, min(round(BLOCK_S * rate), BLOCK_MAX_BYTES // (4 * f.channels)))
     resampler = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality=quality) if rate != target_rate else None
     meter = LoudnessMeter(rate) if loudness_lufs is not None else None
-    wave, decoded, non_finite, peak, loudness = FileWave(), 0, 0, 0.0, None
-    finite = _integer_coded(f)
+    wave, decoded, non_finite, peak, loudness = _Resampled(in_memory), 0, 0, 0.0, None
     try:
-        while True:
-            # read(), not blocks(): a short read (the end, or a truncated file) must show as one
-            mono = downmix(_read_block(f, block, declared == UNKNOWN_FRAMES))
+        for mono, last in f.mono_blocks(block):
             decoded += len(mono)
             _require_within(decoded / rate, max_seconds, " (found while decoding" +
-                            (": its header declares no length)" if declared == UNKNOWN_FRAMES else ")"))
-            non_finite += 0 if finite else _non_finite_count(mono)
-            last = len(mono) < block
+                            (": its header declares no length)" if declared is None else ")"))
+            non_finite += 0 if f.finite else _non_finite_count(mono)
             if meter is not None:
                 meter.add(mono)
             resampled = resampler.resample_chunk(mono, last=last) if resampler else mono
             peak = max(peak, _peak(resampled)) if meter is not None else peak
-            wave.append(resampled)
-            if last:
-                break
+            wave.append(resampled, decoded)
         if ceil_length and resampler:
-            wave.append(np.zeros(max(0, ceil_resampled_size(decoded, rate, target_rate) - wave.size), np.float32))
-        _require_complete(f, declared, decoded)
+            wave.append(np.zeros(max(0, ceil_resampled_size(decoded, rate, target_rate) - wave.size), np.float32),
+                        decoded)
+        if declared is not None and f.complete_share is not None:
+            _require_complete(f.complete_share, declared, decoded)
         _require_samples(decoded)
         _require_finite(non_finite)
         _require_resampled(wave.size, decoded, rate)
         if meter is not None:
             loudness = normalisation(meter.integrated(), loudness_lufs, peak)
-            wave.gain = loudness.gain
+        result = wave.finish(loudness.gain if loudness is not None else None)
     except BaseException:
         wave.close()
         raise
-    return Audio(wave, int(rate), int(f.channels), decoded / rate, loudness)
+    return Audio(result, int(rate), int(f.channels), decoded / rate, loudness)
 
 
 def _read_block(f: soundfile.SoundFile, frames: int, unknown_length: bool) -> np.ndarray:
@@ -217,13 +307,10 @@ def _integer_coded(f: soundfile.SoundFile) -> bool:
     return f.subtype.startswith(("PCM_", "ALAW", "ULAW"))
 
 
-def _require_complete(f: soundfile.SoundFile, declared: int, decoded: int) -> None:
-    """Fewer frames decoded than the container declared (FLAC's and MP3's headers; the others' containers are
-    checked before decoding, in _opened) is a truncated file: a silently shortened clip is data loss."""
-    if declared == UNKNOWN_FRAMES:
-        return
-    # an MP3's length is its Xing/LAME header's or an estimate from the bit rate: a little off by design
-    if decoded < (0.99 if f.format == "MP3" else 1.0) * declared:
+def _require_complete(share: float, declared: int, decoded: int) -> None:
+    """Fewer frames decoded than `share` of what the container declared (FLAC's and MP3's headers; the others'
+    containers are checked before decoding, in _opened) is a truncated file: a silently shortened clip is data loss."""
+    if decoded < share * declared:
         raise SampleError("truncated", f"{decoded} of {declared} declared frames decodable")
 
 
@@ -244,17 +331,21 @@ _SEQUENTIAL_CHANNELS = 8
 
 def downmix(frames: np.ndarray) -> np.ndarray:
     """[frames, channels] float32 -> their channel mean, float32: the bits of `frames.mean(axis=1, dtype=float32)`
-    at a tenth of its cost (numpy reduces a short inner axis slowly: 60 ms for a minute of 48 kHz stereo, four
-    times what libsndfile takes to decode it; jobs/bench_decode.py)."""
-    channels = frames.shape[1]
-    if channels == 1:
-        return frames[:, 0]
-    if channels >= _SEQUENTIAL_CHANNELS:
+    at a fraction of its cost (numpy reduces a short inner axis slowly: on 48 kHz stereo, slower than libsndfile
+    decodes it)."""
+    if frames.shape[1] >= _SEQUENTIAL_CHANNELS:
         return frames.mean(axis=1, dtype=np.float32)
-    mono = np.add(frames[:, 0], frames[:, 1])
-    for channel in range(2, channels):
-        np.add(mono, frames[:, channel], out=mono)
-    mono /= np.float32(channels)
+    return _channel_mean([frames[:, channel] for channel in range(frames.shape[1])])
+
+
+def _channel_mean(channels: list[np.ndarray]) -> np.ndarray:
+    """The mean of float32 channels, added in order."""
+    if len(channels) == 1:
+        return channels[0]
+    mono = np.add(channels[0], channels[1])
+    for channel in channels[2:]:
+        np.add(mono, channel, out=mono)
+    mono /= np.float32(len(channels))
     return mono
 
 

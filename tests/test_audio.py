@@ -168,3 +168,26 @@ def test_lossless_formats_decode_to_the_same_samples_as_before_bit_for_bit(name)
     expected = todays_decode(data).view(np.int32)
     for source, path in ((data, WHOLE), (spilled(data), BLOCKED)):
         np.testing.assert_array_equal(np.asarray(decode(source, path).wave[:]).view(np.int32), expected, err_msg=path)
+
+
+def test_each_formats_decoder_is_in_the_identity_and_an_output_without_it_is_refused_as_a_library_upgrade():
+    from pipeline.runstate import IdentityChanged, library_versions
+    from pipeline.runstate.identity import check_identity
+
+    versions = library_versions()
+    assert versions["decoders"]["opus"].startswith("av ") and versions["decoders"]["flac"].startswith("soundfile ")
+    before = {"versions": {k: v for k, v in versions.items() if k != "decoders"}}  # written before decoders were chosen
+    with pytest.raises(IdentityChanged, match=r"versions\.decoders\.opus: None -> 'av .*output\.accept_new_versions=true"):
+        check_identity(before, {"versions": versions}, accept_new_versions=False)
+    assert check_identity(before, {"versions": versions}, accept_new_versions=True)
+
+
+def test_a_missing_decoder_library_is_a_start_up_error_naming_its_package(monkeypatch):
+    import sys
+
+    from pipeline.decoders import DecoderMissing
+    from pipeline.runstate import library_versions
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av fails, as where it is not installed
+    with pytest.raises(DecoderMissing, match="pip install av"):
+        library_versions()
