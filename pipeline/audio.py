@@ -9,6 +9,12 @@ Downmixing is per frame and soxr's stream gives its one-shot resampler's samples
 path's samples are the whole-file path's wherever the decoder's are (libsndfile's decoding of MPEG-2 MP3,
 e.g. at 22.05 kHz, depends slightly on read sizes); jobs/bench_memory.py compares the codes.
 
+Each format is decoded by the library pipeline/decoders.py names for it. libsndfile's (wav, FLAC, MP3, ...) go
+as above; the formats ffmpeg decodes (pipeline/pyav_reader.py: Vorbis, Opus, AAC in MP4) always go a block at a
+time, their resampled clip held in memory up to the whole-file limits and moved to a FileWave past them, so that
+a header that lies cannot make a clip decode whole. The channels are averaged in numpy's order (`downmix`), so
+lossless formats give the samples they always have (tests/test_audio.py compares them bit for bit).
+
 With `audio.loudness_lufs` set, each clip's integrated loudness is measured as the reference tokenizer does
 (pipeline/loudness.py: the mono clip at its source rate, before resampling) and one gain brings it to the
 target. The gain is applied to the resampled samples (`apply_gain`; a FileWave multiplies it into every read),
@@ -109,11 +115,18 @@ class _Input:
     channels: int
     declared: int | None  # frames the container declares; None: no length (measured as it decodes)
     # the share of `declared` a whole file decodes to at least (an MP3's length is a header's estimate: a little
-    # off by design); None: its truncation is found from the container alone (Ogg's pages, MP4's boxes)
-    complete_share: float | None
+    # off by design); a cut file is found from its container first (pipeline/containers.py)
+    complete_share: float
     finite: bool  # its samples are stored as integers: no NaN or inf to look for
     mono_blocks: Callable[[int], Iterator[tuple[np.ndarray, bool]]]  # block frames -> (mono block, is the last)
     read_whole: Callable[[], np.ndarray] | None  # [frames, channels] at once (libsndfile); None: always streamed
+    complete_slack: int = 0  # frames a whole file may decode short of `complete_share` of `declared`
+
+
+# ffmpeg decodes past damage in the middle of a stream (a bad Ogg page, a lost MP4 chunk), giving a shorter clip
+# where libsndfile refuses the file: so its decoded length is held to the container's too. An Opus stream declares
+# its pre-skip (6.5 ms) on top, AAC in MP4 its encoder delay (up to 2112 frames at 44.1 kHz).
+PYAV_COMPLETE_SHARE, PYAV_COMPLETE_SLACK_S = 0.99, 0.05
 
 
 def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
@@ -176,7 +189,7 @@ def _opened(source: bytes | SpilledFile) -> Iterator[_Input]:
     try:
         if decoders.decoder_for(fmt) is decoders.Decoder.PYAV:
             with pyav_reader.opened(file, fmt) as f:
-                yield _pyav_input(f, fmt)
+                yield _pyav_input(f)
         else:
             with soundfile.SoundFile(file) as f:
                 yield _soundfile_input(f)
@@ -201,14 +214,14 @@ def _soundfile_input(f: soundfile.SoundFile) -> _Input:
                   mono_blocks, lambda: _read_whole(f))
 
 
-def _pyav_input(f: pyav_reader.PyavInput, fmt: decoders.Format) -> _Input:
+def _pyav_input(f: pyav_reader.PyavInput) -> _Input:
     def mono_blocks(frames: int) -> Iterator[tuple[np.ndarray, bool]]:
         for channels in f.blocks(frames):
             yield _channel_mean(channels), False  # added in order (no earlier samples to match)
         yield np.empty(0, np.float32), True  # flushes the resampler
 
-    return _Input(f.rate, f.channels, f.declared_frames, 0.99 if fmt is decoders.Format.MP3 else None, False,
-                  mono_blocks, None)
+    return _Input(f.rate, f.channels, f.declared_frames, PYAV_COMPLETE_SHARE, False, mono_blocks, None,
+                  round(PYAV_COMPLETE_SLACK_S * f.rate))
 
 
 def _read_whole(f: soundfile.SoundFile) -> np.ndarray:
@@ -278,8 +291,8 @@ def _decode_in_blocks(f: _Input, target_rate: int, quality: str, loudness_lufs: 
         if ceil_length and resampler:
             wave.append(np.zeros(max(0, ceil_resampled_size(decoded, rate, target_rate) - wave.size), np.float32),
                         decoded)
-        if declared is not None and f.complete_share is not None:
-            _require_complete(f.complete_share, declared, decoded)
+        if declared is not None:
+            _require_complete(f.complete_share, declared, decoded + f.complete_slack)
         _require_samples(decoded)
         _require_finite(non_finite)
         _require_resampled(wave.size, decoded, rate)

@@ -444,8 +444,8 @@ def with_last_page(data: bytes, granule: int | None = None, end_of_stream: bool 
 
 def test_pyav_decoded_files_keep_the_hostile_input_guarantees(monkeypatch):
     """For the formats ffmpeg decodes: a header's length over audio.max_seconds is refused before any frame is
-    decoded, and one under it that lies is caught as the file decodes; a stream with no declared length is decoded
-    in blocks and measured; files that are no audio (named .mp3 or .m4a) and a file of no samples are one record
+    decoded, and one under it that lies is caught as the file decodes; a stream damaged mid-way is no shorter clip;
+    a stream with no declared length is decoded in blocks and measured; files that are no audio (named .mp3 or .m4a) and a file of no samples are one record
     each, naming the format."""
     from pipeline import pyav_reader
     from pipeline.audio import SampleError
@@ -480,6 +480,8 @@ def test_pyav_decoded_files_keep_the_hostile_input_guarantees(monkeypatch):
                   ).startswith(("undecodable: mp4: ", "truncated: MP4"))
     assert reason(b"This is a text file, named .mp3 by mistake.\n" * 40).startswith("undecodable: other: ")
     assert reason(b"") == "empty_file: 0 bytes"
+    damaged = opus[:2000] + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)) + opus[5000:]  # pages lost mid-stream
+    assert reason(damaged).startswith(("truncated: ", "undecodable: opus: "))  # ffmpeg decodes past them: not shorter
     headers_only = with_last_page(encoded("OGG", "OPUS", seconds=0.0), end_of_stream=True)  # a whole stream, no audio
     assert reason(headers_only).startswith(("empty_audio: ", "undecodable: opus: "))
 
