@@ -321,8 +321,9 @@ def _integer_coded(f: soundfile.SoundFile) -> bool:
 
 
 def _require_complete(share: float, declared: int, decoded: int) -> None:
-    """Fewer frames decoded than `share` of what the container declared (FLAC's and MP3's headers; the others'
-    containers are checked before decoding, in _opened) is a truncated file: a silently shortened clip is data loss."""
+    """Fewer frames decoded than `share` of what the container declared (FLAC's and MP3's headers, the length
+    ffmpeg reads; cut containers are found before decoding, in _opened) is a truncated file: a silently shortened
+    clip is data loss."""
     if decoded < share * declared:
         raise SampleError("truncated", f"{decoded} of {declared} declared frames decodable")
 

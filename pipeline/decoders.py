@@ -1,8 +1,9 @@
 """Which library decodes which format: one entry per format, chosen by speed per core (jobs/bench_decode.py).
 
 A file's format is read from its first bytes, not its name. libsndfile decodes the lossless formats (the samples
-the pipeline has always given) and everything not named here; ffmpeg's decoders, in process through PyAV, decode
-the lossy ones it does faster and AAC in MP4/M4A, which libsndfile cannot read at all. Lossy decoders differ in the
+the pipeline has always given), MP3 (as fast as ffmpeg here) and everything not named here; ffmpeg's decoders, in
+process through PyAV, decode Vorbis and Opus, which they decode faster, and AAC in MP4/M4A, which libsndfile
+cannot read at all. Lossy decoders differ in the
 last bits, so each format's decoder and its library's version are part of the output's identity
 (`library_versions`): a rerun with another decoder is refused as a library upgrade is.
 """
