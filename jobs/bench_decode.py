@@ -1,17 +1,24 @@
-"""Decode + downmix + resample to 24 kHz (the pipeline's own `decode_audio`, soxr HQ): how many CPU cores keep
-one GPU fed.
+"""Decode + downmix + resample to 24 kHz (soxr HQ), per CPU core: the pipeline's own `decode_audio` against each
+candidate library at equal quality, and how many cores keep one GPU fed.
 
-    python jobs/bench_decode.py                                  # about a minute here
-    python jobs/bench_decode.py --encode-rate 25000              # the arithmetic at another encode rate
-    python jobs/bench_decode.py --gpu-bench bench_gpu.json       # at the rate `bench_gpu.py --json` measured
+    python jobs/bench_decode.py                                  # 1-2 minutes here, with the machine loaded
+    python jobs/bench_decode.py --seconds 60 --min-cpu-s 2       # longer files, steadier rates
+    python jobs/bench_decode.py --gpu-bench gpu.json             # also at the rate the GPU check measured
 
-Prints, for one --seconds file of each format (written here with soundfile: synthetic speech-like audio):
-  1. audio-s per CPU-second on one thread (x realtime per core), and over an equal-audio mix of the formats;
-  2. the mix decoded by 1..N workers as threads in one process and as processes (N: this machine's cores):
-     audio-s/s and the scaling against one worker (threads share the GIL for the numpy steps; processes pay
-     for shipping the file in and the 24 kHz audio back);
-  3. the decode cores one GPU needs at the encode rate (audio-s/s): per format, over the mix, and with the
-     thread scaling this machine measured.
+Prints, for one --seconds file of each format (synthetic speech-like audio; wav, FLAC and Vorbis written with
+soundfile, MP3, Opus and AAC with ffmpeg's encoders through PyAV):
+  1. per format, x realtime per core (audio-s per CPU-second of one thread): the pipeline; soundfile + soxr HQ and
+     PyAV + soxr HQ (each decoded, downmixed by the pipeline's downmix, resampled by the same soxr HQ: equal
+     quality); the pipeline over the faster candidate; the pipeline's own share of its time beyond decoding (its
+     decoder alone) and resampling (soxr alone); the cores one GPU needs at 10,000x and at --gpu-bench's rate;
+  2. an equal-audio mix of the formats decoded by 1..N threads of one process (N: this machine's cores): audio-s
+     per wall second, and the cores the process kept busy (its CPU time over wall time): N threads keep N cores
+     busy where N are free; on a loaded machine the wall rate shows the load;
+  3. whether decoding releases the GIL, whatever the load: the longest another Python thread waits for the GIL
+     while one call decodes or resamples, against the call's own length (libsndfile through cffi, ffmpeg's
+     decoders in PyAV and soxr run without the GIL; a C call that holds it makes the other thread wait all of it);
+  4. what that means for a 112-core node of 8 GPUs.
+CPU time, not wall time, is measured for the rates: other work on the machine slows the wall clock, not them.
 """
 
 from __future__ import annotations
@@ -22,118 +29,266 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
 
+import av
 import numpy as np
 import soundfile
+import soxr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.audio import decode_audio  # noqa: E402
+from pipeline.audio import decode_audio, downmix  # noqa: E402
+from pipeline.decoders import Decoder, decoder_for, sniff  # noqa: E402
+from pipeline.decoders import Format as Format_  # noqa: E402
 from demo.synth import synth_clip  # noqa: E402
 
-# (label, rate, channels, soundfile format, subtype): the formats issue 19 names
-FORMATS = (
-    ("16 kHz mono wav", 16000, 1, "WAV", "PCM_16"),
-    ("48 kHz stereo wav", 48000, 2, "WAV", "PCM_16"),
-    ("44.1 kHz stereo FLAC", 44100, 2, "FLAC", "PCM_16"),
-    ("44.1 kHz stereo MP3", 44100, 2, "MP3", "MPEG_LAYER_III"),
-    ("48 kHz stereo Vorbis", 48000, 2, "OGG", "VORBIS"),
-    ("48 kHz stereo Opus", 48000, 2, "OGG", "OPUS"),
-)
 DEFAULT_ENCODE_RATE = 10_000.0  # issue 19's estimate for an H100 at a third of its bf16 peak (audio-s/s)
+TARGET_RATE, QUALITY = 24000, "HQ"
+NODE_CORES, NODE_GPUS = 112, 8
 
 
-def make_files(seconds: float) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    files = []
-    for _, rate, channels, fmt, subtype in FORMATS:
-        buffer, clip = io.BytesIO(), synth_clip(rng, seconds, rate, channels)
-        with soundfile.SoundFile(buffer, "w", rate, channels, subtype, format=fmt) as f:
-            for start in range(0, len(clip), rate):  # a second at a time: libsndfile's Ogg writer crashes on long writes
-                f.write(clip[start:start + rate])
-        files.append(buffer.getvalue())
-    return files
+@dataclass(frozen=True)
+class Format:
+    label: str
+    rate: int
+    channels: int
+    writer: str  # "soundfile" or "pyav"
+    container: str  # soundfile's format or ffmpeg's muxer
+    codec: str  # soundfile's subtype or ffmpeg's encoder
+    bit_rate: int = 0
 
 
-def decode(data: bytes) -> np.ndarray:
-    return decode_audio(data, 24000, "HQ", 1e9).wave
+FORMATS = (
+    Format("wav 16 kHz mono", 16000, 1, "soundfile", "WAV", "PCM_16"),
+    Format("wav 48 kHz stereo", 48000, 2, "soundfile", "WAV", "PCM_16"),
+    Format("FLAC 44.1 kHz stereo", 44100, 2, "soundfile", "FLAC", "PCM_16"),
+    Format("MP3 44.1 kHz stereo 128k", 44100, 2, "pyav", "mp3", "libmp3lame", 128_000),
+    Format("Vorbis 48 kHz stereo", 48000, 2, "soundfile", "OGG", "VORBIS"),
+    Format("Opus 48 kHz stereo 64k", 48000, 2, "pyav", "ogg", "libopus", 64_000),
+    Format("AAC 44.1 kHz stereo 128k (M4A)", 44100, 2, "pyav", "ipod", "aac", 128_000),
+)
 
 
-def per_core_rate(data: bytes, seconds: float, min_cpu_s: float) -> float:
-    """Audio-s per CPU-second of this thread (repeated until `min_cpu_s` of CPU time)."""
-    decode(data)  # warm-up: libraries loaded, allocator primed
-    began, runs = time.thread_time(), 0
-    while runs < 2 or time.thread_time() - began < min_cpu_s:
-        decode(data)
-        runs += 1
-    return runs * seconds / (time.thread_time() - began)
+def make_file(fmt: Format, seconds: float, rng: np.random.Generator) -> bytes:
+    clip = synth_clip(rng, seconds, fmt.rate, fmt.channels)
+    buffer = io.BytesIO()
+    if fmt.writer == "soundfile":
+        with soundfile.SoundFile(buffer, "w", fmt.rate, fmt.channels, fmt.codec, format=fmt.container) as f:
+            for start in range(0, len(clip), fmt.rate):  # a second at a time: libsndfile's Ogg writer crashes on long writes
+                f.write(clip[start:start + fmt.rate])
+        return buffer.getvalue()
+    layout = "stereo" if fmt.channels == 2 else "mono"
+    with av.open(buffer, "w", format=fmt.container) as container:
+        stream = container.add_stream(fmt.codec, rate=fmt.rate, layout=layout)
+        stream.bit_rate = fmt.bit_rate
+        for start in range(0, len(clip), 4096):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(clip[start:start + 4096].T), format="fltp",
+                                               layout=layout)
+            frame.sample_rate, frame.pts = fmt.rate, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
 
 
-def pooled_rate(pool_class, workers: int, files: list[bytes], seconds: float) -> float:
-    """Audio-s/s (wall) of `workers` decoding every file of `files`, pool start-up excluded."""
-    with pool_class(max_workers=workers) as pool:
-        list(pool.map(decode, files[:workers]))  # workers started and warm
-        began = time.perf_counter()
-        for wave in pool.map(decode, files):
+# -- what is timed ---------------------------------------------------------------------------------------------
+
+
+def pipeline(data: bytes) -> np.ndarray:
+    return decode_audio(data, TARGET_RATE, QUALITY, 1e9).wave
+
+
+def soundfile_decode(data: bytes) -> tuple[np.ndarray, int]:
+    array, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return array, rate
+
+
+def pyav_decode(data: bytes) -> tuple[np.ndarray, int]:
+    """The plain way: every frame to an array, joined."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        stream.codec_context.thread_count = 1
+        frames = [frame.to_ndarray() for frame in container.decode(stream)]
+        return np.concatenate(frames, axis=1).T, stream.codec_context.sample_rate
+
+
+def pyav_decode_only(data: bytes) -> None:
+    """Decoding alone: the frames ffmpeg gives, not turned into arrays."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        stream.codec_context.thread_count = 1
+        for _ in container.decode(stream):
+            pass
+
+
+def candidate(decode: Callable[[bytes], tuple[np.ndarray, int]]) -> Callable[[bytes], np.ndarray]:
+    def run(data: bytes) -> np.ndarray:
+        array, rate = decode(data)
+        return soxr.resample(downmix(array), rate, TARGET_RATE, quality=QUALITY)
+    return run
+
+
+def per_core_rates(runs: dict[str, Callable], data, seconds: float, min_cpu_s: float) -> dict[str, float]:
+    """Audio-s per CPU-second of this thread for each of `runs` on `data`: taken in turn (so that a change in the
+    machine's load falls on all of them) until each has had `min_cpu_s` of CPU time and 3 runs; each one's fastest
+    run counts (other work on the machine only ever slows a run: contention for caches and memory)."""
+    times = {name: [] for name in runs}
+    for run in runs.values():
+        run(data)  # warm-up: libraries loaded, allocator primed
+    while any(len(t) < 3 or sum(t) < min_cpu_s for t in times.values()):
+        for name, run in runs.items():
+            began = time.thread_time()
+            run(data)
+            times[name].append(time.thread_time() - began)
+    return {name: seconds / min(t) for name, t in times.items()}
+
+
+def own_share(data: bytes, seconds: float, min_cpu_s: float) -> float:
+    """The pipeline's share of its time beyond its decoder alone and soxr alone (on the mono clip at the source
+    rate)."""
+    by_soundfile = decoder_for(sniff(data[:64])) is Decoder.SOUNDFILE
+    array, rate = soundfile_decode(data) if by_soundfile else pyav_decode(data)
+    mono = np.ascontiguousarray(downmix(array))
+    rates = per_core_rates({"pipeline": pipeline, "decode": soundfile_decode if by_soundfile else pyav_decode_only},
+                           data, seconds, min_cpu_s)
+    resample = per_core_rates({"soxr": lambda m: soxr.resample(m, rate, TARGET_RATE, quality=QUALITY)}, mono, seconds,
+                              min_cpu_s)["soxr"] if rate != TARGET_RATE else float("inf")
+    return 1 - (1 / rates["decode"] + 1 / resample) / (1 / rates["pipeline"])
+
+
+def threaded(workers: int, files: list[bytes], seconds: float) -> tuple[float, float]:
+    """Audio-s per wall second of `workers` threads decoding `files`, and the cores the process kept busy."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(pipeline, files[:workers]))  # threads started and warm
+        wall, cpu = time.perf_counter(), time.process_time()
+        for wave in pool.map(pipeline, files):
             del wave
-        return len(files) * seconds / (time.perf_counter() - began)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return len(files) * seconds / wall, cpu / wall
 
 
-def encode_rate_of(args) -> tuple[float, str]:
-    if args.gpu_bench:
-        with open(args.gpu_bench) as f:
-            measured = json.load(f)
-        label = "float32" if "float32" in measured["best_audio_s_per_s"] else next(iter(measured["best_audio_s_per_s"]))
-        return measured["best_audio_s_per_s"][label], f"bench_gpu's best {label} rate on {measured['device']}"
-    source = "issue 19's estimate" if args.encode_rate == DEFAULT_ENCODE_RATE else "--encode-rate"
-    return args.encode_rate, source
+def longest_gil_wait(run: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
+    """The longest a Python thread (waking every 0.5 ms) waited for the GIL while this thread ran `run`, and
+    `run`'s own longest wall time: a call that holds the GIL makes the other thread wait all of it, one that
+    releases it does not. Other work on the machine delays a wake-up too, but by the scheduler's slices, not by
+    a whole call."""
+    import threading
+
+    stop, gaps = threading.Event(), [0.0]
+
+    def ticker():
+        while not stop.is_set():
+            began = time.perf_counter()
+            time.sleep(0.0005)
+            gaps[0] = max(gaps[0], time.perf_counter() - began)
+
+    thread = threading.Thread(target=ticker)
+    run()
+    thread.start()
+    time.sleep(0.01)
+    gaps[0], longest = 0.0, 0.0
+    for _ in range(repeats):
+        began = time.perf_counter()
+        run()
+        longest = max(longest, time.perf_counter() - began)
+    stop.set()
+    thread.join()
+    return gaps[0], longest
+
+
+def gpu_rate(path: str) -> tuple[float, str]:
+    """The float32 encode rate (audio-s/s) in a GPU check's JSON: jobs/gpu_check's `best_float32_audio_s_per_s`,
+    or bench_gpu.py --json's `best_audio_s_per_s` {dtype: rate}."""
+    with open(path) as f:
+        measured = json.load(f)
+    device = measured.get("device", "the GPU")
+    for key, value in measured.items():
+        if "float32" in key and key.endswith("audio_s_per_s") and isinstance(value, (int, float)):
+            return float(value), f"{key} on {device}"
+    best = measured.get("best_audio_s_per_s")
+    if isinstance(best, dict) and best:
+        label = "float32" if "float32" in best else next(iter(best))
+        return float(best[label]), f"best {label} rate on {device}"
+    raise SystemExit(f"{path}: no float32 audio-s/s rate (best_float32_audio_s_per_s or best_audio_s_per_s)")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of each format's file")
-    parser.add_argument("--min-cpu-s", type=float, default=2.0, help="CPU time per format for the per-core rate")
-    parser.add_argument("--mix-rounds", type=int, default=4, help="times the mix of formats is decoded per pool size")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each format's file")
+    parser.add_argument("--min-cpu-s", type=float, default=0.4, help="CPU time per measurement")
+    parser.add_argument("--mix-rounds", type=int, default=2, help="times the mix of formats is decoded per thread count")
     parser.add_argument("--encode-rate", type=float, default=DEFAULT_ENCODE_RATE, help="one GPU's encode audio-s/s")
-    parser.add_argument("--gpu-bench", help="JSON written by jobs/bench_gpu.py --json: its measured rate is used")
+    parser.add_argument("--gpu-bench", help="a GPU check's JSON (jobs/gpu_check, jobs/bench_gpu.py --json): its "
+                                            "float32 rate is used too")
     args = parser.parse_args()
 
     began = time.perf_counter()
-    files = make_files(args.seconds)
+    rng = np.random.default_rng(0)
+    files = [make_file(fmt, args.seconds, rng) for fmt in FORMATS]
     cores = os.cpu_count() or 1
-    print(f"decode + downmix + resample to 24 kHz (pipeline.audio.decode_audio, soxr HQ), {args.seconds:g} s files; "
-          f"{cores} CPU cores here")
-    print("\n| format | file | x realtime per core (one thread, CPU time) |")
-    print("| --- | --- | --- |")
+    gpu = gpu_rate(args.gpu_bench) if args.gpu_bench else None
+    print(f"decode + downmix + resample to 24 kHz (soxr HQ), {args.seconds:g} s files, x realtime per core (one "
+          f"thread, CPU time); {cores} CPU cores here, load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"soundfile {soundfile.__version__} (libsndfile {soundfile.__libsndfile_version__}), av {av.__version__} "
+          f"(FFmpeg {av.ffmpeg_version_info}), soxr {soxr.__version__}\n")
+    gpu_column = f" | cores per GPU at {gpu[0]:,.0f}x" if gpu else ""
+    print(f"| format | pipeline (decoder) | soundfile + soxr | PyAV + soxr | pipeline / faster | pipeline's own share "
+          f"| cores per GPU at {args.encode_rate:,.0f}x{gpu_column} |")
+    print("| --- " * (7 + bool(gpu)) + "|")
     rates = []
-    for (label, *_), data in zip(FORMATS, files):
-        rates.append(per_core_rate(data, args.seconds, args.min_cpu_s))
-        print(f"| {label} | {len(data) / 1e6:.2f} MB | {rates[-1]:,.0f}x |")
+    for fmt, data in zip(FORMATS, files):
+        runs = {"pipeline": pipeline, "pyav": candidate(pyav_decode), "soundfile": candidate(soundfile_decode)}
+        if sniff(data[:64]) is Format_.MP4:
+            del runs["soundfile"]  # libsndfile cannot read AAC in MP4
+        measured = per_core_rates(runs, data, args.seconds, args.min_cpu_s)
+        rate, by_pyav, by_soundfile = measured["pipeline"], measured["pyav"], measured.get("soundfile")
+        share = own_share(data, args.seconds, args.min_cpu_s)
+        rates.append(rate)
+        faster = max(r for r in (by_soundfile, by_pyav) if r is not None)
+        gpu_cell = f" | {gpu[0] / rate:.1f}" if gpu else ""
+        print(f"| {fmt.label} | {rate:,.0f}x ({decoder_for(sniff(data[:64])).value}) | "
+              f"{f'{by_soundfile:,.0f}x' if by_soundfile else 'cannot read it'} | {by_pyav:,.0f}x | "
+              f"{rate / faster:.2f} | {share:.0%} | {args.encode_rate / rate:.1f}{gpu_cell} |")
     mix = len(rates) / sum(1 / r for r in rates)  # equal audio of each format
-    print(f"| equal-audio mix | | {mix:,.0f}x |")
+    gpu_cell = f" | {gpu[0] / mix:.1f}" if gpu else ""
+    print(f"| equal-audio mix | {mix:,.0f}x | | | | | {args.encode_rate / mix:.1f}{gpu_cell} |")
 
     mixed = files * args.mix_rounds
-    audio = args.seconds
-    print(f"\n| workers | threads: audio-s/s (x one thread) | processes: audio-s/s (x one process) |")
+    print(f"\n| threads | audio-s per wall s (x one thread) | cores kept busy (CPU s / wall s) |")
     print("| --- | --- | --- |")
     scaling = {}
     for workers in range(1, cores + 1):
-        threads = pooled_rate(ThreadPoolExecutor, workers, mixed, audio)
-        processes = pooled_rate(ProcessPoolExecutor, workers, mixed, audio)
-        scaling[workers] = (threads, processes)
-        t1, p1 = scaling[1]
-        print(f"| {workers} | {threads:,.0f} ({threads / t1:.2f}x) | {processes:,.0f} ({processes / p1:.2f}x) |")
+        scaling[workers] = threaded(workers, mixed, args.seconds)
+        rate, busy = scaling[workers]
+        print(f"| {workers} | {rate:,.0f} ({rate / scaling[1][0]:.2f}x) | {busy:.2f} |")
+    print("\n| one call, in one thread | its longest wall time | another Python thread's longest wait for the GIL |")
+    print("| --- | --- | --- |")
+    flac, opus = files[2], files[5]
+    array, rate = soundfile_decode(flac)
+    mono = np.ascontiguousarray(downmix(array))
+    numbers = list(range(3_000_000, 0, -1))
+    for label, run in (("soundfile.read, FLAC", lambda: soundfile_decode(flac)),
+                       ("PyAV decode, Opus", lambda: pyav_decode_only(opus)),
+                       ("soxr.resample HQ, 44.1 -> 24 kHz", lambda: soxr.resample(mono, rate, TARGET_RATE, quality=QUALITY)),
+                       ("the pipeline, FLAC", lambda: pipeline(flac)), ("the pipeline, Opus", lambda: pipeline(opus)),
+                       ("control: sorted() of 3M ints (holds the GIL)", lambda: sorted(numbers))):
+        wait, longest = longest_gil_wait(run)
+        print(f"| {label} | {longest * 1e3:.0f} ms | {wait * 1e3:.1f} ms |")
+    load = os.getloadavg()[0]
+    per_thread = scaling[cores][1] / cores  # the share of each thread's time it ran, GIL and load together
+    print(f"\nload average {load:.1f} on {cores} cores at the end (other work shares them)")
 
-    encode_rate, source = encode_rate_of(args)
-    threads_eff = scaling[cores][0] / (cores * scaling[1][0])
-    processes_eff = scaling[cores][1] / (cores * scaling[1][1])
-    print(f"\ndecode cores per GPU at {encode_rate:,.0f} audio-s/s ({source}):")
-    for (label, *_), rate in zip(FORMATS, rates):
-        print(f"  {label}: {encode_rate / rate:.0f}")
-    print(f"  equal-audio mix: {encode_rate / mix:.0f} at the one-thread rate; with the scaling measured here at "
-          f"{cores} workers ({threads_eff:.0%} per thread, {processes_eff:.0%} per process): "
-          f"{encode_rate / (mix * threads_eff):.0f} as threads, {encode_rate / (mix * processes_eff):.0f} as processes")
+    encode_rate = gpu[0] if gpu else args.encode_rate
+    source = gpu[1] if gpu else ("issue 19's estimate" if args.encode_rate == DEFAULT_ENCODE_RATE else "--encode-rate")
+    per_gpu = encode_rate / mix
+    print(f"On paper, a {NODE_CORES}-core node of {NODE_GPUS} GPUs at {encode_rate:,.0f} audio-s/s per GPU ({source}): "
+          f"the mix needs {per_gpu:.1f} decode cores per GPU at the one-thread rate, {NODE_GPUS * per_gpu:.0f} of "
+          f"{NODE_CORES} cores for all {NODE_GPUS} (threads scale with free cores: {cores} threads here kept "
+          f"{scaling[cores][1]:.2f} cores busy, {per_thread:.0%} of each)")
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
 
 

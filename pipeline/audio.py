@@ -9,6 +9,12 @@ Downmixing is per frame and soxr's stream gives its one-shot resampler's samples
 path's samples are the whole-file path's wherever the decoder's are (libsndfile's decoding of MPEG-2 MP3,
 e.g. at 22.05 kHz, depends slightly on read sizes); jobs/bench_memory.py compares the codes.
 
+Each format is decoded by the library pipeline/decoders.py names for it. libsndfile's (wav, FLAC, MP3, ...) go
+as above; the formats ffmpeg decodes (pipeline/pyav_reader.py: Vorbis, Opus, AAC in MP4) always go a block at a
+time, their resampled clip held in memory up to the whole-file limits and moved to a FileWave past them, so that
+a header that lies cannot make a clip decode whole. The channels are averaged in numpy's order (`downmix`), so
+lossless formats give the samples they always have (tests/test_audio.py compares them bit for bit).
+
 With `audio.loudness_lufs` set, each clip's integrated loudness is measured as the reference tokenizer does
 (pipeline/loudness.py: the mono clip at its source rate, before resampling) and one gain brings it to the
 target. The gain is applied to the resampled samples (`apply_gain`; a FileWave multiplies it into every read),
@@ -24,7 +30,7 @@ import math
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import soundfile
@@ -32,10 +38,10 @@ import soxr
 
 from codec import FileWave
 
-from . import containers
+from . import containers, decoders, pyav_reader
 from .loudness import LoudnessMeter, Normalisation, apply_gain, normalisation
 
-AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "oga", "aiff", "aif", "au", "sph", "w64", "caf")
+AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "oga", "m4a", "mp4", "aiff", "aif", "au", "sph", "w64", "caf")
 
 BLOCK_S = 10.0  # decoded and resampled at a time, for clips over BLOCKED_ABOVE_S
 BLOCKED_ABOVE_S = 120.0
@@ -98,7 +104,29 @@ class Audio:
     loudness: Normalisation | None = None  # what audio.loudness_lufs did to the clip (None: off)
 
 
-_DECODER_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError)
+_DECODER_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, *pyav_reader.ERRORS)
+
+
+@dataclass
+class _Input:
+    """A file opened by the library that decodes its format (pipeline/decoders.py)."""
+
+    rate: int
+    channels: int
+    declared: int | None  # frames the container declares; None: no length (measured as it decodes)
+    # the share of `declared` a whole file decodes to at least (an MP3's length is a header's estimate: a little
+    # off by design); a cut file is found from its container first (pipeline/containers.py)
+    complete_share: float
+    finite: bool  # its samples are stored as integers: no NaN or inf to look for
+    mono_blocks: Callable[[int], Iterator[tuple[np.ndarray, bool]]]  # block frames -> (mono block, is the last)
+    read_whole: Callable[[], np.ndarray] | None  # [frames, channels] at once (libsndfile); None: always streamed
+    complete_slack: int = 0  # frames a whole file may decode short of `complete_share` of `declared`
+
+
+# ffmpeg decodes past damage in the middle of a stream (a bad Ogg page, a lost MP4 chunk), giving a shorter clip
+# where libsndfile refuses the file: so its decoded length is held to the container's too. An Opus stream declares
+# its pre-skip (6.5 ms) on top, AAC in MP4 its encoder delay (up to 2112 frames at 44.1 kHz).
+PYAV_COMPLETE_SHARE, PYAV_COMPLETE_SLACK_S = 0.99, 0.05
 
 
 def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
@@ -108,7 +136,9 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
 
     A file declaring more than `max_seconds` is refused from its header, before any sample is decoded;
     one longer than `blocked_above_s` (None: BLOCKED_ABOVE_S), holding more samples than that long a 48 kHz
-    stereo clip, or whose container declares no length, is decoded in blocks into a FileWave.
+    stereo clip, or whose container declares no length, is decoded in blocks into a FileWave. A format ffmpeg
+    decodes (pipeline/decoders.py) is always decoded a block at a time, its resampled clip kept in memory until
+    it passes those limits and in a FileWave from there.
     `loudness_lufs`: normalise the clip's integrated loudness to this target (None: leave it).
     `ceil_length`: a resampled clip holds ceil(frames x target_rate / rate) samples, zero-padded, as
     librosa.resample's `fix_length` gives them (the authors' preprocessing, `codec.convention=authors`);
@@ -118,87 +148,161 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
         array, rate = source
         return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs, ceil_length)
     with _opened(source) as f:
-        unknown = f.frames == UNKNOWN_FRAMES
-        if f.samplerate > 0 and not unknown:
-            _require_within(f.frames / f.samplerate, max_seconds, " (the header's length; not decoded)")
-        if (unknown or f.frames > blocked_above_s * f.samplerate
-                or f.frames * f.channels > blocked_above_s * WHOLE_SAMPLES_PER_S):
+        rate, declared = f.rate, f.declared
+        if rate > 0 and declared is not None:
+            _require_within(declared / rate, max_seconds, " (the header's length; not decoded)")
+        in_memory = _whole_frames(blocked_above_s, rate, f.channels)
+        if f.read_whole is None:
+            return _decode_in_blocks(f, target_rate, quality, loudness_lufs, max_seconds, ceil_length, in_memory)
+        if declared is None or declared > in_memory:
             return _decode_in_blocks(f, target_rate, quality, loudness_lufs, max_seconds, ceil_length)
-        array, rate = _read_whole(f), f.samplerate
-    return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs, ceil_length)
+        array = f.read_whole()
+    return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs, ceil_length, f.finite)
+
+
+def _whole_frames(blocked_above_s: float, rate: int, channels: int) -> float:
+    """The most frames a clip may hold to be decoded whole (see WHOLE_SAMPLES_PER_S)."""
+    return min(blocked_above_s * rate, blocked_above_s * WHOLE_SAMPLES_PER_S / max(1, channels))
 
 
 def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
     """[frames, channels] float32 and the sample rate, for anything libsndfile reads (the whole file)."""
-    with _opened(data) as f:
+    with soundfile.SoundFile(io.BytesIO(data)) as f:
         return _read_whole(f), f.samplerate
 
 
 @contextlib.contextmanager
-def _opened(source: bytes | SpilledFile) -> Iterator[soundfile.SoundFile]:
-    """The file open for reading; what libsndfile cannot read is `undecodable`, a file holding less than its
-    container declares `truncated` (pipeline/containers.py)."""
+def _opened(source: bytes | SpilledFile) -> Iterator[_Input]:
+    """The file open for reading by its format's decoder; what it cannot read is `undecodable` (naming the
+    format), a file holding less than its container declares `truncated` (pipeline/containers.py)."""
     if isinstance(source, (bytes, bytearray)) and not source:
         raise SampleError("empty_file", "0 bytes")
     if isinstance(source, SpilledFile):
-        cut = containers.truncation(*containers.head_and_tail(fd=source.file.fileno(), size=source.size))
+        head, tail, size = containers.head_and_tail(fd=source.file.fileno(), size=source.size)
     else:
-        cut = containers.truncation(*containers.head_and_tail(source))
+        head, tail, size = containers.head_and_tail(source)
+    cut = containers.truncation(head, tail, size)
     if cut:
         raise SampleError("truncated", cut)
+    fmt = decoders.sniff(head)
+    file = source.file if isinstance(source, SpilledFile) else io.BytesIO(source)
     try:
-        with soundfile.SoundFile(source.file if isinstance(source, SpilledFile) else io.BytesIO(source)) as f:
-            yield f
+        if decoders.decoder_for(fmt) is decoders.Decoder.PYAV:
+            with pyav_reader.opened(file, fmt) as f:
+                yield _pyav_input(f)
+        else:
+            with soundfile.SoundFile(file) as f:
+                yield _soundfile_input(f)
     except _DECODER_ERRORS as error:
-        raise SampleError("undecodable", str(error).splitlines()[0][:200]) from None
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SampleError("undecodable", f"{fmt.value}: {detail}"[:200]) from None
+
+
+def _soundfile_input(f: soundfile.SoundFile) -> _Input:
+    unknown = f.frames == UNKNOWN_FRAMES
+
+    def mono_blocks(frames: int) -> Iterator[tuple[np.ndarray, bool]]:
+        while True:
+            # read(), not blocks(): a short read (the end, or a truncated file) must show as one
+            block = _read_block(f, frames, unknown)
+            last = len(block) < frames
+            yield downmix(block), last
+            if last:
+                return
+
+    return _Input(f.samplerate, f.channels, None if unknown else f.frames, _complete_share(f), _integer_coded(f),
+                  mono_blocks, lambda: _read_whole(f))
+
+
+def _pyav_input(f: pyav_reader.PyavInput) -> _Input:
+    def mono_blocks(frames: int) -> Iterator[tuple[np.ndarray, bool]]:
+        for channels in f.blocks(frames):
+            yield _channel_mean(channels), False  # added in order (no earlier samples to match)
+        yield np.empty(0, np.float32), True  # flushes the resampler
+
+    return _Input(f.rate, f.channels, f.declared_frames, PYAV_COMPLETE_SHARE, False, mono_blocks, None,
+                  round(PYAV_COMPLETE_SLACK_S * f.rate))
 
 
 def _read_whole(f: soundfile.SoundFile) -> np.ndarray:
     declared = f.frames
     array = f.read(dtype="float32", always_2d=True)
-    _require_complete(f, declared, len(array))
+    _require_complete(_complete_share(f), declared, len(array))
     return array
 
 
-def _decode_in_blocks(f: soundfile.SoundFile, target_rate: int, quality: str, loudness_lufs: float | None,
-                      max_seconds: float = math.inf, ceil_length: bool = False) -> Audio:
-    """Decode, downmix and resample BLOCK_S (at most BLOCK_MAX_BYTES) at a time into a FileWave, in a block's
-    memory; with a loudness target, the loudness is measured block by block and the gain is the FileWave's,
-    applied as it is read. A clip found longer than `max_seconds` as it decodes is `too_long`."""
-    rate, declared = f.samplerate, f.frames
+def _complete_share(f: soundfile.SoundFile) -> float:
+    # an MP3's length is its Xing/LAME header's or an estimate from the bit rate: a little off by design
+    return 0.99 if f.format == "MP3" else 1.0
+
+
+class _Resampled:
+    """A clip's resampled samples as they come: in memory up to `in_memory` source frames, then in a FileWave."""
+
+    def __init__(self, in_memory: float):
+        self.in_memory, self.chunks, self.file, self.size = in_memory, [], None, 0
+
+    def append(self, samples: np.ndarray, decoded: int) -> None:
+        if self.file is None and decoded > self.in_memory:
+            self.file = FileWave()
+            for chunk in self.chunks:
+                self.file.append(chunk)
+            self.chunks = []
+        if self.file is not None:
+            self.file.append(samples)
+        else:
+            self.chunks.append(samples)
+        self.size += len(samples)
+
+    def finish(self, gain: float | None) -> np.ndarray | FileWave:
+        if self.file is not None:
+            self.file.gain = 1.0 if gain is None else gain
+            return self.file
+        mono = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+        return mono if gain is None else apply_gain(mono, gain)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _decode_in_blocks(f: _Input, target_rate: int, quality: str, loudness_lufs: float | None,
+                      max_seconds: float = math.inf, ceil_length: bool = False, in_memory: float = -1) -> Audio:
+    """Decode, downmix and resample BLOCK_S (at most BLOCK_MAX_BYTES) at a time, in a block's memory, into a FileWave
+    (once more than `in_memory` frames are decoded; before that, in memory); with a loudness target, the loudness is
+    measured block by block and the gain is the FileWave's, applied as it is read. A clip found longer than
+    `max_seconds` as it decodes is `too_long`."""
+    rate, declared = f.rate, f.declared
     block = max(1, min(round(BLOCK_S * rate), BLOCK_MAX_BYTES // (4 * f.channels)))
     resampler = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality=quality) if rate != target_rate else None
     meter = LoudnessMeter(rate) if loudness_lufs is not None else None
-    wave, decoded, non_finite, peak, loudness = FileWave(), 0, 0, 0.0, None
+    wave, decoded, non_finite, peak, loudness = _Resampled(in_memory), 0, 0, 0.0, None
     try:
-        while True:
-            # read(), not blocks(): a short read (the end, or a truncated file) must show as one
-            mono = _read_block(f, block, declared == UNKNOWN_FRAMES).mean(axis=1, dtype=np.float32)
+        for mono, last in f.mono_blocks(block):
             decoded += len(mono)
             _require_within(decoded / rate, max_seconds, " (found while decoding" +
-                            (": its header declares no length)" if declared == UNKNOWN_FRAMES else ")"))
-            non_finite += _non_finite_count(mono)
-            last = len(mono) < block
+                            (": its header declares no length)" if declared is None else ")"))
+            non_finite += 0 if f.finite else _non_finite_count(mono)
             if meter is not None:
                 meter.add(mono)
             resampled = resampler.resample_chunk(mono, last=last) if resampler else mono
             peak = max(peak, _peak(resampled)) if meter is not None else peak
-            wave.append(resampled)
-            if last:
-                break
+            wave.append(resampled, decoded)
         if ceil_length and resampler:
-            wave.append(np.zeros(max(0, ceil_resampled_size(decoded, rate, target_rate) - wave.size), np.float32))
-        _require_complete(f, declared, decoded)
+            wave.append(np.zeros(max(0, ceil_resampled_size(decoded, rate, target_rate) - wave.size), np.float32),
+                        decoded)
+        if declared is not None:
+            _require_complete(f.complete_share, declared, decoded + f.complete_slack)
         _require_samples(decoded)
         _require_finite(non_finite)
         _require_resampled(wave.size, decoded, rate)
         if meter is not None:
             loudness = normalisation(meter.integrated(), loudness_lufs, peak)
-            wave.gain = loudness.gain
+        result = wave.finish(loudness.gain if loudness is not None else None)
     except BaseException:
         wave.close()
         raise
-    return Audio(wave, int(rate), int(f.channels), decoded / rate, loudness)
+    return Audio(result, int(rate), int(f.channels), decoded / rate, loudness)
 
 
 def _read_block(f: soundfile.SoundFile, frames: int, unknown_length: bool) -> np.ndarray:
@@ -211,13 +315,16 @@ def _read_block(f: soundfile.SoundFile, frames: int, unknown_length: bool) -> np
     return out[:got]
 
 
-def _require_complete(f: soundfile.SoundFile, declared: int, decoded: int) -> None:
-    """Fewer frames decoded than the container declared (FLAC's and MP3's headers; the others' containers are
-    checked before decoding, in _opened) is a truncated file: a silently shortened clip is data loss."""
-    if declared == UNKNOWN_FRAMES:
-        return
-    # an MP3's length is its Xing/LAME header's or an estimate from the bit rate: a little off by design
-    if decoded < (0.99 if f.format == "MP3" else 1.0) * declared:
+def _integer_coded(f: soundfile.SoundFile) -> bool:
+    """Samples stored as integers (PCM, A-law, mu-law; FLAC's are PCM too) decode to finite floats: not checked."""
+    return f.subtype.startswith(("PCM_", "ALAW", "ULAW"))
+
+
+def _require_complete(share: float, declared: int, decoded: int) -> None:
+    """Fewer frames decoded than `share` of what the container declared (FLAC's and MP3's headers, the length
+    ffmpeg reads; cut containers are found before decoding, in _opened) is a truncated file: a silently shortened
+    clip is data loss."""
+    if decoded < share * declared:
         raise SampleError("truncated", f"{decoded} of {declared} declared frames decodable")
 
 
@@ -229,6 +336,31 @@ def _require_samples(frames: int) -> None:
 def _require_within(seconds: float, max_seconds: float, how: str = "") -> None:
     if seconds > max_seconds:
         raise SampleError("too_long", f"{seconds:.0f} s > audio.max_seconds={max_seconds:.0f}{how}")
+
+
+# numpy sums up to this many channels of a row one after another (more: pairwise), so adding columns in order
+# below it gives its mean's bits
+_SEQUENTIAL_CHANNELS = 8
+
+
+def downmix(frames: np.ndarray) -> np.ndarray:
+    """[frames, channels] float32 -> their channel mean, float32: the bits of `frames.mean(axis=1, dtype=float32)`
+    at a fraction of its cost (numpy reduces a short inner axis slowly: on 48 kHz stereo, slower than libsndfile
+    decodes it)."""
+    if frames.shape[1] >= _SEQUENTIAL_CHANNELS:
+        return frames.mean(axis=1, dtype=np.float32)
+    return _channel_mean([frames[:, channel] for channel in range(frames.shape[1])])
+
+
+def _channel_mean(channels: list[np.ndarray]) -> np.ndarray:
+    """The mean of float32 channels, added in order."""
+    if len(channels) == 1:
+        return channels[0]
+    mono = np.add(channels[0], channels[1])
+    for channel in channels[2:]:
+        np.add(mono, channel, out=mono)
+    mono /= np.float32(len(channels))
+    return mono
 
 
 def _non_finite_count(mono: np.ndarray) -> int:
@@ -255,8 +387,9 @@ def ceil_resampled_size(frames: int, rate: int, target_rate: int) -> int:
 
 
 def to_model_audio(array: np.ndarray, rate: int, target_rate: int, quality: str, max_seconds: float,
-                   loudness_lufs: float | None = None, ceil_length: bool = False) -> Audio:
-    """Downmix, validate, resample and (with a loudness target) normalise one decoded clip."""
+                   loudness_lufs: float | None = None, ceil_length: bool = False, finite: bool = False) -> Audio:
+    """Downmix, validate, resample and (with a loudness target) normalise one decoded clip. `finite`: the
+    samples are known to be finite (decoded from integers), so they are not checked."""
     array = np.asarray(array)
     if array.ndim == 1:
         array = array[:, None]
@@ -268,8 +401,9 @@ def to_model_audio(array: np.ndarray, rate: int, target_rate: int, quality: str,
         raise SampleError("bad_sample_rate", str(rate))
     duration = frames / rate
     _require_within(duration, max_seconds)
-    mono = array.astype(np.float32, copy=False).mean(axis=1, dtype=np.float32)
-    _require_finite(_non_finite_count(mono))
+    mono = downmix(array.astype(np.float32, copy=False))
+    if not finite:
+        _require_finite(_non_finite_count(mono))
     measured = None
     if loudness_lufs is not None:
         meter = LoudnessMeter(rate)

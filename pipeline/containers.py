@@ -5,9 +5,10 @@ AU and NIST it shrinks the length to the bytes present, and an Ogg file (Vorbis,
 its last page. So the declared length is read here from the header (the data chunk's size against the bytes
 after it), and an Ogg stream must end on a whole page carrying the end-of-stream flag. MAT4 and MAT5 (a
 samplerate matrix, then the wave's), VOC (sized blocks), WVE and MPC2K (a frame count in the header) are read
-the same way. FLAC and MP3 declare their length where libsndfile reads it (`frames`), and pipeline/audio.py
-compares the decoded length with it. Containers whose header declares no length (IRCAM, PAF, PVF, raw) are
-decoded and measured, as is a data chunk that does not start within the first HEAD_BYTES.
+the same way, and MP4/M4A's top-level boxes must each fit in the file. FLAC and MP3 declare their length where
+their decoder reads it, and pipeline/audio.py compares the decoded length with it. Containers whose header
+declares no length (IRCAM, PAF, PVF, raw) are decoded and measured, as is a data chunk that does not start within
+the first HEAD_BYTES.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def truncation(head: bytes, tail: bytes, size: int) -> str:
         return _nist(head, size)
     if head[:4] == b"OggS":
         return _ogg(tail)
+    if head[4:8] == b"ftyp":
+        return _mp4(head, tail, size)
     if head[:10] == b"MATLAB 5.0":
         return _mat5(head, size)
     if head[:20] == b"Creative Voice File\x1a":
@@ -158,6 +161,28 @@ def _ogg_page_end(data: bytes, at: int) -> int | None:
     lacing = data[at + 27:at + 27 + segments]
     end = at + 27 + segments + sum(lacing)
     return end if len(lacing) == segments and end <= len(data) else None
+
+
+def _mp4(head: bytes, tail: bytes, size: int) -> str:
+    """ISO base media (MP4, M4A): the top-level boxes (ftyp, moov, mdat, ...: a 4-byte big-endian size, the type;
+    size 1: a 64-bit size follows the type; 0: to the end of the file) must fit in the file, a cut one declaring
+    more bytes than are left. Each box's header is read where it lies in the head or the tail; one in between
+    ends the walk (what follows it is the decoder's to judge: a file cut just after a box has lost its moov or
+    mdat, and ffmpeg cannot read it)."""
+    tail_at, pos = size - len(tail), 0
+    while pos + 8 <= size:
+        header = head[pos:pos + 16] if pos < len(head) else tail[pos - tail_at:pos - tail_at + 16] if pos >= tail_at else b""
+        if len(header) < 8:
+            return ""
+        declared = int.from_bytes(header[:4], "big")
+        if declared == 1 and len(header) == 16:
+            declared = int.from_bytes(header[8:16], "big")
+        if declared < 8:  # 0: the last box, to the end of the file; others: not a box, the decoder's to refuse
+            return ""
+        if pos + declared > size:
+            return _missing(f"MP4 {header[4:8].decode('latin-1')} box", declared, size - pos)
+        pos += declared
+    return ""
 
 
 _MAT5_MATRIX = 14  # miMATRIX: an element holding elements

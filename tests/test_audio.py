@@ -138,3 +138,56 @@ def test_large_members_are_spilled_decoded_from_disk_and_closed(tmp_path, spilli
     del first
     gc.collect()
     assert open_files() == before
+
+
+def todays_decode(data: bytes) -> np.ndarray:
+    """The pipeline's arithmetic before the downmix was rewritten: libsndfile's float32, numpy's channel mean,
+    soxr HQ at 24 kHz."""
+    import soxr
+
+    array, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return soxr.resample(array.mean(axis=1, dtype=np.float32), rate, 24000, quality="HQ")
+
+
+# lossless formats at channel counts numpy averages one after another (up to 7) and pairwise (8 and more); 24-bit
+# and float samples, independent per channel, so that the order of the sum shows in the last bit
+LOSSLESS = {"wav_16k_mono": ("WAV", "PCM_16", 16000, 1), "wav_48k_stereo": ("WAV", "PCM_16", 48000, 2),
+            "flac_44k_stereo_24bit": ("FLAC", "PCM_24", 44100, 2), "flac_48k_6ch_24bit": ("FLAC", "PCM_24", 48000, 6),
+            "wav_48k_8ch_float": ("WAV", "FLOAT", 48000, 8)}
+
+
+@pytest.mark.parametrize("name", LOSSLESS)
+def test_lossless_formats_decode_to_the_same_samples_as_before_bit_for_bit(name):
+    fmt, subtype, rate, channels = LOSSLESS[name]
+    rng = np.random.default_rng(7)
+    clip = np.concatenate([synth_clip(rng, 1.5 * BLOCK_S, rate) for _ in range(channels)], axis=1)
+    clip = np.clip(2 * clip + rng.uniform(-0.1, 0.1, clip.shape), -1, 1).astype(np.float32)  # loud: sums round
+    buffer = io.BytesIO()
+    soundfile.write(buffer, clip, rate, format=fmt, subtype=subtype)
+    data = buffer.getvalue()
+    expected = todays_decode(data).view(np.int32)
+    for source, path in ((data, WHOLE), (spilled(data), BLOCKED)):
+        np.testing.assert_array_equal(np.asarray(decode(source, path).wave[:]).view(np.int32), expected, err_msg=path)
+
+
+def test_each_formats_decoder_is_in_the_identity_and_an_output_without_it_is_refused_as_a_library_upgrade():
+    from pipeline.runstate import IdentityChanged, library_versions
+    from pipeline.runstate.identity import check_identity
+
+    versions = library_versions()
+    assert versions["decoders"]["opus"].startswith("av ") and versions["decoders"]["flac"].startswith("soundfile ")
+    before = {"versions": {k: v for k, v in versions.items() if k != "decoders"}}  # written before decoders were chosen
+    with pytest.raises(IdentityChanged, match=r"versions\.decoders\.opus: None -> 'av .*output\.accept_new_versions=true"):
+        check_identity(before, {"versions": versions}, accept_new_versions=False)
+    assert check_identity(before, {"versions": versions}, accept_new_versions=True)
+
+
+def test_a_missing_decoder_library_is_a_start_up_error_naming_its_package(monkeypatch):
+    import sys
+
+    from pipeline.decoders import DecoderMissing
+    from pipeline.runstate import library_versions
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av fails, as where it is not installed
+    with pytest.raises(DecoderMissing, match="pip install av"):
+        library_versions()

@@ -8,6 +8,7 @@ import gzip
 import io
 import os
 import tarfile
+import tempfile
 import tracemalloc
 
 import numpy as np
@@ -364,15 +365,144 @@ def test_flac_whose_header_declares_no_length_is_decoded_and_measured_not_too_lo
     assert error.value.reason == "too_long" and "while decoding" in error.value.detail
 
 
-def test_small_file_of_many_channels_at_a_high_rate_decodes_in_bounded_memory():
-    """6 s of 8-channel 384 kHz silence: a FLAC of a few hundred kB whose whole-file decode is 74 MB of float32."""
-    from codec import FileWave
+# -- the ffmpeg decoder (PyAV): the same hostile inputs -------------------------------------------------------
 
+
+def pyav_encoded(seconds: float = 2.0, rate: int = 44100, layout: str = "stereo", codec: str = "aac",
+                 options: dict | None = None, silent: bool = False) -> bytes:
+    """An MP4 (M4A) written by ffmpeg's muxer through PyAV: AAC by default, `options` its muxer's (movflags)."""
+    import av
+
+    channels = av.AudioLayout(layout).nb_channels
+    planar = codec == "aac"
+    rng = np.random.default_rng(2)
+    handle, path = tempfile.mkstemp(suffix=".m4a")  # a path: faststart rewrites the file when it closes
+    os.close(handle)
+    with av.open(path, "w", format="mp4", options={"strict": "-2", **(options or {})}) as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        for start in range(0, int(seconds * rate), 4096):
+            n = min(4096, int(seconds * rate) - start)
+            if planar:
+                samples = np.zeros((channels, n), np.float32) if silent else \
+                    (rng.standard_normal((channels, n)) * 0.1).astype(np.float32)
+                frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
+            else:
+                frame = av.AudioFrame.from_ndarray(np.zeros((1, channels * n), np.int16), format="s16", layout=layout)
+            frame.sample_rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    with open(path, "rb") as f:
+        data = f.read()
+    os.unlink(path)
+    return data
+
+
+M4A_LAYOUTS = {"mdat_then_moov": {}, "moov_first": {"movflags": "faststart"},
+               "fragmented": {"movflags": "frag_keyframe+empty_moov"}}
+
+
+@pytest.mark.parametrize("layout", M4A_LAYOUTS)
+def test_truncated_m4a_is_a_truncated_record_found_from_its_boxes(layout):
+    """AAC in MP4, which libsndfile cannot read at all, decodes (through ffmpeg); cut, it is `truncated`: a box
+    declares more bytes than the file holds."""
+    from pipeline.audio import SampleError, SpilledFile
+
+    data = pyav_encoded(options=M4A_LAYOUTS[layout])
+    audio = decoded(data)
+    assert audio.duration_s == pytest.approx(2.0, abs=0.05) and audio.source_channels == 2
+    for source in (data[:int(len(data) * 0.9)], SpilledFile(io.BytesIO(data[:int(len(data) * 0.9)]))):
+        with pytest.raises(SampleError) as error:
+            decoded(source)
+        assert error.value.reason == "truncated" and "MP4" in error.value.detail, error.value
+
+
+def ogg_crc(page: bytes) -> int:
+    """Ogg's page checksum: CRC-32, polynomial 0x04C11DB7, not reflected, over the page with its CRC field zero."""
+    crc = 0
+    for byte in page:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def with_last_page(data: bytes, granule: int | None = None, end_of_stream: bool = False) -> bytes:
+    """The Ogg file with its last page's granule position (the stream's length, as ffmpeg reads it) or its
+    end-of-stream flag set, and its checksum made right again."""
+    at = data.rfind(b"OggS")
+    page = bytearray(data[at:])
+    if granule is not None:
+        page[6:14] = granule.to_bytes(8, "little")
+    if end_of_stream:
+        page[5] |= 0x04
+    page[22:26] = bytes(4)
+    page[22:26] = ogg_crc(bytes(page)).to_bytes(4, "little")
+    return data[:at] + bytes(page)
+
+
+def test_pyav_decoded_files_keep_the_hostile_input_guarantees(monkeypatch):
+    """For the formats ffmpeg decodes: a header's length over audio.max_seconds is refused before any frame is
+    decoded, and one under it that lies is caught as the file decodes; a stream damaged mid-way is no shorter clip;
+    a stream with no declared length is decoded in blocks and measured; files that are no audio (named .mp3 or .m4a) and a file of no samples are one record
+    each, naming the format."""
+    from pipeline import pyav_reader
+    from pipeline.audio import SampleError
+
+    def reason(data, **kwargs) -> str:
+        with pytest.raises(SampleError) as error:
+            decoded(data, **kwargs)
+        return f"{error.value.reason}: {error.value.detail}"
+
+    opus = encoded("OGG", "OPUS", seconds=1.0, rate=48000, channels=2)
+    blocks = pyav_reader.PyavInput.blocks
+    monkeypatch.setattr(pyav_reader.PyavInput, "blocks", lambda *a: pytest.fail("frames were decoded"))
+    assert reason(with_last_page(opus, granule=48000 * 10**6)) == ("too_long: 1000000 s > audio.max_seconds=3600 (the "
+                                                                   "header's length; not decoded)")
+    monkeypatch.setattr(pyav_reader.PyavInput, "blocks", blocks)
+    short = with_last_page(opus, granule=2400)  # declares 50 ms
+    assert reason(short, max_seconds=0.5) == "too_long: 1 s > audio.max_seconds=0 (found while decoding)"
+
+    monkeypatch.setattr(pyav_reader, "_declared_frames", lambda *a: None)
+    data = pyav_encoded(seconds=1.0)
+    assert decoded(data).duration_s == pytest.approx(1.0, abs=0.05)
+    assert reason(data, max_seconds=0.5).startswith("too_long: 1 s > audio.max_seconds=0 (found while decoding: its "
+                                                    "header declares no length)")
+    monkeypatch.undo()
+
+    rng = np.random.default_rng(9)
+    assert reason(b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8))).startswith(
+        "undecodable: mp3: ")
+    assert reason(b"OggS\x00\x02" + bytes(22) + b"OpusHead" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8))
+                  ).startswith(("undecodable: opus: ", "truncated: the Ogg stream"))
+    assert reason(b"\x00\x00\x00\x10ftypM4A \x00\x00\x00\x00" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8))
+                  ).startswith(("undecodable: mp4: ", "truncated: MP4"))
+    assert reason(b"This is a text file, named .mp3 by mistake.\n" * 40).startswith("undecodable: other: ")
+    assert reason(b"") == "empty_file: 0 bytes"
+    damaged = opus[:2000] + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)) + opus[5000:]  # pages lost mid-stream
+    assert reason(damaged).startswith(("truncated: ", "undecodable: opus: "))  # ffmpeg decodes past them: not shorter
+    headers_only = with_last_page(encoded("OGG", "OPUS", seconds=0.0), end_of_stream=True)  # a whole stream, no audio
+    assert reason(headers_only).startswith(("empty_audio: ", "undecodable: opus: "))
+
+
+def many_channels_at_a_high_rate(writer: str) -> bytes:
+    """6 s of 8-channel 384 kHz silence: a FLAC (libsndfile decodes it), or FLAC in MP4 (ffmpeg does)."""
     import soundfile
 
+    if writer == "flac_in_mp4":
+        return pyav_encoded(seconds=6.0, rate=384000, layout="7.1", codec="flac")
     buffer = io.BytesIO()
     soundfile.write(buffer, np.zeros((6 * 384000, 8), np.float32), 384000, format="FLAC")
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("writer", ["flac", "flac_in_mp4"])
+def test_small_file_of_many_channels_at_a_high_rate_decodes_in_bounded_memory(writer):
+    """A file of a few hundred kB whose whole-file decode is 74 MB of float32, by either decoder."""
+    from codec import FileWave
+
+    data = many_channels_at_a_high_rate(writer)
     assert len(data) < 1 << 20
     tracemalloc.start()
     try:
@@ -380,7 +510,8 @@ def test_small_file_of_many_channels_at_a_high_rate_decodes_in_bounded_memory():
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert isinstance(audio.wave, FileWave) and audio.duration_s == pytest.approx(6.0)
+    assert isinstance(audio.wave, FileWave) and audio.duration_s == pytest.approx(6.0, abs=0.01)
+    assert (audio.source_channels, audio.source_rate) == (8, 384000)
     assert peak < 40 << 20, f"{peak / 2**20:.0f} MiB traced while decoding"
     audio.wave.close()
 
