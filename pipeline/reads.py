@@ -136,8 +136,10 @@ class ResumableFile(io.RawIOBase):
         self.size = int(info.get("size") or 0) or None
         self.etag = _etag(info)
         self.streamed = _protocol(fs) in ("http", "https")
-        self.pos = 0
-        self.inner = None
+        self.pos = 0  # where the consumer reads next
+        self.inner = None  # the request under way, and the byte it stands at
+        self.inner_pos = 0
+        self.recent, self.recent_at = b"", 0  # the bytes read last, and where they start
         self.opened = False
         self.failure: Exception | None = None  # what the last failed read raised (soundfile's callbacks hide it)
 
@@ -154,19 +156,21 @@ class ResumableFile(io.RawIOBase):
         target = offset if whence == 0 else self.pos + offset if whence == 1 else (self.size or 0) + offset
         if target < 0:
             raise ValueError(f"seek to {target}")
-        if target != self.pos:
-            self._drop()  # reopened at the new place by the next read
-            self.pos = target
+        self.pos = target  # the next read continues the request under way, or opens one here (_read_once)
         return self.pos
 
     def readinto(self, buffer) -> int:
         if self.size is not None and self.pos >= self.size:
             return 0
-        try:
-            data = self.reads.call(self._read_once, len(buffer))
-        except Exception as error:
-            self.failure = error
-            raise
+        if self.recent_at <= self.pos < self.recent_at + len(self.recent):  # a decoder's seek back to its header
+            data = self.recent[self.pos - self.recent_at:self.pos - self.recent_at + len(buffer)]
+        else:
+            try:
+                data = self.reads.call(self._read_once, len(buffer))
+            except Exception as error:
+                self.failure = error
+                raise
+            self.recent, self.recent_at = data, self.pos
         buffer[:len(data)] = data
         self.pos += len(data)
         return len(data)
@@ -185,11 +189,18 @@ class ResumableFile(io.RawIOBase):
 
     def _read_once(self, size: int) -> bytes:
         try:
+            if self.inner is not None and self.inner_pos != self.pos:
+                if self.streamed:  # a stream goes forward only: a new request from here
+                    self._drop()
+                else:
+                    self.inner.seek(self.pos)
+                    self.inner_pos = self.pos
             if self.inner is None:
-                self.inner = self._reopen()
+                self.inner, self.inner_pos = self._reopen(), self.pos
             data = self.inner.read(size)
             if not data and self.size is not None and self.pos < self.size:
                 raise ShortBody(f"{self.url}: the body ended at byte {self.pos} of {self.size}")
+            self.inner_pos += len(data)
             return data
         except Exception as error:
             self._drop()

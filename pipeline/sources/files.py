@@ -136,6 +136,12 @@ def _sample(root: str, rel: str, size: int, sidecar_exts: str, reads: Reads) -> 
             raise read_error(error, url, "unreadable_file") from None  # the store failed: retry the shard
         reason = "missing_file" if isinstance(error, FileNotFoundError) else "unreadable_file"
         return RawSample(key, None, metadata, SampleError(reason, f"{url}: {str(error)[:200]}"))
+    except Exception as error:  # a client's own error type (aiohttp's 503): the store failed past its retries
+        if isinstance(audio, SpilledFile):
+            audio.close()
+        if transient_cause(error) is None:
+            raise
+        raise read_error(error, url, "unreadable_file") from None
     return RawSample(key, audio, metadata)
 
 
