@@ -24,6 +24,7 @@ import fsspec
 from .failures import backoff_delay, precondition_failed, transient_cause, transient_reason
 
 BUFFER_BYTES = 1 << 20  # what a ResumableFile reads per request of its consumer (a tar header is 512 bytes)
+RANGE_BYTES = 4 << 20  # a ranged GET's size where the filesystem's own file reads (s3fs's default: 50 MiB)
 
 
 class ShortBody(ConnectionError):
@@ -216,7 +217,7 @@ class ResumableFile(io.RawIOBase):
             info = self.fs.info(self.path)
             if _etag(info) != self.etag or (int(info.get("size") or 0) or None) != self.size:
                 raise self._changed(f"size {self.size} -> {info.get('size')}, ETag {self.etag} -> {_etag(info)}")
-        handle = self.fs.open(self.path, "rb")
+        handle = self.fs.open(self.path, "rb", block_size=RANGE_BYTES)
         handle.seek(self.pos)
         return handle
 

@@ -134,3 +134,31 @@ def test_s3_driver_write_failing_past_its_retries_stops_the_run_with_exit_3_and_
     fsspec.filesystem("s3").invalidate_cache()  # this process listed data/ before the workers wrote to it
     assert sorted(row["key"] for row in TokenDataset("s3://audio/out3")) == sorted(keys)  # every sample once
     assert verify("s3://audio/out3") == []
+
+
+def test_s3_tar_read_through_503s_in_one_try_and_an_object_replaced_between_ranged_reads_fails_as_changed(
+        tmp_path, s3):
+    import fsspec
+
+    from pipeline.reads import RANGE_BYTES, ReadRetry, Reads
+    from pipeline.sources import Shard, ShardError
+    from pipeline.sources.webdataset import read_tar_shard
+    from tests.test_read_retries import big_tar
+
+    keys = big_tar(tmp_path / "t.tar", 5.0)
+    store = fsspec.filesystem("s3")
+    store.put(str(tmp_path / "t.tar"), "audio/in/t.tar")
+    s3.fail_first = {"/audio/in/": 2}  # every request for the tar: HEADs and ranged GETs alike
+    reads = Reads(ReadRetry(attempts=5, backoff_s=0.01))
+    samples = list(read_tar_shard(Shard("t", "s3://audio/in/t.tar", "webdataset"), reads=reads))
+    assert [s.key for s in samples] == keys and all(s.error is None for s in samples)
+    assert reads.retries == s3.failed["/audio/in/t.tar"] == 4  # two HEADs and two GETs answered 503: each retried
+    s3.fail_first = {}
+    blob = os.urandom(3 * RANGE_BYTES)
+    store.pipe("audio/in/blob", blob)
+    with reads.open("s3://audio/in/blob") as f:
+        assert f.read(RANGE_BYTES // 4) == blob[:RANGE_BYTES // 4]  # the first ranged GETs (s3fs reads ahead a range)
+        store.pipe("audio/in/blob", blob[::-1])  # same size, other bytes, another ETag
+        with pytest.raises(ShardError) as changed:
+            f.read()  # the next ranged GET asks If-Match the first one's ETag
+    assert changed.value.reason == "changed", changed.value
