@@ -22,23 +22,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def s3(monkeypatch):
+def s3_store(monkeypatch):
+    """The local S3 with a bucket `audio`, this process's clients pointed at it (no Ray)."""
     import fsspec
-    import ray
     import s3fs
 
     with FlakyS3() as server:
         for key, value in server.env().items():
-            monkeypatch.setenv(key, value)  # Ray workers (started below) and subprocesses inherit them
+            monkeypatch.setenv(key, value)  # Ray workers (started by `s3`) and subprocesses inherit them
         monkeypatch.setitem(fsspec.config.conf, "s3", server.client_options())
         s3fs.S3FileSystem.clear_instance_cache()
         fsspec.filesystem("s3").mkdir("audio")
-        if ray.is_initialized():
-            ray.shutdown()  # the shared runtime's workers lack the S3 settings; ray_local starts it again later
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         yield server
-        ray.shutdown()
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3(s3_store):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()  # the shared runtime's workers lack the S3 settings; ray_local starts it again later
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield s3_store
+    ray.shutdown()
 
 
 def upload_tars(tmp_path, count: int, per_tar: int = 3) -> list[str]:
@@ -137,7 +144,8 @@ def test_s3_driver_write_failing_past_its_retries_stops_the_run_with_exit_3_and_
 
 
 def test_s3_tar_read_through_503s_in_one_try_and_an_object_replaced_between_ranged_reads_fails_as_changed(
-        tmp_path, s3):
+        tmp_path, s3_store):
+    s3 = s3_store
     import fsspec
 
     from pipeline.reads import RANGE_BYTES, ReadRetry, Reads
