@@ -80,6 +80,16 @@ class Reads:
                     self.retries += 1
                 time.sleep(delay)
 
+    def kind(self, fs, path: str) -> str | None:
+        """'file', 'directory' or None (nothing there), its info request retried. Unlike fsspec's exists/isdir/isfile,
+        which answer False for any error, a store's 503 is not taken for "nothing there"."""
+        try:
+            return self.call(fs.info, path).get("type")
+        except FileNotFoundError as error:
+            if retryable(error):  # a 503 that fsspec's HTTP reports as not found, past its tries
+                raise
+            return None
+
     def filesystem(self, url: str):
         """(fs, path) of `url`, its client cutting a read that stalls for `read_stall_s`."""
         return fsspec.core.url_to_fs(url, **_stall_options(fsspec.utils.get_protocol(url), self.retry.stall_s))

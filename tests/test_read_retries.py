@@ -196,3 +196,12 @@ def test_read_shard_without_reads_uses_the_configured_settings(tmp_path):
         with pytest.raises(ShardError) as error:  # two tries: both 503
             list(read_shard(shard, config.source))
     assert error.value.kind == TRANSIENT and server.get_requests["flaky-a.wav"] == 2
+
+
+def test_a_listing_asks_through_503s_and_takes_no_503_for_nothing_there(tmp_path):
+    serve_wavs(tmp_path / "served", ["flaky-a.wav"])
+    with TroubleServer(str(tmp_path / "served"), flaky_failures=2, flaky_heads=True) as server:
+        reads = Reads(FAST)
+        fs, path = reads.filesystem(f"{server.url}/flaky-a.wav")
+        assert reads.kind(fs, path) == "file" and reads.retries == 2  # fsspec's exists() said False to the 503s
+        assert reads.kind(fs, path.replace("flaky-a", "gone")) is None

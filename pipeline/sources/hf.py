@@ -48,9 +48,9 @@ def list_hf_shards(config: SourceConfig) -> SourceListing:
         if not files:
             raise ConfigError("source.path", f"no files match {path!r}")
         shards = [_file_shard(fs, f, size) for f, size in files]
-    elif reads.call(fs.isdir, root):
+    elif (kind := reads.kind(fs, root)) == "directory":
         shards = _folder_shards(fs, root, config, reads)
-    elif reads.call(fs.isfile, root):
+    elif kind == "file":
         shards = [_file_shard(fs, root, local_size(fs, root))]
     else:
         shards, revision = _hub_shards(config)
@@ -68,11 +68,11 @@ def _file_shard(fs, path: str, size: int, shard_url: str | None = None) -> Shard
 
 
 def _folder_shards(fs, root: str, config: SourceConfig, reads: Reads) -> list[Shard]:
-    if reads.call(fs.exists, f"{root}/dataset_dict.json"):
+    if reads.kind(fs, f"{root}/dataset_dict.json"):
         root = f"{root}/{config.split}"
-        if not reads.call(fs.isdir, root):
+        if reads.kind(fs, root) != "directory":
             raise ConfigError("source.split", f"no split {config.split!r} in {config.path!r}")
-    if reads.call(fs.exists, f"{root}/state.json"):
+    if reads.kind(fs, f"{root}/state.json"):
         state = json.loads(reads.call(fs.cat_file, f"{root}/state.json"))
         return [_file_shard(fs, f"{root}/{e['filename']}", local_size(fs, f"{root}/{e['filename']}"))
                 for e in state["_data_files"]]

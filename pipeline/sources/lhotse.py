@@ -42,7 +42,7 @@ def list_lhotse(config: SourceConfig) -> SourceListing:
     _require_lhotse()
     reads = Reads.of(config)
     fs, root = fsspec.core.url_to_fs(config.path)
-    if not reads.call(fs.isdir, root):
+    if reads.kind(fs, root) != "directory":
         plan = line_range_plan(manifests(config.path, "Lhotse CutSet", reads), config.lines_per_shard, CUTS, reads)
         return SourceListing([], {"kind": "lhotse", "format": "cuts", "lines_per_shard": config.lines_per_shard},
                              list(FIELDS), plan)

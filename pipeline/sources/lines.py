@@ -33,7 +33,7 @@ def manifests(path: str, what: str, reads: Reads) -> list[str]:
         fs, root = fsspec.core.url_to_fs(expanded)
         if is_pattern(expanded):
             urls += [full_url(fs, match) for match, _ in glob_with_sizes(fs, root, reads)]
-        elif reads.call(fs.isfile, root):
+        elif reads.kind(fs, root) == "file":
             urls.append(full_url(fs, root))
         else:
             raise ConfigError("source.path", f"no {what} at {expanded!r}", "a JSONL manifest, a glob, or {a,b}")
