@@ -94,14 +94,9 @@ class Reads:
         """(fs, path) of `url`, its client cutting a read that stalls for `read_stall_s`."""
         return fsspec.core.url_to_fs(url, **_stall_options(fsspec.utils.get_protocol(url), self.retry.stall_s))
 
-    def info(self, url: str) -> tuple:
-        """(fs, path, info) of `url`, the info request retried."""
-        fs, path = self.filesystem(url)
-        return fs, path, self.call(fs.info, path)
-
     def open(self, url: str, found: tuple | None = None):
         """A binary file of `url`: a local file as it is, a remote object as a buffered ResumableFile.
-        `found`: what `info(url)` returned, when the caller asked already."""
+        `found`: (fs, path, info) of `url` where the caller asked already (its filesystem from `filesystem`)."""
         fs, path, info = found or (*self.filesystem(url), None)
         if _protocol(fs) in ("file", "local"):
             return fs.open(path, "rb")
