@@ -179,6 +179,14 @@ def test_zero_or_negative_read_attempts_or_budgets_are_refused_naming_the_key(tm
     assert error.value.key == f"source.{key}"
 
 
+def test_a_zero_read_stall_limit_exits_2_naming_the_key_before_ray(tmp_path, capsys):
+    from pipeline.run import main as run_main
+
+    (tmp_path / "run.yaml").write_text(f"source: {{kind: webdataset, urls: [{tmp_path}/a.tar]}}\noutput: {{dir: {tmp_path}/out}}\n")
+    assert run_main([str(tmp_path / "run.yaml"), "source.read_stall_s=0"]) == 2
+    assert "source.read_stall_s" in capsys.readouterr().err
+
+
 def test_read_settings_are_not_in_the_outputs_identity(tmp_path):
     big_tar(tmp_path / "a.tar", 0.1)
     identities = [list_shards(load_config(None, ["source.kind=webdataset", f"source.urls=[{tmp_path}/a.tar]",
