@@ -45,6 +45,15 @@ class SourceConfig:
     # a tar's .txt/.json member or an HF metadata cell larger than this is an error record, never read into a row:
     # memory is set by the configuration, not by what a file claims to hold
     max_text_bytes: int = 4 << 20
+    # every remote read (an audio file, a path cell, a recording, a tar or Parquet stream, a listing): tries on a
+    # transient error (5xx, throttling, reset, timeout, a short body), the first delay doubling per try (jittered);
+    # no try starts once a read has spent read_budget_s; a read with no byte for read_stall_s is cut and retried.
+    # Only a read that used its tries fails its shard (transient). How reads are retried decides no code: not in
+    # the output's identity. See pipeline/reads.py
+    read_attempts: int = 5
+    read_backoff_s: float = 1.0
+    read_budget_s: float = 600.0
+    read_stall_s: float = 60.0
 
 
 @dataclass
@@ -245,6 +254,13 @@ def validate(config: Config) -> None:
         raise ConfigError("audio.resampler_quality", f"{config.audio.resampler_quality!r}", f"one of {SOXR_QUALITIES}")
     if config.audio.max_seconds <= 0:
         raise ConfigError("audio.max_seconds", "must be > 0")
+    if s.read_attempts < 1:
+        raise ConfigError("source.read_attempts", f"{s.read_attempts}", "use 1 or more (1: no retry; default 5)")
+    if s.read_backoff_s < 0:
+        raise ConfigError("source.read_backoff_s", f"{s.read_backoff_s}", "use 0 or more seconds (default 1)")
+    for key in ("read_budget_s", "read_stall_s"):
+        if getattr(s, key) <= 0:
+            raise ConfigError(f"source.{key}", f"{getattr(s, key)}", "use more than 0 seconds")
     if s.max_text_bytes < 1:
         raise ConfigError("source.max_text_bytes", "must be >= 1")
     if config.audio.max_file_bytes < 1:

@@ -31,6 +31,7 @@ from .audio import Audio, SampleError
 from .config import Config
 from .failures import TRANSIENT, UNEXPECTED
 from .prefetch import DecodeAhead
+from .reads import Reads
 from .sources import RawSample, Shard, ShardError, read_shard
 
 CHUNKS_AHEAD = 4  # chunks a decode task may have ready before the actor takes them (then it waits)
@@ -42,6 +43,7 @@ class DecodedChunk:
     items: list  # (RawSample without its audio bytes, Audio with an array wave | SampleError), or (None, ShardError)
     node_id: str  # where it was decoded
     pid: int
+    read_retries: int = 0  # the shard's remote reads retried so far (pipeline/reads.py)
 
 
 def _portable(raw: RawSample, decoded) -> tuple:
@@ -60,7 +62,8 @@ def _portable(raw: RawSample, decoded) -> tuple:
 def decode_shard(shard: Shard, config: Config, decode, threads: int, chunk_seconds: float) -> Iterator[DecodedChunk]:
     """The shard's samples decoded by `decode` in `threads` threads, in chunks of about `chunk_seconds` of audio."""
     node, pid = ray.get_runtime_context().get_node_id(), os.getpid()
-    ahead = DecodeAhead(lambda: read_shard(shard, config.source, config.audio.max_file_bytes), decode, threads,
+    reads = Reads.of(config.source)
+    ahead = DecodeAhead(lambda: read_shard(shard, config.source, config.audio.max_file_bytes, reads), decode, threads,
                         ahead_seconds=chunk_seconds, name=shard.id)
     chunk, seconds = [], 0.0
     for raw, decoded in ahead:
@@ -70,10 +73,10 @@ def decode_shard(shard: Shard, config: Config, decode, threads: int, chunk_secon
         chunk.append(_portable(raw, decoded))
         seconds += decoded.duration_s if isinstance(decoded, Audio) else 0.0
         if seconds >= chunk_seconds or len(chunk) >= CHUNK_MAX_SAMPLES:
-            yield DecodedChunk(chunk, node, pid)
+            yield DecodedChunk(chunk, node, pid, reads.retries)
             chunk, seconds = [], 0.0
     if chunk:
-        yield DecodedChunk(chunk, node, pid)
+        yield DecodedChunk(chunk, node, pid, reads.retries)
 
 
 class DecodeInTask:
@@ -86,6 +89,7 @@ class DecodeInTask:
         self.chunk_seconds = max(1.0, ahead_seconds / CHUNKS_AHEAD)
         self.wait_seconds = 0.0
         self.nodes: set[str] = set()
+        self.read_retries = 0  # the task's count, as of the last chunk taken
 
     def __iter__(self) -> Iterator[tuple[RawSample | None, Audio | SampleError | ShardError]]:
         stream = decode_shard.options(num_cpus=self.cpus, _generator_backpressure_num_objects=CHUNKS_AHEAD).remote(
@@ -106,6 +110,7 @@ class DecodeInTask:
                 finally:
                     self.wait_seconds += time.perf_counter() - waited
                 self.nodes.add(chunk.node_id)
+                self.read_retries = chunk.read_retries
                 yield from chunk.items
         finally:
             ray.cancel(stream)  # an encode that failed mid-shard: the task stops decoding what nobody will take

@@ -10,6 +10,7 @@ and by duck typing: no client library has to be imported to classify its errors.
 from __future__ import annotations
 
 import errno
+import random
 import traceback
 from contextlib import contextmanager
 
@@ -66,6 +67,11 @@ def transient_cause(error: BaseException) -> BaseException | None:
     return None
 
 
+def precondition_failed(error: BaseException) -> bool:
+    """The store says the object is no longer the version asked for: an HTTP 412 to If-Match, s3fs's FileExpired."""
+    return any(type(c).__name__ == "FileExpired" or _status(c)[0] == 412 for c in _chain(error))
+
+
 def is_transient(error: BaseException) -> bool:
     return transient_cause(error) is not None
 
@@ -78,6 +84,12 @@ def transient_reason(cause: BaseException) -> str:
     if isinstance(cause, OSError) and cause.errno in _RESOURCE_ERRNOS:
         return _RESOURCE_ERRNOS[cause.errno]
     return "transient_io"
+
+
+def backoff_delay(backoff_s: float, attempt: int) -> float:
+    """Seconds to wait after the `attempt`-th failed try: `backoff_s` doubling per try, jittered down to half,
+    so that the clients a store throttled at once do not all come back at once."""
+    return backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
 
 
 def describe(error: BaseException, frames: int = 6) -> str:

@@ -139,7 +139,8 @@ def format_summary(summary, before_job_s: float | None = None) -> str:
     return "\n".join([
         f"status: {summary.status.upper()}" + ("" if summary.status == "complete" else " (rerun the same command to retry failed shards)"),
         f"shards: {t['shards_done']} done, {t['shards_failed']} failed, {summary.shards_skipped} skipped as already done"
-        + ("".join(f"; {k}: {v}" for k, v in t["shard_error_reasons"].items())),
+        + ("".join(f"; {k}: {v}" for k, v in t["shard_error_reasons"].items()))
+        + f"; {t.get('read_retries', 0)} remote reads retried where they failed",
         f"samples: {t['samples_read']} read, {t['rows']} encoded, {t['errors']} errors ({reasons})",
         f"audio: {t['audio_seconds'] / 3600:.3f} h in total; this run {summary.run_audio_seconds / 3600:.3f} h in "
         f"{_hms(summary.wall_seconds)} ({summary.run_audio_seconds / max(summary.wall_seconds, 1e-9):.1f}x realtime)",

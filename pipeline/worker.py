@@ -30,6 +30,7 @@ from .decoding import SampleDecoder
 from .failures import TRANSIENT, UNEXPECTED, WrongDeviceError, describe, is_transient
 from .loudness import CLIPPED
 from .prefetch import DecodeAhead
+from .reads import Reads
 from .runstate import ShardRecord, library_versions
 from .schema import output_schema
 from .sources import RawSample, Shard, read_shard
@@ -192,12 +193,15 @@ class ShardProcessor:
         pool_seconds = 0.0
         # one pool ahead: the next pool is decoded while this one encodes, here or in a decode task
         task_cpus = self.config.audio.decode_task_cpus
+        reads = Reads.of(self.config.source)  # this shard's remote reads, retried where they fail and counted
         if task_cpus:
             decoded_ahead = DecodeInTask(shard, self.config, self._decode, task_cpus, self.pool_target)
         else:
-            decoded_ahead = DecodeAhead(lambda: read_shard(shard, self.config.source, self.config.audio.max_file_bytes),
+            decoded_ahead = DecodeAhead(lambda: read_shard(shard, self.config.source, self.config.audio.max_file_bytes,
+                                                           reads),
                                         self._decode, self.decode_threads, ahead_seconds=self.pool_target, name=shard.id)
         for raw, decoded in decoded_ahead:
+            result.read_retries = getattr(decoded_ahead, "read_retries", reads.retries)
             if raw is None:  # the shard itself broke off: no rows; the driver retries it or records its failure
                 result.status, result.reason, result.detail = "failed", decoded.reason, decoded.detail
                 result.failure = decoded.kind
@@ -219,6 +223,7 @@ class ShardProcessor:
             if pool_seconds >= self.pool_target:
                 self._encode(pool, writer, progress)
                 pool, pool_seconds = [], 0.0
+        result.read_retries = getattr(decoded_ahead, "read_retries", reads.retries)
         self._encode(pool, writer, progress)
         published = writer.publish()
         result.files, result.sha256, result.row_groups = published["files"], published["sha256"], published["row_groups"]

@@ -22,23 +22,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def s3(monkeypatch):
+def s3_store(monkeypatch):
+    """The local S3 with a bucket `audio`, this process's clients pointed at it (no Ray)."""
     import fsspec
-    import ray
     import s3fs
 
     with FlakyS3() as server:
         for key, value in server.env().items():
-            monkeypatch.setenv(key, value)  # Ray workers (started below) and subprocesses inherit them
+            monkeypatch.setenv(key, value)  # Ray workers (started by `s3`) and subprocesses inherit them
         monkeypatch.setitem(fsspec.config.conf, "s3", server.client_options())
         s3fs.S3FileSystem.clear_instance_cache()
         fsspec.filesystem("s3").mkdir("audio")
-        if ray.is_initialized():
-            ray.shutdown()  # the shared runtime's workers lack the S3 settings; ray_local starts it again later
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         yield server
-        ray.shutdown()
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3(s3_store):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()  # the shared runtime's workers lack the S3 settings; ray_local starts it again later
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield s3_store
+    ray.shutdown()
 
 
 def upload_tars(tmp_path, count: int, per_tar: int = 3) -> list[str]:
@@ -134,3 +141,32 @@ def test_s3_driver_write_failing_past_its_retries_stops_the_run_with_exit_3_and_
     fsspec.filesystem("s3").invalidate_cache()  # this process listed data/ before the workers wrote to it
     assert sorted(row["key"] for row in TokenDataset("s3://audio/out3")) == sorted(keys)  # every sample once
     assert verify("s3://audio/out3") == []
+
+
+def test_s3_tar_read_through_503s_in_one_try_and_an_object_replaced_between_ranged_reads_fails_as_changed(
+        tmp_path, s3_store):
+    s3 = s3_store
+    import fsspec
+
+    from pipeline.reads import RANGE_BYTES, ReadRetry, Reads
+    from pipeline.sources import Shard, ShardError
+    from pipeline.sources.webdataset import read_tar_shard
+    from tests.test_read_retries import big_tar
+
+    keys = big_tar(tmp_path / "t.tar", 5.0)
+    store = fsspec.filesystem("s3")
+    store.put(str(tmp_path / "t.tar"), "audio/in/t.tar")
+    s3.fail_first = {"/audio/in/": 2}  # every request for the tar: HEADs and ranged GETs alike
+    reads = Reads(ReadRetry(attempts=5, backoff_s=0.01))
+    samples = list(read_tar_shard(Shard("t", "s3://audio/in/t.tar", "webdataset"), reads=reads))
+    assert [s.key for s in samples] == keys and all(s.error is None for s in samples)
+    assert reads.retries == s3.failed["/audio/in/t.tar"] == 4  # two HEADs and two GETs answered 503: each retried
+    s3.fail_first = {}
+    blob = os.urandom(3 * RANGE_BYTES)
+    store.pipe("audio/in/blob", blob)
+    with reads.open("s3://audio/in/blob") as f:
+        assert f.read(RANGE_BYTES // 4) == blob[:RANGE_BYTES // 4]  # the first ranged GETs (s3fs reads ahead a range)
+        store.pipe("audio/in/blob", blob[::-1])  # same size, other bytes, another ETag
+        with pytest.raises(ShardError) as changed:
+            f.read()  # the next ranged GET asks If-Match the first one's ETag
+    assert changed.value.reason == "changed", changed.value

@@ -13,7 +13,7 @@ from pipeline.failures import TRANSIENT
 from pipeline.job import run_job
 from tests.corpus import wav_bytes
 from tests.httpserver import TroubleServer
-from tests.test_pipeline import config_for, read_rows, records_of
+from tests.test_pipeline import config_for, manifest_of, read_rows, records_of
 from tests.test_reliability import errors_of
 
 
@@ -21,22 +21,27 @@ def clip(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(int(seconds * rate)) * 0.1).astype(np.float32)
 
 
-def test_hf_path_cells_on_a_store_answering_503_twice_are_all_encoded_after_a_retry_none_recorded_missing(
-        tmp_path, ray_local):
-    names = ["good-0.wav", "flaky-a.wav", "good-1.wav"]
+def test_hf_path_cells_behind_two_503s_per_head_and_get_are_all_encoded_in_the_shards_first_try(tmp_path, ray_local,
+                                                                                                 capsys):
+    from pipeline.run import main as run_main
+
+    names = ["good-0.wav", "flaky-a.wav", "good-1.wav", "flaky-b.wav", "flaky-c.wav", "good-2.wav"]
     (tmp_path / "served").mkdir()
     for i, name in enumerate(names):
         (tmp_path / "served" / name).write_bytes(wav_bytes(clip(0.5, i), 16000))
-    with TroubleServer(str(tmp_path / "served"), flaky_failures=2) as server:
+    with TroubleServer(str(tmp_path / "served"), flaky_failures=2, flaky_heads=True) as server:
         (tmp_path / "in").mkdir()
         pq.write_table(pa.table({"id": names, "audio": [f"{server.url}/{n}" for n in names]}), tmp_path / "in/a.parquet")
-        config = config_for(tmp_path, {"kind": "hf", "path": str(tmp_path / "in")}, "ray.retry_backoff_s=0.2")
-        assert run_job(config).status == "complete"
-    assert server.requests["flaky-a.wav"] > 2  # the 503s were met, and the file read after them
-    (record,) = records_of(config.output.dir).values()
-    assert record["status"] == "done" and record["attempts"] > 1  # retried whole, not recorded missing
-    assert sorted(r["key"] for r in read_rows(config.output.dir)) == sorted(names)
-    assert errors_of(config.output.dir) == []
+        config_for(tmp_path, {"kind": "hf", "path": str(tmp_path / "in")})
+        assert run_main([str(tmp_path / "run.yaml"), "source.read_backoff_s=0.01"]) == 0
+    assert all(server.requests[n] == 6 for n in names if n.startswith("flaky-"))  # 2 x (HEAD, GET) 503, HEAD, GET
+    (record,) = records_of(tmp_path / "out").values()
+    assert record["status"] == "done" and record["attempts"] == 1  # retried where the reads failed, not whole
+    assert record["read_retries"] == 6 and manifest_of(tmp_path / "out")["totals"]["read_retries"] == 6
+    printed = capsys.readouterr()
+    assert "6 remote reads retried where they failed" in printed.out + printed.err
+    assert sorted(r["key"] for r in read_rows(tmp_path / "out")) == sorted(names)
+    assert errors_of(tmp_path / "out") == []
 
 
 def no_space_left(*args, **kwargs):

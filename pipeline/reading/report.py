@@ -324,6 +324,7 @@ def _facts(stats: dict) -> str:
         (f"{t['errors']:,}", "sample errors"), (f"{t['shards_done']:,} / {t['shards_done'] + t['shards_failed']:,}",
                                                  "shards done / finished"),
         (f"{t['tokens']:,}", "tokens"), (f"{stats['num_codebooks']} @ {stats['bandwidth']:g} kbps", "codebooks"),
+        (f"{t.get('read_retries', 0):,}", "reads retried"),  # outputs written before the count: 0
     ]
     return '<div class="facts">' + "".join(
         f'<div class="fact"><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>' for v, k in facts) + "</div>"

@@ -10,12 +10,12 @@ record is written before the driver counts its shard, so a rerun redoes exactly 
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..failures import transient_cause
+from ..failures import backoff_delay, transient_cause
+from ..reads import ReadRetry, Reads, retryable
 from ..storage import Storage
 
 
@@ -47,7 +47,7 @@ class WriteRetry:
                 transient = transient_cause(error) is not None
                 if isinstance(error, _ANSWERS) and not transient:
                     raise
-                delay = self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+                delay = backoff_delay(self.backoff_s, attempt)
                 times = "once" if attempt == 1 else f"{attempt} times"
                 if not transient:
                     how = "with an error no retry changes"
@@ -65,11 +65,33 @@ class WriteRetry:
 
 
 class RetriedStorage:
-    """A Storage whose writes go through a WriteRetry; reads and everything else are the storage's own."""
+    """A Storage whose writes go through a WriteRetry and whose reads through a pipeline.reads.Reads of the same
+    tries and backoff (a read that still fails raises the store's error, as before)."""
 
     def __init__(self, storage: Storage, retry: WriteRetry, on_event=lambda kind, info: None):
         self.storage, self.retry, self.on_event = storage, retry, on_event
+        self.reads = Reads(ReadRetry(retry.attempts, retry.backoff_s))
         self.failed: StoreWriteFailed | None = None  # the first write that failed for good
+
+    def exists(self, relative: str) -> bool:
+        return self.reads.call(self.storage.exists, relative)
+
+    def read_bytes(self, relative: str) -> bytes:
+        return self.reads.call(self.storage.read_bytes, relative)
+
+    def list(self, folder: str) -> list[str]:
+        return self.reads.call(self.storage.list, folder)
+
+    def read_many(self, relatives: list[str]) -> dict:
+        """As Storage.read_many; a file that failed for a transient cause is read again on its own."""
+        found = self.reads.call(self.storage.read_many, relatives)
+        for relative, data in found.items():
+            if isinstance(data, Exception) and retryable(data):
+                try:
+                    found[relative] = self.reads.call(self.storage.read_bytes, relative)
+                except Exception as error:  # kept as the file's error, as Storage.read_many does
+                    found[relative] = error
+        return found
 
     def __getattr__(self, name):
         return getattr(self.storage, name)

@@ -33,6 +33,7 @@ class Totals:
             self.add(record)
 
     def add(self, record: dict, sign: int = 1) -> None:
+        self.sums["read_retries"] += sign * record.get("read_retries", 0)  # done and failed tries alike
         if record["status"] == DONE:
             self.sums["shards_done"] += sign
             for name in self._SUMS:
@@ -55,6 +56,8 @@ class Totals:
             "padding_efficiency": s["frames"] / s["encoded_frames"] if s["encoded_frames"] else None,
             # rows whose clip audio.loudness_lufs gained past full scale (not limited), or could not measure
             "loudness_clipped": s["loudness_clipped"], "loudness_unmeasured": s["loudness_unmeasured"],
+            # remote reads tried again where they failed (a record keeps its latest try's; older records: 0)
+            "read_retries": s["read_retries"],
         }
 
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from ..config import AudioConfig, ConfigError, SourceConfig
 from ..failures import PERMANENT, TRANSIENT, transient_cause, transient_reason
+from ..reads import Reads
 from ..urls import redact, split_query
 
 
@@ -27,6 +28,14 @@ class ShardError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
+class ObjectChanged(ShardError):
+    """An object that changed while its shard read it (another ETag or size on a resumed read): the shard fails
+    as `changed`, never mixing two versions."""
+
+    def __init__(self, detail: str):
+        super().__init__("changed", detail, PERMANENT)
+
+
 def transient_error(error: BaseException, where: str) -> ShardError | None:
     """`error` as the shard's transient failure when a retry can change it (failures.transient_cause: the store,
     the network, a full disk, no memory left), else None. A sample lost to such a cause would be lost for good:
@@ -39,6 +48,8 @@ def transient_error(error: BaseException, where: str) -> ShardError | None:
 
 def read_error(error: BaseException, url: str, reason: str) -> ShardError:
     """A shard's I/O error as a ShardError: transient (transient_error) when a retry can change it, else `reason`."""
+    if isinstance(error, ShardError):  # an ObjectChanged raised by a read
+        return error
     return transient_error(error, url) or ShardError(reason, f"{url}: {str(error)[:200]}")
 
 
@@ -124,9 +135,10 @@ def normalise_url(url: str) -> str:
     return full_url(fs, path)
 
 
-def glob_with_sizes(fs, pattern: str) -> list[tuple[str, int]]:
-    """Sorted matches of a glob with their sizes, which the listing returns anyway (also on object stores)."""
-    found = fs.glob(pattern, detail=True)
+def glob_with_sizes(fs, pattern: str, reads: Reads | None = None) -> list[tuple[str, int]]:
+    """Sorted matches of a glob with their sizes, which the listing returns anyway (also on object stores);
+    the listing retried by `reads` (None: the default settings)."""
+    found = (reads or Reads()).call(fs.glob, pattern, detail=True)
     return [(path, int(found[path].get("size") or 0)) for path in sorted(found)]
 
 
@@ -186,31 +198,35 @@ def list_shards(config: SourceConfig) -> SourceListing:
     if config.kind == "webdataset":
         from .webdataset import list_tar_shards
 
-        return SourceListing(list_tar_shards(config.urls), {"kind": "webdataset"}, [pa.field("text", pa.string())])
+        return SourceListing(list_tar_shards(config.urls, Reads.of(config)), {"kind": "webdataset"},
+                             [pa.field("text", pa.string())])
     from .hf import list_hf_shards
 
     return list_hf_shards(config)
 
 
-def read_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = AudioConfig.max_file_bytes) -> Iterator[RawSample]:
+def read_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = AudioConfig.max_file_bytes,
+               reads=None) -> Iterator[RawSample]:
     """`max_file_bytes`: audio.max_file_bytes, the largest audio file or member a sample may be (tars and HF
-    cells; the files, nemo and lhotse readers open each file where it is)."""
+    cells; the files, nemo and lhotse readers open each file where it is). `reads`: a pipeline.reads.Reads that
+    retries and counts the shard's remote reads (None: a new one of `config`'s settings)."""
+    reads = reads if reads is not None else Reads.of(config)
     if shard.kind == "files":
         from .files import read_files_shard
 
-        return read_files_shard(shard)
+        return read_files_shard(shard, reads)
     if shard.kind == "nemo":
         from .nemo import read_nemo_shard
 
-        return read_nemo_shard(shard, config)
+        return read_nemo_shard(shard, config, reads)
     if shard.kind.startswith("lhotse-"):
         from .lhotse import read_lhotse_shard
 
-        return read_lhotse_shard(shard)
+        return read_lhotse_shard(shard, reads)
     if shard.kind == "webdataset":
         from .webdataset import read_tar_shard
 
-        return read_tar_shard(shard, config.max_text_bytes, max_file_bytes)
+        return read_tar_shard(shard, config.max_text_bytes, max_file_bytes, reads)
     from .hf import read_hf_shard
 
-    return read_hf_shard(shard, config, max_file_bytes)
+    return read_hf_shard(shard, config, max_file_bytes, reads)

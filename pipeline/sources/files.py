@@ -24,6 +24,7 @@ from braceexpand import braceexpand
 from ..audio import AUDIO_EXTENSIONS, SampleError, SpilledFile
 from ..config import ConfigError, SourceConfig
 from ..failures import transient_cause
+from ..reads import Reads
 from ..runstate.plan import read_plan, record_plan
 from ..urls import redact
 from . import (RawSample, Shard, SourceListing, by_redacted, full_url, glob_with_sizes, local_size, normalise_url,
@@ -50,14 +51,14 @@ def _split(rel: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def _listing(patterns: list[str]) -> tuple[dict, dict]:
+def _listing(patterns: list[str], reads: Reads) -> tuple[dict, dict]:
     """(root, relative path) -> size of every audio file matched; (root, stem) -> sidecar extensions matched."""
     audio, sidecars = {}, {}
     for pattern in patterns:
         root = key_root(pattern)
         for expanded in braceexpand(pattern):
             fs, path = fsspec.core.url_to_fs(expanded)
-            found = glob_with_sizes(fs, path) if any(ch in expanded for ch in "*?[") else [(path, local_size(fs, path))]
+            found = glob_with_sizes(fs, path, reads) if any(ch in expanded for ch in "*?[") else [(path, local_size(fs, path))]
             for match, size in found:
                 url = full_url(fs, match)
                 if not url.startswith(root.rstrip("/") + "/"):
@@ -72,7 +73,7 @@ def _listing(patterns: list[str]) -> tuple[dict, dict]:
 
 
 def list_files(config: SourceConfig) -> SourceListing:
-    audio, sidecars = _listing(config.urls)
+    audio, sidecars = _listing(config.urls, Reads.of(config))
     if not audio:
         raise ConfigError("source.urls", f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) match {config.urls}",
                           "globs of audio files, e.g. ['data/**/*.{flac,txt}'] (brace expansion and ** work)")
@@ -107,20 +108,20 @@ def _shard(index: int, root: str, members: tuple) -> Shard:
     return Shard(f"files-{index:06d}-{digest}", root, "files", size=sum(m[1] for m in members), members=members)
 
 
-def _open_bytes(url: str, size: int):
-    with fsspec.open(url, "rb") as stream:
+def _open_bytes(url: str, size: int, reads: Reads):
+    with reads.open(url) as stream:
         return SpilledFile(stream) if size > SPILL_ABOVE_BYTES else stream.read()
 
 
-def _sample(root: str, rel: str, size: int, sidecar_exts: str) -> RawSample:
+def _sample(root: str, rel: str, size: int, sidecar_exts: str, reads: Reads) -> RawSample:
     key, _ = _split(rel)
     metadata: dict = {}
     url, audio = f"{root}/{rel}", None
     try:
-        audio = _open_bytes(url, size)
+        audio = _open_bytes(url, size, reads)
         for ext in filter(None, sidecar_exts.split(",")):
             url = f"{root}/{key}.{ext}"
-            text = _open_bytes(url, 0).decode("utf-8", errors="replace")
+            text = _open_bytes(url, 0, reads).decode("utf-8", errors="replace")
             if ext == "json":
                 json.loads(text)  # a row's metadata must stay JSON
                 metadata["metadata"] = text
@@ -135,9 +136,17 @@ def _sample(root: str, rel: str, size: int, sidecar_exts: str) -> RawSample:
             raise read_error(error, url, "unreadable_file") from None  # the store failed: retry the shard
         reason = "missing_file" if isinstance(error, FileNotFoundError) else "unreadable_file"
         return RawSample(key, None, metadata, SampleError(reason, f"{url}: {str(error)[:200]}"))
+    except Exception as error:  # a client's own error type (aiohttp's 503): the store failed past its retries
+        if isinstance(audio, SpilledFile):
+            audio.close()
+        if transient_cause(error) is None:
+            raise
+        raise read_error(error, url, "unreadable_file") from None
     return RawSample(key, audio, metadata)
 
 
-def read_files_shard(shard: Shard) -> Iterator[RawSample]:
+def read_files_shard(shard: Shard, reads: Reads | None = None) -> Iterator[RawSample]:
+    """Each file read through `reads` (pipeline/reads.py): retried where it fails, resumed where it broke."""
+    reads = reads or Reads()
     for rel, size, sidecar_exts in shard.members:
-        yield _sample(shard.url, rel, int(size), sidecar_exts)
+        yield _sample(shard.url, rel, int(size), sidecar_exts, reads)

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from ..audio import SPILL_ABOVE_BYTES, SampleError, SpilledFile
 from ..config import AudioConfig, ConfigError, SourceConfig
+from ..reads import Reads
 from . import (RawSample, Shard, ShardError, SourceListing, _is_local, full_url, glob_with_sizes, is_pattern, local_size,
                read_error, shard_id, transient_error)
 
@@ -39,23 +40,23 @@ def shard_kind(path: str) -> str:
 
 
 def list_hf_shards(config: SourceConfig) -> SourceListing:
-    path = config.path
+    path, reads = config.path, Reads.of(config)
     fs, root = fsspec.core.url_to_fs(path)
     revision = None
     if is_pattern(path):
-        files = glob_with_sizes(fs, root)
+        files = glob_with_sizes(fs, root, reads)
         if not files:
             raise ConfigError("source.path", f"no files match {path!r}")
         shards = [_file_shard(fs, f, size) for f, size in files]
-    elif fs.isdir(root):
-        shards = _folder_shards(fs, root, config)
-    elif fs.isfile(root):
+    elif (kind := reads.kind(fs, root)) == "directory":
+        shards = _folder_shards(fs, root, config, reads)
+    elif kind == "file":
         shards = [_file_shard(fs, root, local_size(fs, root))]
     else:
         shards, revision = _hub_shards(config)
     if config.revision and revision is None:
         raise ConfigError("source.revision", f"applies to hub datasets; {path!r} is a local dataset", "remove it")
-    fields, key_column = _declared_fields(shards, config)
+    fields, key_column = _declared_fields(shards, config, reads)
     identity = {"kind": "hf", "split": config.split, "audio_column": config.audio_column, "key_column": key_column,
                 "revision": revision}
     return SourceListing(shards, identity, fields)
@@ -66,16 +67,16 @@ def _file_shard(fs, path: str, size: int, shard_url: str | None = None) -> Shard
     return Shard(shard_id(url), shard_url or url, shard_kind(path), size=size)
 
 
-def _folder_shards(fs, root: str, config: SourceConfig) -> list[Shard]:
-    if fs.exists(f"{root}/dataset_dict.json"):
+def _folder_shards(fs, root: str, config: SourceConfig, reads: Reads) -> list[Shard]:
+    if reads.kind(fs, f"{root}/dataset_dict.json"):
         root = f"{root}/{config.split}"
-        if not fs.isdir(root):
+        if reads.kind(fs, root) != "directory":
             raise ConfigError("source.split", f"no split {config.split!r} in {config.path!r}")
-    if fs.exists(f"{root}/state.json"):
-        state = json.loads(fs.cat_file(f"{root}/state.json"))
+    if reads.kind(fs, f"{root}/state.json"):
+        state = json.loads(reads.call(fs.cat_file, f"{root}/state.json"))
         return [_file_shard(fs, f"{root}/{e['filename']}", local_size(fs, f"{root}/{e['filename']}"))
                 for e in state["_data_files"]]
-    found = dict(glob_with_sizes(fs, f"{root}/**/*.parquet"))
+    found = dict(glob_with_sizes(fs, f"{root}/**/*.parquet", reads))
     if not found:
         raise ConfigError("source.path", f"{config.path!r} holds neither a save_to_disk dataset nor Parquet files")
     files = split_files([f[len(root) + 1:] for f in found], config.split)
@@ -132,21 +133,21 @@ def _hub_shards(config: SourceConfig) -> tuple[list[Shard], str]:
     return shards, info.sha
 
 
-def _open_shard(shard: Shard):
+def _open_shard(shard: Shard, reads: Reads):
     try:
-        return fsspec.open(shard.url, "rb").open()
+        return reads.open(shard.url)
     except FileNotFoundError as error:
         raise read_error(error, shard.url, "missing_shard") from None
     except Exception as error:
         raise read_error(error, shard.url, "unreadable_shard") from None
 
 
-def _declared_fields(shards: list[Shard], config: SourceConfig) -> tuple[list, str | None]:
+def _declared_fields(shards: list[Shard], config: SourceConfig, reads: Reads) -> tuple[list, str | None]:
     """The metadata columns the dataset declares and the key column, read once: from its first readable file
     (an unreadable one becomes that shard's error, not the run's)."""
     for shard in shards:
         try:
-            with _open_shard(shard) as handle:
+            with _open_shard(shard, reads) as handle:
                 schema = pa.ipc.open_stream(handle).schema if shard.kind == "hf-arrow" else pq.read_schema(handle)
             break
         except (ShardError, pa.ArrowInvalid, OSError):
@@ -162,8 +163,8 @@ def _is_scalar(kind) -> bool:
     return pa.types.is_primitive(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
 
 
-def _record_batches(shard: Shard) -> Iterator[pa.RecordBatch]:
-    with _open_shard(shard) as handle:
+def _record_batches(shard: Shard, reads: Reads) -> Iterator[pa.RecordBatch]:
+    with _open_shard(shard, reads) as handle:
         try:
             if shard.kind == "hf-arrow":
                 yield from _arrow_batches(shard.url, handle)
@@ -191,23 +192,24 @@ def _parquet_batches(parquet: pq.ParquetFile) -> Iterator[pa.RecordBatch]:
             yield from parquet.iter_batches(batch_size=rows, row_groups=[group], use_threads=False)
 
 
-def _read_audio_file(path: str, max_file_bytes: int) -> bytes | SpilledFile:
+def _read_audio_file(path: str, max_file_bytes: int, reads: Reads) -> bytes | SpilledFile:
     """A path cell's file: opened only if it is a regular file (or an object-store object) of at most
     `max_file_bytes`; a large one is spilled to disk as a tar's large member is. A store or network failure
-    is the shard's (retried); anything else wrong with the path is this row's error record."""
+    is retried where it happens (`reads`), then the shard's; anything else wrong with the path is this row's error
+    record."""
     try:
-        fs, inner = fsspec.core.url_to_fs(path)
+        fs, inner = reads.filesystem(path)
     except (ValueError, ImportError) as error:  # an unknown protocol; a filesystem whose driver is not installed
         raise SampleError("unreadable_audio_path", f"{path}: {type(error).__name__}: {str(error)[:160]}") from None
     try:
         if _is_local(fs):
             return _read_local_file(path, inner, max_file_bytes)
-        info = fs.info(inner)
+        info = reads.call(fs.info, inner)
         if info.get("type") != "file":
             raise SampleError("not_a_regular_file", f"{path} is a {info.get('type')}, not a file")
         size = int(info.get("size") or 0)
         _require_file_size(path, size, max_file_bytes)
-        with fs.open(inner, "rb") as f:
+        with reads.open(path, (fs, inner, info)) as f:
             if size:
                 return _read_or_spill(f, size)
             data = f.read(max_file_bytes + 1)  # a server that tells no size: read no more than the limit allows
@@ -263,14 +265,14 @@ def _field(cell: pa.StructScalar, name: str) -> pa.Scalar | None:
     return cell[name]
 
 
-def _audio_value(cell: pa.Scalar, max_file_bytes: int):
+def _audio_value(cell: pa.Scalar, max_file_bytes: int, reads: Reads):
     """Audio cell -> bytes, a SpilledFile or (array, rate): the datasets Audio struct, raw bytes, a path, or
     array+rate. What cannot be one is this row's SampleError."""
     kind = cell.type
     if cell.is_valid and _is_binary(kind):
         return _bytes_value(cell)
     if cell.is_valid and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        return _read_audio_file(cell.as_py(), max_file_bytes)
+        return _read_audio_file(cell.as_py(), max_file_bytes, reads)
     if cell.is_valid and pa.types.is_struct(kind):
         data, array, path = _field(cell, "bytes"), _field(cell, "array"), _field(cell, "path")
         if data is not None and _is_binary(data.type) and data.as_buffer().size:
@@ -279,7 +281,7 @@ def _audio_value(cell: pa.Scalar, max_file_bytes: int):
             rate = _field(cell, "sampling_rate")
             return _array_value(array, None if rate is None else rate.as_py())
         if path is not None and path.as_py():
-            return _read_audio_file(str(path.as_py()), max_file_bytes)
+            return _read_audio_file(str(path.as_py()), max_file_bytes, reads)
     raise SampleError("no_audio", f"audio cell holds {kind if cell.is_valid else 'null'}")
 
 
@@ -347,11 +349,14 @@ def _text_columns(batch: pa.RecordBatch, names: list[str], max_text_bytes: int) 
     return columns, too_large
 
 
-def read_hf_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = AudioConfig.max_file_bytes) -> Iterator[RawSample]:
+def read_hf_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = AudioConfig.max_file_bytes,
+                  reads: Reads | None = None) -> Iterator[RawSample]:
     """Rows of one Arrow or Parquet file; a bad cell (audio or metadata) is that row's error record, a cell that
-    failed for a cause a retry could change (the store, a full disk) the shard's transient ShardError."""
+    failed for a cause a retry could change (the store, a full disk) the shard's transient ShardError once `reads`
+    (the file's and the path cells' reads, retried where they fail) gave up."""
+    reads = reads or Reads.of(config)
     row = 0
-    for batch in _record_batches(shard):
+    for batch in _record_batches(shard, reads):
         names = batch.schema.names
         if config.audio_column not in names:
             raise ShardError(
@@ -374,7 +379,7 @@ def read_hf_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = Audi
                                           f"{config.max_text_bytes} bytes"))
                 continue
             try:
-                yield RawSample(key, _audio_value(audio[i], max_file_bytes), metadata)
+                yield RawSample(key, _audio_value(audio[i], max_file_bytes, reads), metadata)
                 continue
             except SampleError as error:
                 problem = error

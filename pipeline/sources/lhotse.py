@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from ..audio import SampleError
 from ..config import ConfigError, SourceConfig
+from ..reads import Reads
 from . import (RawSample, Shard, SourceListing, full_url, glob_with_sizes, normalise_url, read_error, shard_id,
                transient_error)
 from .lines import line_range_plan, manifests, read_line_range
@@ -39,12 +40,13 @@ def _require_lhotse() -> None:
 
 def list_lhotse(config: SourceConfig) -> SourceListing:
     _require_lhotse()
+    reads = Reads.of(config)
     fs, root = fsspec.core.url_to_fs(config.path)
-    if not fs.isdir(root):
-        plan = line_range_plan(manifests(config.path, "Lhotse CutSet"), config.lines_per_shard, CUTS)
+    if reads.kind(fs, root) != "directory":
+        plan = line_range_plan(manifests(config.path, "Lhotse CutSet", reads), config.lines_per_shard, CUTS, reads)
         return SourceListing([], {"kind": "lhotse", "format": "cuts", "lines_per_shard": config.lines_per_shard},
                              list(FIELDS), plan)
-    files = glob_with_sizes(fs, f"{root}/*.*.*")  # Shar: FIELD.NNNNNN.EXT
+    files = glob_with_sizes(fs, f"{root}/*.*.*", reads)  # Shar: FIELD.NNNNNN.EXT
     by_index: dict[str, dict[str, tuple[str, int]]] = {}
     for path, size in files:
         field, index = path.rsplit("/", 1)[-1].split(".")[:2]
@@ -92,14 +94,14 @@ def _file_segment(cut, where: str, folder: str | None, metadata: dict) -> Segmen
     return Segment(cut.id, where, url, float(cut.start), float(cut.duration), metadata, channels)
 
 
-def _loaded(cut, metadata: dict) -> RawSample:
+def _loaded(cut, metadata: dict, reads: Reads) -> RawSample:
     """A cut lhotse loads: Shar audio that is the whole cut as its file bytes, anything else as lhotse's samples."""
     sources = cut.recording.sources
     whole = cut.start == 0 and abs(cut.duration - cut.recording.duration) < 0.5 / cut.sampling_rate
     if whole and len(sources) == 1 and sources[0].type == "memory" and len(cut.recording.channel_ids) == 1:
         return RawSample(cut.id, bytes(sources[0].source), metadata)
     try:
-        samples = cut.load_audio()  # [channels, samples]
+        samples = reads.call(cut.load_audio)  # [channels, samples]; lhotse reads it whole: retried whole
     except Exception as error:  # lhotse raises many types for unreadable audio; each costs one row ...
         transient = transient_error(error, f"cut {cut.id}")
         if transient is not None:  # ... unless a retry could load it (the store, a full disk, no memory left)
@@ -108,7 +110,7 @@ def _loaded(cut, metadata: dict) -> RawSample:
     return RawSample(cut.id, (np.asarray(samples, np.float32).T, cut.sampling_rate), metadata)
 
 
-def _rows(cuts, folder: str | None) -> Iterator[RawSample]:
+def _rows(cuts, folder: str | None, reads: Reads) -> Iterator[RawSample]:
     """(key, where, cut or SampleError) -> rows: lhotse-loaded cuts first, then the file segments, by recording."""
     segments = []
     for key, where, cut in cuts:
@@ -121,18 +123,18 @@ def _rows(cuts, folder: str | None) -> Iterator[RawSample]:
             continue
         segment = _file_segment(cut, where, folder, metadata)
         if segment is None:
-            yield _loaded(cut, metadata)
+            yield _loaded(cut, metadata, reads)
         else:
             segments.append(segment)
-    yield from read_segments(segments)
+    yield from read_segments(segments, reads)
 
 
-def _parsed_lines(shard: Shard) -> Iterator[tuple[str, str, object]]:
+def _parsed_lines(shard: Shard, reads: Reads) -> Iterator[tuple[str, str, object]]:
     """(key, where, cut): a line that is not a cut keys its error record MANIFEST_NAME:LINE."""
     from lhotse.serialization import deserialize_item
 
     name = shard.file_name
-    for number, line in enumerate(read_line_range(shard), start=shard.members[0] + 1):
+    for number, line in enumerate(read_line_range(shard, reads), start=shard.members[0] + 1):
         if not line.strip():
             continue
         where = f"{shard.url} line {number}"
@@ -154,7 +156,10 @@ def _shar_cuts(shard: Shard) -> Iterator[tuple[str, str, object]]:
         raise read_error(error, shard.url, "corrupt_shar") from None
 
 
-def read_lhotse_shard(shard: Shard) -> Iterator[RawSample]:
+def read_lhotse_shard(shard: Shard, reads: Reads | None = None) -> Iterator[RawSample]:
+    """Cuts as rows; recordings, manifest lines and cuts lhotse loads read through `reads` (retried where they
+    fail). A Shar shard's own files are lhotse's to read: a failure there fails the shard (retried whole)."""
+    reads = reads or Reads()
     if shard.kind == SHAR:
-        return _rows(_shar_cuts(shard), None)
-    return _rows(_parsed_lines(shard), shard.url.rsplit("/", 1)[0])
+        return _rows(_shar_cuts(shard), None, reads)
+    return _rows(_parsed_lines(shard, reads), shard.url.rsplit("/", 1)[0], reads)

@@ -15,22 +15,25 @@ from typing import Callable
 
 import fsspec
 from braceexpand import braceexpand
+from fsspec.compression import compr
+from fsspec.utils import infer_compression
 
 from ..config import ConfigError
+from ..reads import Reads
 from ..runstate import IdentityChanged
 from ..runstate.plan import read_plan, record_plan
 from . import (Shard, ShardError, by_redacted, full_url, glob_with_sizes, is_pattern, read_error, shard_from_record,
                shard_id, shard_record)
 
 
-def manifests(path: str, what: str) -> list[str]:
+def manifests(path: str, what: str, reads: Reads) -> list[str]:
     """The manifest URLs of `source.path`: one path or URL, a glob, or brace alternatives."""
     urls = []
     for expanded in braceexpand(path):
         fs, root = fsspec.core.url_to_fs(expanded)
         if is_pattern(expanded):
-            urls += [full_url(fs, match) for match, _ in glob_with_sizes(fs, root)]
-        elif fs.isfile(root):
+            urls += [full_url(fs, match) for match, _ in glob_with_sizes(fs, root, reads)]
+        elif reads.kind(fs, root) == "file":
             urls.append(full_url(fs, root))
         else:
             raise ConfigError("source.path", f"no {what} at {expanded!r}", "a JSONL manifest, a glob, or {a,b}")
@@ -47,7 +50,14 @@ def _lines_hash(lines: list[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _ranges(url: str, per_shard: int, kind: str, recorded: list[Shard]) -> list[Shard]:
+def opened(url: str, reads: Reads):
+    """A manifest as a binary file, decompressed as its name says (`.gz`, ...), its reads retried by `reads`."""
+    raw = reads.open(url)
+    compression = infer_compression(url)
+    return compr[compression](raw, mode="rb") if compression else raw
+
+
+def _ranges(url: str, per_shard: int, kind: str, recorded: list[Shard], reads: Reads) -> list[Shard]:
     """Check the recorded ranges of one manifest against its lines now; new ranges for the lines after them.
     A range's members: (first line, 0-based; line count; byte offset; byte length; hash of its lines)."""
     new, lines, offset, first, start = [], [], 0, 0, 0
@@ -69,7 +79,7 @@ def _ranges(url: str, per_shard: int, kind: str, recorded: list[Shard]) -> list[
                 "(or set output.overwrite=true)")
         current = next(expect, None)
 
-    with fsspec.open(url, "rb", compression="infer") as f:
+    with opened(url, reads) as f:
         for number, line in enumerate(f):
             if not lines:
                 first, start = number, offset
@@ -86,7 +96,7 @@ def _ranges(url: str, per_shard: int, kind: str, recorded: list[Shard]) -> list[
     return new
 
 
-def line_range_plan(urls: list[str], per_shard: int, kind: str) -> Callable:
+def line_range_plan(urls: list[str], per_shard: int, kind: str, reads: Reads) -> Callable:
     """A SourceListing's plan: the recorded ranges of `urls` as they were, plus new ones (recorded now)."""
 
     def plan(storage) -> list[Shard]:
@@ -94,18 +104,18 @@ def line_range_plan(urls: list[str], per_shard: int, kind: str) -> Callable:
         recorded = [shard_from_record(r, real) for r in read_plan(storage)]
         new = []
         for url in urls:
-            new += _ranges(url, per_shard, kind, [s for s in recorded if s.url == url])
+            new += _ranges(url, per_shard, kind, [s for s in recorded if s.url == url], reads)
         record_plan(storage, len(recorded), [shard_record(s) for s in new])
         return recorded + new
 
     return plan
 
 
-def read_line_range(shard: Shard) -> list[bytes]:
+def read_line_range(shard: Shard, reads: Reads) -> list[bytes]:
     """A shard's lines, as recorded; a range that no longer matches its hash fails the shard (`manifest_changed`)."""
     first, count, start, size, sha = shard.members
     try:
-        with fsspec.open(shard.url, "rb", compression="infer") as f:
+        with opened(shard.url, reads) as f:
             f.seek(start)
             lines = f.read(size).splitlines(keepends=True)
     except FileNotFoundError as error:

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ..audio import SampleError
 from ..config import SourceConfig
+from ..reads import Reads
 from ..urls import redact
 from . import RawSample, Shard, SourceListing, normalise_url
 from .lines import line_range_plan, manifests, read_line_range
@@ -24,7 +25,8 @@ FIELDS = [pa.field("text", pa.string()), pa.field("audio_filepath", pa.string())
 
 
 def list_nemo(config: SourceConfig) -> SourceListing:
-    plan = line_range_plan(manifests(config.path, "NeMo manifest"), config.lines_per_shard, "nemo")
+    reads = Reads.of(config)
+    plan = line_range_plan(manifests(config.path, "NeMo manifest", reads), config.lines_per_shard, "nemo", reads)
     audio_root = normalise_url(config.audio_root) if config.audio_root else None
     identity = {"kind": "nemo", "lines_per_shard": config.lines_per_shard, "audio_root": audio_root}
     return SourceListing([], identity, list(FIELDS), plan)
@@ -52,8 +54,10 @@ def _parse(line: bytes, where: str, key: str, manifest: str, audio_root: str | N
     return Segment(key, where, url, float(offset), None if duration is None else float(duration), metadata)
 
 
-def read_nemo_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
-    lines = read_line_range(shard)
+def read_nemo_shard(shard: Shard, config: SourceConfig, reads: Reads | None = None) -> Iterator[RawSample]:
+    """The shard's lines as segments; the manifest's and the recordings' reads retried by `reads`."""
+    reads = reads or Reads.of(config)
+    lines = read_line_range(shard, reads)
     first = shard.members[0]
     audio_root = normalise_url(config.audio_root) if config.audio_root else None
     name = shard.file_name
@@ -66,4 +70,4 @@ def read_nemo_shard(shard: Shard, config: SourceConfig) -> Iterator[RawSample]:
             yield RawSample(f"{name}:{number}", None, {}, parsed)
         else:
             segments.append(parsed)
-    yield from read_segments(segments)
+    yield from read_segments(segments, reads)

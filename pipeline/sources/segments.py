@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Iterator
 
-import fsspec
 import numpy as np
 import soundfile
 
 from ..audio import BLOCK_S, BLOCKED_ABOVE_S, SampleError, SpilledFile
 from ..failures import transient_cause
-from . import RawSample, read_error
+from ..reads import Reads
+from . import RawSample, ShardError, read_error
 
 
 @dataclass
@@ -37,22 +37,25 @@ class Segment:
     channels: list | None = None  # the recording's channels to keep (None: all, downmixed by the decoder)
 
 
-def read_segments(segments: list[Segment]) -> Iterator[RawSample]:
-    """The segments' samples, grouped by recording (each opened once), in order of offset within it."""
+def read_segments(segments: list[Segment], reads: Reads) -> Iterator[RawSample]:
+    """The segments' samples, grouped by recording (each opened once), in order of offset within it; a remote
+    recording read through `reads` (retried where it fails, resumed where it broke)."""
     ordered = sorted(segments, key=lambda s: (s.url, s.offset))
     for url, group in groupby(ordered, key=lambda s: s.url):
-        yield from _read_recording(url, list(group))
+        yield from _read_recording(url, list(group), reads)
 
 
 class _Recording:
     """One open recording, read forward segment by segment."""
 
-    def __init__(self, url: str):
-        self.handle = fsspec.open(url, "rb").open() if "://" in url else open(url, "rb")
+    def __init__(self, url: str, reads: Reads):
+        self.url = url
+        self.handle = reads.open(url) if "://" in url else open(url, "rb")
         try:
             self.file = soundfile.SoundFile(self.handle)
         except BaseException:
             self.handle.close()
+            self.check()
             raise
         # libsndfile's MPEG-2/2.5 MP3 seek is neither exact nor always possible: decode forward instead
         self.exact_seek = not (self.file.format == "MP3" and self.file.samplerate < 32000)
@@ -61,6 +64,13 @@ class _Recording:
     def close(self) -> None:
         self.file.close()
         self.handle.close()
+
+    def check(self) -> None:
+        """Raise what a read of the store last gave up on: libsndfile's read callbacks cannot raise, so such a
+        read reaches the decoder as a short one (a `truncated` record) unless it is raised here."""
+        failure = getattr(getattr(self.handle, "raw", None), "failure", None)
+        if failure is not None:
+            raise read_error(failure, self.url, "unreadable_file")
 
     def move_to(self, start: int) -> None:
         if self.exact_seek or start < self.position:
@@ -108,9 +118,11 @@ def _segment_audio(recording: _Recording, segment: Segment):
     return spilled
 
 
-def _read_recording(url: str, group: list[Segment]) -> Iterator[RawSample]:
+def _read_recording(url: str, group: list[Segment], reads: Reads) -> Iterator[RawSample]:
     try:
-        recording = _Recording(url)
+        recording = _Recording(url, reads)
+    except ShardError:  # the recording changed while it was read
+        raise
     except Exception as error:  # a missing or unreadable recording: each of its segments is an error record
         if transient_cause(error) is not None:
             raise read_error(error, url, "unreadable_file") from None
@@ -122,10 +134,13 @@ def _read_recording(url: str, group: list[Segment]) -> Iterator[RawSample]:
         for segment in group:
             try:
                 audio = _segment_audio(recording, segment)
+                recording.check()
             except SampleError as error:
+                recording.check()
                 yield RawSample(segment.key, None, segment.metadata, error)
                 continue
             except (soundfile.LibsndfileError, RuntimeError) as error:  # the decoder failed mid-recording
+                recording.check()
                 recording.position = recording.file.frames + 1  # unknown now: the next segment seeks or restarts
                 yield RawSample(segment.key, None, segment.metadata, SampleError("undecodable", str(error)[:200]))
                 continue

@@ -13,6 +13,7 @@ from braceexpand import braceexpand
 
 from ..audio import AUDIO_EXTENSIONS, SPILL_ABOVE_BYTES, SampleError, SpilledFile
 from ..config import AudioConfig, ConfigError, SourceConfig
+from ..reads import Reads
 from . import (RawSample, Shard, ShardError, _is_local, full_url, glob_with_sizes, is_pattern, local_size, read_error,
                shard_id)
 
@@ -20,14 +21,14 @@ from . import (RawSample, Shard, ShardError, _is_local, full_url, glob_with_size
 INFO_CONCURRENCY = 32  # fs.info requests in flight at once while listing remote tars named one by one
 
 
-def _sizes_by_info(named: list[tuple[object, str]]) -> list[int]:
+def _sizes_by_info(named: list[tuple[object, str]], reads: Reads) -> list[int]:
     """Sizes of remote files named one by one (brace patterns: no listing told them), asked concurrently; 0 for
     one the store does not answer for (a missing tar is its own shard's error, not the listing's). The driver's
     time limits and largest-first order use them."""
     def size(item) -> int:
         fs, path = item
         try:
-            return int(fs.info(path).get("size") or 0)
+            return int(reads.call(fs.info, path).get("size") or 0)
         except Exception:  # any client's error: the size stays unknown
             return 0
 
@@ -37,22 +38,23 @@ def _sizes_by_info(named: list[tuple[object, str]]) -> list[int]:
         return list(pool.map(size, named))
 
 
-def list_tar_shards(urls: list[str]) -> list[Shard]:
+def list_tar_shards(urls: list[str], reads: Reads | None = None) -> list[Shard]:
     """The tars of `urls`; a listing that finds none, or only local paths none of which exists, is a config
-    error before anything starts (a missing remote path is its shard's error)."""
+    error before anything starts (a missing remote path is its shard's error). `reads` retries the listing."""
+    reads = reads or Reads()
     expanded, missing, unsized = [], [], []
     for pattern in urls:
         for url in braceexpand(pattern):
             fs, path = fsspec.core.url_to_fs(url)
             if is_pattern(url):
-                expanded += [(full_url(fs, match), size) for match, size in glob_with_sizes(fs, url)]
+                expanded += [(full_url(fs, match), size) for match, size in glob_with_sizes(fs, url, reads)]
             else:
                 expanded.append((full_url(fs, path), local_size(fs, path)))
                 if _is_local(fs) and not fs.exists(path):
                     missing.append(url)
                 elif not _is_local(fs):
                     unsized.append((len(expanded) - 1, fs, path))
-    for (i, _, _), size in zip(unsized, _sizes_by_info([(fs, path) for _, fs, path in unsized])):
+    for (i, _, _), size in zip(unsized, _sizes_by_info([(fs, path) for _, fs, path in unsized], reads)):
         expanded[i] = (expanded[i][0], size)
     if not expanded:
         raise ConfigError("source.urls", f"{urls} match no file", "check the paths and patterns")
@@ -146,9 +148,9 @@ def _to_sample(sample: _Sample) -> RawSample:
     return RawSample(key, members[audio_ext], metadata)
 
 
-def _open(url: str):
+def _open(url: str, reads: Reads):
     try:
-        return fsspec.open(url, "rb").open()
+        return reads.open(url)
     except FileNotFoundError as error:
         raise read_error(error, url, "missing_shard") from None
     except Exception as error:  # OSError, and client errors that are not (aiohttp's)
@@ -161,10 +163,10 @@ def _tar_mode(stream) -> str:
     return "r:*" if stream.seekable() else "r|*"
 
 
-def _linked(url: str, offset: int, link: tarfile.TarInfo, ext: str, sample: _Sample, limits: _Limits):
+def _linked(url: str, offset: int, link: tarfile.TarInfo, ext: str, sample: _Sample, limits: _Limits, reads: Reads):
     """A hard link's content: its target, an earlier member of the same tar, read by a second pass over the
     tar up to it (a stream cannot seek back; hard links are rare, GNU tar writes them for hard-linked files)."""
-    with _open(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+    with _open(url, reads) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
         for info in tar:
             if info.offset == offset:
                 return _read_member(tar, info, ext, sample, limits)
@@ -172,12 +174,14 @@ def _linked(url: str, offset: int, link: tarfile.TarInfo, ext: str, sample: _Sam
 
 
 def read_tar_shard(shard: Shard, max_text_bytes: int = SourceConfig.max_text_bytes,
-                   max_file_bytes: int = AudioConfig.max_file_bytes) -> Iterator[RawSample]:
+                   max_file_bytes: int = AudioConfig.max_file_bytes, reads: Reads | None = None) -> Iterator[RawSample]:
     """Every member is part of a row or of an error record: a name repeated within a sample is
     `duplicate_member`, a hard link reads as its target, symlinks and devices are `unsupported_member`;
-    folders hold no sample and are passed over."""
+    folders hold no sample and are passed over. A remote tar is streamed through `reads` (pipeline/reads.py):
+    a broken stream resumes at the byte reached."""
     limits = _Limits(max_text_bytes, max_file_bytes)
-    stream = _open(shard.url)
+    reads = reads or Reads()
+    stream = _open(shard.url, reads)
     sample: _Sample | None = None
     files: dict[str, int] = {}  # name -> offset of the last regular member of that name (hard-link targets)
     try:
@@ -197,7 +201,8 @@ def read_tar_shard(shard: Shard, max_text_bytes: int = SourceConfig.max_text_byt
                     files[info.name] = info.offset
                     sample.members[ext] = _read_member(tar, info, ext, sample, limits)
                 elif info.islnk() and info.linkname in files:
-                    sample.members[ext] = _linked(shard.url, files[info.linkname], info, ext, sample, limits)
+                    sample.members[ext] = _linked(shard.url, files[info.linkname], info, ext, sample, limits,
+                                                    reads)
                 else:
                     what = (f"a hard link to {info.linkname!r}, no earlier file of this tar" if info.islnk() else
                             f"a symlink to {info.linkname!r}" if info.issym() else
