@@ -122,6 +122,7 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         distinct_shards(shards)
         pending = largest_first(s for s in shards if not state.done(s.id))
         skipped = len(shards) - len(pending)
+        state.announce(len(shards), len(pending))
         on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped})
         results: list[ShardRecord] = []
         start_failures: list[str] = []
