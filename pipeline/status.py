@@ -11,15 +11,17 @@ Exit status: 0; 2 when OUT is not a pipeline output (no readable manifest.json).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from .runstate import DONE, Totals
+from .runstate import DONE, FAILED, Totals
 from .runstate.lease import LEASE
-from .runstate.state import _load
-from .runstate.summary import MANIFEST, read_manifest
+from .runstate.records import list_records, read_records
+from .runstate.summary import MANIFEST, read_manifest, read_shard_list
 from .storage import Storage
 from .urls import redact
 
@@ -28,8 +30,68 @@ SLOWEST = 5  # shards listed as the slowest
 RECENT_S = 3600.0  # the "last hour" of throughput
 
 
+# what status keeps of a done record in its cache (the rest is large: row groups are a third of a record)
+HEAVY = ("row_groups", "sha256", "files", "traceback", "batch_budget", "decode_nodes", "source")
+# more unseen done records than this: read the summary's shard list (one read) rather than each record
+READ_EACH_UP_TO = 1000
+
+
 class NotAnOutput(Exception):
     pass
+
+
+def _cache_path(url: str) -> str:
+    root = os.environ.get("AUDIOTOK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "audiotok")
+    return os.path.join(root, "status", hashlib.sha256(url.encode()).hexdigest()[:24] + ".json")
+
+
+def _read_cache(url: str) -> dict:
+    try:
+        with open(_cache_path(url)) as f:
+            cached = json.load(f)
+        return cached if isinstance(cached, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(url: str, done: dict) -> None:
+    """Done records never change: the next status reads only the records it has not seen. A cache that cannot be
+    written costs the next call time, nothing else."""
+    path = _cache_path(url)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        staged = f"{path}.{os.getpid()}.tmp"
+        with open(staged, "w") as f:
+            json.dump(done, f, separators=(",", ":"))
+        os.replace(staged, path)
+    except OSError:
+        pass
+
+
+def _records(storage: Storage) -> tuple[dict, dict]:
+    """shard id -> its latest commit record (done ones without their large fields), and the untrusted ones: one LIST,
+    then the done records neither this machine's cache nor (when many) the summary holds, and the failed ones."""
+    listed = list_records(storage)
+    cached = _read_cache(storage.url)
+    records, unseen, failed = {}, [], []
+    for shard_id, statuses in listed.items():
+        if DONE not in statuses:
+            failed.append((shard_id, FAILED))  # a failed record may be rewritten: read each time (few)
+        elif shard_id in cached:
+            records[shard_id] = cached[shard_id]
+        else:
+            unseen.append(shard_id)
+    if len(unseen) > READ_EACH_UP_TO:
+        summary = read_shard_list(storage)
+        held = [k for k in unseen if summary.get(k, {}).get("status") == DONE]
+        records.update((k, summary[k]) for k in held)
+        unseen = sorted(set(unseen) - set(held))
+    fresh, corrupt = read_records(storage, [(k, DONE) for k in unseen] + failed)
+    records.update(fresh)
+    records = {k: {f: v for f, v in r.items() if f not in HEAVY} for k, r in records.items()}
+    if len(cached) != sum(r["status"] == DONE for r in records.values()):
+        _write_cache(storage.url, {k: r for k, r in records.items() if r["status"] == DONE})
+    return records, corrupt
 
 
 @dataclass
@@ -105,7 +167,7 @@ def read_status(output: str, now: float | None = None) -> Status:
     timeout_s = float(((manifest.get("config") or {}).get("output") or {}).get("lease_timeout_s", 300.0))
     lease = _read_lease(storage, timeout_s, now)
     driver, facts = lease if lease else (None, {})
-    records, corrupt, _, _ = _load(storage)
+    records, corrupt = _records(storage)
     totals = Totals(records.values()).as_dict()
     listed = facts.get("shards_listed", manifest.get("shards_listed"))
 
@@ -131,7 +193,7 @@ def read_status(output: str, now: float | None = None) -> Status:
     mean_audio = audio / totals["shards_done"] if totals["shards_done"] else None
     eta = (to_do / shards_per_hour * 3600 if driver and driver.alive and to_do is not None and shards_per_hour
            else None)
-    slowest = sorted(records.values(), key=lambda r: -r.get("seconds", 0.0))[:SLOWEST]
+    slowest = sorted(records.values(), key=lambda r: (-r.get("seconds", 0.0), r["shard_id"]))[:SLOWEST]
     return Status(
         redact(output), now, driver, listed, totals["shards_done"], totals["shards_failed"], to_do, audio / 3600,
         None if to_do is None or mean_audio is None else to_do * mean_audio / 3600, totals["rows"], totals["errors"],
