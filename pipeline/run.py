@@ -63,6 +63,8 @@ class Progress:
         elif kind == "store_retry":
             self.say(f"output.dir: {info['what']} failed (try {info['attempt']}), trying again in {info['delay']:.1f} s "
                      f"({info['error']})")
+        elif kind == "metrics_unavailable":
+            self.say(f"warning: metrics: {info['why']}")
         elif kind == "lease_taken_over":
             self.say(f"output.dir: taking over the lease ({info['note']})")
         elif kind == "corrupt_commits":

@@ -29,6 +29,7 @@ from .decode_tasks import DecodeInTask
 from .decoding import SampleDecoder
 from .failures import TRANSIENT, UNEXPECTED, describe, is_transient
 from .loudness import CLIPPED
+from .metrics import Recorder, run_label
 from .prefetch import DecodeAhead
 from .runstate import ShardRecord, library_versions
 from .schema import output_schema
@@ -133,6 +134,7 @@ class ShardProcessor:
             self.codec.policy, self.calibration = calibrate(self.codec, config.codec.bandwidth)
         self.startup["calibrate_s"] = time.perf_counter() - began
         self.storage = Storage(config.output.dir)
+        self.metrics = Recorder()  # the bytes this actor writes (the driver records the rest from commit records)
         # pools deep enough to bucket by length; one clip per batch (the CPU policy) has nothing to bucket, and a
         # deep pool would only delay the first encode
         pool_batches = POOL_BATCHES if self.codec.policy.max_clips > 1 else 1
@@ -219,6 +221,8 @@ class ShardProcessor:
                 pool, pool_seconds = [], 0.0
         self._encode(pool, writer, progress)
         published = writer.publish()
+        self.metrics.record("output_bytes_written_total", published["bytes"], run=run_label(self.config.output.dir),
+                            actor=self.name)
         result.files, result.sha256, result.row_groups = published["files"], published["sha256"], published["row_groups"]
         result.rows = len(writer.keys)
         result.errors = sum(1 for e in writer.errors if e.key is not None)

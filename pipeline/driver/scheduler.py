@@ -84,7 +84,7 @@ class Scheduler:
         self.deadlines.finish(shard, record)
         self.state.commit(record)
         self.results.append(record)
-        self.on_event("shard_done", {"result": record,
+        self.on_event("shard_done", {"result": record, "shard_size": shard.size, "in_flight": len(self.refs),
                                      "remaining": len(self.queue) + len(self.policy.retries) + len(self.refs)})
 
     def _take_back(self, slot: Slot) -> list[Shard]:
