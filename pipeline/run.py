@@ -9,6 +9,7 @@ write to output.dir that failed past output.write_attempts (rerun to go on);
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -18,6 +19,8 @@ from .config import ConfigError, load_config
 from .job import run_job
 from .driver import ActorStartFailed, GuardTripped
 from .runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, StoreWriteFailed
+from .logs import DriverLog
+from .storage import Storage
 from .urls import redact_text
 
 
@@ -26,10 +29,11 @@ def _hms(seconds: float) -> str:
 
 
 class Progress:
-    """Turns job events into progress lines on stderr."""
+    """Turns job events into progress lines on stderr (and the driver's log in the output, once it is open)."""
 
     def __init__(self, stream=None):
         self.stream = stream  # None: whatever sys.stderr is when a line is written
+        self.log: DriverLog | None = None
         self.started = time.time()
         self.total = self.done = 0
         self.audio = 0.0
@@ -108,6 +112,8 @@ class Progress:
     def say(self, line: str) -> None:
         """Every line the driver prints, with URLs' secrets removed (events quote URLs and clients' messages)."""
         print(redact_text(line), file=self.stream or sys.stderr, flush=True)
+        if self.log is not None:
+            self.log.write(line)
 
 
 def _indent(text: str, lines: int = 12) -> str:
@@ -215,11 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress()
     try:
         config = load_config(args.config, args.overrides)
+        progress.log = open_driver_log(config.output.dir, progress.say)
         if config.codec.model.startswith("random:"):
             progress.say(f"NOTE: codec.model={config.codec.model} has random weights: the codes are meaningless "
                          "(demo/benchmark only)")
         before_job_s = process_age()
         summary = run_job(config, progress)
+        progress.say(format_summary(summary, before_job_s))
+        return 0 if summary.status == "complete" else 1
     except ConfigError as error:
         progress.say(f"error: {error}")
         return 2
@@ -232,8 +241,25 @@ def main(argv: list[str] | None = None) -> int:
     except (LeaseHeld, LeaseLost) as error:
         progress.say(f"error: {error}")
         return 4
-    progress.say(format_summary(summary, before_job_s))
-    return 0 if summary.status == "complete" else 1
+    finally:
+        close_driver_log(progress.log)
+
+
+def open_driver_log(output_dir: str, warn) -> DriverLog | None:
+    """The driver's lines, and its process's warnings, in `_run/logs/` of the output as the run goes."""
+    try:
+        storage = Storage(output_dir)
+    except Exception:
+        return None  # the run itself says what is wrong with output.dir
+    log = DriverLog(storage, on_error=lambda why: warn(f"warning: {why}"))
+    logging.getLogger().addHandler(log)
+    return log
+
+
+def close_driver_log(log: DriverLog | None) -> None:
+    if log is not None:
+        logging.getLogger().removeHandler(log)
+        log.close()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ of the next clips.
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import socket
 import threading
 import time
 from collections import Counter
@@ -28,6 +30,7 @@ from .config import Config
 from .decode_tasks import DecodeInTask
 from .decoding import SampleDecoder
 from .failures import TRANSIENT, UNEXPECTED, describe, is_transient
+from .logs import ShardLogs, shard_log_path
 from .loudness import CLIPPED
 from .metrics import Recorder, run_label
 from .prefetch import DecodeAhead
@@ -135,6 +138,7 @@ class ShardProcessor:
         self.startup["calibrate_s"] = time.perf_counter() - began
         self.storage = Storage(config.output.dir)
         self.metrics = Recorder()  # the bytes this actor writes (the driver records the rest from commit records)
+        self.logs = ShardLogs.install()  # each shard's log records, written beside its commit record
         # pools deep enough to bucket by length; one clip per batch (the CPU policy) has nothing to bucket, and a
         # deep pool would only delay the first encode
         pool_batches = POOL_BATCHES if self.codec.policy.max_clips > 1 else 1
@@ -166,6 +170,8 @@ class ShardProcessor:
                                                "started_at": result.started_at, "threads": 0, "loudness_clipped": 0,
                                                "loudness_unmeasured": 0, "budget_halvings": 0,
                                                "batch_budget": self.budget.as_dict()}
+        self.logs.begin(shard.id, f"shard {shard.id} ({shard.source}) on {self.name} ({socket.gethostname()} pid "
+                                  f"{os.getpid()})")
         try:
             self._process(shard, writer, result, progress)
         except Exception as error:  # the store failing a write (transient), a bug or a device error (unexpected)
@@ -184,7 +190,19 @@ class ShardProcessor:
         if self.first_encode_at is not None and not self._reported_first:
             result.first_encode_s = self.first_encode_at - self.started
             self._reported_first = True
+        self._write_log(shard, result)
         return result
+
+    def _write_log(self, shard: Shard, result: ShardRecord) -> None:
+        if result.status == "done":
+            outcome = (f"done: {result.rows} rows, {result.errors} error records, {result.audio_seconds:.1f} s of audio "
+                       f"in {result.seconds:.1f} s")
+        else:
+            outcome = f"failed ({result.failure}): {result.error}" + (f"\n{result.traceback}" if result.traceback else "")
+        try:
+            self.storage.write_bytes(shard_log_path(shard.id), self.logs.end(shard.id, outcome).encode())
+        except Exception as error:  # the shard's outcome does not depend on its log
+            log.warning("cannot write the log of shard %s: %s", shard.id, redact_text(str(error))[:200])
 
     def _process(self, shard: Shard, writer: ShardWriter, result: ShardRecord, progress: dict) -> None:
         seen: set[str] = set()

@@ -18,6 +18,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ..actors import SHARDS_IN_FLIGHT, CodecActor
 from ..config import Config
 from ..failures import UNEXPECTED
+from ..logs import append_shard_log
 from ..runstate import RunState, ShardRecord
 from ..sources import Shard
 from ..storage import Storage
@@ -35,6 +36,7 @@ class Scheduler:
     def __init__(self, config: Config, state: RunState, storage: Storage, shards: list[Shard], on_event,
                  setup: tuple, start_failures: list[str]):
         self.config, self.state, self.storage, self.on_event = config, state, storage, on_event
+        self.log_storage = Storage(config.output.dir)  # a shard log's write is not retried: it never stops the run
         self.setup = setup  # (checkpoint, schema, versions) every actor is built with
         self.start_failures = start_failures
         self.queue = deque(shards)
@@ -81,6 +83,8 @@ class Scheduler:
         if record.status != "done":
             record.files = publish_shard_failure(self.storage, shard.id, shard.source, record.reason or "failed",
                                                  record.traceback or record.detail or "")
+            append_shard_log(self.log_storage, shard.id, f"failed for good after {record.attempts} attempt(s) "
+                                                         f"({record.failure}): {record.error}")
         self.deadlines.finish(shard, record)
         self.state.commit(record)
         self.results.append(record)
