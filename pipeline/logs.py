@@ -17,18 +17,13 @@ import logging
 import threading
 import time
 
+from .runstate.records import shard_log_path
 from .storage import Storage
 from .urls import redact_text
 
 LOGS = "_run/logs"
 PART_BYTES = 4 << 20
 FLUSH_S = 10.0
-
-
-def shard_log_path(shard_id: str) -> str:
-    from .runstate.records import COMMITS
-
-    return f"{COMMITS}/{shard_id}.log"
 
 
 def _stamp(at: float) -> str:

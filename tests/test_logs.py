@@ -76,3 +76,16 @@ def test_each_shards_log_holds_its_own_worker_lines_and_library_warnings_and_a_f
     failed = processor.process(missing)
     assert failed.status == "failed"
     assert f"failed ({failed.failure}): {failed.reason}" in storage.read_bytes(shard_log_path("gone")).decode()
+
+
+def test_report_links_a_failed_shards_log_and_says_when_an_older_output_has_none(tmp_path):
+    from pipeline.reading.report import _failed_shards
+
+    out = tmp_path / "out"
+    (out / "_run" / "commits").mkdir(parents=True)
+    (out / "_run" / "commits" / "bad.log").write_text("failed (permanent): corrupt_tar: cut\n")
+    records = {"ok": {"status": "done"}, "bad": {"status": "failed", "reason": "corrupt_tar", "detail": "cut"},
+               "old": {"status": "failed", "shard_error": "read_failed: 503"}}
+    page = _failed_shards({"records": records, "output_dir": str(out)}, str(tmp_path))
+    assert '<td>bad</td><td>corrupt_tar: cut</td><td><a href="out/_run/commits/bad.log">log</a>' in page
+    assert "<td>old</td><td>read_failed: 503</td><td>no log</td>" in page and "<td>ok</td>" not in page
