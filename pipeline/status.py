@@ -243,12 +243,14 @@ def status_text(s: Status) -> str:
     return "\n".join(lines)
 
 
+PARSER = argparse.ArgumentParser(prog="python -m pipeline.status", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+PARSER.add_argument("output_dir", help="output.dir of the run: a folder or an fsspec URL")
+PARSER.add_argument("--json", action="store_true", help="the same as one JSON object")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.status", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("output_dir", help="output.dir of the run: a folder or an fsspec URL")
-    parser.add_argument("--json", action="store_true", help="the same as one JSON object")
-    args = parser.parse_args(argv)
+    args = PARSER.parse_args(argv)
     try:
         status = read_status(args.output_dir)
     except NotAnOutput as error:
