@@ -68,6 +68,10 @@ def _write_cache(url: str, done: dict) -> None:
         pass
 
 
+def _light(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in HEAVY}
+
+
 def _records(storage: Storage) -> tuple[dict, dict]:
     """shard id -> its latest commit record (done ones without their large fields), and the untrusted ones: one LIST,
     then the done records neither this machine's cache nor (when many) the summary holds, and the failed ones."""
@@ -84,11 +88,10 @@ def _records(storage: Storage) -> tuple[dict, dict]:
     if len(unseen) > READ_EACH_UP_TO:
         summary = read_shard_list(storage)
         held = [k for k in unseen if summary.get(k, {}).get("status") == DONE]
-        records.update((k, summary[k]) for k in held)
+        records.update((k, _light(summary[k])) for k in held)
         unseen = sorted(set(unseen) - set(held))
     fresh, corrupt = read_records(storage, [(k, DONE) for k in unseen] + failed)
-    records.update(fresh)
-    records = {k: {f: v for f, v in r.items() if f not in HEAVY} for k, r in records.items()}
+    records.update((k, _light(r)) for k, r in fresh.items())
     if len(cached) != sum(r["status"] == DONE for r in records.values()):
         _write_cache(storage.url, {k: r for k, r in records.items() if r["status"] == DONE})
     return records, corrupt
