@@ -18,6 +18,7 @@ import threading
 import time
 
 from .runstate.records import shard_log_path
+from .runstate.retry import WriteRetry
 from .storage import Storage
 from .urls import redact_text
 
@@ -143,15 +144,22 @@ class ShardLogs(logging.Handler):
         return "".join(lines) + f"{_stamp(time.time())} {redact_text(outcome)}\n"
 
 
-def append_shard_log(storage, shard_id: str, line: str) -> None:
-    """Add a line to a shard's log (the driver's word on a failure its actor could not report: a timeout, a lost
-    actor); the store failing this is not a failed run."""
+def write_shard_log(storage: Storage, shard_id: str, text: str, retry: WriteRetry) -> None:
+    """A shard's log, written with the run's write retries (output.write_attempts); a store that still fails costs
+    the log, never the shard nor the run."""
     path = shard_log_path(shard_id)
     try:
-        try:
-            before = storage.read_bytes(path)
-        except FileNotFoundError:
-            before = b""
-        storage.write_bytes(path, before + f"{_stamp(time.time())} {redact_text(line)}\n".encode())
-    except Exception:
-        logging.getLogger(__name__).warning("cannot write %s", redact_text(f"{storage.url}/{path}"))
+        retry.run(f"writing {path}", lambda: storage.write_bytes(path, text.encode()))
+    except Exception as error:
+        logging.getLogger(__name__).warning("cannot write %s: %s", redact_text(f"{storage.url}/{path}"),
+                                            redact_text(str(error))[:300])
+
+
+def append_shard_log(storage: Storage, shard_id: str, line: str, retry: WriteRetry) -> None:
+    """Add a line to a shard's log: the driver's word on a shard that failed for good (its actor may never have
+    reported: a timeout, a lost actor)."""
+    try:
+        before = storage.read_bytes(shard_log_path(shard_id)).decode(errors="replace")
+    except Exception:  # none yet, or unreadable: the line alone
+        before = ""
+    write_shard_log(storage, shard_id, before + f"{_stamp(time.time())} {redact_text(line)}\n", retry)

@@ -30,11 +30,12 @@ from .config import Config
 from .decode_tasks import DecodeInTask
 from .decoding import SampleDecoder
 from .failures import TRANSIENT, UNEXPECTED, describe, is_transient
-from .logs import ShardLogs, shard_log_path
+from .logs import ShardLogs, write_shard_log
 from .loudness import CLIPPED
 from .metrics import Recorder, run_label
 from .prefetch import DecodeAhead
 from .runstate import ShardRecord, library_versions
+from .runstate.retry import WriteRetry
 from .schema import output_schema
 from .sources import RawSample, Shard, read_shard
 from .storage import Storage
@@ -199,10 +200,7 @@ class ShardProcessor:
                        f"in {result.seconds:.1f} s")
         else:
             outcome = f"failed ({result.failure}): {result.error}" + (f"\n{result.traceback}" if result.traceback else "")
-        try:
-            self.storage.write_bytes(shard_log_path(shard.id), self.logs.end(shard.id, outcome).encode())
-        except Exception as error:  # the shard's outcome does not depend on its log
-            log.warning("cannot write the log of shard %s: %s", shard.id, redact_text(str(error))[:200])
+        write_shard_log(self.storage, shard.id, self.logs.end(shard.id, outcome), WriteRetry.of(self.config.output))
 
     def _process(self, shard: Shard, writer: ShardWriter, result: ShardRecord, progress: dict) -> None:
         seen: set[str] = set()
