@@ -8,7 +8,7 @@ at 1k, 10k and 100k shards; then a real run of thousands of tiny shards.
 Synthetic commits go through the real code path (`RunState.commit`: the record file, the in-memory totals
 the guard reads) with records shaped like a real shard's. The rerun is `RunState.open` on that output:
 with the summary current (a finished run) and with no summary at all (a driver killed before its first
-compaction: every record is read). The end-to-end run is `run_job` over that many one-clip tars.
+compaction: every record is read); `pipeline.status` is timed on the finished output. The end-to-end run is `run_job` over that many one-clip tars.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.runstate import RunState, ShardRecord  # noqa: E402
 from pipeline.runstate.summary import SHARD_LIST  # noqa: E402
 from pipeline.schema import describe, output_schema, row_group_summary, schema_to_text  # noqa: E402
+from pipeline.status import read_status  # noqa: E402
 from pipeline.storage import Storage  # noqa: E402
 
 
@@ -83,6 +84,12 @@ def bench_commits(url: str, count: int) -> None:
     found = sum(rerun.done(fake_result(i).shard_id) for i in range(count))
     rerun.lease.release()
     print(f"  rerun finds {found} of {count} done, summary current: {time.perf_counter() - begin:.2f} s")
+    os.environ["AUDIOTOK_CACHE"] = tempfile.mkdtemp(prefix="status-cache-")  # a fresh status cache
+    for call in ("first call (summary read)", "again (its cache read, plus a LIST)"):
+        begin = time.perf_counter()
+        status = read_status(url)
+        print(f"  python -m pipeline.status finds {status.shards_done} done, {call}: {time.perf_counter() - begin:.2f} s")
+    shutil.rmtree(os.environ.pop("AUDIOTOK_CACHE"))
     storage.remove(SHARD_LIST)
     begin = time.perf_counter()
     rerun = RunState.open(storage, header(), settings())

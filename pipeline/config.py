@@ -110,6 +110,8 @@ class OutputConfig:
     # store errors, the first delay doubling per try (jittered); a write that still fails stops the run (exit 3)
     write_attempts: int = 5
     write_backoff_s: float = 1.0
+    # without a terminal (a Ray job's log), a progress line at most this often; on a terminal one live line
+    progress_interval_s: float = 60.0
 
 
 @dataclass
@@ -137,6 +139,10 @@ class RayConfig:
     retry_backoff_s: float = 10.0  # first retry delay of a transient failure, doubling per attempt (jittered, max 300)
     pending_actor_warn_s: float = 120.0  # say so when replacement actors wait this long for resources
     progress_interval_s: float = 10.0
+    # the metrics export port of a local Ray runtime the driver starts (0: Ray's choice); on a cluster Ray's own
+    # settings apply. Prometheus scrapes http://HOST:PORT/metrics (see pipeline/metrics.py)
+    metrics_export_port: int = 0
+    metrics_report_interval_s: float = 5.0  # how often processes report their metrics (local runtime)
 
 
 @dataclass
@@ -321,6 +327,12 @@ def validate(config: Config) -> None:
     if r.shard_timeout_s < 0 or r.shard_timeout_min_s <= 0 or r.retry_backoff_s < 0 or r.pending_actor_warn_s <= 0:
         raise ConfigError("ray.shard_timeout_s", "shard_timeout_s and retry_backoff_s must be >= 0, "
                           "shard_timeout_min_s and pending_actor_warn_s > 0")
+    if not 0 <= r.metrics_export_port <= 65535:
+        raise ConfigError("ray.metrics_export_port", f"{r.metrics_export_port}", "a TCP port 1-65535, or 0 for Ray's choice")
+    if r.metrics_report_interval_s <= 0:
+        raise ConfigError("ray.metrics_report_interval_s", f"{r.metrics_report_interval_s}", "use a number of seconds > 0")
+    if config.output.progress_interval_s < 0:
+        raise ConfigError("output.progress_interval_s", f"{config.output.progress_interval_s}", "use 0 or more seconds")
     g = config.guard
     if g.min_samples < 1 or g.min_shards < 1:
         raise ConfigError("guard", "min_samples and min_shards must be >= 1")

@@ -14,6 +14,7 @@ from .audio import DECODE_METHOD
 from .config import Config, ConfigError, as_dict
 from .device import probe_device
 from .loudness import METHOD as LOUDNESS_METHOD
+from .metrics import RunMetrics
 from .runstate import RunState, ShardRecord, StoreWriteFailed, error_text, library_versions
 from .driver import Scheduler, ensure_ray
 from .schema import describe, output_schema, schema_to_text
@@ -108,13 +109,14 @@ def open_run_state(config: Config, storage: Storage, codec: CodecFacts, listing:
 
 def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
     start = time.time()
+    on_event = RunMetrics(config.output.dir, on_event).listen  # every event also feeds the run's metrics
     storage = Storage(config.output.dir)
     listing = list_shards(config.source)
     if not listing.shards and listing.plan is None:
         raise ConfigError("source", "no shards found", "check source.urls / source.path")
     codec = resolve_codec(config)
     on_event("codec", {"codec": codec})
-    ray_start_s = ensure_ray(config)  # the device probe runs where an actor would
+    ray_start_s = ensure_ray(config, on_event)  # the device probe runs where an actor would
     device = probe_device(config)
     state = open_run_state(config, storage, codec, listing, on_event, device)
     try:
@@ -122,6 +124,7 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         distinct_shards(shards)
         pending = largest_first(s for s in shards if not state.done(s.id))
         skipped = len(shards) - len(pending)
+        state.announce(len(shards), len(pending))
         on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped})
         results: list[ShardRecord] = []
         start_failures: list[str] = []

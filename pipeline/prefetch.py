@@ -63,7 +63,7 @@ class DecodeAhead:
 
     def __iter__(self) -> Iterator[tuple[RawSample | None, Audio | SampleError | ShardError]]:
         pending: queue.Queue = queue.Queue(maxsize=MAX_SAMPLES_AHEAD)
-        executor = ThreadPoolExecutor(self._threads, thread_name_prefix="decode")
+        executor = ThreadPoolExecutor(self._threads, thread_name_prefix=f"decode-{self._name}")  # shard logs: by thread
 
         def produce():
             try:

@@ -9,6 +9,7 @@ write to output.dir that failed past output.write_attempts (rerun to go on);
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -18,6 +19,8 @@ from .config import ConfigError, load_config
 from .job import run_job
 from .driver import ActorStartFailed, GuardTripped
 from .runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, StoreWriteFailed
+from .logs import DriverLog
+from .storage import Storage
 from .urls import redact_text
 
 
@@ -26,13 +29,18 @@ def _hms(seconds: float) -> str:
 
 
 class Progress:
-    """Turns job events into progress lines on stderr."""
+    """Turns job events into progress lines on stderr (and the driver's log in the output, once it is open)."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, tty: bool | None = None, interval_s: float = 60.0):
         self.stream = stream  # None: whatever sys.stderr is when a line is written
+        self.tty = tty  # None: whether the stream is a terminal
+        self.interval_s = interval_s  # output.progress_interval_s: without a terminal, a progress line at most this often
+        self.log: DriverLog | None = None
         self.started = time.time()
         self.total = self.done = 0
         self.audio = 0.0
+        self._live = False  # a live progress line is on the terminal (a line said clears it first)
+        self._last_line = float("-inf")
 
     def __call__(self, kind: str, info: dict) -> None:
         if kind == "codec":
@@ -63,6 +71,8 @@ class Progress:
         elif kind == "store_retry":
             self.say(f"output.dir: {info['what']} failed (try {info['attempt']}), trying again in {info['delay']:.1f} s "
                      f"({info['error']})")
+        elif kind == "metrics_unavailable":
+            self.say(f"warning: metrics: {info['why']}")
         elif kind == "lease_taken_over":
             self.say(f"output.dir: taking over the lease ({info['note']})")
         elif kind == "corrupt_commits":
@@ -88,24 +98,49 @@ class Progress:
             result = info["result"]
             self.done += 1
             self.audio += result.audio_seconds
-            elapsed = time.time() - self.started
-            eta = elapsed / self.done * (self.total - self.done)
-            state = "ok" if result.status == "done" else f"FAILED ({result.error})"
-            self.say(
-                f"[{self.done}/{self.total}] {result.shard_id}: {result.rows} rows, {result.errors} errors, {state} | "
-                f"{self.audio / 3600:.3f} h audio, {self.audio / max(elapsed, 1e-9):.1f}x realtime, ETA {_hms(eta)}"
-            )
+            if result.status != "done":
+                self.say(f"[{self.done}/{self.total}] {result.shard_id}: FAILED ({result.error})")
+            self.show_progress(info.get("in_flight", 0))
         elif kind == "heartbeat":
-            elapsed = time.time() - self.started
-            audio = self.audio + info["audio_seconds"]
-            self.say(
-                f"[{self.done}/{self.total}] {info['in_flight']} shard(s) in flight ({info['samples']} samples so far) | "
-                f"{audio / 3600:.3f} h audio, {audio / max(elapsed, 1e-9):.1f}x realtime, {_hms(elapsed)} elapsed"
-            )
+            self.show_progress(info["in_flight"], info["audio_seconds"])
+
+    def progress_line(self, in_flight: int = 0, under_way_s: float = 0.0) -> str:
+        """Shards and audio hours done and (at this run's mean audio per shard) to do, throughput and ETA."""
+        elapsed = max(time.time() - self.started, 1e-9)
+        audio = self.audio + under_way_s
+        left = self.total - self.done
+        to_do = f", ~{self.audio / self.done * left / 3600:.3f} h to do" if self.done else ""
+        eta = _hms(elapsed / self.done * left) if self.done else "n/a"
+        return (f"[{self.done}/{self.total} shards, {in_flight} in flight] {audio / 3600:.3f} h audio done{to_do} | "
+                f"{audio / elapsed:.1f}x realtime | ETA {eta}")
+
+    def show_progress(self, in_flight: int = 0, under_way_s: float = 0.0) -> None:
+        """On a terminal, the live line redrawn; elsewhere (a Ray job's log) a plain line at most every interval_s.
+        The driver's log gets the plain line at that pace either way."""
+        line, now = redact_text(self.progress_line(in_flight, under_way_s)), time.time()
+        stream = self.stream or sys.stderr
+        tty = self.tty if self.tty is not None else stream.isatty()
+        if tty:
+            stream.write("\r\x1b[K" + line)
+            stream.flush()
+            self._live = True
+        if now - self._last_line < self.interval_s:
+            return
+        self._last_line = now
+        if not tty:
+            print(line, file=stream, flush=True)
+        if self.log is not None:
+            self.log.write(line)
 
     def say(self, line: str) -> None:
         """Every line the driver prints, with URLs' secrets removed (events quote URLs and clients' messages)."""
-        print(redact_text(line), file=self.stream or sys.stderr, flush=True)
+        stream = self.stream or sys.stderr
+        if self._live:  # the live progress line gives way; the next progress redraws it
+            stream.write("\r\x1b[K")
+            self._live = False
+        print(redact_text(line), file=stream, flush=True)
+        if self.log is not None:
+            self.log.write(line)
 
 
 def _indent(text: str, lines: int = 12) -> str:
@@ -214,11 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress()
     try:
         config = load_config(args.config, args.overrides)
+        progress.interval_s = config.output.progress_interval_s
+        progress.log = open_driver_log(config.output.dir, progress.say)
         if config.codec.model.startswith("random:"):
             progress.say(f"NOTE: codec.model={config.codec.model} has random weights: the codes are meaningless "
                          "(demo/benchmark only)")
         before_job_s = process_age()
         summary = run_job(config, progress)
+        progress.say(format_summary(summary, before_job_s))
+        return 0 if summary.status == "complete" else 1
     except ConfigError as error:
         progress.say(f"error: {error}")
         return 2
@@ -231,8 +270,25 @@ def main(argv: list[str] | None = None) -> int:
     except (LeaseHeld, LeaseLost) as error:
         progress.say(f"error: {error}")
         return 4
-    progress.say(format_summary(summary, before_job_s))
-    return 0 if summary.status == "complete" else 1
+    finally:
+        close_driver_log(progress.log)
+
+
+def open_driver_log(output_dir: str, warn) -> DriverLog | None:
+    """The driver's lines, and its process's warnings, in `_run/logs/` of the output as the run goes."""
+    try:
+        storage = Storage(output_dir)
+    except Exception:
+        return None  # the run itself says what is wrong with output.dir
+    log = DriverLog(storage, on_error=lambda why: warn(f"warning: {why}"))
+    logging.getLogger().addHandler(log)
+    return log
+
+
+def close_driver_log(log: DriverLog | None) -> None:
+    if log is not None:
+        logging.getLogger().removeHandler(log)
+        log.close()
 
 
 if __name__ == "__main__":

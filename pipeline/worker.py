@@ -8,7 +8,9 @@ of the next clips.
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import socket
 import threading
 import time
 from collections import Counter
@@ -28,10 +30,13 @@ from .config import Config
 from .decode_tasks import DecodeInTask
 from .decoding import SampleDecoder
 from .failures import TRANSIENT, UNEXPECTED, WrongDeviceError, describe, is_transient
+from .logs import ShardLogs, write_shard_log
 from .loudness import CLIPPED
+from .metrics import Recorder, run_label
 from .prefetch import DecodeAhead
 from .reads import Reads
 from .runstate import ShardRecord, library_versions
+from .runstate.retry import WriteRetry
 from .schema import output_schema
 from .sources import RawSample, Shard, read_shard
 from .storage import Storage
@@ -136,6 +141,8 @@ class ShardProcessor:
             self.codec.policy, self.calibration = calibrate(self.codec, config.codec.bandwidth)
         self.startup["calibrate_s"] = time.perf_counter() - began
         self.storage = Storage(config.output.dir)
+        self.metrics = Recorder()  # the bytes this actor writes (the driver records the rest from commit records)
+        self.logs = ShardLogs.install()  # each shard's log records, written beside its commit record
         # pools deep enough to bucket by length; one clip per batch (the CPU policy) has nothing to bucket, and a
         # deep pool would only delay the first encode
         pool_batches = POOL_BATCHES if self.codec.policy.max_clips > 1 else 1
@@ -167,6 +174,8 @@ class ShardProcessor:
                                                "started_at": result.started_at, "threads": 0, "loudness_clipped": 0,
                                                "loudness_unmeasured": 0, "budget_halvings": 0,
                                                "batch_budget": self.budget.as_dict()}
+        self.logs.begin(shard.id, f"shard {shard.id} ({shard.source}) on {self.name} ({socket.gethostname()} pid "
+                                  f"{os.getpid()})")
         try:
             self._process(shard, writer, result, progress)
         except Exception as error:  # the store failing a write (transient), a bug or a device error (unexpected)
@@ -185,7 +194,16 @@ class ShardProcessor:
         if self.first_encode_at is not None and not self._reported_first:
             result.first_encode_s = self.first_encode_at - self.started
             self._reported_first = True
+        self._write_log(shard, result)
         return result
+
+    def _write_log(self, shard: Shard, result: ShardRecord) -> None:
+        if result.status == "done":
+            outcome = (f"done: {result.rows} rows, {result.errors} error records, {result.audio_seconds:.1f} s of audio "
+                       f"in {result.seconds:.1f} s")
+        else:
+            outcome = f"failed ({result.failure}): {result.error}" + (f"\n{result.traceback}" if result.traceback else "")
+        write_shard_log(self.storage, shard.id, self.logs.end(shard.id, outcome), WriteRetry.of(self.config.output))
 
     def _process(self, shard: Shard, writer: ShardWriter, result: ShardRecord, progress: dict) -> None:
         seen: set[str] = set()
@@ -226,6 +244,8 @@ class ShardProcessor:
         result.read_retries = getattr(decoded_ahead, "read_retries", reads.retries)
         self._encode(pool, writer, progress)
         published = writer.publish()
+        self.metrics.record("output_bytes_written_total", published["bytes"], run=run_label(self.config.output.dir),
+                            actor=self.name)
         result.files, result.sha256, result.row_groups = published["files"], published["sha256"], published["row_groups"]
         result.rows = len(writer.keys)
         result.errors = sum(1 for e in writer.errors if e.key is not None)

@@ -5,6 +5,7 @@ attempt's data file is removed first)."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 
@@ -69,7 +70,7 @@ class ShardWriter:
     def publish(self) -> dict:
         """Write data/ and errors/ files; returns what the commit record keeps of them: `files`, `sha256` and
         `row_groups` ({data file: [[rows, summed num_frames, length bins], ...] per row group, see
-        `schema.row_group_summary`}), from which readers plan their work without opening the files."""
+        `schema.row_group_summary`}), from which readers plan their work without opening the files; and `bytes` written."""
         files, checksums = [], {}
         with tempfile.NamedTemporaryFile(suffix=".parquet", delete=False) as tmp:
             local = tmp.name
@@ -79,6 +80,7 @@ class ShardWriter:
         data_name = data_file(self.shard_id)
         checksums[data_name] = sha256_file(local)
         row_groups = {data_name: _row_groups(local, table.column("num_frames").to_numpy())}
+        written = os.path.getsize(local)
         self.storage.put_file(local, data_name)
         files.append(data_name)
         error_name = f"errors/{self.shard_id}.jsonl"
@@ -86,9 +88,10 @@ class ShardWriter:
             lines = "".join(json.dumps(e.as_dict()) + "\n" for e in self.errors).encode()
             self.storage.write_bytes(error_name, lines)
             files.append(error_name)
+            written += len(lines)
         else:
             self.storage.remove(error_name)  # a clean redo of a shard that once failed
-        return {"files": files, "sha256": checksums, "row_groups": row_groups}
+        return {"files": files, "sha256": checksums, "row_groups": row_groups, "bytes": written}
 
 
 def _row_groups(local: str, num_frames: np.ndarray) -> list[list]:

@@ -163,6 +163,12 @@ def test_changed_fingerprint_stops_unless_overwrite(tmp_path, ray_local):
         (["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "audio.resampler_quality=best"],
          "audio.resampler_quality"),
         (["source.kind=hf", "output.dir=x"], "source.path"),
+        (["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "ray.metrics_export_port=70000"],
+         "ray.metrics_export_port"),
+        (["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "ray.metrics_report_interval_s=0"],
+         "ray.metrics_report_interval_s"),
+        (["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", "output.progress_interval_s=-1"],
+         "output.progress_interval_s"),
     ],
 )
 def test_bad_config_names_the_key(overrides, key):

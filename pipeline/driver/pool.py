@@ -27,6 +27,7 @@ from ray.exceptions import RayActorError
 
 from ..config import Config
 from ..failures import TransientStartError, WrongDeviceError
+from ..metrics import ray_init_options
 
 CPU_ACTOR_MEMORY_GB = 4.5
 START_STAGGER_S = 0.25  # between the first starts of consecutive actors: they do not all ask the hub at once
@@ -38,13 +39,17 @@ class ActorStartFailed(RuntimeError):
     """Codec actors die in their constructor, and their replacements too: nothing can run."""
 
 
-def ensure_ray(config: Config) -> float:
+def ensure_ray(config: Config, on_event=lambda kind, info: None) -> float:
     """Start or join Ray unless this process has; returns the seconds this call took."""
     began = time.time()
     if not ray.is_initialized():
+        metrics, warning = ray_init_options(config.ray)  # a local runtime's metrics export port and interval
+        if warning:
+            on_event("metrics_unavailable", {"why": warning})
         # address None: RAY_ADDRESS (set by `ray job submit`) if present, else a local runtime. Actors'
         # warnings and errors reach the driver's log.
-        ray.init(address=config.ray.address, log_to_driver=True, include_dashboard=False, logging_level="ERROR")
+        ray.init(address=config.ray.address, log_to_driver=True, include_dashboard=False, logging_level="ERROR",
+                 **metrics)
     return time.time() - began
 
 

@@ -18,7 +18,9 @@ from ray.exceptions import RayActorError, RayTaskError
 from ..actors import SHARDS_IN_FLIGHT, CodecActor
 from ..config import Config
 from ..failures import UNEXPECTED
+from ..logs import append_shard_log
 from ..runstate import RunState, ShardRecord
+from ..runstate.retry import WriteRetry
 from ..sources import Shard
 from ..storage import Storage
 from ..writer import publish_shard_failure
@@ -35,6 +37,7 @@ class Scheduler:
     def __init__(self, config: Config, state: RunState, storage: Storage, shards: list[Shard], on_event,
                  setup: tuple, start_failures: list[str]):
         self.config, self.state, self.storage, self.on_event = config, state, storage, on_event
+        self.log_storage = Storage(config.output.dir)  # a shard log that cannot be written never stops the run
         self.setup = setup  # (checkpoint, schema, versions) every actor is built with
         self.start_failures = start_failures
         self.queue = deque(shards)
@@ -81,10 +84,12 @@ class Scheduler:
         if record.status != "done":
             record.files = publish_shard_failure(self.storage, shard.id, shard.source, record.reason or "failed",
                                                  record.traceback or record.detail or "")
+            append_shard_log(self.log_storage, shard.id, f"failed for good after {record.attempts} attempt(s) "
+                             f"({record.failure}): {record.error}", WriteRetry.of(self.config.output))
         self.deadlines.finish(shard, record)
         self.state.commit(record)
         self.results.append(record)
-        self.on_event("shard_done", {"result": record,
+        self.on_event("shard_done", {"result": record, "shard_size": shard.size, "in_flight": len(self.refs),
                                      "remaining": len(self.queue) + len(self.policy.retries) + len(self.refs)})
 
     def _take_back(self, slot: Slot) -> list[Shard]:

@@ -19,6 +19,10 @@ from collections import Counter
 import numpy as np
 
 from .stats import entropy_bits, summary_text
+from ..runstate import DONE, error_text
+from ..runstate.records import shard_log_path
+from ..storage import Storage
+from ..urls import redact
 
 TOP_BARS = 25  # bar charts show the largest groups; the rest are summed in the title
 BLUE, ORANGE, GREY = "#3b6ea8", "#d9822b", "#8a8f98"
@@ -385,8 +389,39 @@ def _fidelity_section(plt, result, folder: str, files: str) -> str:
     return "".join(parts)
 
 
-def build(stats: dict, folder: str, files: str, fidelity=None) -> str:
-    """Draw every figure into `folder` and return the HTML, which refers to them as `files/NAME`."""
+FAILED_SHOWN = 50  # failed shards listed with their logs
+
+
+def _log_href(output_dir: str, shard_id: str, report_dir: str | None) -> str | None:
+    """Where the report links a shard's log: a path relative to the report for a local output, else its URL (without
+    secrets); None when the output has none (written before logs were kept)."""
+    path = shard_log_path(shard_id)
+    if not Storage(output_dir).exists(path):
+        return None
+    if "://" in output_dir:
+        return redact(f"{output_dir.rstrip('/')}/{path}")
+    full = os.path.join(os.path.abspath(output_dir), path)
+    return os.path.relpath(full, report_dir) if report_dir else full
+
+
+def _failed_shards(stats: dict, report_dir: str | None) -> str:
+    failed = sorted((k, r) for k, r in stats["records"].items() if r["status"] != DONE)
+    if not failed:
+        return ""
+    rows = []
+    for shard_id, record in failed[:FAILED_SHOWN]:
+        href = _log_href(stats["output_dir"], shard_id, report_dir)
+        link = f'<a href="{html.escape(href)}">log</a>' if href else "no log"
+        rows.append(f"<tr><td>{html.escape(shard_id)}</td><td>{html.escape(error_text(record)[:200])}</td>"
+                    f"<td>{link}</td></tr>")
+    more = f"<p>... and {len(failed) - FAILED_SHOWN} more failed shards.</p>" if len(failed) > FAILED_SHOWN else ""
+    return ("<h3>Failed shards</h3><table><tr><th>shard</th><th>why</th><th>its log</th></tr>" + "".join(rows)
+            + "</table>" + more)
+
+
+def build(stats: dict, folder: str, files: str, fidelity=None, report_dir: str | None = None) -> str:
+    """Draw every figure into `folder` and return the HTML, which refers to them as `files/NAME`; `report_dir`:
+    where the report will be, for links into a local output (None: absolute paths)."""
     plt = _pyplot()
     t = stats["totals"]
     throughput, note = plot_throughput(plt, stats["records"], folder)
@@ -405,6 +440,7 @@ def build(stats: dict, folder: str, files: str, fidelity=None) -> str:
         "<h2>Errors</h2>",
         _figure(files, errors, "errors by reason") if errors else "<p>No errors: every sample read was encoded and "
                                                                   "no shard failed.</p>",
+        _failed_shards(stats, report_dir),
         "<h2>Codebooks</h2>",
         _figure(files, plot_codebooks(plt, stats["usage"], folder), "codebook usage",
                 "a codebook whose curve falls steeply uses few of its entries; entropy near log2(size) means "
@@ -434,7 +470,7 @@ def write_report(report_path: str, stats: dict, fidelity=None) -> str:
     try:
         folder = os.path.join(staging, files)
         os.makedirs(folder)
-        page = build(stats, folder, files, fidelity)
+        page = build(stats, folder, files, fidelity, os.path.dirname(os.path.abspath(report_path)))
         staged_html = os.path.join(staging, "report.html")
         with open(staged_html, "w", encoding="utf-8") as f:
             f.write(page)

@@ -44,7 +44,7 @@ class Lease:
         self.storage, self.timeout_s, self.on_event = storage, timeout_s, on_event
         now = time.time()
         self.mine = {"holder": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-                     "started_at": now, "heartbeat_at": now}
+                     "started_at": now, "heartbeat_at": now, "run": {}}
         self.lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -129,6 +129,10 @@ class Lease:
                             f"{current.get('pid')}: this run's heartbeat stalled past output.lease_timeout_s")
         self.mine["heartbeat_at"] = time.time()
         self.storage.write_bytes(LEASE, json.dumps(self.mine).encode(), until=until)  # retried, never past expiry
+
+    def report(self, facts: dict) -> None:
+        """Facts about the run (shards listed, ...) carried by the next heartbeats, for `pipeline.status`."""
+        self.mine["run"] = dict(self.mine["run"], **facts)  # one key replaced: the beat may be writing `mine`
 
     def check(self) -> None:
         if self.lost:

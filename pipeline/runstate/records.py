@@ -95,6 +95,11 @@ def record_path(shard_id: str, status: str) -> str:
     return f"{COMMITS}/{shard_id}.{status}.json"
 
 
+def shard_log_path(shard_id: str) -> str:
+    """The shard's log (its worker's lines, how its last attempt ended), beside its commit record."""
+    return f"{COMMITS}/{shard_id}.log"
+
+
 def parse_name(name: str) -> tuple[str, str] | None:
     """(shard id, status) of a commit record's file name; None for anything else (temporaries, strays)."""
     if name.startswith(".") or not name.endswith(".json"):

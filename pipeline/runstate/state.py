@@ -187,6 +187,12 @@ class RunState:
         self._compacted = time.time()
         return totals
 
+    def announce(self, shards_listed: int, pending: int) -> None:
+        """How many shards the source lists, for `pipeline.status`: in the lease's heartbeat now, in the summary at
+        its next compaction (kept there by later runs until they announce their own)."""
+        self.header["shards_listed"] = shards_listed
+        self.lease.report({"shards_listed": shards_listed, "pending_at_start": pending})
+
     def check_lease(self) -> None:
         self.lease.check()
 

@@ -1,0 +1,91 @@
+"""Logs kept with the output: the driver's in parts as the run goes, each shard's worker lines beside its commit
+record, secrets redacted (no Ray: the processor runs in this process)."""
+
+import dataclasses
+import logging
+import threading
+import time
+import warnings
+
+from pipeline.logs import DriverLog, shard_log_path
+from pipeline.storage import Storage
+from tests.corpus import mixed_tar
+from tests.test_pipeline import config_for
+
+SECRET_URL = "https://user:hunter2@store.example/a.tar?X-Amz-Signature=deadbeef"
+
+
+def test_driver_log_is_written_in_parts_as_the_run_goes_and_holds_no_secret(tmp_path):
+    storage = Storage(f"memory://logs-{time.time_ns()}/out")
+    log = DriverLog(storage, started=0.0, flush_s=0.05, part_bytes=300)
+    logging.getLogger().addHandler(log)
+    try:
+        log.write(f"reading {SECRET_URL}")
+        logging.getLogger("some.library").warning("slow store %s", SECRET_URL)
+        time.sleep(0.3)  # no close: what a killed driver leaves is what the flushes wrote
+        first = storage.read_bytes("_run/logs/driver-19700101T000000Z.log").decode()
+        assert "reading https://REDACTED@store.example/a.tar?REDACTED" in first
+        assert "WARNING some.library: slow store" in first and "hunter2" not in first and "deadbeef" not in first
+        for i in range(10):
+            log.write(f"line {i} " + "x" * 40)
+            if i == 4:
+                time.sleep(0.2)  # flushed: the part is past 300 bytes and sealed; the next lines start another
+        log.close()
+    finally:
+        logging.getLogger().removeHandler(log)
+    parts = storage.list("_run/logs")
+    assert parts[0] == "driver-19700101T000000Z.log" and len(parts) >= 2  # sealed past 300 bytes, then the next
+    text = "".join(storage.read_bytes(f"_run/logs/{p}").decode() for p in sorted(parts, key=lambda p: (len(p), p)))
+    assert all(f"line {i} " in text for i in range(10))
+
+
+def test_each_shards_log_holds_its_own_worker_lines_and_library_warnings_and_a_failed_ones_says_why(tmp_path):
+    from pipeline.sources import list_shards
+    from pipeline.worker import ShardProcessor
+
+    for name, seed in (("p", 70), ("q", 71)):
+        mixed_tar(str(tmp_path / f"in/{name}.tar"), name, 2, seed=seed)
+    config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/*.tar")]}, "ray.pool_seconds=1")
+    processor = ShardProcessor(config)
+    decode = processor._decode
+
+    def noisy_decode(raw):  # in a decode thread, as a library would: a warning and a logger's line
+        warnings.warn(f"odd header in {raw.key} from {SECRET_URL}")
+        logging.getLogger("soundfile").warning("resampling %s", raw.key)
+        return decode(raw)
+
+    processor._decode = noisy_decode
+    shards = list_shards(config.source).shards
+    results = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        workers = [threading.Thread(target=lambda shard=shard: results.append(processor.process(shard)))
+                   for shard in shards]  # two shards at once on one processor, as an actor runs them
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    assert all(r.status == "done" for r in results)
+    storage = Storage(config.output.dir)
+    for shard in shards:
+        text = storage.read_bytes(shard_log_path(shard.id)).decode()
+        mine, other = ("p", "q") if shard.source.endswith("p.tar") else ("q", "p")
+        assert f"odd header in {mine}_000" in text and f"resampling {mine}_001" in text and "done: 2 rows" in text
+        assert f"{other}_00" not in text and "hunter2" not in text and "deadbeef" not in text, text
+    missing = dataclasses.replace(shards[0], id="gone", url=str(tmp_path / "in/gone.tar"))
+    failed = processor.process(missing)
+    assert failed.status == "failed"
+    assert f"failed ({failed.failure}): {failed.reason}" in storage.read_bytes(shard_log_path("gone")).decode()
+
+
+def test_report_links_a_failed_shards_log_and_says_when_an_older_output_has_none(tmp_path):
+    from pipeline.reading.report import _failed_shards
+
+    out = tmp_path / "out"
+    (out / "_run" / "commits").mkdir(parents=True)
+    (out / "_run" / "commits" / "bad.log").write_text("failed (permanent): corrupt_tar: cut\n")
+    records = {"ok": {"status": "done"}, "bad": {"status": "failed", "reason": "corrupt_tar", "detail": "cut"},
+               "old": {"status": "failed", "shard_error": "read_failed: 503"}}
+    page = _failed_shards({"records": records, "output_dir": str(out)}, str(tmp_path))
+    assert '<td>bad</td><td>corrupt_tar: cut</td><td><a href="out/_run/commits/bad.log">log</a>' in page
+    assert "<td>old</td><td>read_failed: 503</td><td>no log</td>" in page and "<td>ok</td>" not in page
