@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> list[float]:
     parser.add_argument("--crop-frames", type=int, default=750, help="longest audio per row, frames (25 per second)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per rank (they collate)")
     parser.add_argument("--tokenizer", help="the checkpoint's text tokenizer (default: an offline word-level one)")
-    parser.add_argument("--checkpoint", help="save model, optimizer and dataset state here; resume from it if it exists")
+    parser.add_argument("--checkpoint", help="save model, optimizer and dataset state here; resume from it if it exists "
+                        "(one process resumes with --workers 1: its batch counts per worker are not planned)")
     args = parser.parse_args(argv)
 
     distributed = "WORLD_SIZE" in os.environ  # set by torchrun
