@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.config import OutputConfig
 from pipeline.runstate import RunState, ShardRecord
@@ -30,30 +31,38 @@ def write_token_output(url: str, shard_rows: list[int], num_codebooks: int = 2, 
     """An output at `url` with one done shard per entry of `shard_rows` (that many rows; row lengths in frames
     drawn by `lengths(rng, n, shard index)`). `legacy`: commit records without row groups, as outputs written before
     records carried them. Returns {key: codes [num_codebooks, num_frames] int16}."""
+    rng = np.random.default_rng(seed)
+    shards = []
+    for i, rows in enumerate(shard_rows):
+        shards.append([(f"s{i:06d}/{j:05d}", rng.integers(0, codebook_size, (num_codebooks, int(frames))).astype(np.int16), {})
+                       for j, frames in enumerate(lengths(rng, rows, i))])
+    write_rows(url, shards, num_codebooks, codebook_size, legacy=legacy)
+    return {key: codes for rows in shards for key, codes, _ in rows}
+
+
+def write_rows(url: str, shards: list[list[tuple[str, np.ndarray, dict]]], num_codebooks: int, codebook_size: int = 1024,
+               fields: list[pa.Field] | None = None, identity: dict | None = None, legacy: bool = False) -> None:
+    """An output at `url` with one done shard per entry of `shards`, holding the given rows (key, codes
+    [num_codebooks, frames] int16, metadata such as {"text": ...}); `fields`: the source's declared metadata
+    columns; `identity`: what the manifest records of the run (`convention`, ...)."""
     storage = Storage(url)
-    schema = output_schema([])
-    header = {"identity": {"synthetic": True}, "codec": {"spec": "synthetic"}, "bandwidth": 0.0,
+    schema = output_schema(fields or [])
+    header = {"identity": {"synthetic": True, **(identity or {})}, "codec": {"spec": "synthetic"}, "bandwidth": 0.0,
               "num_codebooks": num_codebooks, "frame_rate": FRAME_RATE, "codebook_size": codebook_size, "config": {},
               "output_schema": schema_to_text(schema), "output_columns": describe(schema)}
     state = RunState.open(storage, header, OutputConfig(dir=url, summary_interval_s=10**9))
-    rng = np.random.default_rng(seed)
-    written: dict[str, np.ndarray] = {}
     try:
-        for i, rows in enumerate(shard_rows):
+        for i, rows in enumerate(shards):
             shard_id = f"s{i:06d}"
             writer = ShardWriter(storage, shard_id, f"synthetic/{shard_id}", schema)
-            for j, frames in enumerate(lengths(rng, rows, i)):
-                codes = rng.integers(0, codebook_size, (num_codebooks, int(frames))).astype(np.int16)
-                key = f"{shard_id}/{j:05d}"
-                writer.add(key, codes, int(frames) / FRAME_RATE, {})
-                written[key] = codes
+            for key, codes, metadata in rows:
+                writer.add(key, codes, codes.shape[1] / FRAME_RATE, metadata)
             published = writer.publish()
             frames = int(sum(c.shape[1] for c in writer.codes))
-            record = ShardRecord(shard_id, writer.source, "done", samples_read=rows, rows=rows,
+            record = ShardRecord(shard_id, writer.source, "done", samples_read=len(rows), rows=len(rows),
                                  audio_seconds=frames / FRAME_RATE, frames=frames, encoded_frames=frames,
                                  tokens=frames * num_codebooks, files=published["files"], sha256=published["sha256"],
                                  row_groups={} if legacy else published["row_groups"])
             state.commit(record)
     finally:
         state.close()
-    return written

@@ -13,6 +13,11 @@ shows the fallback, and `min_frames=` a filter, which reads the `num_frames` col
 Batch plan: `--ranks` ranks of one worker each read an output of log-normal row lengths with random crops
 and the README's batcher; it prints the batches per rank (equal by construction), and the rows that
 the planned count left out (dropped) or had read by two ranks (filled from another rank), over `--epochs` epochs.
+
+Higgs batches: `--higgs-clips` clips of 2-6 s (random noise) are tokenized once with `random:full` weights on CPU
+and written as an output; batches of `--higgs-batch` rows are then built twice, by `HiggsAudioV2Collator` from
+the output's rows and by transformers' `HiggsAudioV2Processor` from the raw audio (it encodes every clip), and
+the two rates are printed with their ratio.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from pipeline.reading.batching import Batcher  # noqa: E402
 from pipeline.reading.dataset import TokenDataset  # noqa: E402
 from pipeline.storage import Storage  # noqa: E402
-from demo.synth_tokens import write_token_output  # noqa: E402
+from demo.synth_tokens import write_rows, write_token_output  # noqa: E402
 
 
 class CountingParquetFile(pyarrow.parquet.ParquetFile):
@@ -116,17 +121,61 @@ def bench_plan(ranks: int, epochs: int) -> None:
     shutil.rmtree(url.rsplit("/", 1)[0])
 
 
+def bench_higgs(clips: int, batch: int) -> None:
+    import pyarrow as pa
+    import torch
+    from transformers import DacFeatureExtractor, HiggsAudioV2Processor
+
+    from codec import load_codec
+    from demo.higgs_tiny import text_tokenizer
+    from pipeline.reading.higgs import HiggsAudioV2Collator
+
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(int(rng.uniform(2, 6) * 24000))).astype(np.float32) for _ in range(clips)]
+    texts = [" ".join(rng.choice(list("abcdefgh"), int(rng.integers(3, 30)))) for _ in range(clips)]
+    codec = load_codec("random:full", device="cpu")
+    url = tempfile.mkdtemp(prefix="bench-dataset-higgs-") + "/out"
+    codes = codec.encode(waves, 2.0)
+    write_rows(url, [[(f"c{i}", c, {"text": t}) for i, (c, t) in enumerate(zip(codes, texts))]], num_codebooks=8,
+               fields=[pa.field("text", pa.string())], identity={"convention": "model_card"})
+    rows = list(TokenDataset(url))
+    tokenizer = text_tokenizer(texts)
+    collator = HiggsAudioV2Collator(tokenizer)
+    processor = HiggsAudioV2Processor(DacFeatureExtractor(sampling_rate=24000, hop_length=codec.hop_length), tokenizer,
+                                      codec.model)
+    starts = range(0, clips - batch + 1, batch)
+    begin = time.perf_counter()
+    for start in starts:
+        collator(rows[start : start + batch])
+    collated = len(starts) / (time.perf_counter() - begin)
+    begin = time.perf_counter()
+    with torch.inference_mode():
+        for start in starts:
+            processor(text=[t + "<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|>" for t in texts[start : start + batch]],
+                      audio=waves[start : start + batch], output_labels=True, return_tensors="pt", padding=True,
+                      sampling_rate=24000)
+    processed = len(starts) / (time.perf_counter() - begin)
+    print(f"Higgs batches of {batch} rows (2-6 s clips, random:full on CPU, {torch.get_num_threads()} threads), "
+          f"{len(starts)} batches: collator {collated:.1f}/s from stored codes, processor {processed:.2f}/s from raw "
+          f"audio: {collated / processed:.0f}x")
+    shutil.rmtree(url.rsplit("/", 1)[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--groups", type=int, default=10_000)
+    parser.add_argument("--groups", type=int, default=10_000, help="0: skip the build benchmark")
     parser.add_argument("--stores", nargs="+", default=["local", "memory"], choices=["local", "memory"])
     parser.add_argument("--ranks", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--higgs-clips", type=int, default=8, help="0: skip the Higgs batches")
+    parser.add_argument("--higgs-batch", type=int, default=4)
     args = parser.parse_args()
-    for store in args.stores:
+    for store in args.stores if args.groups else []:
         bench_build(store, args.groups)
     if args.ranks:
         bench_plan(args.ranks, args.epochs)
+    if args.higgs_clips:
+        bench_higgs(args.higgs_clips, args.higgs_batch)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,10 @@ class Batcher:
         self.max_tokens, self.pad_id, self.delay_pattern = max_tokens, pad_id, delay_pattern
         self.buffer_rows, self.max_rows = buffer_rows, max_rows
 
+    def length(self, row: dict) -> int:
+        """What the budget counts of one row, and the order of the length-sorted buffer: its frames."""
+        return int(row["codes"].shape[1])
+
     def cost(self, rows: int, frames: int, books: int) -> int:
         """Codes in a batch of `rows` rows padded to `frames` frames (before the delay)."""
         return rows * (frames + (books - 1 if self.delay_pattern else 0)) * books
@@ -97,10 +101,10 @@ class Batcher:
 
     def batches(self, rows: Iterable[dict], rng: random.Random) -> Iterator[dict]:
         """Batches of `rows` (a stream of the dataset's rows), drawn from the length-sorted buffer."""
-        buffer: list[tuple[int, int, dict]] = []  # (frames, arrival, row): sorted by length, ties by arrival
+        buffer: list[tuple[int, int, dict]] = []  # (length, arrival, row): sorted by length, ties by arrival
         arrival = itertools.count()
         for row in rows:
-            bisect.insort(buffer, (int(row["codes"].shape[1]), next(arrival), row))
+            bisect.insort(buffer, (self.length(row), next(arrival), row))
             if len(buffer) >= self.buffer_rows:
                 yield self.collate(self._take(buffer, rng))
         while buffer:

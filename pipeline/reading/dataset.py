@@ -33,7 +33,7 @@ import json
 import logging
 import random
 import zlib
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -76,7 +76,8 @@ def row_codes(table) -> Iterator[np.ndarray]:
 
 
 class TokenDataset(IterableDataset):
-    """Yields {'codes': LongTensor [num_codebooks, frames], 'key': str, ...the row's other columns}, or with
+    """Yields {'codes': LongTensor [num_codebooks, frames], 'key': str, 'output_dir': the output it came from,
+    ...the row's other columns}, or with
     `batcher` the batches it builds (see `batching.Batcher`). Iterate it through a DataLoader with
     `batch_size=None`; call `set_epoch` before each epoch (and keep `persistent_workers` off, so workers
     see it). Ranks and counts: see the module docstring; `per_rank` is the number of items every rank
@@ -93,6 +94,8 @@ class TokenDataset(IterableDataset):
     min_frames/max_frames filter rows by length; `where` keeps rows whose columns (or keys of the
     WebDataset `metadata` JSON) equal the given values; `filter_fn(row) -> bool` (the row without codes)
     for anything else.
+    Resuming mid-epoch: iterate the DataLoader through `track(loader)`, save `state_dict()` with the model, and
+    `load_state_dict` it after a restart: the rows this rank received in that epoch are not yielded again.
     """
 
     def __init__(
@@ -127,6 +130,8 @@ class TokenDataset(IterableDataset):
         self.output_dirs = [output_dirs] if isinstance(output_dirs, str) else list(output_dirs)
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
+        self._resume: tuple[int, int] | None = None  # (epoch, items received before the restart)
+        self._received_epoch, self._received = 0, 0
         self.min_frames, self.max_frames = min_frames, max_frames
         self.where = where or {}
         self.crop_frames, self.crop, self.batcher = crop_frames, crop, batcher
@@ -149,6 +154,58 @@ class TokenDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    # ---- resuming mid-epoch --------------------------------------------------------------------------
+    def track(self, items: Iterable) -> Iterator:
+        """Iterate `items` (the DataLoader over this dataset, in the training process), counting what this rank
+        has received this epoch, for `state_dict`."""
+        if self._received_epoch != self.epoch:
+            self._received_epoch, self._received = self.epoch, self._resume_skip()
+        for item in items:
+            self._received += 1
+            yield item
+
+    def state_dict(self) -> dict:
+        """Where this rank is: its epoch and the items it has received in it (counted by `track`)."""
+        received = self._received if self._received_epoch == self.epoch else 0
+        return {"epoch": self.epoch, "received": received, "seed": self.seed, "rank": self.rank,
+                "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: the next iteration of `state["epoch"]` yields what follows the items already received, so
+        no row yielded before the restart is yielded again in this epoch. Same seed, ranks and DataLoader workers
+        as before (the item order depends on them)."""
+        mine = (self.seed, self.rank, self.world_size)
+        theirs = (state["seed"], state["rank"], state["world_size"])
+        if mine != theirs:
+            raise ValueError(f"state of (seed, rank, world_size) {theirs} cannot resume a dataset of {mine}")
+        self.epoch, self._resume = state["epoch"], (state["epoch"], int(state["received"]))
+        self._received_epoch, self._received = self.epoch, int(state["received"])
+
+    def _resume_skip(self) -> int:
+        return self._resume[1] if self._resume and self._resume[0] == self.epoch else 0
+
+    def _worker_skips(self, workers: int, received: int) -> list[int]:
+        """Items each DataLoader worker yielded of the first `received` the rank got: the DataLoader takes
+        them in turn from the workers still going, so that needs each worker's count (known when planned, or
+        for rows)."""
+        if workers == 1:
+            return [received]
+        if self.planned:
+            counts = [self.per_rank * (w + 1) // workers - self.per_rank * w // workers for w in range(workers)]
+        elif self.batcher is None and not (self.crop_frames is not None and self.crop == "consecutive"):
+            plan = self._plan()
+            counts = [(lambda a, b: b - a)(*plan.worker_range(self.rank, w, workers)) for w in range(workers)]
+        else:
+            raise ValueError("resuming one rank's batches (or consecutive crops) over several DataLoader workers needs "
+                             "their counts, which are not planned: resume with num_workers=1, or run more than one rank")
+        skips, rounds = [0] * workers, 0
+        while received > 0 and rounds < max(counts, default=0):
+            for w in range(workers):
+                if received and rounds < counts[w]:
+                    skips[w], received = skips[w] + 1, received - 1
+            rounds += 1
+        return skips
 
     # ---- filters (applied when the dataset is built) -------------------------------------------------
     def _keep(self, table: pa.Table) -> np.ndarray:
@@ -204,6 +261,7 @@ class TokenDataset(IterableDataset):
             origin = zlib.crc32(f"{unit.output_dir}|{unit.file}".encode())
             for row, codes, i in zip(meta, row_codes(table), index):
                 row["codes"], row["_origin"] = codes, (origin, unit.group, int(i))
+                row.setdefault("output_dir", unit.output_dir)
                 yield row
 
     def _shuffled(self, rows: Iterator[dict], rng: random.Random) -> Iterator[dict]:
@@ -246,6 +304,10 @@ class TokenDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         worker_info = get_worker_info()
         worker, workers = (worker_info.id, worker_info.num_workers) if worker_info else (0, 1)
+        skip = self._worker_skips(workers, self._resume_skip())[worker] if self._resume_skip() else 0
+        return itertools.islice(self._iter_worker(worker, workers), skip, None)
+
+    def _iter_worker(self, worker: int, workers: int) -> Iterator[dict]:
         plan = self._plan()
 
         def rng(phase: int) -> random.Random:
