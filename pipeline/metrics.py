@@ -53,6 +53,8 @@ METRICS = {
                                     ("run",)),
     "source_bytes_read_total": Metric("counter", "Bytes of the source shards finished (as listed)", ("run",)),
     "output_bytes_written_total": Metric("counter", "Bytes of data and error files written", ("run", "actor")),
+    "read_retries_total": Metric("counter", "Remote reads tried again after a transient error (done and failed tries)",
+                                 ("run",)),
 }
 
 
@@ -126,6 +128,8 @@ class RunMetrics:
         r = info["result"]
         if "in_flight" in info:
             self._add("shards_in_flight", info["in_flight"])
+        if r.read_retries:
+            self._add("read_retries_total", r.read_retries)
         if r.status != "done":
             self._add("shards_failed_total", 1, reason=r.reason or "failed")
             return

@@ -101,3 +101,13 @@ def test_metrics_that_cannot_be_recorded_are_one_warning_and_the_events_still_re
         metrics.listen("shard_done", {"result": record, "in_flight": 0})
     assert [kind for kind, _ in events] == ["shard_done", "metrics_unavailable", "shard_done", "shard_done"]
     assert "no metrics agent" in events[1][1]["why"]
+
+
+def test_read_retries_of_done_and_failed_shards_reach_the_read_retries_counter():
+    recorded = []
+    metrics = RunMetrics("/out/run-7", lambda kind, info: None)
+    metrics.recorder.record = lambda name, value, **tags: recorded.append((name, value))
+    metrics.listen("shard_done", {"result": ShardRecord("a", "/in/a.tar", "done", rows=1, read_retries=3)})
+    metrics.listen("shard_done", {"result": ShardRecord("b", "/in/b.tar", "failed", reason="transient_io",
+                                                        read_retries=5)})
+    assert sum(value for name, value in recorded if name == "read_retries_total") == 8
