@@ -3,7 +3,8 @@
 - `DriverLog`: the driver's lines in `_run/logs/driver-<start time>.log`, written through `Storage` (object stores
   too) in parts as the run goes: the current part is rewritten at most every `flush_s` when it has new lines, and a
   part past `part_bytes` is sealed and the next goes to `driver-<start time>.log.N`. A crash loses at most the lines
-  of the last `flush_s`.
+  of the last `flush_s`. Nothing is written to a folder that is not yet an output (no `manifest.json`): a run refused
+  before it creates one (a config error) leaves no folder behind; its lines are on the terminal.
 - `ShardLogs`: in a codec actor, the log records of each shard under way (library warnings included, through
   `logging.captureWarnings`), told apart by thread: the thread that processes the shard and its reader and decode
   threads (named after the shard). Written to `_run/commits/SHARD.log`, beside its commit record, with how the
@@ -18,6 +19,7 @@ import threading
 import time
 
 from .runstate.records import shard_log_path
+from .runstate.summary import MANIFEST
 from .runstate.retry import WriteRetry
 from .storage import Storage
 from .urls import redact_text
@@ -42,6 +44,7 @@ class DriverLog(logging.Handler):
         self.name_ = f"{LOGS}/driver-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}.log"
         self.part, self.lines, self.size, self.dirty = 0, [], 0, False
         self.failed = False
+        self.armed = False  # the folder is an output (a run created it), so its log may be written there
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flushing, name="driver-log", daemon=True)
@@ -66,6 +69,13 @@ class DriverLog(logging.Handler):
             self.handleError(record)
 
     def flush(self) -> None:
+        if not self.armed:
+            try:
+                self.armed = self.storage.exists(MANIFEST)
+            except Exception:
+                pass  # asked again at the next flush
+            if not self.armed:
+                return
         with self._lock:
             if not self.dirty:
                 return

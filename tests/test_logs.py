@@ -22,6 +22,9 @@ def test_driver_log_is_written_in_parts_as_the_run_goes_and_holds_no_secret(tmp_
     try:
         log.write(f"reading {SECRET_URL}")
         logging.getLogger("some.library").warning("slow store %s", SECRET_URL)
+        time.sleep(0.2)  # not an output yet (a run refused before creating one): nothing written, lines kept
+        assert not storage.exists("_run/logs/driver-19700101T000000Z.log")
+        storage.write_bytes("manifest.json", b"{}")
         time.sleep(0.3)  # no close: what a killed driver leaves is what the flushes wrote
         first = storage.read_bytes("_run/logs/driver-19700101T000000Z.log").decode()
         assert "reading https://REDACTED@store.example/a.tar?REDACTED" in first
