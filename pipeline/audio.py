@@ -121,6 +121,7 @@ class _Input:
     mono_blocks: Callable[[int], Iterator[tuple[np.ndarray, bool]]]  # block frames -> (mono block, is the last)
     read_whole: Callable[[], np.ndarray] | None  # [frames, channels] at once (libsndfile); None: always streamed
     complete_slack: int = 0  # frames a whole file may decode short of `complete_share` of `declared`
+    read_channels: Callable[[], np.ndarray] | None = None  # [frames, channels] of a streamed one, whole (ffmpeg)
 
 
 # ffmpeg decodes past damage in the middle of a stream (a bad Ogg page, a lost MP4 chunk), giving a shorter clip
@@ -166,9 +167,10 @@ def _whole_frames(blocked_above_s: float, rate: int, channels: int) -> float:
 
 
 def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
-    """[frames, channels] float32 and the sample rate, for anything libsndfile reads (the whole file)."""
-    with soundfile.SoundFile(io.BytesIO(data)) as f:
-        return _read_whole(f), f.samplerate
+    """[frames, channels] float32 and the sample rate of a whole file, by its format's decoder (the one
+    `decode_audio` uses: pipeline/decoders.py), with the same checks."""
+    with _opened(data) as f:
+        return (f.read_whole() if f.read_whole is not None else f.read_channels()), f.rate
 
 
 @contextlib.contextmanager
@@ -220,8 +222,12 @@ def _pyav_input(f: pyav_reader.PyavInput) -> _Input:
             yield _channel_mean(channels), False  # added in order (no earlier samples to match)
         yield np.empty(0, np.float32), True  # flushes the resampler
 
+    def read_channels() -> np.ndarray:
+        blocks = [np.stack(channels, axis=1) for channels in f.blocks(1 << 20)]
+        return np.concatenate(blocks) if blocks else np.empty((0, f.channels), np.float32)
+
     return _Input(f.rate, f.channels, f.declared_frames, PYAV_COMPLETE_SHARE, False, mono_blocks, None,
-                  round(PYAV_COMPLETE_SLACK_S * f.rate))
+                  round(PYAV_COMPLETE_SLACK_S * f.rate), read_channels=read_channels)
 
 
 def _read_whole(f: soundfile.SoundFile) -> np.ndarray:
