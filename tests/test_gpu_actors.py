@@ -64,7 +64,7 @@ def test_eight_gpu_node_gets_one_actor_per_gpu_each_with_its_cpu_share():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=16, num_gpus=8, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=16, num_gpus=8, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         config = load_config(None, [*BASE, "ray.memory_per_actor_gb=0.05"])
         count, options = actor_options(config, [n["Resources"] for n in ray.nodes() if n["Alive"]])
