@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 
 from .runstate.records import shard_log_path
 from .runstate.summary import MANIFEST
@@ -123,6 +124,11 @@ class ShardLogs(logging.Handler):
         return handler
 
     def begin(self, shard_id: str, header: str) -> None:
+        if getattr(warnings.showwarning, "__module__", None) != logging.__name__:
+            # a warnings.catch_warnings() that ended since (pytest wraps each test in one) put the old hook back
+            # while logging still thinks it captures: capture again, or the shard's warnings reach stderr only
+            logging.captureWarnings(False)
+            logging.captureWarnings(True)
         with self._lock:
             self._threads[threading.get_ident()] = shard_id
             self._lines[shard_id] = [f"{_stamp(time.time())} {redact_text(header)}\n"]

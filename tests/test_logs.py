@@ -7,7 +7,7 @@ import threading
 import time
 import warnings
 
-from pipeline.logs import DriverLog, shard_log_path
+from pipeline.logs import DriverLog, ShardLogs, shard_log_path
 from pipeline.storage import Storage
 from tests.corpus import mixed_tar
 from tests.test_pipeline import config_for
@@ -92,3 +92,17 @@ def test_report_links_a_failed_shards_log_and_says_when_an_older_output_has_none
     page = _failed_shards({"records": records, "output_dir": str(out)}, str(tmp_path))
     assert '<td>bad</td><td>corrupt_tar: cut</td><td><a href="out/_run/commits/bad.log">log</a>' in page
     assert "<td>old</td><td>read_failed: 503</td><td>no log</td>" in page and "<td>ok</td>" not in page
+
+
+def test_a_shards_warnings_reach_its_log_after_a_catch_warnings_put_the_old_hook_back():
+    """logging.captureWarnings(True) inside a warnings.catch_warnings() (pytest wraps each test in one; a library
+    may too) is undone when the context ends, while logging believes it still captures."""
+    logging.captureWarnings(False)
+    with warnings.catch_warnings():
+        logging.captureWarnings(True)
+    logs = ShardLogs.install()
+    logs.begin("s", "header")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("odd header in s_000")
+    assert "odd header in s_000" in logs.end("s", "done")
