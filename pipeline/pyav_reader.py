@@ -40,6 +40,10 @@ class PyavInput:
     rate: int
     channels: int
     declared_frames: int | None  # the container's length (MP3: its Xing/LAME header's, or a bit-rate estimate)
+    # frames past which the stream holds only its codec's padding: an Ogg Vorbis stream's last granule position is
+    # its exact length (what libsndfile returns), and ffmpeg decodes a short stream's last block whole past it
+    end: int | None = None
+
 
     def blocks(self, frames: int) -> Iterator[list[np.ndarray]]:
         """The whole stream in order, <= `frames` at a time: each block a float32 array per channel."""
@@ -51,10 +55,18 @@ class PyavInput:
                 part.pts = None  # the FIFO checks timestamps are continuous; a gap is not ours to refuse
                 fifo.write(part)
             while fifo.samples >= frames:
-                yield _channels(fifo.read(frames))
+                yield from self._within_end(_channels(fifo.read(frames)))
         rest = fifo.read()
         if rest is not None:
-            yield _channels(rest)
+            yield from self._within_end(_channels(rest))
+
+    def _within_end(self, block: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
+        if self.end is not None:
+            keep = max(0, min(len(block[0]), self.end))
+            self.end -= keep
+            block = [channel[:keep] for channel in block]
+        if len(block[0]):
+            yield block
 
 
 def _channels(frame: av.AudioFrame) -> list[np.ndarray]:
@@ -81,7 +93,8 @@ def opened(file: BinaryIO, fmt: Format) -> Iterator[PyavInput]:
         rate, channels = int(context.sample_rate or 0), int(context.channels or 0)
         if rate <= 0 or channels <= 0:
             raise ValueError(f"{fmt.value} stream of {channels} channels at {rate} Hz")
-        yield PyavInput(container, stream, rate, channels, _declared_frames(container, stream, rate))
+        declared = _declared_frames(container, stream, rate)
+        yield PyavInput(container, stream, rate, channels, declared, declared if fmt is Format.VORBIS else None)
 
 
 def _declared_frames(container: av.container.InputContainer, stream: av.audio.stream.AudioStream,

@@ -206,3 +206,13 @@ def test_whole_file_reference_decode_uses_the_decoder_the_pipeline_uses(ext):
         data = random_sample(rng, f"k{i}", float(rng.uniform(0.2, 2.0)), ext).members[ext]
         streamed = np.asarray(decode_audio(data, 24000, "HQ", 3600).wave)
         np.testing.assert_array_equal(streamed, to_model_audio(*decode_bytes(data), 24000, "HQ", 3600).wave)
+
+
+@pytest.mark.parametrize("seconds", [0.05, 0.3, 1.37])
+def test_a_short_vorbis_stream_decodes_to_its_granule_length_not_its_last_blocks_padding(seconds):
+    """ffmpeg decodes a short Ogg Vorbis stream's last block whole, past the stream's last granule position (its
+    exact length, which libsndfile keeps to): the clip gained the codec's padding, and frames of codes."""
+    rng = np.random.default_rng(1)
+    clip = synth_clip(rng, seconds, 44100, 2)
+    audio = decode_audio(encode_audio(clip, 44100, "ogg"), 44100, "HQ", 3600)
+    assert np.asarray(audio.wave).size == clip.shape[0]
