@@ -8,7 +8,9 @@ at 1k, 10k and 100k shards; then a real run of thousands of tiny shards.
 Synthetic commits go through the real code path (`RunState.commit`: the record file, the in-memory totals
 the guard reads) with records shaped like a real shard's. The rerun is `RunState.open` on that output:
 with the summary current (a finished run) and with no summary at all (a driver killed before its first
-compaction: every record is read); `pipeline.status` is timed on the finished output. The end-to-end run is `run_job` over that many one-clip tars.
+compaction: every record is read); `pipeline.status` is timed on the finished output: a first call (the summary's
+digest), again (its local cache), and a first call on an output written before the digest (the whole shard list).
+The end-to-end run is `run_job` over that many one-clip tars.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.runstate import RunState, ShardRecord  # noqa: E402
+from pipeline.runstate.digest import DIGEST  # noqa: E402
 from pipeline.runstate.summary import SHARD_LIST  # noqa: E402
 from pipeline.schema import describe, output_schema, row_group_summary, schema_to_text  # noqa: E402
 from pipeline.status import read_status  # noqa: E402
@@ -76,20 +79,26 @@ def bench_commits(url: str, count: int) -> None:
             print(f"  commits {upto - len(window) + 1:>6}-{upto:<6}  p50 {np.percentile(window, 50):6.2f} ms   "
                   f"p99 {np.percentile(window, 99):6.2f} ms   max {window.max():7.2f} ms")
     begin = time.perf_counter()
-    state.close()  # the final compaction: manifest.json + the shard list
+    state.close()  # the final compaction: manifest.json, the shard list and its digest
     print(f"  summary compaction of {count} shards: {time.perf_counter() - begin:.2f} s "
-          f"({len(storage.read_bytes(SHARD_LIST)) / 1e6:.1f} MB shard list)")
+          f"({len(storage.read_bytes(SHARD_LIST)) / 1e6:.1f} MB shard list, {len(storage.read_bytes(DIGEST)) / 1e6:.1f} MB "
+          "digest)")
     begin = time.perf_counter()
     rerun = RunState.open(storage, header(), settings())
     found = sum(rerun.done(fake_result(i).shard_id) for i in range(count))
     rerun.lease.release()
     print(f"  rerun finds {found} of {count} done, summary current: {time.perf_counter() - begin:.2f} s")
-    os.environ["AUDIOTOK_CACHE"] = tempfile.mkdtemp(prefix="status-cache-")  # a fresh status cache
-    for call in ("first call (summary read)", "again (its cache read, plus a LIST)"):
+    caches = tempfile.mkdtemp(prefix="status-cache-")
+    for call, cache in (("first call (a LIST, the digest read)", "a"), ("again (a LIST, its cache read)", "a"),
+                        ("first call, output written before the digest (a LIST, the shard list read)", "b")):
+        os.environ["AUDIOTOK_CACHE"] = os.path.join(caches, cache)  # "b": a fresh status cache again
+        if "before the digest" in call:
+            storage.remove(DIGEST)
         begin = time.perf_counter()
         status = read_status(url)
         print(f"  python -m pipeline.status finds {status.shards_done} done, {call}: {time.perf_counter() - begin:.2f} s")
-    shutil.rmtree(os.environ.pop("AUDIOTOK_CACHE"))
+    del os.environ["AUDIOTOK_CACHE"]
+    shutil.rmtree(caches)
     storage.remove(SHARD_LIST)
     begin = time.perf_counter()
     rerun = RunState.open(storage, header(), settings())

@@ -2,8 +2,9 @@
 
 It reads the run state only, and writes nothing: the lease (who drives the run, its last heartbeat, how many shards
 its source lists), the summary (manifest.json and its shard list) and the commit records the summary does not hold
-yet: one LIST of `_run/commits` plus those records. An output written before the shard count was recorded shows
-what it has (shards to do: unknown).
+yet: one LIST of `_run/commits` plus those records. Of each record it keeps the few fields it reads (a digest row,
+see runstate/digest.py), and of the summary its digest, not its whole shard list. An output written before the shard
+count was recorded shows what it has (shards to do: unknown); one written before the digest, its shard list.
 
 Exit status: 0; 2 when OUT is not a pipeline output (no readable manifest.json).
 """
@@ -18,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from .runstate import DONE, FAILED, Totals
+from .runstate import DONE, FAILED, Totals, digest
 from .runstate.lease import LEASE
 from .runstate.records import list_records, read_records
 from .runstate.summary import MANIFEST, read_manifest, read_shard_list
@@ -30,9 +31,7 @@ SLOWEST = 5  # shards listed as the slowest
 RECENT_S = 3600.0  # the "last hour" of throughput
 
 
-# what status keeps of a done record in its cache (the rest is large: row groups are a third of a record)
-HEAVY = ("row_groups", "sha256", "files", "traceback", "batch_budget", "decode_nodes", "source")
-# more unseen done records than this: read the summary's shard list (one read) rather than each record
+# more unseen done records than this: read the digest (one read) rather than each record
 READ_EACH_UP_TO = 1000
 
 
@@ -46,11 +45,11 @@ def _cache_path(url: str) -> str:
 
 
 def _read_cache(url: str) -> dict:
+    """The done shards' digest rows this machine has seen ({} for none, or a cache of another version)."""
     try:
-        with open(_cache_path(url)) as f:
-            cached = json.load(f)
-        return cached if isinstance(cached, dict) else {}
-    except (OSError, ValueError):
+        with open(_cache_path(url), "rb") as f:
+            return digest.decode(f.read()) or {}
+    except OSError:
         return {}
 
 
@@ -61,20 +60,25 @@ def _write_cache(url: str, done: dict) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         staged = f"{path}.{os.getpid()}.tmp"
-        with open(staged, "w") as f:
-            json.dump(done, f, separators=(",", ":"))
+        with open(staged, "wb") as f:
+            f.write(digest.encode(done.values()))
         os.replace(staged, path)
     except OSError:
         pass
 
 
-def _light(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in HEAVY}
+def _summary_rows(storage: Storage) -> dict:
+    """The last compaction's shards as digest rows: its digest, or (an output written before it, or one whose digest
+    is unreadable) its whole shard list, digested here."""
+    rows = digest.read_digest(storage)
+    if rows is None:
+        rows = {k: digest.digest_row(r) for k, r in read_shard_list(storage).items()}
+    return rows
 
 
 def _records(storage: Storage) -> tuple[dict, dict]:
-    """shard id -> its latest commit record (done ones without their large fields), and the untrusted ones: one LIST,
-    then the done records neither this machine's cache nor (when many) the summary holds, and the failed ones."""
+    """shard id -> the digest row of its latest commit record, and the untrusted ones: one LIST, then the done records
+    neither this machine's cache nor (when many) the summary's digest holds, and the failed ones."""
     listed = list_records(storage)
     cached = _read_cache(storage.url)
     records, unseen, failed = {}, [], []
@@ -86,12 +90,12 @@ def _records(storage: Storage) -> tuple[dict, dict]:
         else:
             unseen.append(shard_id)
     if len(unseen) > READ_EACH_UP_TO:
-        summary = read_shard_list(storage)
+        summary = _summary_rows(storage)
         held = [k for k in unseen if summary.get(k, {}).get("status") == DONE]
-        records.update((k, _light(summary[k])) for k in held)
+        records.update((k, summary[k]) for k in held)
         unseen = sorted(set(unseen) - set(held))
     fresh, corrupt = read_records(storage, [(k, DONE) for k in unseen] + failed)
-    records.update((k, _light(r)) for k, r in fresh.items())
+    records.update((k, digest.digest_row(r)) for k, r in fresh.items())
     if len(cached) != sum(r["status"] == DONE for r in records.values()):
         _write_cache(storage.url, {k: r for k, r in records.items() if r["status"] == DONE})
     return records, corrupt

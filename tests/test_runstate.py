@@ -16,6 +16,7 @@ from pipeline.config import SourceConfig, load_config
 from pipeline.job import open_run_state, resolve_codec
 from pipeline.run import main as run_main
 from pipeline.runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, RunState, ShardRecord, read_run
+from pipeline.runstate.digest import DIGEST
 from pipeline.runstate.lease import LEASE
 from pipeline.runstate.plan import PLAN
 from pipeline.runstate.records import COMMITS
@@ -187,7 +188,7 @@ def test_overwrite_removes_run_state_before_data(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         RunState.open(storage, header(dtype="bfloat16"), output_settings(overwrite=True))
     monkeypatch.undo()
-    assert removed[:4] == ["manifest.json", SHARD_LIST, COMMITS, PLAN] and removed[4] == "data"
+    assert removed[:5] == ["manifest.json", SHARD_LIST, DIGEST, COMMITS, PLAN] and removed[5] == "data"
     assert not storage.exists("manifest.json") and storage.exists("data/s0.parquet")  # no manifest claims it
     with pytest.raises(OutputError, match="no manifest.json.*output.overwrite=true"):
         RunState.open(storage, header(dtype="bfloat16"), output_settings())

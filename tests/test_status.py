@@ -8,7 +8,9 @@ import pytest
 
 from pipeline.runstate import RunState
 from pipeline.runstate.lease import LEASE
+from pipeline.runstate.digest import DIGEST
 from pipeline.runstate.records import COMMITS, record_path
+from pipeline.runstate.summary import SHARD_LIST
 import pipeline.status
 from pipeline.status import main as status_main, read_status, status_text
 from pipeline.storage import Storage
@@ -83,6 +85,44 @@ def test_status_of_a_live_run_counts_done_failed_to_do_throughput_eta_errors_and
     # ended: no driver, no ETA; the shard count kept by the summary
     assert ended.driver is None and ended.eta_s is None and (ended.shards_listed, ended.shards_to_do) == (10, 5)
     assert "no driver running" in status_text(ended)
+
+
+def test_status_reads_the_digest_written_at_compaction_not_the_shard_list_and_counts_records_newer_than_it(
+        tmp_path, monkeypatch):
+    storage = Storage(str(tmp_path / "out"))
+    state = RunState.open(storage, header(), output_settings(summary_interval_s=3600))
+    now = time.time()
+    commit_at(state, finished("a", now - 900, reasons={"decode_failed": 2}), monkeypatch)
+    commit_at(state, finished("b", now - 600, seconds=300.0), monkeypatch)
+    commit_at(state, finished("bad", now - 500, status="failed"), monkeypatch)
+    state.compact()  # the shard list and its digest hold a, b and bad
+    commit_at(state, finished("c", now - 60, audio=50.0, reasons={"too_long": 1}), monkeypatch)  # newer than both
+    state.lease.release()
+    reads = []
+    read_bytes = Storage.read_bytes
+    monkeypatch.setattr(Storage, "read_bytes", lambda self, path: reads.append(path) or read_bytes(self, path))
+    read_many = Storage.read_many
+    monkeypatch.setattr(Storage, "read_many", lambda self, paths: reads.extend(paths) or read_many(self, paths))
+    monkeypatch.setattr(pipeline.status, "READ_EACH_UP_TO", 0)  # as with thousands unseen: the summary is read
+
+    def status(cache):
+        monkeypatch.setenv("AUDIOTOK_CACHE", str(tmp_path / cache))  # a fresh status cache: nothing seen yet
+        reads.clear()
+        return read_status(storage.url, now=now)
+
+    s = status("first")
+    # of the commit records, only the one newer than the digest and the failed one (which may be rewritten)
+    assert DIGEST in reads and SHARD_LIST not in reads
+    assert sorted(p for p in reads if p.startswith(COMMITS)) == [record_path("bad", "failed"), record_path("c", "done")]
+    assert (s.shards_done, s.shards_failed, s.samples) == (3, 1, 6)
+    assert s.audio_hours_done == pytest.approx(250 / 3600)
+    assert s.error_reasons == {"decode_failed": 2, "too_long": 1} and s.shard_error_reasons == {"corrupt_tar": 1}
+    assert s.slowest[0]["shard_id"] == "b" and s.slowest[0]["worker"] == "actor-0"
+    # the same from the whole shard list: an output written before the digest, or one whose digest was cut short
+    storage.write_bytes(DIGEST, storage.read_bytes(DIGEST)[:-20])
+    assert status("cut") == s and SHARD_LIST in reads
+    storage.remove(DIGEST)
+    assert status("old") == s and SHARD_LIST in reads
 
 
 def test_status_of_an_output_written_before_the_shard_count_was_recorded_shows_what_it_has(tmp_path):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..schema import SCHEMA_VERSION, schema_from_text
 from ..storage import Storage
 from ..urls import redact_tree
+from .digest import DIGEST
 from .identity import IdentityChanged, check_identity, fingerprint
 from .lease import LEASE, Lease
 from .plan import PLAN
@@ -22,7 +23,7 @@ from .records import COMMITS, DONE, FAILED, ShardRecord, list_records, read_reco
 from .retry import RetriedStorage, WriteRetry
 from .summary import MANIFEST, SHARD_LIST, Totals, read_manifest, read_shard_list, write_summary
 
-RUN_STATE = (MANIFEST, SHARD_LIST, COMMITS, PLAN)  # removed first on overwrite, then the data
+RUN_STATE = (MANIFEST, SHARD_LIST, DIGEST, COMMITS, PLAN)  # removed first on overwrite, then the data
 OUTPUT_FOLDERS = ("data", "errors")
 
 

@@ -1,7 +1,8 @@
 """manifest.json and its shard list: the summary people and readers look at, compacted from commit records.
 
 manifest.json holds what the output is (identity, codec, schema, config), the totals and a pointer to
-`_run/shards.jsonl`, one line per shard (its latest commit record). It is rewritten at the end of a run
+`_run/shards.jsonl`, one line per shard (its latest commit record), with its digest for `pipeline.status` beside it
+(`_run/digest.json`, see digest.py). It is rewritten at the end of a run
 and at most every `output.summary_interval_s`; between those, commit records are ahead of it, and
 everything that decides what is done reads them (see `RunState`, `read_run`).
 """
@@ -13,6 +14,7 @@ import time
 from collections import Counter
 
 from ..storage import Storage
+from .digest import write_digest
 from .records import DONE, reason_and_detail
 
 MANIFEST = "manifest.json"
@@ -62,9 +64,10 @@ class Totals:
 
 
 def write_summary(storage: Storage, header: dict, records: dict) -> dict:
-    """Shard list first, then manifest.json pointing at it; returns the totals written."""
+    """Shard list and its digest first, then manifest.json pointing at the list; returns the totals written."""
     lines = "".join(json.dumps(records[k], sort_keys=True) + "\n" for k in sorted(records))
     storage.write_bytes(SHARD_LIST, lines.encode())
+    write_digest(storage, records)
     totals = Totals(records.values()).as_dict()
     manifest = dict(header, totals=totals, shard_count=len(records), shard_list=SHARD_LIST, compacted_at=time.time())
     storage.write_bytes(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
