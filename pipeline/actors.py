@@ -14,6 +14,7 @@ from codec.memory import prefer_expandable_segments
 
 from .config import Config
 from .failures import classified_start
+from .logs import ActorLog
 from .sources import Shard
 from .runstate import ShardRecord
 from .worker import ShardProcessor
@@ -31,6 +32,7 @@ class CodecActor:
                  device: dict | None = None):
         # actors' output reaches the driver's log: keep it to warnings and errors, not loading bars
         transformers_logging.disable_progress_bar()
+        ActorLog.install(config.output.dir, name)  # in the output: its warnings no shard claims, from its loading on
         self.alloc_conf = prefer_expandable_segments()  # before the codec's first CUDA allocation
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         with classified_start():  # loading from the hub may meet its throttling: the driver retries that later

@@ -1,14 +1,18 @@
 """Logs kept with the output, so they outlive the cluster: the driver's, and each shard's worker lines.
 
 - `DriverLog`: the driver's lines in `_run/logs/driver-<start time>.log`, written through `Storage` (object stores
-  too) in parts as the run goes: the current part is rewritten at most every `flush_s` when it has new lines, and a
-  part past `part_bytes` is sealed and the next goes to `driver-<start time>.log.N`. A crash loses at most the lines
+  too) in parts as the run goes: the current part is rewritten when it has new lines, at once after a quiet spell,
+  else at most every `flush_s`; a part past `part_bytes` is sealed and the next goes to `driver-<start time>.log.N`. A crash loses at most the lines
   of the last `flush_s`. Nothing is written to a folder that is not yet an output (no `manifest.json`): a run refused
   before it creates one (a config error) leaves no folder behind; its lines are on the terminal.
 - `ShardLogs`: in a codec actor, the log records of each shard under way (library warnings included, through
   `logging.captureWarnings`), told apart by thread: the thread that processes the shard and its reader and decode
   threads (named after the shard). Written to `_run/commits/SHARD.log`, beside its commit record, with how the
   attempt ended; a failed shard's log says why it failed.
+- `ActorLog`: a codec actor's warnings that no shard claims (loading its codec, threads of its own) in
+  `_run/logs/actor-N-<start time>.log`, in parts like the driver's. Ray forwards an actor's stderr to the driver's
+  terminal only (not to the driver's log), and keeps it in its session folder, which goes with the cluster. An actor
+  is killed at the end of a run: it loses at most the lines of its last `flush_s`.
 Every line passes through `redact_text`: no URL's secret reaches a log.
 """
 
@@ -35,20 +39,22 @@ def _stamp(at: float) -> str:
 
 
 class DriverLog(logging.Handler):
-    """The driver's lines (`write`, and the driver process's log records as a logging handler) in the output."""
+    """The driver's lines (`write`, and the driver process's log records as a logging handler) in the output;
+    `who`: whose log it is, its file's name."""
 
     def __init__(self, storage: Storage, started: float | None = None, flush_s: float = FLUSH_S,
-                 part_bytes: int = PART_BYTES, on_error=None):
+                 part_bytes: int = PART_BYTES, on_error=None, who: str = "driver"):
         super().__init__(logging.WARNING)
         self.storage, self.flush_s, self.part_bytes, self.on_error = storage, flush_s, part_bytes, on_error
         started = time.time() if started is None else started
-        self.name_ = f"{LOGS}/driver-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}.log"
+        self.name_ = f"{LOGS}/{who}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}.log"
         self.part, self.lines, self.size, self.dirty = 0, [], 0, False
         self.failed = False
         self.armed = False  # the folder is an output (a run created it), so its log may be written there
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._flushing, name="driver-log", daemon=True)
+        self._new = threading.Event()  # a line since the last flush
+        self._thread = threading.Thread(target=self._flushing, name=f"{who}-log", daemon=True)
         self._thread.start()
 
     @property
@@ -62,6 +68,7 @@ class DriverLog(logging.Handler):
             self.lines.append(line)
             self.size += len(line.encode())
             self.dirty = True
+        self._new.set()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -93,11 +100,20 @@ class DriverLog(logging.Handler):
             self.failed = True
 
     def _flushing(self) -> None:
-        while not self._stop.wait(self.flush_s):
+        """A line after a quiet spell is written at once (an actor is killed at the end of a run, however short);
+        then at most one write every flush_s, so a crash loses at most the last flush_s of lines."""
+        while True:
+            self._new.wait(self.flush_s)
+            self._new.clear()
+            if self._stop.is_set():
+                return
             self.flush()
+            if self._stop.wait(self.flush_s):
+                return
 
     def close(self) -> None:
         self._stop.set()
+        self._new.set()
         self._thread.join()
         self.flush()
         super().close()
@@ -114,12 +130,11 @@ class ShardLogs(logging.Handler):
 
     @classmethod
     def install(cls) -> "ShardLogs":
-        root = logging.getLogger()
-        for handler in root.handlers:
-            if isinstance(handler, cls):
-                return handler
+        handler = cls.installed()
+        if handler is not None:
+            return handler
         handler = cls()
-        root.addHandler(handler)
+        logging.getLogger().addHandler(handler)
         logging.captureWarnings(True)  # warnings.warn of the libraries a shard calls: records of `py.warnings`
         return handler
 
@@ -132,6 +147,15 @@ class ShardLogs(logging.Handler):
         with self._lock:
             self._threads[threading.get_ident()] = shard_id
             self._lines[shard_id] = [f"{_stamp(time.time())} {redact_text(header)}\n"]
+
+    @classmethod
+    def installed(cls) -> "ShardLogs | None":
+        return next((h for h in logging.getLogger().handlers if isinstance(h, cls)), None)
+
+    def claims(self, record: logging.LogRecord) -> bool:
+        """Whether the record goes to a shard's log."""
+        with self._lock:
+            return self._shard_of(record) is not None
 
     def _shard_of(self, record: logging.LogRecord) -> str | None:
         shard = self._threads.get(record.thread)
@@ -158,6 +182,22 @@ class ShardLogs(logging.Handler):
             self._threads = {t: s for t, s in self._threads.items() if s != shard_id}
             lines = self._lines.pop(shard_id, [])
         return "".join(lines) + f"{_stamp(time.time())} {redact_text(outcome)}\n"
+
+
+class ActorLog(DriverLog):
+    """Installed once per codec actor on the root logger, before its codec loads: its warnings no shard claims."""
+
+    @classmethod
+    def install(cls, output_dir: str, name: str) -> "ActorLog":
+        handler = cls(Storage(output_dir), who=name)
+        logging.getLogger().addHandler(handler)
+        logging.captureWarnings(True)  # the libraries' warnings.warn as it loads its codec: records of `py.warnings`
+        return handler
+
+    def emit(self, record: logging.LogRecord) -> None:
+        shards = ShardLogs.installed()
+        if shards is None or not shards.claims(record):
+            super().emit(record)
 
 
 def write_shard_log(storage: Storage, shard_id: str, text: str, retry: WriteRetry) -> None:

@@ -7,7 +7,7 @@ import threading
 import time
 import warnings
 
-from pipeline.logs import DriverLog, ShardLogs, shard_log_path
+from pipeline.logs import ActorLog, DriverLog, ShardLogs, shard_log_path
 from pipeline.storage import Storage
 from tests.corpus import mixed_tar
 from tests.test_pipeline import config_for
@@ -106,3 +106,28 @@ def test_a_shards_warnings_reach_its_log_after_a_catch_warnings_put_the_old_hook
         warnings.simplefilter("always")
         warnings.warn("odd header in s_000")
     assert "odd header in s_000" in logs.end("s", "done")
+
+
+def test_an_actors_warnings_no_shard_claims_reach_its_log_in_the_output_and_a_shards_stay_in_the_shards():
+    storage = Storage(f"memory://logs-{time.time_ns()}/out")
+    storage.write_bytes("manifest.json", b"{}")
+    shards = ShardLogs.install()
+    log = ActorLog(storage, started=0.0, flush_s=60, who="actor-7")
+    logging.getLogger().addHandler(log)
+    path = "_run/logs/actor-7-19700101T000000Z.log"
+    try:
+        logging.getLogger("pipeline.metrics").warning("metrics: cannot export to %s", SECRET_URL)  # the actor's own
+        for _ in range(100):  # written at once, not a minute later: an actor is killed when its run ends
+            if storage.exists(path):
+                break
+            time.sleep(0.02)
+        assert "metrics: cannot export" in storage.read_bytes(path).decode()
+        shards.begin("s", "header")
+        logging.getLogger("soundfile").warning("resampling s_000")  # on the shard's thread: the shard's
+        shard_text = shards.end("s", "done")
+        log.close()
+    finally:
+        logging.getLogger().removeHandler(log)
+    text = storage.read_bytes(path).decode()
+    assert "WARNING pipeline.metrics: metrics: cannot export to https://REDACTED@store.example" in text, text
+    assert "hunter2" not in text and "resampling" not in text and "resampling s_000" in shard_text
