@@ -98,6 +98,8 @@ class DriverLog(logging.Handler):
                 self.on_error(f"cannot write the driver's log to {redact_text(self.storage.url)}/{path}: "
                               f"{type(error).__name__}: {str(error)[:200]}")
             self.failed = True
+            with self._lock:
+                self.dirty = self.dirty or path == self.path  # tried again at the next flush (a sealed part: lost)
 
     def _flushing(self) -> None:
         """A line after a quiet spell is written at once (an actor is killed at the end of a run, however short);

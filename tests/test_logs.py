@@ -131,3 +131,23 @@ def test_an_actors_warnings_no_shard_claims_reach_its_log_in_the_output_and_a_sh
     text = storage.read_bytes(path).decode()
     assert "WARNING pipeline.metrics: metrics: cannot export to https://REDACTED@store.example" in text, text
     assert "hunter2" not in text and "resampling" not in text and "resampling s_000" in shard_text
+
+
+def test_a_log_part_whose_write_failed_is_written_at_a_later_flush_with_no_new_line(monkeypatch):
+    storage = Storage(f"memory://logs-{time.time_ns()}/out")
+    storage.write_bytes("manifest.json", b"{}")
+    write_bytes, failures = Storage.write_bytes, []
+
+    def fails_once(self, path, data):  # a store's 503
+        if path.startswith("_run/logs/") and not failures:
+            failures.append(path)
+            raise OSError("503 Slow Down")
+        write_bytes(self, path, data)
+
+    monkeypatch.setattr(Storage, "write_bytes", fails_once)
+    errors = []
+    log = DriverLog(storage, started=0.0, flush_s=0.05, on_error=errors.append)
+    log.write("the only line")
+    time.sleep(0.5)  # no close: what a killed driver (or actor) leaves
+    assert failures and errors and "the only line" in storage.read_bytes(failures[0]).decode()
+    log.close()
