@@ -96,8 +96,8 @@ def bench_commits(url: str, count: int) -> None:
     begin = time.perf_counter()
     state.close()  # the final compaction: manifest.json, the shard list and its digest
     print(f"  summary compaction of {count} shards: {time.perf_counter() - begin:.2f} s "
-          f"({len(storage.read_bytes(SHARD_LIST)) / 1e6:.1f} MB shard list, {len(storage.read_bytes(DIGEST)) / 1e6:.1f} MB "
-          "digest)")
+          f"({len(storage.read_bytes(SHARD_LIST)) / 1e6:.1f} MB shard list, "
+          f"{len(storage.read_bytes(DIGEST)) / 1e6:.1f} MB digest)")
     begin = time.perf_counter()
     rerun = RunState.open(storage, header(), settings())
     found = sum(rerun.done(fake_result(i).shard_id) for i in range(count))

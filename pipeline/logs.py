@@ -2,9 +2,10 @@
 
 - `DriverLog`: the driver's lines in `_run/logs/driver-<start time>.log`, written through `Storage` (object stores
   too) in parts as the run goes: the current part is rewritten when it has new lines, at once after a quiet spell,
-  else at most every `flush_s`; a part past `part_bytes` is sealed and the next goes to `driver-<start time>.log.N`. A crash loses at most the lines
-  of the last `flush_s`. Nothing is written to a folder that is not yet an output (no `manifest.json`): a run refused
-  before it creates one (a config error) leaves no folder behind; its lines are on the terminal.
+  else at most every `flush_s`; a part past `part_bytes` is sealed and the next goes to `driver-<start time>.log.N`.
+  A crash loses at most the lines of the last `flush_s`. Nothing is written to a folder that is not yet an output
+  (no `manifest.json`): a run refused before it creates one (a config error) leaves no folder behind; its lines are
+  on the terminal.
 - `ShardLogs`: in a codec actor, the log records of each shard under way (library warnings included, through
   `logging.captureWarnings`), told apart by thread: the thread that processes the shard and its reader and decode
   threads (named after the shard). Written to `_run/commits/SHARD.log`, beside its commit record, with how the
