@@ -14,6 +14,7 @@ from pipeline.job import run_job
 from pipeline.runstate import read_run
 from pipeline.storage import Storage
 from pipeline.reading.verify import verify
+from tests.conftest import KEEP_IDLE_WORKERS
 from tests.corpus import mixed_tar
 from tests.s3server import FlakyS3
 from tests.test_pipeline import config_for
@@ -43,7 +44,8 @@ def s3(s3_store):
 
     if ray.is_initialized():
         ray.shutdown()  # the shared runtime's workers lack the S3 settings; ray_local starts it again later
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             _system_config=KEEP_IDLE_WORKERS)
     yield s3_store
     ray.shutdown()
 
