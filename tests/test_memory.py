@@ -36,8 +36,8 @@ def test_actor_memory_does_not_grow_while_hundreds_of_mb_of_audio_stream_through
     keeps freed blocks (its mmap threshold rises to the largest block freed), so a peak hides a leak that
     fits in memory the process already holds."""
     rng = np.random.default_rng(7)
-    # every clip distinct (its own gain on one of a few synthesised ones): synthesising 144 would cost more than
-    # the test's encodes, and a decoded clip takes the same memory whatever it sounds like
+    # every clip distinct (its own gain on one of a few synthesised ones): synthesising a clip costs several times
+    # what writing its WAV does, and a decoded clip takes the same memory whatever it sounds like
     bases = [synth_clip(rng, CLIP_S, 48000, 2) for _ in range(4)]
     for i in range(SHARDS):
         write_tar(str(tmp_path / f"in/s-{i:02d}.tar"), [
