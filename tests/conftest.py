@@ -16,8 +16,15 @@ def ray_local():
 
     if not ray.is_initialized():
         # "local": a runtime of its own, never one a `ray start` (or an earlier test's cluster) left announced
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _system_config=KEEP_IDLE_WORKERS)
     return ray
+
+
+# Ray kills idle workers beyond num_cpus (actors count), so each job's device probe (pipeline/device.py, a task)
+# would start a worker and import torch anew while the last job's actors still held the 2 CPUs: seconds per
+# job. Kept, the probe's worker answers the next job's probe at once. Actors start in fresh workers either way.
+KEEP_IDLE_WORKERS = {"num_workers_soft_limit": 4}
 
 
 @pytest.fixture(scope="session", autouse=True)
