@@ -15,7 +15,8 @@ import json
 import os
 import re
 import stat
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import fsspec
 import numpy as np
@@ -24,10 +25,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..audio import SPILL_ABOVE_BYTES, SampleError, SpilledFile
-from ..config import AudioConfig, ConfigError, SourceConfig
+from ..failures import ConfigError
 from ..reads import Reads
-from . import (RawSample, Shard, ShardError, SourceListing, _is_local, full_url, glob_with_sizes, is_pattern, local_size,
-               read_error, shard_id, transient_error)
+from .base import (MAX_FILE_BYTES, RawSample, Shard, ShardError, Source, SourceListing, _is_local, full_url,
+                   glob_with_sizes, is_pattern, local_size, read_error, shard_id, transient_error)
 
 BATCH_BYTES = 64 << 20  # a Parquet row group holding more (uncompressed) is read row by row
 READ_BUFFER_BYTES = 1 << 20  # Parquet pages stream through a buffer this size: no column chunk is read whole
@@ -39,7 +40,7 @@ def shard_kind(path: str) -> str:
     return "hf-arrow" if path.endswith(".arrow") else "hf-parquet"
 
 
-def list_hf_shards(config: SourceConfig) -> SourceListing:
+def list_hf_shards(config: HfSource) -> SourceListing:
     path, reads = config.path, Reads.of(config)
     fs, root = fsspec.core.url_to_fs(path)
     revision = None
@@ -67,7 +68,7 @@ def _file_shard(fs, path: str, size: int, shard_url: str | None = None) -> Shard
     return Shard(shard_id(url), shard_url or url, shard_kind(path), size=size)
 
 
-def _folder_shards(fs, root: str, config: SourceConfig, reads: Reads) -> list[Shard]:
+def _folder_shards(fs, root: str, config: HfSource, reads: Reads) -> list[Shard]:
     if reads.kind(fs, f"{root}/dataset_dict.json"):
         root = f"{root}/{config.split}"
         if reads.kind(fs, root) != "directory":
@@ -104,7 +105,7 @@ def split_files(relative: list[str], split: str) -> list[str]:
     return sorted(relative)
 
 
-def _hub_shards(config: SourceConfig) -> tuple[list[Shard], str]:
+def _hub_shards(config: HfSource) -> tuple[list[Shard], str]:
     """One shard per Parquet file of the split at one commit, streamed with `hf://` by each actor from its
     own file: no actor downloads or prepares the whole dataset."""
     from huggingface_hub import HfApi, constants
@@ -142,7 +143,7 @@ def _open_shard(shard: Shard, reads: Reads):
         raise read_error(error, shard.url, "unreadable_shard") from None
 
 
-def _declared_fields(shards: list[Shard], config: SourceConfig, reads: Reads) -> tuple[list, str | None]:
+def _declared_fields(shards: list[Shard], config: HfSource, reads: Reads) -> tuple[list, str | None]:
     """The metadata columns the dataset declares and the key column, read once: from its first readable file
     (an unreadable one becomes that shard's error, not the run's)."""
     for shard in shards:
@@ -349,7 +350,7 @@ def _text_columns(batch: pa.RecordBatch, names: list[str], max_text_bytes: int) 
     return columns, too_large
 
 
-def read_hf_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = AudioConfig.max_file_bytes,
+def read_hf_shard(shard: Shard, config: HfSource, max_file_bytes: int = MAX_FILE_BYTES,
                   reads: Reads | None = None) -> Iterator[RawSample]:
     """Rows of one Arrow or Parquet file; a bad cell (audio or metadata) is that row's error record, a cell that
     failed for a cause a retry could change (the store, a full disk) the shard's transient ShardError once `reads`
@@ -392,3 +393,27 @@ def read_hf_shard(shard: Shard, config: SourceConfig, max_file_bytes: int = Audi
                 problem = SampleError("bad_audio_cell", f"{type(error).__name__}: {str(error)[:160]}")
             yield RawSample(key, None, metadata, problem)
         del batch, audio, columns  # the next batch is read without this one held
+
+
+@dataclass
+class HfSource(Source, kind="hf"):
+    # a save_to_disk folder, a Parquet file, folder or glob, or a hub dataset name (ORG/NAME): a path or fsspec URL
+    path: Optional[str] = None
+    split: str = "train"
+    revision: Optional[str] = None  # hub datasets: branch, tag or commit (resolved once, recorded)
+    audio_column: str = "audio"
+    key_column: Optional[str] = None  # default: 'id' when present, else shard and row index
+
+    def check(self) -> None:
+        super().check()
+        if not self.path:
+            raise ConfigError("source.path", "no dataset given", "a save_to_disk folder, Parquet files or a hub name")
+
+    def listing(self) -> SourceListing:
+        return list_hf_shards(self)
+
+    def read(self, shard: Shard, max_file_bytes: int, reads: Reads) -> Iterator[RawSample]:
+        return read_hf_shard(shard, self, max_file_bytes, reads)
+
+    def shard_again(self, shard_id: str, url: str, recorded: dict[str, Shard]) -> Shard:
+        return Shard(shard_id, url, shard_kind(url))  # a file is its own shard
