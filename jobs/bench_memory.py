@@ -208,14 +208,14 @@ def read_hf_cells(path: str) -> dict:
     import pyarrow.parquet as pq
 
     from pipeline.audio import SpilledFile
-    from pipeline.config import SourceConfig
+    from pipeline.sources import source_of
     from pipeline.sources import Shard
     from pipeline.sources.hf import read_hf_shard
 
     metadata = pq.ParquetFile(path).metadata
     loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sizes, spilled = [], []
-    for sample in read_hf_shard(Shard("cells", path, "hf-parquet"), SourceConfig(kind="hf", path=path)):
+    for sample in read_hf_shard(Shard("cells", path, "hf-parquet"), source_of("hf", path=path)):
         assert sample.error is None, sample.error
         spilled.append(isinstance(sample.audio, SpilledFile))
         sizes.append(sample.audio.size if spilled[-1] else len(sample.audio))

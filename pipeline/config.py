@@ -6,54 +6,24 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import yaml
 from omegaconf import MISSING, OmegaConf
 
 from codec.conventions import CONVENTIONS
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-SOURCE_KINDS = ("webdataset", "hf", "files", "nemo", "lhotse")
+from .failures import ConfigError
+from .sources import MAX_FILE_BYTES, Source, recorded_settings, source_class, unknown_setting
+
+__all__ = ["AudioConfig", "CodecConfig", "Config", "ConfigError", "GuardConfig", "OutputConfig", "RayConfig",
+           "Source", "as_dict", "load_config", "validate"]
+
 SOXR_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
 # loudness targets: above the BS.1770 absolute gate (-70 LUFS), at most 0 LUFS (full scale)
 LOUDNESS_RANGE = (-70.0, 0.0)
 CALIBRATE_WORDS = {"true": "on", "on": "on", "false": "off", "off": "off", "auto": "auto"}
-
-
-class ConfigError(ValueError):
-    """A bad configuration value: names the key and how to fix it."""
-
-    def __init__(self, key: str, problem: str, fix: str = ""):
-        self.key = key
-        super().__init__(f"config key '{key}': {problem}" + (f" ({fix})" if fix else ""))
-
-
-@dataclass
-class SourceConfig:
-    kind: str = MISSING  # webdataset | hf | files | nemo | lhotse
-    # webdataset: tars; files: audio files (globs); brace-expandable paths or fsspec URLs; a list, or one string
-    urls: Any = field(default_factory=list)
-    path: Optional[str] = None  # nemo: JSONL manifest(s), globs and {a,b} allowed; lhotse: cuts.jsonl(.gz) or a Shar folder; hf: save_to_disk folder, Parquet file/folder/glob, or hub dataset name (ORG/NAME)
-    split: str = "train"
-    revision: Optional[str] = None  # hf hub datasets: branch, tag or commit (resolved once, recorded)
-    audio_column: str = "audio"
-    key_column: Optional[str] = None  # default: 'id' when present, else shard and row index
-    files_per_shard: int = 1000  # files: audio files grouped into one shard (the grouping is recorded in the output)
-    lines_per_shard: int = 1000  # nemo, lhotse CutSet manifests: lines per shard (the line ranges are recorded in the output)
-    audio_root: Optional[str] = None  # nemo: audio_filepath must lie under this folder or URL (None: anywhere)
-    # a tar's .txt/.json member or an HF metadata cell larger than this is an error record, never read into a row:
-    # memory is set by the configuration, not by what a file claims to hold
-    max_text_bytes: int = 4 << 20
-    # every remote read (an audio file, a path cell, a recording, a tar or Parquet stream, a listing): tries on a
-    # transient error (5xx, throttling, reset, timeout, a short body), the first delay doubling per try (jittered);
-    # no try starts once a read has spent read_budget_s; a read with no byte for read_stall_s is cut and retried.
-    # Only a read that used its tries fails its shard (transient). How reads are retried decides no code: not in
-    # the output's identity. See pipeline/reads.py
-    read_attempts: int = 5
-    read_backoff_s: float = 1.0
-    read_budget_s: float = 600.0
-    read_stall_s: float = 60.0
 
 
 @dataclass
@@ -66,7 +36,7 @@ class AudioConfig:
     # actor through the object store in bounded memory; GPU actors then reserve one CPU. See pipeline/decode_tasks.py
     decode_task_cpus: int = 0
     # an audio file (an HF path cell) or tar member larger than this is a `file_too_large` record, never read
-    max_file_bytes: int = 8 << 30
+    max_file_bytes: int = MAX_FILE_BYTES
     # normalise each clip's integrated loudness (BS.1770, pyloudnorm) to this many LUFS before encoding, as the
     # reference tokenizer's `loudness_normalize` does (its default target: -23); None: off. See pipeline/loudness.py
     loudness_lufs: Optional[float] = None
@@ -155,7 +125,8 @@ class GuardConfig:
 
 @dataclass
 class Config:
-    source: SourceConfig = field(default_factory=SourceConfig)
+    # the settings of the kind `source.kind` names: that kind's Source subclass (pipeline/sources/)
+    source: Source = field(default_factory=Source)
     audio: AudioConfig = field(default_factory=AudioConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -164,17 +135,21 @@ class Config:
 
 
 def load_config(path: str | None, overrides: list[str] = ()) -> Config:
-    """YAML file + OmegaConf dotlist overrides -> a validated `Config`."""
-    schema = OmegaConf.structured(Config)
+    """YAML file + OmegaConf dotlist overrides -> a validated `Config`. The `source` section is validated against
+    the settings of the kind `source.kind` names (pipeline/sources/): a key of another kind is an error."""
+    layers = [_load_yaml(path)] if path is not None else []
+    layers.append(_parse_overrides(list(overrides)))
+    kind = None
     try:
-        layers = [schema]
-        if path is not None:
-            layers.append(_load_yaml(path))
-        layers.append(_parse_overrides(list(overrides)))
-        merged = OmegaConf.merge(*layers)
+        schema = OmegaConf.structured(Config)
+        kind = OmegaConf.select(OmegaConf.merge(*layers), "source.kind", default=None)
+        schema.source = OmegaConf.structured(source_class(kind))
+        merged = OmegaConf.merge(schema, *layers)
         config: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
+        if isinstance(error, ConfigKeyError) and key.startswith("source.") and key.count(".") == 1:
+            raise unknown_setting(kind, key.split(".", 1)[1]) from None
         raise ConfigError(key, _first_line(error), "see configs/demo.yaml for the schema") from None
     validate(config)
     return config
@@ -233,42 +208,11 @@ def validate(config: Config) -> None:
     non_finite = _non_finite(config)
     if non_finite:
         raise ConfigError(non_finite, "is NaN or infinite", "give a finite number")
-    s = config.source
-    if s.kind not in SOURCE_KINDS:
-        raise ConfigError("source.kind", f"{s.kind!r} is not a source kind", f"use one of {list(SOURCE_KINDS)}")
-    if isinstance(s.urls, str):
-        s.urls = [s.urls]
-    if not isinstance(s.urls, (list, tuple)) or not all(isinstance(u, str) for u in s.urls):
-        raise ConfigError("source.urls", f"{s.urls!r} is not a URL or a list of URLs",
-                          "e.g. 'data/shard-{000..009}.tar' or ['a.tar', 's3://bucket/b-*.tar']")
-    s.urls = list(s.urls)
-    if s.kind == "webdataset" and not s.urls:
-        raise ConfigError("source.urls", "no shard URLs given", "list tar paths, e.g. ['data/shard-{000..009}.tar']")
-    if s.kind == "files" and not s.urls:
-        raise ConfigError("source.urls", "no audio files given", "globs of audio files, e.g. ['data/**/*.{flac,txt}']")
-    if s.files_per_shard < 1:
-        raise ConfigError("source.files_per_shard", f"{s.files_per_shard}", "use 1 or more (default 1000)")
-    if s.lines_per_shard < 1:
-        raise ConfigError("source.lines_per_shard", f"{s.lines_per_shard}", "use 1 or more (default 1000)")
-    if s.kind == "nemo" and not s.path:
-        raise ConfigError("source.path", "no NeMo manifest given", "a JSONL manifest path or URL, globs allowed")
-    if s.kind == "lhotse" and not s.path:
-        raise ConfigError("source.path", "no Lhotse CutSet given", "a cuts.jsonl(.gz) manifest or a Shar folder")
-    if s.kind == "hf" and not s.path:
-        raise ConfigError("source.path", "no dataset given", "a save_to_disk folder, Parquet files or a hub name")
+    config.source.check()
     if config.audio.resampler_quality not in SOXR_QUALITIES:
         raise ConfigError("audio.resampler_quality", f"{config.audio.resampler_quality!r}", f"one of {SOXR_QUALITIES}")
     if config.audio.max_seconds <= 0:
         raise ConfigError("audio.max_seconds", "must be > 0")
-    if s.read_attempts < 1:
-        raise ConfigError("source.read_attempts", f"{s.read_attempts}", "use 1 or more (1: no retry; default 5)")
-    if s.read_backoff_s < 0:
-        raise ConfigError("source.read_backoff_s", f"{s.read_backoff_s}", "use 0 or more seconds (default 1)")
-    for key in ("read_budget_s", "read_stall_s"):
-        if getattr(s, key) <= 0:
-            raise ConfigError(f"source.{key}", f"{getattr(s, key)}", "use more than 0 seconds")
-    if s.max_text_bytes < 1:
-        raise ConfigError("source.max_text_bytes", "must be >= 1")
     if config.audio.max_file_bytes < 1:
         raise ConfigError("audio.max_file_bytes", "must be >= 1")
     if config.audio.decode_threads < 0:
@@ -343,4 +287,6 @@ def validate(config: Config) -> None:
 
 
 def as_dict(config: Config) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    """The config as the manifest records it (its `source` section flat, as it always was: recorded_settings)."""
+    return dict(OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
+                source=recorded_settings(config.source))

@@ -119,3 +119,12 @@ def classified_start():
         if is_transient(error):
             raise TransientStartError(describe(error)) from error
         raise
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: names the key and how to fix it. Here, below the config and the sources, so
+    that every side (the config, each source kind's settings) raises the one type."""
+
+    def __init__(self, key: str, problem: str, fix: str = ""):
+        self.key = key
+        super().__init__(f"config key '{key}': {problem}" + (f" ({fix})" if fix else ""))

@@ -47,7 +47,7 @@ class ReadRetry:
 
     @classmethod
     def of(cls, source) -> "ReadRetry":
-        """From a SourceConfig's source.read_* keys."""
+        """From a source's settings (pipeline.sources.Source): its source.read_* keys."""
         return cls(source.read_attempts, source.read_backoff_s, source.read_budget_s, source.read_stall_s)
 
 

@@ -225,14 +225,14 @@ def unblocking_fifo_writer(path):
 
 
 def test_bad_hf_cells_are_error_records_for_their_rows_and_the_rest_of_the_shard_is_read(hostile_parquet):
-    from pipeline.config import SourceConfig
+    from pipeline.sources import source_of
     from pipeline.sources.hf import read_hf_shard
 
     path, wav = hostile_parquet
     stop = unblocking_fifo_writer(path.parent / "fifo.wav")
     try:
         samples = by_key(read_hf_shard(Shard("s", str(path), "hf-parquet"),
-                                       SourceConfig(kind="hf", path=str(path), max_text_bytes=10_000),
+                                       source_of("hf", path=str(path), max_text_bytes=10_000),
                                        max_file_bytes=len(wav) + 1000))
     finally:
         stop.set()
@@ -579,7 +579,7 @@ def test_http_path_cells_are_bounded_by_max_file_bytes_and_a_503_is_the_shards_t
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.config import SourceConfig
+    from pipeline.sources import source_of
     from pipeline.failures import TRANSIENT
     from pipeline.sources import ShardError
     from pipeline.sources.hf import read_hf_shard
@@ -595,7 +595,7 @@ def test_http_path_cells_are_bounded_by_max_file_bytes_and_a_503_is_the_shards_t
         def read(names):
             path = tmp_path / f"{len(names)}.parquet"
             pq.write_table(pa.table({"id": names, "audio": [f"{server.url}/{n}" for n in names]}), path)
-            return by_key(read_hf_shard(Shard("s", str(path), "hf-parquet"), SourceConfig(kind="hf", path=str(path)),
+            return by_key(read_hf_shard(Shard("s", str(path), "hf-parquet"), source_of("hf", path=str(path)),
                                         max_file_bytes=len(wav) + 1000))
 
         samples = read(["good.wav", "big.wav", "gone.wav"])

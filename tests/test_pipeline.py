@@ -9,12 +9,12 @@ from omegaconf import OmegaConf
 
 from codec import reference_encode
 from pipeline.audio import decode_bytes, to_model_audio
-from pipeline.config import ConfigError, SourceConfig, load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.job import run_job
 from pipeline.driver import actor_options as _actor_options
 from pipeline.runstate import IdentityChanged, read_run
 from pipeline.storage import Storage
-from pipeline.sources import Shard, largest_first, list_shards
+from pipeline.sources import Shard, largest_first, list_shards, source_of
 from tests.corpus import hf_dataset, mixed_tar
 
 
@@ -247,8 +247,8 @@ def test_shards_are_listed_with_sizes_and_dispatched_largest_first(tmp_path):
     sizes = {name: os.path.getsize(tmp_path / f"in/{name}.tar") for name in "abc"}
     biggest_first = sorted("abc", key=lambda name: -sizes[name])
     assert biggest_first[0] != "a"  # the order differs from the listing's
-    by_glob = list_shards(SourceConfig(kind="webdataset", urls=[f"{tmp_path}/in/*.tar"])).shards
-    by_name = list_shards(SourceConfig(kind="webdataset", urls=[f"{tmp_path}/in/{{a,b,c}}.tar"])).shards
+    by_glob = list_shards(source_of("webdataset", urls=[f"{tmp_path}/in/*.tar"])).shards
+    by_name = list_shards(source_of("webdataset", urls=[f"{tmp_path}/in/{{a,b,c}}.tar"])).shards
     for shards in (by_glob, by_name):
         assert [s.size for s in shards] == [sizes[n] for n in "abc"]  # listed in name order ...
         assert [s.url[-5] for s in largest_first(shards)] == biggest_first  # ... run biggest first

@@ -126,13 +126,13 @@ def hf_path_shard(tmp_path, urls):
 
 
 def test_a_404_path_cell_is_one_missing_audio_file_record_at_the_first_try(tmp_path):
-    from pipeline.config import SourceConfig
+    from pipeline.sources import source_of
 
     serve_wavs(tmp_path / "served", ["ok.wav"])
     with TroubleServer(str(tmp_path / "served")) as server:
         reads = Reads(FAST)
         shard = hf_path_shard(tmp_path, [f"{server.url}/ok.wav", f"{server.url}/gone.wav"])
-        ok, gone = read_hf_shard(shard, SourceConfig(kind="hf", path=shard.url), reads=reads)
+        ok, gone = read_hf_shard(shard, source_of("hf", path=shard.url), reads=reads)
     assert ok.error is None and gone.error.reason == "missing_audio_file", gone.error
     assert reads.retries == 0 and server.requests["gone.wav"] == 2  # fsspec's HEAD, then its GET: not retried
 

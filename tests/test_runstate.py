@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import SourceConfig, load_config
+from pipeline.config import load_config
 from pipeline.job import open_run_state, resolve_codec
 from pipeline.run import main as run_main
 from pipeline.runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, RunState, ShardRecord, read_run
@@ -21,7 +21,7 @@ from pipeline.runstate.lease import LEASE
 from pipeline.runstate.plan import PLAN
 from pipeline.runstate.records import COMMITS
 from pipeline.runstate.summary import SHARD_LIST
-from pipeline.sources import list_shards
+from pipeline.sources import list_shards, source_of
 from pipeline.storage import Storage
 from pipeline.reading.verify import verify
 from tests.corpus import mixed_tar
@@ -213,7 +213,7 @@ def test_one_file_spelled_two_ways_is_one_shard(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spellings = ["in/a-000.tar", f"file://{tmp_path}/in/a-000.tar", f"{tmp_path}/in/../in/a-{{000..000}}.tar",
                  f"{tmp_path}/in/a-*.tar"]
-    ids = {s: [x.id for x in list_shards(SourceConfig(kind="webdataset", urls=[s])).shards] for s in spellings}
+    ids = {s: [x.id for x in list_shards(source_of("webdataset", urls=[s])).shards] for s in spellings}
     assert len({tuple(v) for v in ids.values()}) == 1, ids
 
 
@@ -350,7 +350,7 @@ def test_hub_layout_picks_the_split_files(tmp_path):
         pq.write_table(table, tmp_path / "data" / f"{name}.parquet")
 
     def files(split):
-        listing = list_shards(SourceConfig(kind="hf", path=str(tmp_path), split=split))
+        listing = list_shards(source_of("hf", path=str(tmp_path), split=split))
         return [os.path.basename(s.url) for s in listing.shards]
 
     assert files("train") == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
@@ -358,7 +358,7 @@ def test_hub_layout_picks_the_split_files(tmp_path):
     with pytest.raises(ConfigError, match=r"no files of split 'validation'.*\['test', 'train'\]"):
         files("validation")
     with pytest.raises(ConfigError, match="HF_HUB_OFFLINE"):  # a hub name: never a download per actor
-        list_shards(SourceConfig(kind="hf", path="org/some-dataset"))
+        list_shards(source_of("hf", path="org/some-dataset"))
 
 
 def test_failed_shard_leaves_no_rows_and_a_cut_record_is_redone(tmp_path, ray_local):

@@ -19,7 +19,6 @@ then with each smaller bandwidth's first K codebooks, and scores each reconstruc
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -192,32 +191,10 @@ def codebook_levels(codec, stored: int, stored_kbps: float) -> dict[int, float]:
     return dict(sorted(levels.items()))
 
 
-def _source_config(manifest: dict):
-    from ..config import SourceConfig
-
-    known = {f.name for f in dataclasses.fields(SourceConfig)}
-    return SourceConfig(**{k: v for k, v in manifest["config"]["source"].items() if k in known})
-
-
-def _shard_kind(manifest: dict, url: str) -> str:
-    from ..sources.hf import shard_kind
-
-    return "webdataset" if manifest["identity"]["source"]["kind"] == "webdataset" else shard_kind(url)
-
-
 @dataclass
 class Original:
     audio: np.ndarray  # the first seconds of the audio the codec was given
     clip_samples: int  # the whole clip's length at the codec's rate (its layout decides how its codes decode)
-
-
-def _planned_shards(output_dir: str) -> dict:
-    """shard id -> the Shard a files, nemo or lhotse CutSet run recorded (what it holds is not in its URL)."""
-    from ..runstate.plan import read_plan
-    from ..sources import shard_from_record
-    from ..storage import Storage
-
-    return {r["id"]: shard_from_record(r) for r in read_plan(Storage(output_dir))}
 
 
 def read_originals(manifest: dict, shard_ids: dict, wanted: list[RowRef], sample_rate: int,
@@ -227,18 +204,22 @@ def read_originals(manifest: dict, shard_ids: dict, wanted: list[RowRef], sample
     shard_ids: source URL -> shard id (from the commit records: HF keys without a key column name it).
     Raises SourceUnavailable when a shard cannot be read or no longer holds a row as the run read it."""
     from ..audio import SpilledFile
-    from ..sources import Shard, ShardError, read_shard
+    from ..sources import ShardError, read_shard, recorded_shards, source_from_record
+    from ..storage import Storage
 
-    config = _source_config(manifest)
+    source = source_from_record(manifest["config"]["source"])
     by_source: dict[tuple[str, str], dict[str, RowRef]] = {}
     for row in wanted:  # by data file: shards of a files or manifest source share their source URL
         by_source.setdefault((row.source, row.file), {})[row.key] = row
-    planned = _planned_shards(wanted[0].output_dir) if wanted else {}
+    recorded = recorded_shards(Storage(wanted[0].output_dir)) if wanted else {}  # files, nemo, CutSet manifests
     originals: dict[str, np.ndarray] = {}
     for (url, file), rows in by_source.items():
         missing = dict(rows)
-        shard = planned.get(file.rsplit("/", 1)[-1].removesuffix(".parquet"))
-        samples = read_shard(shard or Shard(shard_ids.get(url, ""), url, _shard_kind(manifest, url)), config)
+        shard_id = file.rsplit("/", 1)[-1].removesuffix(".parquet")  # data/SHARD_ID.parquet
+        shard = source.shard_again(shard_id if shard_id in recorded else shard_ids.get(url, ""), url, recorded)
+        if shard is None:
+            raise SourceUnavailable(f"cannot find source shard {url} (it holds {len(rows)} audited row(s)) again")
+        samples = read_shard(shard, source)
         try:
             for raw in samples:
                 if raw.key in missing:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from ..runstate import DONE, FAILED, OutputError, Totals, error_text, read_run
 from ..schema import schema_from_text
+from ..sources import recorded_shards, source_from_record
 from ..storage import Storage
 
 
@@ -80,26 +81,12 @@ def verify(output_dir: str) -> list[str]:
 
 
 def vanished_source_files(output_dir: str) -> list[str]:
-    """Files of done `files` shards that the source no longer holds: one listing per shard root, as the
-    driver's own listing, not a request per file."""
-    import fsspec
-
-    from ..runstate.plan import read_plan
-
+    """Source files of done shards that the source no longer holds, as the output's source kind tells them
+    (files sources: from the recorded plan, one listing per shard root; other kinds: none)."""
     storage = Storage(output_dir)
-    done = read_run(storage).done()
-    wanted: dict[str, list[tuple[str, str]]] = {}  # root -> (shard, relative path)
-    for shard in read_plan(storage):
-        if shard["kind"] == "files" and shard["id"] in done:
-            wanted.setdefault(shard["url"], []).extend((shard["id"], member[0]) for member in shard["members"])
-    problems = []
-    for root, members in sorted(wanted.items()):
-        fs, path = fsspec.core.url_to_fs(root)
-        fs.invalidate_cache(path)
-        present = {p.rstrip("/")[len(path.rstrip("/")) + 1:] for p in fs.find(path)} if fs.exists(path) else set()
-        problems += [f"source gone: {root}/{rel} (shard {shard} is done; its rows stay as written)"
-                     for shard, rel in members if rel not in present]
-    return problems
+    run = read_run(storage)
+    source = source_from_record(run.manifest["config"]["source"])
+    return source.vanished(list(recorded_shards(storage).values()), set(run.done()))
 
 
 def main(argv: list[str] | None = None) -> int:

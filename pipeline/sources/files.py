@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import fsspec
 import pyarrow as pa
 from braceexpand import braceexpand
 
-from ..audio import AUDIO_EXTENSIONS, SampleError, SpilledFile
-from ..config import ConfigError, SourceConfig
-from ..failures import transient_cause
+from ..audio import AUDIO_EXTENSIONS, SPILL_ABOVE_BYTES, SampleError, SpilledFile
+from ..failures import ConfigError, transient_cause
 from ..reads import Reads
 from ..runstate.plan import read_plan, record_plan
 from ..urls import redact
-from . import (RawSample, Shard, SourceListing, by_redacted, full_url, glob_with_sizes, local_size, normalise_url,
-               read_error, shard_from_record, shard_record)
-from .webdataset import SPILL_ABOVE_BYTES
+from .base import (RawSample, Shard, Source, SourceListing, by_redacted, check_urls, full_url, glob_with_sizes,
+                   local_size, normalise_url, read_error, shard_from_record, shard_record)
 
 SIDECARS = ("txt", "json")
 _GLOB = "*?[{"
@@ -72,7 +71,7 @@ def _listing(patterns: list[str], reads: Reads) -> tuple[dict, dict]:
     return audio, sidecars
 
 
-def list_files(config: SourceConfig) -> SourceListing:
+def list_files(config: FilesSource) -> SourceListing:
     audio, sidecars = _listing(config.urls, Reads.of(config))
     if not audio:
         raise ConfigError("source.urls", f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) match {config.urls}",
@@ -150,3 +149,41 @@ def read_files_shard(shard: Shard, reads: Reads | None = None) -> Iterator[RawSa
     reads = reads or Reads()
     for rel, size, sidecar_exts in shard.members:
         yield _sample(shard.url, rel, int(size), sidecar_exts, reads)
+
+
+@dataclass
+class FilesSource(Source, kind="files"):
+    # audio files: globs, brace-expandable, of paths or fsspec URLs; a list, or one string
+    urls: Any = field(default_factory=list)
+    files_per_shard: int = 1000  # audio files grouped into one shard (the grouping is recorded in the output)
+
+    def check(self) -> None:
+        super().check()
+        check_urls(self)
+        if not self.urls:
+            raise ConfigError("source.urls", "no audio files given",
+                              "globs of audio files, e.g. ['data/**/*.{flac,txt}']")
+        if self.files_per_shard < 1:
+            raise ConfigError("source.files_per_shard", f"{self.files_per_shard}", "use 1 or more (default 1000)")
+
+    def listing(self) -> SourceListing:
+        return list_files(self)
+
+    def read(self, shard: Shard, max_file_bytes: int, reads: Reads) -> Iterator[RawSample]:
+        return read_files_shard(shard, reads)
+
+    def vanished(self, recorded: list[Shard], done: set[str]) -> list[str]:
+        """Files of done shards that the source no longer holds: one listing per shard root, as the driver's
+        own listing, not a request per file."""
+        wanted: dict[str, list[tuple[str, str]]] = {}  # root -> (shard, relative path)
+        for shard in recorded:
+            if shard.id in done:
+                wanted.setdefault(shard.url, []).extend((shard.id, member[0]) for member in shard.members)
+        problems = []
+        for root, members in sorted(wanted.items()):
+            fs, path = fsspec.core.url_to_fs(root)
+            fs.invalidate_cache(path)
+            present = {p.rstrip("/")[len(path.rstrip("/")) + 1:] for p in fs.find(path)} if fs.exists(path) else set()
+            problems += [f"source gone: {root}/{rel} (shard {shard} is done; its rows stay as written)"
+                         for shard, rel in members if rel not in present]
+        return problems

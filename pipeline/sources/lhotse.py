@@ -13,18 +13,19 @@ to the decoder as the file bytes it is.
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 
 from ..audio import SampleError
-from ..config import ConfigError, SourceConfig
+from ..failures import ConfigError
 from ..reads import Reads
-from . import (RawSample, Shard, SourceListing, full_url, glob_with_sizes, normalise_url, read_error, shard_id,
-               transient_error)
-from .lines import line_range_plan, manifests, read_line_range
+from .base import (RawSample, Shard, Source, SourceListing, full_url, glob_with_sizes, normalise_url, read_error,
+                   shard_id, transient_error)
+from .lines import check_lines_per_shard, line_range_plan, manifests, read_line_range
 from .segments import Segment, read_segments
 
 FIELDS = [pa.field("text", pa.string()), pa.field("speaker", pa.string()), pa.field("language", pa.string())]
@@ -38,7 +39,7 @@ def _require_lhotse() -> None:
         raise ConfigError("source.kind", "lhotse sources need the lhotse library", 'pip install -e ".[lhotse]"') from None
 
 
-def list_lhotse(config: SourceConfig) -> SourceListing:
+def list_lhotse(config: LhotseSource) -> SourceListing:
     _require_lhotse()
     reads = Reads.of(config)
     fs, root = fsspec.core.url_to_fs(config.path)
@@ -46,9 +47,18 @@ def list_lhotse(config: SourceConfig) -> SourceListing:
         plan = line_range_plan(manifests(config.path, "Lhotse CutSet", reads), config.lines_per_shard, CUTS, reads)
         return SourceListing([], {"kind": "lhotse", "format": "cuts", "lines_per_shard": config.lines_per_shard},
                              list(FIELDS), plan)
-    files = glob_with_sizes(fs, f"{root}/*.*.*", reads)  # Shar: FIELD.NNNNNN.EXT
+    shards = _shar_shards(fs, root, reads)
+    if not shards:
+        raise ConfigError("source.path", f"{config.path!r} is a folder without Shar cuts (cuts.NNNNNN.jsonl.gz)",
+                          "a Lhotse Shar folder, or a CutSet manifest cuts.jsonl(.gz)")
+    # Shar shards are fixed files, like tars: new shards are new indices, so nothing needs recording
+    return SourceListing(shards, {"kind": "lhotse", "format": "shar"}, list(FIELDS))
+
+
+def _shar_shards(fs, root: str, reads: Reads) -> list[Shard]:
+    """A Shar folder's shards: one per index that has cuts, with its fields' files (FIELD.NNNNNN.EXT)."""
     by_index: dict[str, dict[str, tuple[str, int]]] = {}
-    for path, size in files:
+    for path, size in glob_with_sizes(fs, f"{root}/*.*.*", reads):
         field, index = path.rsplit("/", 1)[-1].split(".")[:2]
         by_index.setdefault(index, {})[field] = (full_url(fs, path), size)
     shards = []
@@ -59,12 +69,7 @@ def list_lhotse(config: SourceConfig) -> SourceListing:
         members = tuple(sorted((field, url) for field, (url, _) in fields.items()))
         shards.append(Shard(shard_id(fields["cuts"][0]), fields["cuts"][0], SHAR,
                             sum(size for _, size in fields.values()), members))
-    if not shards:
-        raise ConfigError("source.path", f"{config.path!r} is a folder without Shar cuts (cuts.NNNNNN.jsonl.gz)",
-                          "a Lhotse Shar folder, or a CutSet manifest cuts.jsonl(.gz)")
-    # Shar shards are fixed files, like tars: new shards are new indices, so nothing needs recording
-    return SourceListing(shards, {"kind": "lhotse", "format": "shar"}, list(FIELDS))
-
+    return shards
 
 def _joined(values, separator: str) -> str | None:
     distinct = list(dict.fromkeys(v for v in values if v))
@@ -163,3 +168,28 @@ def read_lhotse_shard(shard: Shard, reads: Reads | None = None) -> Iterator[RawS
     if shard.kind == SHAR:
         return _rows(_shar_cuts(shard), None, reads)
     return _rows(_parsed_lines(shard, reads), shard.url.rsplit("/", 1)[0], reads)
+
+
+@dataclass
+class LhotseSource(Source, kind="lhotse"):
+    path: Optional[str] = None  # a CutSet manifest cuts.jsonl(.gz) or a Shar folder: a path or fsspec URL
+    lines_per_shard: int = 1000  # CutSet manifests: cuts per shard (the line ranges are recorded in the output)
+
+    def check(self) -> None:
+        super().check()
+        if not self.path:
+            raise ConfigError("source.path", "no Lhotse CutSet given", "a cuts.jsonl(.gz) manifest or a Shar folder")
+        check_lines_per_shard(self)
+
+    def listing(self) -> SourceListing:
+        return list_lhotse(self)
+
+    def read(self, shard: Shard, max_file_bytes: int, reads: Reads) -> Iterator[RawSample]:
+        return read_lhotse_shard(shard, reads)
+
+    def shard_again(self, shard_id: str, url: str, recorded: dict[str, Shard]) -> Shard | None:
+        """A CutSet manifest's line range from the recorded plan; a Shar shard from its folder, as listed."""
+        if shard_id in recorded:
+            return recorded[shard_id]
+        fs, path = fsspec.core.url_to_fs(url)
+        return next((s for s in _shar_shards(fs, path.rsplit("/", 1)[0], Reads.of(self)) if s.url == url), None)

@@ -18,12 +18,12 @@ from braceexpand import braceexpand
 from fsspec.compression import compr
 from fsspec.utils import infer_compression
 
-from ..config import ConfigError
+from ..failures import ConfigError
 from ..reads import Reads
 from ..runstate import IdentityChanged
 from ..runstate.plan import read_plan, record_plan
-from . import (Shard, ShardError, by_redacted, full_url, glob_with_sizes, is_pattern, read_error, shard_from_record,
-               shard_id, shard_record)
+from .base import (Shard, ShardError, by_redacted, full_url, glob_with_sizes, is_pattern, read_error, shard_from_record,
+                   shard_id, shard_record)
 
 
 def manifests(path: str, what: str, reads: Reads) -> list[str]:
@@ -126,3 +126,10 @@ def read_line_range(shard: Shard, reads: Reads) -> list[bytes]:
         raise ShardError("manifest_changed", f"lines {first + 1}-{first + count} of {shard.url} changed since the run "
                          "recorded them")
     return lines
+
+
+def check_lines_per_shard(source) -> None:
+    """`source.lines_per_shard` (of a manifest kind: nemo, lhotse) is 1 or more, or a ConfigError."""
+    if source.lines_per_shard < 1:
+        raise ConfigError("source.lines_per_shard", f"{source.lines_per_shard}", "use 1 or more (default 1000)")
+

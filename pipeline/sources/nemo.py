@@ -8,23 +8,24 @@ the manifest and line.
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import pyarrow as pa
 
 from ..audio import SampleError
-from ..config import SourceConfig
+from ..failures import ConfigError
 from ..reads import Reads
 from ..urls import redact
-from . import RawSample, Shard, SourceListing, normalise_url
-from .lines import line_range_plan, manifests, read_line_range
+from .base import RawSample, Shard, Source, SourceListing, normalise_url
+from .lines import check_lines_per_shard, line_range_plan, manifests, read_line_range
 from .segments import Segment, read_segments
 
 FIELDS = [pa.field("text", pa.string()), pa.field("audio_filepath", pa.string()), pa.field("offset", pa.float64()),
           pa.field("duration", pa.float64())]
 
 
-def list_nemo(config: SourceConfig) -> SourceListing:
+def list_nemo(config: NemoSource) -> SourceListing:
     reads = Reads.of(config)
     plan = line_range_plan(manifests(config.path, "NeMo manifest", reads), config.lines_per_shard, "nemo", reads)
     audio_root = normalise_url(config.audio_root) if config.audio_root else None
@@ -54,7 +55,7 @@ def _parse(line: bytes, where: str, key: str, manifest: str, audio_root: str | N
     return Segment(key, where, url, float(offset), None if duration is None else float(duration), metadata)
 
 
-def read_nemo_shard(shard: Shard, config: SourceConfig, reads: Reads | None = None) -> Iterator[RawSample]:
+def read_nemo_shard(shard: Shard, config: NemoSource, reads: Reads | None = None) -> Iterator[RawSample]:
     """The shard's lines as segments; the manifest's and the recordings' reads retried by `reads`."""
     reads = reads or Reads.of(config)
     lines = read_line_range(shard, reads)
@@ -71,3 +72,22 @@ def read_nemo_shard(shard: Shard, config: SourceConfig, reads: Reads | None = No
         else:
             segments.append(parsed)
     yield from read_segments(segments, reads)
+
+
+@dataclass
+class NemoSource(Source, kind="nemo"):
+    path: Optional[str] = None  # JSONL manifest(s): a path or fsspec URL, globs and {a,b} allowed
+    lines_per_shard: int = 1000  # manifest lines per shard (the line ranges are recorded in the output)
+    audio_root: Optional[str] = None  # audio_filepath must lie under this folder or URL (None: anywhere)
+
+    def check(self) -> None:
+        super().check()
+        if not self.path:
+            raise ConfigError("source.path", "no NeMo manifest given", "a JSONL manifest path or URL, globs allowed")
+        check_lines_per_shard(self)
+
+    def listing(self) -> SourceListing:
+        return list_nemo(self)
+
+    def read(self, shard: Shard, max_file_bytes: int, reads: Reads) -> Iterator[RawSample]:
+        return read_nemo_shard(shard, self, reads)

@@ -23,7 +23,7 @@ import soundfile
 from ..audio import BLOCK_S, BLOCKED_ABOVE_S, SampleError, SpilledFile
 from ..failures import transient_cause
 from ..reads import Reads
-from . import RawSample, ShardError, read_error
+from .base import RawSample, ShardError, read_error
 
 
 @dataclass

@@ -6,16 +6,17 @@ import json
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import fsspec
+import pyarrow as pa
 from braceexpand import braceexpand
 
 from ..audio import AUDIO_EXTENSIONS, SPILL_ABOVE_BYTES, SampleError, SpilledFile
-from ..config import AudioConfig, ConfigError, SourceConfig
+from ..failures import ConfigError
 from ..reads import Reads
-from . import (RawSample, Shard, ShardError, _is_local, full_url, glob_with_sizes, is_pattern, local_size, read_error,
-               shard_id)
+from .base import (MAX_FILE_BYTES, RawSample, Shard, ShardError, Source, SourceListing, _is_local, check_urls,
+                   full_url, glob_with_sizes, is_pattern, local_size, read_error, shard_id)
 
 
 INFO_CONCURRENCY = 32  # fs.info requests in flight at once while listing remote tars named one by one
@@ -173,8 +174,8 @@ def _linked(url: str, offset: int, link: tarfile.TarInfo, ext: str, sample: _Sam
     raise tarfile.ReadError(f"hard link {link.name}: its target is gone on a second read")
 
 
-def read_tar_shard(shard: Shard, max_text_bytes: int = SourceConfig.max_text_bytes,
-                   max_file_bytes: int = AudioConfig.max_file_bytes, reads: Reads | None = None) -> Iterator[RawSample]:
+def read_tar_shard(shard: Shard, max_text_bytes: int = Source.max_text_bytes,
+                   max_file_bytes: int = MAX_FILE_BYTES, reads: Reads | None = None) -> Iterator[RawSample]:
     """Every member is part of a row or of an error record: a name repeated within a sample is
     `duplicate_member`, a hard link reads as its target, symlinks and devices are `unsupported_member`;
     folders hold no sample and are passed over. A remote tar is streamed through `reads` (pipeline/reads.py):
@@ -218,3 +219,26 @@ def read_tar_shard(shard: Shard, max_text_bytes: int = SourceConfig.max_text_byt
         raise read_error(error, shard.url, "corrupt_tar") from None
     if sample is not None:
         yield _to_sample(sample)
+
+
+@dataclass
+class WebDatasetSource(Source, kind="webdataset"):
+    # tars: brace-expandable paths, globs or fsspec URLs; a list, or one string
+    urls: Any = field(default_factory=list)
+
+    def check(self) -> None:
+        super().check()
+        check_urls(self)
+        if not self.urls:
+            raise ConfigError("source.urls", "no shard URLs given",
+                              "list tar paths, e.g. ['data/shard-{000..009}.tar']")
+
+    def listing(self) -> SourceListing:
+        return SourceListing(list_tar_shards(self.urls, Reads.of(self)), {"kind": "webdataset"},
+                             [pa.field("text", pa.string())])
+
+    def read(self, shard: Shard, max_file_bytes: int, reads: Reads) -> Iterator[RawSample]:
+        return read_tar_shard(shard, self.max_text_bytes, max_file_bytes, reads)
+
+    def shard_again(self, shard_id: str, url: str, recorded: dict[str, Shard]) -> Shard:
+        return Shard(shard_id, url, "webdataset")  # a tar is its own shard
