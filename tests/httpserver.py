@@ -19,6 +19,8 @@ import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+CUT_HOLD_S = 1.0  # how long a cut body's connection stays open before it closes
+
 
 class TroubleServer:
     def __init__(self, folder: str, flaky_failures: int = 2, stall_s: float = 90.0, flaky_heads: bool = False,
@@ -100,8 +102,9 @@ class TroubleServer:
                     self.wfile.write(part[: int(len(part) * cut)])
                     self.wfile.flush()
                     server.sent[name] += int(len(part) * cut)
-                    if stalls:
-                        server.released.wait(server.stall_s)
+                    # A cut is held open a moment: aiohttp raises a close it has seen before the bytes it holds,
+                    # so a reader slow to read (a loaded CI machine) would lose the part sent and resume at 0.
+                    server.released.wait(server.stall_s if stalls else CUT_HOLD_S)
                     self.close_connection = True
                     return
                 self.wfile.write(part)
