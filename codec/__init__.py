@@ -1,7 +1,7 @@
 """Higgs Audio V2 tokenizer: loading and padding-invariant batched encoding.
 
 Names are imported from their modules on first use (PEP 562), so a process that only decodes audio (a decode
-task, pipeline/decode_tasks.py, reading `FileWave`) does not import torch and transformers to start.
+task, pipeline/actor/decode_tasks.py, reading `FileWave`) does not import torch and transformers to start.
 """
 
 from importlib import import_module

@@ -40,9 +40,9 @@ import soxr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.audio import decode_audio, downmix  # noqa: E402
-from pipeline.decoders import Decoder, decoder_for, sniff  # noqa: E402
-from pipeline.decoders import Format as Format_  # noqa: E402
+from pipeline.audio.decode import decode_audio, downmix  # noqa: E402
+from pipeline.audio.decoders import Decoder, decoder_for, sniff  # noqa: E402
+from pipeline.audio.decoders import Format as Format_  # noqa: E402
 from demo.synth import synth_clip  # noqa: E402
 
 DEFAULT_ENCODE_RATE = 10_000.0  # issue 19's estimate for an H100 at a third of its bf16 peak (audio-s/s)

@@ -37,7 +37,7 @@ from codec.calibration import GPU_CANDIDATES  # noqa: E402
 from codec.memory import is_out_of_memory, release_device_memory  # noqa: E402
 from demo.flops import flops_per_audio_second, peak_flops  # noqa: E402
 
-# pipeline.audio (soundfile, soxr), demo.synth (soundfile) and pipeline.worker (Ray) are imported where used:
+# pipeline.audio.decode (soundfile, soxr), demo.synth (soundfile) and pipeline.actor.processor (Ray) are imported where used:
 # jobs/gpu_check.py reuses this module's measurements on a machine without them
 
 SWEEP = (*GPU_CANDIDATES, BatchPolicy(1920, 256))
@@ -46,7 +46,7 @@ SWEEP = (*GPU_CANDIDATES, BatchPolicy(1920, 256))
 def corpus(minutes: float, seed: int = 0) -> tuple[list[bytes], list[np.ndarray], float]:
     """Encoded files (wav/flac/ogg/mp3, 8-48 kHz) and their decoded 24 kHz waves; returns decode audio-s/s too."""
     from demo.synth import lognormal_seconds, random_sample
-    from pipeline.audio import decode_bytes, to_model_audio
+    from pipeline.audio.decode import decode_bytes, to_model_audio
 
     rng = np.random.default_rng(seed)
     files, total = [], 0.0
@@ -65,7 +65,7 @@ def planned_padding_efficiency(policy: BatchPolicy, hours: float = 20.0, seed: i
     """Real / encoded frames when an actor's pools (POOL_BATCHES x the batch budget) of this corpus's length mix
     are bucketed under `policy`: a property of the plan, computed without running the model."""
     from demo.synth import lognormal_seconds
-    from pipeline.worker import POOL_BATCHES
+    from pipeline.actor.processor import POOL_BATCHES
 
     rng = np.random.default_rng(seed)
     hop, frames, encoded, pool, pool_s = 960, 0, 0, [], 0.0
@@ -198,7 +198,7 @@ def main():
         with open(args.json, "w") as f:
             json.dump({"device": name, "model": args.model,
                        "best_audio_s_per_s": {label: speed for label, (speed, _, _) in best.items()}}, f, indent=1)
-    from pipeline.worker import POOL_BATCHES
+    from pipeline.actor.processor import POOL_BATCHES
 
     print(f"\nplanned padding efficiency of the default GPU policy ({GPU_POLICY.max_batch_seconds:g} s x "
           f"{GPU_POLICY.max_clips} clips) in pools of {POOL_BATCHES} budgets, 20 h of this length mix (no model run): "

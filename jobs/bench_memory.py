@@ -13,7 +13,7 @@ spilling off (the whole file's bytes and samples in memory, as before them) for 
 
 Agreement: synthetic stereo clips of `--agreement-seconds` (FLAC at 44.1 and 48 kHz; MP3 at 22.05 kHz,
 whose MPEG-2 decoding in libsndfile depends on read sizes) decoded whole and in blocks
-(pipeline.audio.DECODE_METHOD), encoded with `random:tiny` (windowed past 120 s): the share of equal
+(pipeline.audio.decode.DECODE_METHOD), encoded with `random:tiny` (windowed past 120 s): the share of equal
 tokens, and the largest difference between the two 24 kHz waveforms.
 
 Hostile (`--hostile`): small files whose content, not their size, would set the memory, each in a fresh process
@@ -63,15 +63,15 @@ def measure_shard(tar: str, out_dir: str, whole_file: bool, decode_threads: int 
     """Runs in a fresh process: one shard through the actor's ShardProcessor, as a 1-CPU actor runs it."""
     import torch
 
-    import pipeline.audio
+    import pipeline.audio.decode
     import pipeline.sources.webdataset
     from pipeline.config import load_config
     from pipeline.sources import list_shards
-    from pipeline.worker import ShardProcessor
+    from pipeline.actor.processor import ShardProcessor
 
     torch.set_num_threads(1)
     if whole_file:
-        pipeline.audio.BLOCKED_ABOVE_S = float("inf")
+        pipeline.audio.decode.BLOCKED_ABOVE_S = float("inf")
         pipeline.sources.webdataset.SPILL_ABOVE_BYTES = float("inf")
     config = load_config(None, ["source.kind=webdataset", f"source.urls=[{tar}]", "codec.model=random:tiny",
                                 f"audio.decode_threads={decode_threads}",
@@ -111,7 +111,7 @@ AGREEMENT_CLIPS = (("flac", 44100), ("flac", 48000), ("mp3", 22050))
 
 def agreement(folder: str, seconds: float) -> None:
     from codec import load_codec
-    from pipeline.audio import DECODE_METHOD, SpilledFile, decode_audio
+    from pipeline.audio.decode import DECODE_METHOD, SpilledFile, decode_audio
     from demo.synth import write_long_audio
 
     codec = load_codec("random:tiny", device="cpu")
@@ -207,7 +207,7 @@ def read_hf_cells(path: str) -> dict:
     (as decoding closes it). Peak RSS (`ru_maxrss`) and the RSS once pyarrow and the reader are loaded."""
     import pyarrow.parquet as pq
 
-    from pipeline.audio import SpilledFile
+    from pipeline.audio.decode import SpilledFile
     from pipeline.sources import source_of
     from pipeline.sources import Shard
     from pipeline.sources.hf import read_hf_shard

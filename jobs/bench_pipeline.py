@@ -92,7 +92,7 @@ def codec_only(checkpoint: str, samples, bandwidth: float, device: str) -> tuple
     import torch
 
     from codec import load_codec
-    from pipeline.audio import decode_bytes, to_model_audio
+    from pipeline.audio.decode import decode_bytes, to_model_audio
 
     codec = load_codec(checkpoint, device=device)
     waves = [to_model_audio(*decode_bytes(audio_member(s)), 24000, "HQ", 1e9).wave for s in samples]

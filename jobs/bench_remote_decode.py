@@ -1,5 +1,5 @@
 """Where a shard's decoding runs, measured at small scale on this machine: the codec actor's own threads, the
-project's decode tasks (`pipeline/decode_tasks.py`: a streaming Ray task per shard, audio through the object
+project's decode tasks (`pipeline/actor/decode_tasks.py`: a streaming Ray task per shard, audio through the object
 store), or a Ray Data pipeline (`from_items(...).map(decode)`, rows streamed back).
 
     python jobs/bench_remote_decode.py                 # 4 tars of 16 clips of 2-12 s mixed formats; about a minute here
@@ -23,13 +23,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.audio import Audio  # noqa: E402
+from pipeline.audio.decode import Audio  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.decode_tasks import DecodeInTask  # noqa: E402
-from pipeline.prefetch import DecodeAhead  # noqa: E402
+from pipeline.actor.decode_tasks import DecodeInTask  # noqa: E402
+from pipeline.actor.prefetch import DecodeAhead  # noqa: E402
 from pipeline.sources import RawSample, list_shards, read_shard  # noqa: E402
 from demo.synth import random_sample, write_tar  # noqa: E402
-from pipeline.decoding import SampleDecoder  # noqa: E402
+from pipeline.audio.sample_decoder import SampleDecoder  # noqa: E402
 
 
 def write_corpus(folder: str, shards: int, clips: int) -> float:

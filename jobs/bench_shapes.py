@@ -24,7 +24,7 @@ from codec.batching import GPU_POLICY, padded_samples, plan_batches  # noqa: E40
 from demo.synth import lognormal_seconds  # noqa: E402
 
 HOP, SR = 960, 24000
-POOL_BATCHES = 8  # pipeline.worker.POOL_BATCHES (not imported: that module needs Ray)
+POOL_BATCHES = 8  # pipeline.actor.processor.POOL_BATCHES (not imported: that module needs Ray)
 
 
 def pool_lengths(rng: np.random.Generator, seconds: float) -> list[int]:

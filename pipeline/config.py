@@ -33,12 +33,12 @@ class AudioConfig:
     decode_threads: int = 0  # 0: one per CPU the actor holds
     # 0: decode in the codec actor's threads. N > 0: each shard in flight is read and decoded by a Ray task of N
     # CPUs (its own process, on any node with free CPUs: CPU-only nodes can feed GPU actors), streamed to the
-    # actor through the object store in bounded memory; GPU actors then reserve one CPU. See pipeline/decode_tasks.py
+    # actor through the object store in bounded memory; GPU actors then reserve one CPU. See pipeline/actor/decode_tasks.py
     decode_task_cpus: int = 0
     # an audio file (an HF path cell) or tar member larger than this is a `file_too_large` record, never read
     max_file_bytes: int = MAX_FILE_BYTES
     # normalise each clip's integrated loudness (BS.1770, pyloudnorm) to this many LUFS before encoding, as the
-    # reference tokenizer's `loudness_normalize` does (its default target: -23); None: off. See pipeline/loudness.py
+    # reference tokenizer's `loudness_normalize` does (its default target: -23); None: off. See pipeline/audio/loudness.py
     loudness_lufs: Optional[float] = None
 
 

@@ -16,7 +16,7 @@ import time
 from datetime import timedelta
 
 from .config import ConfigError, load_config
-from .job import run_job
+from .driver.job import run_job
 from .driver import ActorStartFailed, GuardTripped
 from .runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, StoreWriteFailed
 from .logs import DriverLog

@@ -21,7 +21,7 @@ def ray_local():
     return ray
 
 
-# Ray kills idle workers beyond num_cpus (actors count), so each job's device probe (pipeline/device.py, a task)
+# Ray kills idle workers beyond num_cpus (actors count), so each job's device probe (pipeline/actor/device.py, a task)
 # would start a worker and import torch anew while the last job's actors still held the 2 CPUs: seconds per
 # job. Kept, the probe's worker answers the next job's probe at once. Actors start in fresh workers either way.
 KEEP_IDLE_WORKERS = {"num_workers_soft_limit": 4}

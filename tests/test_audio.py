@@ -11,12 +11,12 @@ import pytest
 import soundfile
 
 from codec import FileWave
-from pipeline.audio import BLOCK_S, SampleError, SpilledFile, decode_audio
+from pipeline.audio.decode import BLOCK_S, SampleError, SpilledFile, decode_audio
 from pipeline.config import load_config
 from pipeline.sources import Shard
 from pipeline.sources import webdataset
 from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
-from pipeline.worker import ShardProcessor
+from pipeline.actor.processor import ShardProcessor
 from tests.corpus import wav_bytes
 
 WHOLE, BLOCKED = math.inf, 0.0  # `blocked_above_s` that force each path
@@ -185,7 +185,7 @@ def test_each_formats_decoder_is_in_the_identity_and_an_output_without_it_is_ref
 def test_a_missing_decoder_library_is_a_start_up_error_naming_its_package(monkeypatch):
     import sys
 
-    from pipeline.decoders import DecoderMissing
+    from pipeline.audio.decoders import DecoderMissing
     from pipeline.runstate import library_versions
 
     monkeypatch.setitem(sys.modules, "av", None)  # import av fails, as where it is not installed
@@ -199,7 +199,7 @@ def test_whole_file_reference_decode_uses_the_decoder_the_pipeline_uses(ext):
     `decode_audio` gives: a reference decoding Vorbis by libsndfile where the pipeline uses ffmpeg differs in the
     last bits, and the codes compared with it in a few tokens."""
     from demo.synth import random_sample
-    from pipeline.audio import decode_bytes, to_model_audio
+    from pipeline.audio.decode import decode_bytes, to_model_audio
 
     rng = np.random.default_rng(3)
     for i in range(3):

@@ -15,7 +15,7 @@ import torch
 
 from codec import AUTHORS, MODEL_CARD, load_codec, reference_encode
 from codec.original_format import ConversionError, convert_state_dict, released_config
-from pipeline.audio import to_model_audio
+from pipeline.audio.decode import to_model_audio
 from tests.authors_reference import authors_codes, random_authors_tokenizer, save_release
 
 HOP = 960

@@ -273,7 +273,7 @@ def test_original_format_end_to_end_and_actor_start_failure_stops_the_run(releas
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["codec"]["format"] == "original" and manifest["codec"]["converter"]
     codec = load_codec(released["hf"], device="cpu")
-    from pipeline.audio import decode_bytes, to_model_audio
+    from pipeline.audio.decode import decode_bytes, to_model_audio
 
     for key, codes in zip(table.column("key").to_pylist(), table.column("codes").to_pylist()):
         sample = next(s for s in samples if s.key == key)

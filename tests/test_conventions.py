@@ -9,9 +9,9 @@ import torch
 
 from codec import AUTHORS, MODEL_CARD, load_codec
 from codec.conventions import resamples_to_ceil
-from pipeline.audio import decode_bytes, to_model_audio
+from pipeline.audio.decode import decode_bytes, to_model_audio
 from pipeline.config import ConfigError, load_config
-from pipeline.job import run_job
+from pipeline.driver.job import run_job
 from pipeline.runstate import IdentityChanged
 from pipeline.runstate.identity import check_identity
 from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
@@ -151,7 +151,7 @@ def test_pipeline_under_authors_writes_their_frame_rule_from_other_rates_and_ref
 def test_blocked_decode_pads_to_librosas_length_as_the_whole_file_path_does(tmp_path):
     """A file over the blocked-decode threshold is resampled in a stream: under the authors' convention it must
     end at the same ceil length as a clip decoded whole, or long files get other frame counts than short ones."""
-    from pipeline.audio import decode_audio
+    from pipeline.audio.decode import decode_audio
 
     rate = 22050  # 94,108 frames: soxr returns 102,430 samples at 24 kHz, librosa 102,431
     data = encode_audio(synth_clip(np.random.default_rng(12), 5.0, rate)[:94108], rate, "flac")

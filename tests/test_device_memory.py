@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from codec.memory import ALLOC_CONF, is_out_of_memory, prefer_expandable_segments
-from pipeline import worker as worker_module
-from pipeline.batch_budget import BatchBudget
+from pipeline.actor import processor as worker_module
+from pipeline.actor.batch_budget import BatchBudget
 from pipeline.config import load_config
 from pipeline.sources import list_shards
 from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
-from pipeline.worker import ShardProcessor
+from pipeline.actor.processor import ShardProcessor
 from tests.test_pipeline import expected_codes, read_rows
 
 RATE = 24000  # the codec's rate: a clip's length in samples is known here

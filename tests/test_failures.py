@@ -51,7 +51,7 @@ def test_stalled_read_is_bounded_by_the_shard_time_limit(tmp_path, ray_local, ca
 
 def test_unexpected_worker_exception_is_reported_with_its_traceback(tmp_path, tiny_codec, monkeypatch):
     from pipeline.sources import list_shards
-    from pipeline.worker import ShardProcessor
+    from pipeline.actor.processor import ShardProcessor
 
     mixed_tar(str(tmp_path / "in/a.tar"), "a", 2, seed=1)
     config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/a.tar")]})
@@ -64,7 +64,7 @@ def test_unexpected_worker_exception_is_reported_with_its_traceback(tmp_path, ti
 
 def test_unexpected_worker_exception_logged_to_the_driver_holds_no_url_secret(tmp_path, tiny_codec, monkeypatch, caplog):
     from pipeline.sources import list_shards
-    from pipeline.worker import ShardProcessor
+    from pipeline.actor.processor import ShardProcessor
 
     mixed_tar(str(tmp_path / "in/a.tar"), "a", 2, seed=1)
     config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/a.tar")]})
@@ -74,7 +74,7 @@ def test_unexpected_worker_exception_logged_to_the_driver_holds_no_url_secret(tm
         raise RuntimeError("GET https://store.example/a.tar?X-Amz-Signature=SECRET123 failed oddly")
 
     monkeypatch.setattr(processor, "_encode", fail)
-    with caplog.at_level("ERROR", logger="pipeline.worker"):
+    with caplog.at_level("ERROR", logger="pipeline.actor.processor"):
         result = processor.process(list_shards(config.source).shards[0])
     assert result.failure == UNEXPECTED
     logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)

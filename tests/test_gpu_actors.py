@@ -17,7 +17,7 @@ def test_codec_device_naming_one_gpu_is_refused_with_why():
 
 
 def test_cuda_on_a_cluster_without_gpus_stops_before_any_actor_with_the_fix(ray_local):
-    from pipeline.device import probe_device
+    from pipeline.actor.device import probe_device
 
     with pytest.raises(ConfigError, match=r"codec.device.*no node of this Ray cluster offers a GPU.*codec.device: cpu"):
         probe_device(load_config(None, [*BASE, "codec.device=cuda"]))
@@ -26,7 +26,7 @@ def test_cuda_on_a_cluster_without_gpus_stops_before_any_actor_with_the_fix(ray_
 def test_device_probe_holds_the_actors_own_resources(ray_local, monkeypatch):
     """The probe reads the device where an actor will land: it asks for what an actor asks for, custom
     resources (ray.actor_resources, e.g. a GPU model's accelerator_type) included."""
-    import pipeline.device as device
+    import pipeline.actor.device as device
 
     asked = {}
 
@@ -51,7 +51,7 @@ class _Reporter:
                 "cpus": ray.get_runtime_context().get_assigned_resources().get("CPU")}
 
     def devices(self) -> tuple[str, str]:
-        from pipeline.device import device_for_actor  # imports torch: asked of two actors only
+        from pipeline.actor.device import device_for_actor  # imports torch: asked of two actors only
 
         return device_for_actor("auto"), device_for_actor("cuda")
 

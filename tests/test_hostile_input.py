@@ -253,7 +253,7 @@ def test_hf_array_cells_are_read_by_their_layout_and_an_implausible_shape_is_a_b
     import pyarrow.parquet as pq
 
     from pipeline.sources import list_shards
-    from pipeline.worker import ShardProcessor
+    from pipeline.actor.processor import ShardProcessor
     from tests.test_pipeline import config_for, read_rows
     from tests.test_reliability import errors_of
 
@@ -295,7 +295,7 @@ def encoded(fmt: str, subtype: str | None, seconds: float = 2.0, rate: int = 480
 
 
 def decoded(source, max_seconds: float = 3600.0, blocked_above_s=None):
-    from pipeline.audio import decode_audio
+    from pipeline.audio.decode import decode_audio
 
     return decode_audio(source, 24000, "HQ", max_seconds, blocked_above_s=blocked_above_s)
 
@@ -322,7 +322,7 @@ RATES = {"SVX": 16000, "AVR": 16000, "WVE": 8000, "MPC2K": 44100, "VOC": 8000}  
 
 @pytest.mark.parametrize("name", TRUNCATED)
 def test_truncated_file_is_a_truncated_record_not_a_shorter_clip(name):
-    from pipeline.audio import SampleError, SpilledFile
+    from pipeline.audio.decode import SampleError, SpilledFile
 
     fmt, subtype, *layout = TRUNCATED[name]
     channels, endian = (layout + [1, None][len(layout):])
@@ -351,7 +351,7 @@ def flac_without_length(data: bytes) -> bytes:
 
 
 def test_flac_whose_header_declares_no_length_is_decoded_and_measured_not_too_long():
-    from pipeline.audio import SampleError, SpilledFile
+    from pipeline.audio.decode import SampleError, SpilledFile
 
     data = encoded("FLAC", "PCM_16", seconds=2.5, rate=16000, channels=2)
     unknown = flac_without_length(data)
@@ -407,7 +407,7 @@ M4A_LAYOUTS = {"mdat_then_moov": {}, "moov_first": {"movflags": "faststart"},
 def test_truncated_m4a_is_a_truncated_record_found_from_its_boxes(layout):
     """AAC in MP4, which libsndfile cannot read at all, decodes (through ffmpeg); cut, it is `truncated`: a box
     declares more bytes than the file holds."""
-    from pipeline.audio import SampleError, SpilledFile
+    from pipeline.audio.decode import SampleError, SpilledFile
 
     data = pyav_encoded(options=M4A_LAYOUTS[layout])
     audio = decoded(data)
@@ -447,8 +447,8 @@ def test_pyav_decoded_files_keep_the_hostile_input_guarantees(monkeypatch):
     decoded, and one under it that lies is caught as the file decodes; a stream damaged mid-way is no shorter clip;
     a stream with no declared length is decoded in blocks and measured; files that are no audio (named .mp3 or .m4a) and a file of no samples are one record
     each, naming the format."""
-    from pipeline import pyav_reader
-    from pipeline.audio import SampleError
+    from pipeline.audio import pyav_reader
+    from pipeline.audio.decode import SampleError
 
     def reason(data, **kwargs) -> str:
         with pytest.raises(SampleError) as error:
@@ -554,7 +554,7 @@ def test_tar_member_no_field_uses_is_passed_over_without_being_read_locally_and_
 def test_hostile_tar_members_are_each_a_row_or_an_error_record_in_a_real_run(tmp_path, ray_local):
     from tests.test_pipeline import config_for, read_rows, records_of
     from tests.test_reliability import errors_of
-    from pipeline.job import run_job
+    from pipeline.driver.job import run_job
 
     wav, opus = wav_bytes(clip(), 16000), encoded("OGG", "OPUS")
     with tarfile.open(tmp_path / "s.tar", "w") as tar:

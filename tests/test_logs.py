@@ -44,7 +44,7 @@ def test_driver_log_is_written_in_parts_as_the_run_goes_and_holds_no_secret(tmp_
 
 def test_each_shards_log_holds_its_own_worker_lines_and_library_warnings_and_a_failed_ones_says_why(tmp_path):
     from pipeline.sources import list_shards
-    from pipeline.worker import ShardProcessor
+    from pipeline.actor.processor import ShardProcessor
 
     for name, seed in (("p", 70), ("q", 71)):
         mixed_tar(str(tmp_path / f"in/{name}.tar"), name, 2, seed=seed)

@@ -15,10 +15,10 @@ import soxr
 from omegaconf import OmegaConf
 
 from codec import FileWave, reference_encode
-from pipeline.audio import decode_audio
+from pipeline.audio.decode import decode_audio
 from pipeline.config import ConfigError, load_config
-from pipeline.job import _identity
-from pipeline.loudness import CLIPPED, NORMALISED, TOO_QUIET, TOO_SHORT, LoudnessMeter
+from pipeline.driver.job import _identity
+from pipeline.audio.loudness import CLIPPED, NORMALISED, TOO_QUIET, TOO_SHORT, LoudnessMeter
 from pipeline.run import main as run_main
 from pipeline.runstate import IdentityChanged
 from pipeline.runstate.identity import check_identity
@@ -45,7 +45,7 @@ def mono_of(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def reference_wave(data: bytes, target: float | None) -> np.ndarray:
-    """Written from the reference (higgs_audio_tokenizer.encode) with pyloudnorm itself, not pipeline.loudness:
+    """Written from the reference (higgs_audio_tokenizer.encode) with pyloudnorm itself, not pipeline.audio.loudness:
     loudness of the mono clip at its rate, pyloudnorm.normalize.loudness's gain, applied to the 24 kHz samples
     (the reference applies it before resampling: the same up to float32 rounding); a clip pyloudnorm cannot
     measure (too short, or -inf) left as it is."""

@@ -10,10 +10,10 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import numpy as np
 import soundfile
 
-from pipeline.actors import SHARDS_IN_FLIGHT
-from pipeline.job import run_job
+from pipeline.actor.ray_actor import SHARDS_IN_FLIGHT
+from pipeline.driver.job import run_job
 from pipeline.sources import list_shards
-from pipeline.worker import ShardProcessor
+from pipeline.actor.processor import ShardProcessor
 from demo.synth import SynthSample, encode_audio, synth_clip, write_long_audio, write_tar
 from tests.test_pipeline import config_for
 
@@ -78,7 +78,7 @@ def peak_rss_for_one_file(tmp_path, minutes: float) -> float:
 
 
 def test_long_file_memory_is_bounded_by_the_window_not_the_length(tmp_path, ray_local):
-    """The 30 min file's bytes and samples are six times the 5 min one's (itself over pipeline.audio's
+    """The 30 min file's bytes and samples are six times the 5 min one's (itself over pipeline.audio.decode's
     BLOCKED_ABOVE_S, so decoded in blocks as well); read, decoded, resampled and encoded a block and a window at a
     time, neither shows in the actor's peak."""
     short = peak_rss_for_one_file(tmp_path, 5)

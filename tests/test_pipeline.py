@@ -8,9 +8,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from codec import reference_encode
-from pipeline.audio import decode_bytes, to_model_audio
+from pipeline.audio.decode import decode_bytes, to_model_audio
 from pipeline.config import ConfigError, load_config
-from pipeline.job import run_job
+from pipeline.driver.job import run_job
 from pipeline.driver import actor_options as _actor_options
 from pipeline.runstate import IdentityChanged, read_run
 from pipeline.storage import Storage
@@ -230,7 +230,7 @@ def test_actor_sizing_by_device_cpus_and_memory_fits_each_node():
 
 def test_encoder_busy_share_counts_overlapping_shards_once():
     from pipeline.runstate import ShardRecord
-    from pipeline.worker import encoder_busy_share
+    from pipeline.actor.processor import encoder_busy_share
 
     def result(worker, started_at, seconds, encode_s):
         return ShardRecord("s", "u", "done", worker=worker, started_at=started_at, seconds=seconds, encode_s=encode_s)
@@ -295,7 +295,7 @@ def test_two_shards_at_once_on_one_processor_report_progress_and_their_own_count
     import time
 
     from pipeline.sources import list_shards
-    from pipeline.worker import ShardProcessor
+    from pipeline.actor.processor import ShardProcessor
 
     samples = {s.key: s for name, seed in (("p", 70), ("q", 71)) for s in mixed_tar(str(tmp_path / f"in/{name}.tar"), name, 6, seed=seed)}
     config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/*.tar")]}, "ray.pool_seconds=1")

@@ -3,8 +3,8 @@
 import threading
 import time
 
-from pipeline.audio import Audio, decode_bytes, to_model_audio
-from pipeline.prefetch import IN_FLIGHT_PER_THREAD, DecodeAhead
+from pipeline.audio.decode import Audio, decode_bytes, to_model_audio
+from pipeline.actor.prefetch import IN_FLIGHT_PER_THREAD, DecodeAhead
 from pipeline.sources import Shard, ShardError
 from pipeline.sources.webdataset import read_tar_shard
 from tests.corpus import mixed_tar

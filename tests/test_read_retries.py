@@ -1,4 +1,4 @@
-"""Transient errors retried where they happen (pipeline/reads.py): a flaky store costs a retried request, not a
+"""Transient errors retried where they happen (pipeline/sources/reads.py): a flaky store costs a retried request, not a
 retried shard. A misbehaving HTTP server on 127.0.0.1 (tests/httpserver.py) answers 503s, cuts bodies, stalls,
 and has its files replaced between two reads."""
 
@@ -14,7 +14,7 @@ import pytest
 from demo.synth import SynthSample, write_tar
 from pipeline.config import ConfigError, load_config
 from pipeline.failures import TRANSIENT
-from pipeline.reads import ReadRetry, Reads
+from pipeline.sources.reads import ReadRetry, Reads
 from pipeline.runstate import ShardRecord
 from pipeline.runstate.summary import Totals
 from pipeline.sources import Shard, ShardError, list_shards, read_shard
@@ -138,7 +138,7 @@ def test_a_404_path_cell_is_one_missing_audio_file_record_at_the_first_try(tmp_p
 
 
 def test_a_store_answering_503_forever_costs_read_attempts_gets_then_one_transient_shard_failure(tmp_path, tiny_codec):
-    from pipeline.worker import ShardProcessor
+    from pipeline.actor.processor import ShardProcessor
 
     serve_wavs(tmp_path / "served", ["flaky-a.wav"])
     with TroubleServer(str(tmp_path / "served"), flaky_failures=10**6) as server:
@@ -192,7 +192,7 @@ def test_read_settings_are_not_in_the_outputs_identity(tmp_path):
     identities = [list_shards(load_config(None, ["source.kind=webdataset", f"source.urls=[{tmp_path}/a.tar]",
                                                  f"output.dir={tmp_path}", *keys]).source).identity
                   for keys in ([], ["source.read_attempts=9", "source.read_stall_s=3", "source.read_budget_s=7"])]
-    assert identities[0] == identities[1]  # the source's part of the identity (pipeline.job._identity)
+    assert identities[0] == identities[1]  # the source's part of the identity (pipeline.driver.job._identity)
 
 
 def test_read_shard_without_reads_uses_the_configured_settings(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from pipeline.audio import decode_bytes, to_model_audio
+from pipeline.audio.decode import decode_bytes, to_model_audio
 from pipeline.reading import report as report_module
 from pipeline.reading.fidelity import mel_distance_db, si_snr_db
 from pipeline.reading.inspect import main as inspect_main
@@ -79,7 +79,7 @@ def output(tmp_path_factory):
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    from pipeline.job import run_job
+    from pipeline.driver.job import run_job
 
     tmp = tmp_path_factory.mktemp("report")
     samples = {}
@@ -208,7 +208,7 @@ def test_audit_picks_rows_per_source_when_no_row_has_a_category(output, tmp_path
 def test_audit_compares_against_the_loudness_normalised_audio_the_codec_was_given():
     """With audio.loudness_lufs on, the codec encoded the normalised clip: the audit's original must be that
     clip, not the file as it is (else every metric also counts the loudness gain)."""
-    from pipeline.audio import decode_audio
+    from pipeline.audio.decode import decode_audio
     from pipeline.reading.fidelity import RowRef, _decode_original
     from pipeline.sources import RawSample
     from demo.synth import encode_audio

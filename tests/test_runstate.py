@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
-from pipeline.job import open_run_state, resolve_codec
+from pipeline.driver.job import open_run_state, resolve_codec
 from pipeline.run import main as run_main
 from pipeline.runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, RunState, ShardRecord, read_run
 from pipeline.runstate.digest import DIGEST
@@ -253,7 +253,7 @@ def test_changed_settings_name_what_changed_and_how_to_continue(tmp_path, monkey
         open_with()
     open_with(f"codec.revision={commit_a}")  # pinned: goes on
 
-    import pipeline.job as job
+    import pipeline.driver.job as job
 
     real = job.library_versions
     monkeypatch.setattr(job, "library_versions", lambda: dict(real(), torch="9.9.9"))
@@ -296,7 +296,7 @@ def test_a_rerun_on_another_device_is_refused_like_a_library_upgrade_and_an_outp
 
 
 def test_the_device_probe_reads_the_device_where_an_actor_runs(tmp_path, ray_local):
-    from pipeline.device import cpu_model, device_facts, probe_device
+    from pipeline.actor.device import cpu_model, device_facts, probe_device
 
     config = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", f"output.dir={tmp_path}/out"])
     facts = probe_device(config)  # a Ray task on this one-node runtime, on its CPU
@@ -323,7 +323,7 @@ def test_hf_key_and_audio_columns_are_part_of_the_identity(tmp_path):
 
 def test_actor_with_other_library_versions_refuses_to_start(tmp_path):
     from pipeline.runstate import library_versions
-    from pipeline.worker import ShardProcessor
+    from pipeline.actor.processor import ShardProcessor
 
     config = config_for(tmp_path, {"kind": "webdataset", "urls": ["a.tar"]})
     with pytest.raises(RuntimeError, match="differ from the run's"):
@@ -331,8 +331,8 @@ def test_actor_with_other_library_versions_refuses_to_start(tmp_path):
 
 
 def test_actor_on_another_device_than_the_runs_refuses_to_start(tmp_path):
-    from pipeline.device import device_facts
-    from pipeline.worker import ShardProcessor
+    from pipeline.actor.device import device_facts
+    from pipeline.actor.processor import ShardProcessor
 
     config = config_for(tmp_path, {"kind": "webdataset", "urls": ["a.tar"]}, "codec.device=cpu")
     here = device_facts("cpu")

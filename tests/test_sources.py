@@ -9,7 +9,7 @@ import pytest
 import soundfile
 
 from pipeline.config import load_config
-from pipeline.job import run_job
+from pipeline.driver.job import run_job
 from pipeline.reading.verify import vanished_source_files, verify
 from pipeline.runstate.plan import read_plan
 from pipeline.sources import list_shards, read_shard
@@ -144,7 +144,7 @@ def nemo_config(tmp_path, *overrides):
 
 
 def test_nemo_segments_encode_as_the_same_samples_written_as_a_file(tmp_path, tiny_codec):
-    from pipeline.audio import decode_audio
+    from pipeline.audio.decode import decode_audio
 
     recordings = write_recordings(tmp_path)
     write_nemo_manifest(tmp_path / "manifest.json", NEMO_SEGMENTS, NEMO_BAD_LINES)
@@ -252,7 +252,7 @@ def write_cutset(tmp_path, recordings, count: int = 4) -> list:
 
 
 def cut_file_wave(array, rate, start, duration, channels):
-    from pipeline.audio import decode_audio
+    from pipeline.audio.decode import decode_audio
 
     cut = io.BytesIO()
     first = round(start * rate)
@@ -261,7 +261,7 @@ def cut_file_wave(array, rate, start, duration, channels):
 
 
 def test_lhotse_cutset_cuts_are_read_as_their_recordings_segments_with_supervisions(tmp_path, tiny_codec, monkeypatch):
-    from pipeline.audio import decode_audio
+    from pipeline.audio.decode import decode_audio
 
     monkeypatch.chdir(tmp_path)
     recordings = write_recordings(tmp_path)
@@ -287,7 +287,7 @@ def test_lhotse_cutset_cuts_are_read_as_their_recordings_segments_with_supervisi
 def test_lhotse_shar_folder_is_one_shard_per_shar_shard_with_lhotse_audio(tmp_path, tiny_codec, monkeypatch):
     from lhotse import CutSet
 
-    from pipeline.audio import decode_audio, to_model_audio
+    from pipeline.audio.decode import decode_audio, to_model_audio
 
     monkeypatch.chdir(tmp_path)
     recordings = write_recordings(tmp_path)
@@ -353,7 +353,7 @@ def test_dataset_card_lets_load_dataset_read_the_output_folder_and_its_snippet_d
     assert scope["audio"].size == round(scope["row"]["duration_s"] * 24000)
     # reading code stays free of Ray and the driver
     imported = subprocess.run([sys.executable, "-c", "import sys, pipeline.reading.card; print(sorted(m for m in "
-                               "sys.modules if m.split('.')[0] == 'ray' or m in ('pipeline.job', 'pipeline.driver')))"],
+                               "sys.modules if m.split('.')[0] == 'ray' or m in ('pipeline.driver.job', 'pipeline.driver')))"],
                               capture_output=True, text=True, check=True).stdout.strip()
     assert imported == "[]"
 

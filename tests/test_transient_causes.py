@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.failures import TRANSIENT
-from pipeline.job import run_job
+from pipeline.driver.job import run_job
 from tests.corpus import wav_bytes
 from tests.httpserver import TroubleServer
 from tests.test_pipeline import config_for, manifest_of, read_rows, records_of
@@ -54,7 +54,7 @@ def no_memory_left(*args, **kwargs):
 
 # where decoding meets the machine: a long clip's samples written to TMPDIR (codec.FileWave), a short clip resampled
 INJECTIONS = {"enospc_writing_tmpdir": ("codec.waves.FileWave.append", no_space_left, "no_space_left"),
-              "memory_error_resampling": ("pipeline.audio.soxr.resample", no_memory_left, "out_of_host_memory")}
+              "memory_error_resampling": ("pipeline.audio.decode.soxr.resample", no_memory_left, "out_of_host_memory")}
 
 
 @pytest.mark.parametrize("injected", INJECTIONS)
@@ -62,7 +62,7 @@ def test_enospc_or_memory_error_while_decoding_fails_the_shard_as_transient_not_
         tmp_path, tiny_codec, monkeypatch, injected):
     from pipeline.sources import list_shards
     from demo.synth import SynthSample, write_tar
-    from pipeline.worker import ShardProcessor
+    from pipeline.actor.processor import ShardProcessor
 
     write_tar(str(tmp_path / "in/s.tar"), [
         SynthSample("short", {"wav": wav_bytes(clip(0.5, 1), 16000)}, 0.5),
@@ -90,7 +90,7 @@ def test_enospc_spilling_a_large_tar_member_fails_the_shard_as_transient_not_as_
 
     write_tar(str(tmp_path / "s.tar"), [SynthSample("a", {"wav": wav_bytes(clip(0.5, 1), 16000)}, 0.5)])
     monkeypatch.setattr(pipeline.sources.webdataset, "SPILL_ABOVE_BYTES", 1000)  # the member is spilled to TMPDIR
-    monkeypatch.setattr("pipeline.audio.shutil.copyfileobj", no_space_left)
+    monkeypatch.setattr("pipeline.audio.decode.shutil.copyfileobj", no_space_left)
     with pytest.raises(ShardError) as error:
         list(read_tar_shard(Shard("s", str(tmp_path / "s.tar"), "webdataset")))
     assert error.value.kind == TRANSIENT and error.value.reason == "no_space_left", error.value

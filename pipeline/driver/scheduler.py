@@ -15,7 +15,7 @@ from collections import deque
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from ..actors import SHARDS_IN_FLIGHT, CodecActor
+from ..actor.ray_actor import SHARDS_IN_FLIGHT, CodecActor
 from ..config import Config
 from ..failures import UNEXPECTED
 from ..logs import append_shard_log

@@ -203,7 +203,7 @@ def read_originals(manifest: dict, shard_ids: dict, wanted: list[RowRef], sample
     (the manifest's source settings, decoder, resampler and convention; mono at `sample_rate`).
     shard_ids: source URL -> shard id (from the commit records: HF keys without a key column name it).
     Raises SourceUnavailable when a shard cannot be read or no longer holds a row as the run read it."""
-    from ..audio import SpilledFile
+    from ..audio.decode import SpilledFile
     from ..sources import ShardError, read_shard, recorded_shards, source_from_record
     from ..storage import Storage
 
@@ -243,7 +243,7 @@ def read_originals(manifest: dict, shard_ids: dict, wanted: list[RowRef], sample
 def _decode_original(raw, row: RowRef, url: str, manifest: dict, sample_rate: int, max_seconds: float) -> Original:
     from codec.conventions import resamples_to_ceil
 
-    from ..audio import SampleError, SpilledFile, decode_audio
+    from ..audio.decode import SampleError, SpilledFile, decode_audio
 
     if raw.error is not None:
         raise SourceUnavailable(f"sample {row.key} of {url} cannot be read any more ({raw.error}): the source changed")

@@ -13,13 +13,13 @@ class IdentityChanged(RuntimeError):
 
 def library_versions() -> dict:
     """The libraries whose versions decide the codes (the codec re-implements part of `encode`), and each audio
-    format's decoder with its library's version (pipeline/decoders.py; a decoder library missing here is a
+    format's decoder with its library's version (pipeline/audio/decoders.py; a decoder library missing here is a
     DecoderMissing naming its package)."""
     import soxr
     import torch
     import transformers
 
-    from ..decoders import decoder_versions
+    from ..audio.decoders import decoder_versions
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "soxr": soxr.__version__,
             "decoders": decoder_versions()}

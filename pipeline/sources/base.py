@@ -18,7 +18,7 @@ import fsspec
 from omegaconf import MISSING
 
 from ..failures import PERMANENT, TRANSIENT, ConfigError, transient_cause, transient_reason
-from ..reads import Reads
+from .reads import Reads
 from ..runstate.plan import read_plan
 from ..urls import redact, split_query
 
@@ -206,7 +206,7 @@ class Source:
     # transient error (5xx, throttling, reset, timeout, a short body), the first delay doubling per try (jittered);
     # no try starts once a read has spent read_budget_s; a read with no byte for read_stall_s is cut and retried.
     # Only a read that used its tries fails its shard (transient). How reads are retried decides no code: not in
-    # the output's identity. See pipeline/reads.py
+    # the output's identity. See pipeline/sources/reads.py
     read_attempts: int = 5
     read_backoff_s: float = 1.0
     read_budget_s: float = 600.0

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..audio import SPILL_ABOVE_BYTES, SampleError, SpilledFile
-from ..reads import Reads
+from ..audio.decode import SPILL_ABOVE_BYTES, SampleError, SpilledFile
+from .reads import Reads
 from .base import ShardError, _is_local, transient_error
 
 MAX_CHANNELS = 64  # an audio array's channel axis is at most this long, and its frame axis longer

@@ -7,7 +7,7 @@ segments of one recording in a shard are read in order from one open file. A seg
 whole-clip limit goes to the decoder as an array; a longer one is copied block by block into a temporary float32
 W64 file (`SpilledFile`), which the decoder reads in blocks as it would the cut file: memory is a block, not the
 segment or the recording. Samples read as float32 and written as float32 are the same values, so the codes are
-those of the cut file wherever the decoder's samples are (see pipeline/audio.py).
+those of the cut file wherever the decoder's samples are (see pipeline/audio/decode.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Iterator
 import numpy as np
 import soundfile
 
-from ..audio import BLOCK_S, BLOCKED_ABOVE_S, SampleError, SpilledFile
+from ..audio.decode import BLOCK_S, BLOCKED_ABOVE_S, SampleError, SpilledFile
 from ..failures import transient_cause
-from ..reads import Reads
+from .reads import Reads
 from .base import RawSample, ShardError, read_error
 
 

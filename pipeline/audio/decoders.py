@@ -50,7 +50,7 @@ DECODERS = {
 
 
 def sniff(head: bytes) -> Format:
-    """The format of a file from its first bytes (pipeline/containers.py's HEAD_BYTES)."""
+    """The format of a file from its first bytes (pipeline/audio/containers.py's HEAD_BYTES)."""
     if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
         return Format.WAV
     if head[:4] == b"fLaC":

@@ -14,9 +14,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
-from .audio import Audio, SampleError
-from .failures import TRANSIENT, UNEXPECTED, describe, is_transient
-from .sources import RawSample, ShardError
+from ..audio.decode import Audio, SampleError
+from ..failures import TRANSIENT, UNEXPECTED, describe, is_transient
+from ..sources import RawSample, ShardError
 
 MAX_SAMPLES_AHEAD = 4096  # decoded clips waiting, however short (3840 s of 1 s clips fills a GPU pool)
 IN_FLIGHT_PER_THREAD = 2  # undecoded clips handed to the threads: bounds the overshoot past the budget

@@ -10,17 +10,17 @@ from dataclasses import dataclass, field
 
 from codec import Checkpoint, CheckpointError, CodecInputError, codebooks_for_bandwidth, resolve_checkpoint
 
-from .audio import DECODE_METHOD
-from .config import Config, ConfigError, as_dict
-from .device import probe_device
-from .loudness import METHOD as LOUDNESS_METHOD
-from .metrics import RunMetrics
-from .runstate import RunState, ShardRecord, StoreWriteFailed, error_text, library_versions
-from .driver import Scheduler, ensure_ray
-from .schema import describe, output_schema, schema_to_text
-from .sources import SourceListing, distinct_shards, largest_first, list_shards
-from .storage import Storage
-from .worker import encoder_busy_share
+from ..audio.decode import DECODE_METHOD
+from ..config import Config, ConfigError, as_dict
+from ..actor.device import probe_device
+from ..audio.loudness import METHOD as LOUDNESS_METHOD
+from ..metrics import RunMetrics
+from ..runstate import RunState, ShardRecord, StoreWriteFailed, error_text, library_versions
+from . import Scheduler, ensure_ray
+from ..schema import describe, output_schema, schema_to_text
+from ..sources import SourceListing, distinct_shards, largest_first, list_shards
+from ..storage import Storage
+from ..actor.processor import encoder_busy_share
 
 
 @dataclass
@@ -76,7 +76,7 @@ def resolve_codec(config: Config) -> CodecFacts:
 
 def _identity(config: Config, codec: CodecFacts, source_identity: dict, device: dict | None = None) -> dict:
     """Everything that decides which samples a shard id denotes, their keys and their codes.
-    device: where the codes come from (pipeline.device); outputs written before it was recorded have none."""
+    device: where the codes come from (pipeline.actor.device); outputs written before it was recorded have none."""
     c, loud = config.codec, config.audio.loudness_lufs
     return ({"device": device} if device is not None else {}) | {
         "codec": codec.identity, "bandwidth": c.bandwidth, "convention": c.convention, "dtype": c.dtype,

@@ -9,14 +9,14 @@ Downmixing is per frame and soxr's stream gives its one-shot resampler's samples
 path's samples are the whole-file path's wherever the decoder's are (libsndfile's decoding of MPEG-2 MP3,
 e.g. at 22.05 kHz, depends slightly on read sizes); jobs/bench_memory.py compares the codes.
 
-Each format is decoded by the library pipeline/decoders.py names for it. libsndfile's (wav, FLAC, MP3, ...) go
-as above; the formats ffmpeg decodes (pipeline/pyav_reader.py: Vorbis, Opus, AAC in MP4) always go a block at a
+Each format is decoded by the library pipeline/audio/decoders.py names for it. libsndfile's (wav, FLAC, MP3, ...) go
+as above; the formats ffmpeg decodes (pipeline/audio/pyav_reader.py: Vorbis, Opus, AAC in MP4) always go a block at a
 time, their resampled clip held in memory up to the whole-file limits and moved to a FileWave past them, so that
 a header that lies cannot make a clip decode whole. The channels are averaged in numpy's order (`downmix`), so
 lossless formats give the samples they always have (tests/test_audio.py compares them bit for bit).
 
 With `audio.loudness_lufs` set, each clip's integrated loudness is measured as the reference tokenizer does
-(pipeline/loudness.py: the mono clip at its source rate, before resampling) and one gain brings it to the
+(pipeline/audio/loudness.py: the mono clip at its source rate, before resampling) and one gain brings it to the
 target. The gain is applied to the resampled samples (`apply_gain`; a FileWave multiplies it into every read),
 the same float32 operation on both paths, so blocked and whole clips stay bit-identical; the gain being
 linear, this differs from the reference's gain-then-resample by float32 rounding only.
@@ -109,13 +109,13 @@ _DECODER_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError, ValueErro
 
 @dataclass
 class _Input:
-    """A file opened by the library that decodes its format (pipeline/decoders.py)."""
+    """A file opened by the library that decodes its format (pipeline/audio/decoders.py)."""
 
     rate: int
     channels: int
     declared: int | None  # frames the container declares; None: no length (measured as it decodes)
     # the share of `declared` a whole file decodes to at least (an MP3's length is a header's estimate: a little
-    # off by design); a cut file is found from its container first (pipeline/containers.py)
+    # off by design); a cut file is found from its container first (pipeline/audio/containers.py)
     complete_share: float
     finite: bool  # its samples are stored as integers: no NaN or inf to look for
     mono_blocks: Callable[[int], Iterator[tuple[np.ndarray, bool]]]  # block frames -> (mono block, is the last)
@@ -138,7 +138,7 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
     A file declaring more than `max_seconds` is refused from its header, before any sample is decoded;
     one longer than `blocked_above_s` (None: BLOCKED_ABOVE_S), holding more samples than that long a 48 kHz
     stereo clip, or whose container declares no length, is decoded in blocks into a FileWave. A format ffmpeg
-    decodes (pipeline/decoders.py) is always decoded a block at a time, its resampled clip kept in memory until
+    decodes (pipeline/audio/decoders.py) is always decoded a block at a time, its resampled clip kept in memory until
     it passes those limits and in a FileWave from there.
     `loudness_lufs`: normalise the clip's integrated loudness to this target (None: leave it).
     `ceil_length`: a resampled clip holds ceil(frames x target_rate / rate) samples, zero-padded, as
@@ -168,7 +168,7 @@ def _whole_frames(blocked_above_s: float, rate: int, channels: int) -> float:
 
 def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
     """[frames, channels] float32 and the sample rate of a whole file, by its format's decoder (the one
-    `decode_audio` uses: pipeline/decoders.py), with the same checks."""
+    `decode_audio` uses: pipeline/audio/decoders.py), with the same checks."""
     with _opened(data) as f:
         return (f.read_whole() if f.read_whole is not None else f.read_channels()), f.rate
 
@@ -176,7 +176,7 @@ def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
 @contextlib.contextmanager
 def _opened(source: bytes | SpilledFile) -> Iterator[_Input]:
     """The file open for reading by its format's decoder; what it cannot read is `undecodable` (naming the
-    format), a file holding less than its container declares `truncated` (pipeline/containers.py)."""
+    format), a file holding less than its container declares `truncated` (pipeline/audio/containers.py)."""
     if isinstance(source, (bytes, bytearray)) and not source:
         raise SampleError("empty_file", "0 bytes")
     if isinstance(source, SpilledFile):

@@ -24,24 +24,24 @@ from codec.conventions import resamples_to_ceil
 from codec.heap import release_freed_heap, resident_mb
 from codec.memory import is_out_of_memory, release_device_memory
 
-from .audio import Audio, SampleError
+from ..audio.decode import Audio, SampleError
 from .batch_budget import BatchBudget
-from .config import Config
+from ..config import Config
 from .decode_tasks import DecodeInTask
-from .decoding import SampleDecoder
-from .failures import TRANSIENT, UNEXPECTED, WrongDeviceError, describe, is_transient
-from .logs import ShardLogs, write_shard_log
-from .loudness import CLIPPED
-from .metrics import Recorder, run_label
+from ..audio.sample_decoder import SampleDecoder
+from ..failures import TRANSIENT, UNEXPECTED, WrongDeviceError, describe, is_transient
+from ..logs import ShardLogs, write_shard_log
+from ..audio.loudness import CLIPPED
+from ..metrics import Recorder, run_label
 from .prefetch import DecodeAhead
-from .reads import Reads
-from .runstate import ShardRecord, library_versions
-from .runstate.retry import WriteRetry
-from .schema import output_schema
-from .sources import RawSample, Shard, read_shard
-from .storage import Storage
-from .urls import redact_text
-from .writer import ShardWriter
+from ..sources.reads import Reads
+from ..runstate import ShardRecord, library_versions
+from ..runstate.retry import WriteRetry
+from ..schema import output_schema
+from ..sources import RawSample, Shard, read_shard
+from ..storage import Storage
+from ..urls import redact_text
+from ..writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def encoder_busy_share(results: list[ShardRecord]) -> float | None:
 
 def load_codec_for(config: Config, checkpoint: Checkpoint | None = None, device: str | None = None):
     """The codec of `config`; `checkpoint`: the one the driver resolved (pins the commit for every actor);
-    `device`: where this process may run it (default codec.device; see pipeline.device.device_for_actor)."""
+    `device`: where this process may run it (default codec.device; see pipeline.actor.device.device_for_actor)."""
     c = config.codec
     codec = load_codec(
         checkpoint or c.model,
@@ -109,7 +109,7 @@ class ShardProcessor:
         if versions is not None and versions != library_versions():
             raise RuntimeError(f"this worker's libraries {library_versions()} differ from the run's {versions}: "
                                "codes would differ; install the same versions on every node")
-        from .device import device_facts, device_for_actor  # here: pipeline.device imports the driver, which imports this module
+        from .device import device_facts, device_for_actor  # here: pipeline.actor.device imports the driver, which imports this module
 
         self.device = device_for_actor(config.codec.device)
         here = device_facts(self.device) if device is not None else None

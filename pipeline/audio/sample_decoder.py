@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .audio import Audio, SampleError, SpilledFile, decode_audio
-from .config import AudioConfig
-from .sources import RawSample, ShardError, transient_error
+from .decode import Audio, SampleError, SpilledFile, decode_audio
+from ..config import AudioConfig
+from ..sources import RawSample, ShardError, transient_error
 
 
 @dataclass(frozen=True)
 class SampleDecoder:
-    """Picklable, so a decode task in another process (pipeline/decode_tasks.py) decodes exactly as the actor's
+    """Picklable, so a decode task in another process (pipeline/actor/decode_tasks.py) decodes exactly as the actor's
     own threads do."""
 
     audio: AudioConfig

@@ -6,7 +6,7 @@ its last page. So the declared length is read here from the header (the data chu
 after it), and an Ogg stream must end on a whole page carrying the end-of-stream flag. MAT4 and MAT5 (a
 samplerate matrix, then the wave's), VOC (sized blocks), WVE and MPC2K (a frame count in the header) are read
 the same way, and MP4/M4A's top-level boxes must each fit in the file. FLAC and MP3 declare their length where
-their decoder reads it, and pipeline/audio.py compares the decoded length with it. Containers whose header
+their decoder reads it, and pipeline/audio/decode.py compares the decoded length with it. Containers whose header
 declares no length (IRCAM, PAF, PVF, raw) are decoded and measured, as is a data chunk that does not start within
 the first HEAD_BYTES.
 """

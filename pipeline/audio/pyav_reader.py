@@ -18,7 +18,7 @@ from .decoders import Decoder, Format, require
 
 try:
     import av
-except ImportError:  # a run refuses to start without it (pipeline.decoders.decoder_versions); here, say so
+except ImportError:  # a run refuses to start without it (pipeline.audio.decoders.decoder_versions); here, say so
     av = None
 
 # what ffmpeg raises for a file it cannot read (an end of file before any audio is no ValueError)

@@ -12,12 +12,12 @@ from transformers.utils import logging as transformers_logging
 from codec import Checkpoint
 from codec.memory import prefer_expandable_segments
 
-from .config import Config
-from .failures import classified_start
-from .logs import ActorLog
-from .sources import Shard
-from .runstate import ShardRecord
-from .worker import ShardProcessor
+from ..config import Config
+from ..failures import classified_start
+from ..logs import ActorLog
+from ..sources import Shard
+from ..runstate import ShardRecord
+from .processor import ShardProcessor
 
 
 # The driver keeps this many shards on each actor: while one encodes, the next one reads and decodes

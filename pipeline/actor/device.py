@@ -14,8 +14,8 @@ import platform
 import ray
 import torch
 
-from .config import Config, ConfigError
-from .driver.pool import actor_options
+from ..config import Config, ConfigError
+from ..driver.pool import actor_options
 
 
 def device_facts(device: str) -> dict:
