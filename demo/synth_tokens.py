@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from pipeline.config import OutputConfig
 from pipeline.runstate import RunState, ShardRecord
-from pipeline.schema import describe, output_schema, schema_to_text
+from pipeline.schema import column_lines, output_schema, schema_to_text
 from pipeline.storage import Storage
 from pipeline.writer import ShardWriter
 
@@ -49,7 +49,7 @@ def write_rows(url: str, shards: list[list[tuple[str, np.ndarray, dict]]], num_c
     schema = output_schema(fields or [])
     header = {"identity": {"synthetic": True, **(identity or {})}, "codec": {"spec": "synthetic"}, "bandwidth": 0.0,
               "num_codebooks": num_codebooks, "frame_rate": FRAME_RATE, "codebook_size": codebook_size, "config": {},
-              "output_schema": schema_to_text(schema), "output_columns": describe(schema)}
+              "output_schema": schema_to_text(schema), "output_columns": column_lines(schema)}
     state = RunState.open(storage, header, OutputConfig(dir=url, summary_interval_s=10**9))
     try:
         for i, rows in enumerate(shards):

@@ -36,7 +36,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.runstate import RunState, ShardRecord  # noqa: E402
 from pipeline.runstate.digest import DIGEST  # noqa: E402
 from pipeline.runstate.summary import SHARD_LIST  # noqa: E402
-from pipeline.schema import describe, output_schema, row_group_summary, schema_to_text  # noqa: E402
+from pipeline.schema import column_lines, output_schema, row_group_summary, schema_to_text  # noqa: E402
 from pipeline.status import read_status  # noqa: E402
 from pipeline.storage import Storage  # noqa: E402
 
@@ -59,7 +59,7 @@ def fake_result(i: int) -> ShardRecord:
 def header() -> dict:
     schema = output_schema([])
     return {"identity": {"bench": True}, "codec": {}, "bandwidth": 2.0, "num_codebooks": 8, "frame_rate": 25.0,
-            "codebook_size": 1024, "config": {}, "output_schema": schema_to_text(schema), "output_columns": describe(schema)}
+            "codebook_size": 1024, "config": {}, "output_schema": schema_to_text(schema), "output_columns": column_lines(schema)}
 
 
 def settings(**output):

@@ -92,7 +92,7 @@ def backoff_delay(backoff_s: float, attempt: int) -> float:
     return backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
 
 
-def describe(error: BaseException, frames: int = 6) -> str:
+def traceback_summary(error: BaseException, frames: int = 6) -> str:
     """Type, message and the last frames of the traceback: what a failed shard's error record keeps."""
     lines = traceback.format_exception(type(error), error, error.__traceback__)
     tail = "".join(lines[-(frames + 1):])
@@ -117,7 +117,7 @@ def classified_start():
         yield
     except Exception as error:
         if is_transient(error):
-            raise TransientStartError(describe(error)) from error
+            raise TransientStartError(traceback_summary(error)) from error
         raise
 
 

@@ -69,7 +69,7 @@ def schema_from_text(text: str) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
 
 
-def describe(schema: pa.Schema) -> list[str]:
+def column_lines(schema: pa.Schema) -> list[str]:
     """Readable column list for manifest.json."""
     return [f"{f.name}: {f.type}" for f in schema]
 

@@ -51,7 +51,7 @@ class ScriptedActor:
             if start - plan.get("transient", 0) - plan.get("permanent", 0) <= plan.get("wrong_device", 0):
                 raise WrongDeviceError("scripted: this worker's device differs from the run's")
 
-    def describe(self):
+    def facts(self):
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def set_threads(self, threads: int):

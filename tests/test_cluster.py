@@ -44,7 +44,7 @@ def test_lost_node_mid_encode_loses_no_sample_and_changes_no_code(tmp_path, clus
         while time.time() < deadline:
             for actor in actors:
                 try:
-                    info, progress = ray.get([actor.describe.remote(), actor.progress.remote()], timeout=5)
+                    info, progress = ray.get([actor.facts.remote(), actor.progress.remote()], timeout=5)
                 except ray.exceptions.RayError:
                     continue
                 node = next((n for n in nodes if n.node_id == info["node_id"] != driver_node), None)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.reading.batching import Batcher, undo_delay_pattern
 from pipeline.reading.dataset import TokenDataset, list_units
-from pipeline.reading.plan import EpochPlan, Unit, load_units
+from pipeline.reading.epochs import EpochPlan, Unit, load_units
 from pipeline.runstate import read_run
 from pipeline.storage import Storage
 from demo.synth_tokens import uniform_lengths, write_token_output

@@ -59,7 +59,7 @@ def test_webdataset_run_writes_canonical_codes_with_metadata(tmp_path, ray_local
     def on_event(kind, info):
         events.append(kind)
         if kind == "actors":  # what the actors hold, asked while they run
-            described.extend(ray_local.get([actor.describe.remote() for actor in info["actors"]]))
+            described.extend(ray_local.get([actor.facts.remote() for actor in info["actors"]]))
 
     summary = run_job(config, on_event)
     assert summary.status == "complete" and summary.shards_run == 3

@@ -176,7 +176,7 @@ def test_killed_actor_mid_shard_is_replaced_and_the_shard_appears_once(tmp_path,
     events, killed, replacements = [], [], []
 
     def kill_once_it_has_encoded_something(actor):
-        pid = ray.get(actor.describe.remote())["pid"]
+        pid = ray.get(actor.facts.remote())["pid"]
         deadline = time.time() + 120
         while time.time() < deadline:
             progress = ray.get(actor.progress.remote())

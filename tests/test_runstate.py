@@ -29,12 +29,12 @@ from tests.test_pipeline import config_for, read_rows, records_of
 
 
 def header(**identity):
-    from pipeline.schema import describe, output_schema, schema_to_text
+    from pipeline.schema import column_lines, output_schema, schema_to_text
 
     schema = output_schema([pa.field("text", pa.string())])
     return {"identity": {"source": {"kind": "webdataset"}, **identity}, "codec": {}, "bandwidth": 2.0,
             "num_codebooks": 8, "frame_rate": 25.0, "codebook_size": 1024, "config": {},
-            "output_schema": schema_to_text(schema), "output_columns": describe(schema)}
+            "output_schema": schema_to_text(schema), "output_columns": column_lines(schema)}
 
 
 def output_settings(**changes):

@@ -18,7 +18,7 @@ from pipeline.driver.deadlines import Deadlines
 from pipeline.driver.policy import Retries
 from pipeline.runstate import RunState, ShardRecord
 from pipeline.driver import GuardTripped, Scheduler, actor_options, threads_to_lend
-from pipeline.schema import describe, output_schema, schema_to_text
+from pipeline.schema import column_lines, output_schema, schema_to_text
 from pipeline.sources import Shard
 from pipeline.storage import Storage
 from tests.scripted_actor import ScriptedActor
@@ -36,7 +36,7 @@ def run(tmp_path, behaviours: dict, *overrides, events=None, start_plan=None):
     schema = output_schema([])
     header = {"identity": {"test": True}, "codec": {}, "bandwidth": 2.0, "num_codebooks": 8, "frame_rate": 25.0,
               "codebook_size": 1024, "config": {}, "output_schema": schema_to_text(schema),
-              "output_columns": describe(schema)}
+              "output_columns": column_lines(schema)}
     state = RunState.open(storage, header, config.output)
     shards = [Shard(name, f"script:{how}/{name}", "webdataset") for name, how in behaviours.items()]
     seen = events if events is not None else []

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
 from ..audio.decode import Audio, SampleError
-from ..failures import TRANSIENT, UNEXPECTED, describe, is_transient
+from ..failures import TRANSIENT, UNEXPECTED, traceback_summary, is_transient
 from ..sources import RawSample, ShardError
 
 MAX_SAMPLES_AHEAD = 4096  # decoded clips waiting, however short (3840 s of 1 s clips fills a GPU pool)
@@ -80,7 +80,7 @@ class DecodeAhead:
                 pending.put((None, error))
             except Exception as error:  # an unexpected reader failure is a shard error, not a crash
                 kind = TRANSIENT if is_transient(error) else UNEXPECTED
-                pending.put((None, ShardError("read_failed", describe(error), kind)))
+                pending.put((None, ShardError("read_failed", traceback_summary(error), kind)))
             finally:
                 pending.put(None)
 

@@ -29,7 +29,7 @@ from .batch_budget import BatchBudget
 from ..config import Config
 from .decode_tasks import DecodeInTask
 from ..audio.sample_decoder import SampleDecoder
-from ..failures import TRANSIENT, UNEXPECTED, WrongDeviceError, describe, is_transient
+from ..failures import TRANSIENT, UNEXPECTED, WrongDeviceError, traceback_summary, is_transient
 from ..logs import ShardLogs, write_shard_log
 from ..audio.loudness import CLIPPED
 from ..metrics import Recorder, run_label
@@ -181,7 +181,7 @@ class ShardProcessor:
         except Exception as error:  # the store failing a write (transient), a bug or a device error (unexpected)
             result.status, result.failure = "failed", TRANSIENT if is_transient(error) else UNEXPECTED
             result.reason, result.detail = "worker_exception", f"{type(error).__name__}: {str(error)[:200]}"
-            result.traceback = describe(error)
+            result.traceback = traceback_summary(error)
             if result.failure == UNEXPECTED:  # Ray forwards actors' logs to the driver's: no URL's secret in them
                 log.error("shard %s failed unexpectedly on %s: %s", shard.id, self.name, redact_text(result.traceback))
             result.files, result.rows = [], 0

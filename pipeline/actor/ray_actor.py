@@ -25,7 +25,7 @@ from .processor import ShardProcessor
 SHARDS_IN_FLIGHT = 2
 
 
-# + 1: `progress`, `describe` and `set_threads` answer while shards are processed
+# + 1: `progress`, `facts` and `set_threads` answer while shards are processed
 @ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=SHARDS_IN_FLIGHT + 1)
 class CodecActor:
     def __init__(self, config: Config, name: str, checkpoint: Checkpoint, schema, versions: dict,
@@ -40,7 +40,7 @@ class CodecActor:
                                             checkpoint=checkpoint, schema=schema, versions=versions,
                                             device=device)
 
-    def describe(self) -> dict:
+    def facts(self) -> dict:
         codec = self.processor.codec
         return {
             "identity": codec.identity.as_dict(),

@@ -17,7 +17,7 @@ from ..audio.loudness import METHOD as LOUDNESS_METHOD
 from ..metrics import RunMetrics
 from ..runstate import RunState, ShardRecord, StoreWriteFailed, error_text, library_versions
 from . import Scheduler, ensure_ray
-from ..schema import describe, output_schema, schema_to_text
+from ..schema import column_lines, output_schema, schema_to_text
 from ..sources import SourceListing, distinct_shards, largest_first, list_shards
 from ..storage import Storage
 from ..actor.processor import encoder_busy_share
@@ -96,7 +96,7 @@ def open_run_state(config: Config, storage: Storage, codec: CodecFacts, listing:
         "identity": _identity(config, codec, listing.identity, device), "codec": codec.identity,
         "bandwidth": config.codec.bandwidth, "num_codebooks": codec.num_codebooks, "frame_rate": codec.frame_rate,
         "codebook_size": codec.codebook_size, "config": as_dict(config),
-        "output_schema": schema_to_text(schema), "output_columns": describe(schema),
+        "output_schema": schema_to_text(schema), "output_columns": column_lines(schema),
     }
     try:
         return RunState.open(storage, header, config.output, on_event)

@@ -132,7 +132,7 @@ class Slot:
     index: int
     actor: Any = None
     generation: int = 0
-    ready_ref: Any = None  # the pending `describe` call; None once the actor is up
+    ready_ref: Any = None  # the pending `facts` call; None once the actor is up
     start_at: float = 0.0  # when its next actor is started (staggered first starts, backoff after a failed one)
     created: float = 0.0
     running: dict = field(default_factory=dict)  # task ref -> Shard
@@ -142,7 +142,7 @@ class Slot:
     given_up: bool = False
     consecutive_failures: int = 0
     warned_at: float = 0.0
-    node: str = ""  # the node its actor runs on (from describe)
+    node: str = ""  # the node its actor runs on (from its facts)
     threads: int = 0  # torch threads last given to its actor (0: its own)
 
     @property
@@ -166,7 +166,7 @@ class ActorPool:
         self.slots: list[Slot] = []
         self.options: dict = {}
         self._announced = False  # the "actors" event, sent once every place had its first start
-        self.first_facts: dict[str, dict] = {}  # actor name -> describe() of its first generation
+        self.first_facts: dict[str, dict] = {}  # actor name -> facts() of its first generation
 
     def open(self, pending: int) -> None:
         """Size the pool to the live nodes and `pending` shards; the first starts are staggered."""
@@ -193,7 +193,7 @@ class ActorPool:
     def _start(self, slot: Slot) -> None:
         slot.actor = self.actor_class.options(**self.options).remote(self.config, f"actor-{slot.index}", *self.setup)
         slot.generation += 1
-        slot.ready_ref = slot.actor.describe.remote()
+        slot.ready_ref = slot.actor.facts.remote()
         slot.created = slot.warned_at = time.time()
         slot.running, slot.solo, slot.threads = {}, False, 0
 
@@ -208,14 +208,14 @@ class ActorPool:
 
     @property
     def starting(self) -> dict:
-        """describe() ref -> slot, of actors not up yet."""
+        """facts() ref -> slot, of actors not up yet."""
         return {s.ready_ref: s for s in self.slots if s.starting}
 
     def ready(self) -> list[Slot]:
         return [s for s in self.slots if s.ready]
 
     def on_ready(self, slot: Slot) -> None:
-        """The slot's describe() answered: the actor is up, or it died starting (see the module's docstring)."""
+        """The slot's facts() answered: the actor is up, or it died starting (see the module's docstring)."""
         try:
             facts = {**ray.get(slot.ready_ref), "created": slot.created, "ready": time.time()}
         except RayActorError as error:

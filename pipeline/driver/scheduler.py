@@ -32,7 +32,7 @@ TIMEOUT, ACTOR_LOST = "timeout", "actor_lost"  # transient failures the driver i
 
 
 class Scheduler:
-    actor_class = CodecActor  # any Ray actor with describe(), progress() and process(shard) -> ShardRecord
+    actor_class = CodecActor  # any Ray actor with facts(), progress() and process(shard) -> ShardRecord
 
     def __init__(self, config: Config, state: RunState, storage: Storage, shards: list[Shard], on_event,
                  setup: tuple, start_failures: list[str]):

@@ -43,7 +43,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..storage import Storage
 from .batching import Batcher, apply_delay_pattern, undo_delay_pattern
-from .plan import EpochPlan, Unit, load_units
+from .epochs import EpochPlan, Unit, load_units
 
 __all__ = ["TokenDataset", "apply_delay_pattern", "list_units", "read_unit", "row_codes", "undo_delay_pattern"]
 
