@@ -15,10 +15,9 @@ from collections import deque
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from ..actor.ray_actor import SHARDS_IN_FLIGHT, CodecActor
 from ..config import Config
 from ..failures import UNEXPECTED
-from ..logs import append_shard_log
+from ..telemetry.logs import append_shard_log
 from ..runstate import RunState, ShardRecord
 from ..runstate.retry import WriteRetry
 from ..sources import Shard
@@ -27,16 +26,16 @@ from ..writer import publish_shard_failure
 from .deadlines import Deadlines
 from .policy import FailurePolicy
 from .pool import ActorPool, Slot, ensure_ray
+from .protocol import SHARDS_IN_FLIGHT, ActorClass
 
 TIMEOUT, ACTOR_LOST = "timeout", "actor_lost"  # transient failures the driver itself observes
 
 
 class Scheduler:
-    actor_class = CodecActor  # any Ray actor with facts(), progress() and process(shard) -> ShardRecord
-
     def __init__(self, config: Config, state: RunState, storage: Storage, shards: list[Shard], on_event,
-                 setup: tuple, start_failures: list[str]):
+                 setup: tuple, start_failures: list[str], actor_class: ActorClass):
         self.config, self.state, self.storage, self.on_event = config, state, storage, on_event
+        self.actor_class = actor_class  # what processes the shards, through driver/protocol.py's interface
         self.log_storage = Storage(config.output.dir)  # a shard log that cannot be written never stops the run
         self.setup = setup  # (checkpoint, schema, versions) every actor is built with
         self.start_failures = start_failures

@@ -24,11 +24,11 @@ import threading
 import time
 import warnings
 
-from .runstate.records import shard_log_path
-from .runstate.summary import MANIFEST
-from .runstate.retry import WriteRetry
-from .storage import Storage
-from .urls import redact_text
+from ..runstate.records import shard_log_path
+from ..runstate.summary import MANIFEST
+from ..runstate.retry import WriteRetry
+from ..storage import Storage
+from ..urls import redact_text
 
 LOGS = "_run/logs"
 PART_BYTES = 4 << 20
