@@ -140,7 +140,7 @@ class Scheduler:
             slot.running[ref] = shard  # still counted among what the actor held
             self._actor_lost(slot, str(error))
             return
-        except RayTaskError as error:  # the worker's own guard failed: treat as unexpected
+        except RayTaskError as error:  # the shard processor's own guard failed: treat as unexpected
             record = ShardRecord(shard.id, shard.source, "failed", failure=UNEXPECTED, reason="worker_exception",
                                  detail=str(error).splitlines()[0][:200], traceback=str(error)[-2000:])
         self._settle(slot, shard, record)

@@ -1,4 +1,4 @@
-"""Logs kept with the output, so they outlive the cluster: the driver's, and each shard's worker lines.
+"""Logs kept with the output, so they outlive the cluster: the driver's, and each shard's lines from its actor.
 
 - `DriverLog`: the driver's lines in `_run/logs/driver-<start time>.log`, written through `Storage` (object stores
   too) in parts as the run goes: the current part is rewritten when it has new lines, at once after a quiet spell,
