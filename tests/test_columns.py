@@ -4,6 +4,7 @@ ShardWriter + RunState commits, as a run writes them)."""
 
 import hashlib
 import json
+from operator import attrgetter
 
 import numpy as np
 import pyarrow as pa
@@ -12,15 +13,19 @@ import pytest
 
 from demo.synth_tokens import write_rows
 from pipeline import schema
+from pipeline.audio.decode import Audio
 from pipeline.reading.card import card_text
 from pipeline.schema import COLUMNS, Column, EncodedSample, UnknownColumn, build_table, output_schema, schema_to_text
+from pipeline.storage import Storage
+from pipeline.writer import ShardWriter
 
 TEXT = [pa.field("text", pa.string())]
 # sha256 of schema_to_text(output_schema(TEXT)) as the code before the column table wrote it into manifest.json
-# (`git show 8b9cf3f:pipeline/schema.py`); a rerun compares its schema with the recorded one byte for byte
+# (`git show 8b9cf3f:pipeline/schema.py`): the manifest and the data files' schema stay byte for byte what they were
 RECORDED_TEXT_SCHEMA = "55ac1313297322de1ea44816cced129826e5f40a6978c89113c9e779201d8d1a"
 NUM_TOKENS = Column("num_tokens", pa.int32(), "codes in the row (`num_codebooks` x `num_frames`)",
                     value=lambda sample: sample.codes.size)
+SOURCE_RATE = Column("source_rate", pa.int32(), "the input audio's sample rate", value=attrgetter("source_rate"))
 
 
 def _output(tmp_path) -> tuple[str, list]:
@@ -76,3 +81,13 @@ def test_an_output_started_before_a_column_was_added_goes_on_in_its_recorded_sch
     monkeypatch.setattr(schema, "COLUMNS", COLUMNS[:-1])  # a column the recorded schema has, no longer made
     with pytest.raises(UnknownColumn, match="'source'.*output.dir"):
         build_table(recorded, samples)
+
+
+
+def test_a_column_made_from_the_decoded_audio_gets_its_facts_from_the_writer(tmp_path, monkeypatch):
+    monkeypatch.setattr(schema, "COLUMNS", [*COLUMNS, SOURCE_RATE])
+    writer = ShardWriter(Storage(str(tmp_path)), "s", "shard", output_schema([]))
+    audio = Audio(np.zeros(2400, np.float32), source_rate=44100, source_channels=2, duration_s=0.1)
+    writer.add("a", np.zeros((8, 3), np.int16), 0.1, {}, audio)  # as the shard processor adds an encoded clip
+    writer.add("b", np.zeros((8, 3), np.int16), 0.1, {})  # as a writer without decoded audio (demo.synth_tokens)
+    assert writer.table().column("source_rate").to_pylist() == [44100, None]
