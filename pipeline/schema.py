@@ -1,4 +1,4 @@
-"""The output's columns, Arrow schema and version: one place for the writer, the readers, `verify`, `inspect` and the card.
+"""The output's columns, Arrow schema and version: one place for the writer, the readers and the card.
 
 Every data file of a run has the same schema, fixed when the run starts: the output columns of `COLUMNS`,
 then the source's declared metadata columns (WebDataset: `text`; HF: the dataset's scalar columns),
@@ -19,13 +19,10 @@ import base64
 import json
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-
-if TYPE_CHECKING:
-    from .audio.loudness import Normalisation
 
 # 2: one schema per run (fixed at start), commit records under _run/, no rows for failed shards
 SCHEMA_VERSION = 2
@@ -49,7 +46,6 @@ class EncodedSample:
     metadata: dict  # the source's values for the sample (declared columns, `metadata` JSON text, the rest)
     source_rate: int | None = None  # the input audio's (None: the writer's caller gave no decoded audio)
     source_channels: int | None = None
-    loudness: Normalisation | None = None  # what audio.loudness_lufs did to the clip (None: off)
 
 
 @dataclass(frozen=True)
@@ -78,7 +74,7 @@ class Column:
         return pa.array([self.value(s) for s in samples], self.type)
 
 
-# in file order; a new column goes at the end (before the source's columns): readers of older outputs select by name
+# in file order; a new column goes last (before the source's columns), so the columns before it keep their places
 COLUMNS = [
     Column(KEY, pa.string(), "the sample's key (WebDataset key, HF `id`/key column, or `SHARD/ROW`)",
            value=attrgetter("key")),
@@ -183,14 +179,15 @@ def build_table(schema: pa.Schema, samples: list[EncodedSample]) -> pa.Table:
                     extra[source_name] = value
     for extra, s in zip(extras, samples):
         extra.update({k: v for k, v in s.metadata.items() if k not in placed and k != METADATA})
-    arrays[METADATA] = pa.array([_merge_json(s.metadata.get(METADATA), e) for s, e in zip(samples, extras)], pa.string())
+    raw = [s.metadata.get(METADATA) for s in samples]
+    arrays[METADATA] = pa.array([_merge_json(r, e) for r, e in zip(raw, extras)], pa.string())
     made = {c.name: c for c in COLUMNS}
     for field in schema:
         if field.name not in arrays:
             if field.name not in made:
-                raise UnknownColumn(f"the run's schema has a column {field.name!r} that this audiotok does not make (an "
-                                    "output started by another version): continue it with that version, or start a new "
-                                    "output.dir (or set output.overwrite=true to re-encode this one)")
+                raise UnknownColumn(f"the run's schema has a column {field.name!r} that this audiotok does not make "
+                                    "(an output started by another version): continue it with that version, or start "
+                                    "a new output.dir (or set output.overwrite=true to re-encode this one)")
             arrays[field.name] = made[field.name].array(samples)
     return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
