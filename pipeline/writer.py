@@ -58,8 +58,9 @@ class ShardWriter:
 
     def add(self, key: str, codes: np.ndarray, duration_s: float, metadata: dict, audio: Audio | None = None) -> None:
         """One encoded clip; `audio`: its decoded audio, whose facts (not its wave) columns may be made from."""
-        facts = (audio.source_rate, audio.source_channels) if audio is not None else ()
-        self.samples.append(EncodedSample(key, codes, duration_s, self.source, metadata, *facts))
+        self.samples.append(EncodedSample(key, codes, duration_s, self.source, metadata,
+                                          source_rate=audio.source_rate if audio is not None else None,
+                                          source_channels=audio.source_channels if audio is not None else None))
 
     def add_error(self, key: str | None, reason: str, detail: str = "") -> None:
         self.errors.append(ErrorRecord(key, self.shard_id, self.source, reason, detail))
