@@ -4,6 +4,7 @@ candidate library at equal quality, and how many cores keep one GPU fed.
     python jobs/bench_decode.py                                  # 1-2 minutes here, with the machine loaded
     python jobs/bench_decode.py --seconds 60 --min-cpu-s 2       # longer files, steadier rates
     python jobs/bench_decode.py --gpu-bench gpu.json             # also at the rate the GPU check measured
+    python jobs/bench_decode.py --formats Vorbis,Opus,AAC        # some formats only (label substrings)
 
 Prints, for one --seconds file of each format (synthetic speech-like audio; wav, FLAC and Vorbis written with
 soundfile, MP3, Opus and AAC with ffmpeg's encoders through PyAV):
@@ -17,7 +18,8 @@ soundfile, MP3, Opus and AAC with ffmpeg's encoders through PyAV):
   3. whether decoding releases the GIL, whatever the load: the longest another Python thread waits for the GIL
      while one call decodes or resamples, against the call's own length (libsndfile through cffi, ffmpeg's
      decoders in PyAV and soxr run without the GIL; a C call that holds it makes the other thread wait all of it);
-  4. what that means for a 112-core node of 8 GPUs.
+  4. what that means for a 112-core node of 8 GPUs, the arithmetic shown: at the one-thread rate, and at the thread
+     scaling measured in 2.
 CPU time, not wall time, is measured for the rates: other work on the machine slows the wall clock, not them.
 """
 
@@ -201,19 +203,22 @@ def longest_gil_wait(run: Callable[[], object], repeats: int = 3) -> tuple[float
 
 
 def gpu_rate(path: str) -> tuple[float, str]:
-    """The float32 encode rate (audio-s/s) in a GPU check's JSON: jobs/gpu_check's `best_float32_audio_s_per_s`,
-    or bench_gpu.py --json's `best_audio_s_per_s` {dtype: rate}."""
+    """The float32 encode rate (audio-s/s) in a GPU check's JSON: jobs/gpu_check.py --json's
+    `modes.float32.audio_hours_per_gpu_hour` (audio hours per GPU hour: audio-s/s), or bench_gpu.py --json's
+    `best_audio_s_per_s` {dtype: rate}."""
     with open(path) as f:
         measured = json.load(f)
     device = measured.get("device", "the GPU")
-    for key, value in measured.items():
-        if "float32" in key and key.endswith("audio_s_per_s") and isinstance(value, (int, float)):
-            return float(value), f"{key} on {device}"
+    modes = measured.get("modes")
+    if isinstance(modes, dict) and modes:
+        label = "float32" if "float32" in modes else next(iter(modes))
+        return float(modes[label]["audio_hours_per_gpu_hour"]), f"jobs/gpu_check's {label} rate on {device}"
     best = measured.get("best_audio_s_per_s")
     if isinstance(best, dict) and best:
         label = "float32" if "float32" in best else next(iter(best))
-        return float(best[label]), f"best {label} rate on {device}"
-    raise SystemExit(f"{path}: no float32 audio-s/s rate (best_float32_audio_s_per_s or best_audio_s_per_s)")
+        return float(best[label]), f"bench_gpu.py's {label} rate on {device}"
+    raise SystemExit(f"{path}: no encode rate (gpu_check's modes.float32.audio_hours_per_gpu_hour or bench_gpu.py's "
+                     f"best_audio_s_per_s)")
 
 
 def main():
@@ -221,14 +226,18 @@ def main():
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each format's file")
     parser.add_argument("--min-cpu-s", type=float, default=0.4, help="CPU time per measurement")
     parser.add_argument("--mix-rounds", type=int, default=2, help="times the mix of formats is decoded per thread count")
+    parser.add_argument("--thread-repeats", type=int, default=3, help="times each thread count is measured (its best "
+                                                                      "counts)")
     parser.add_argument("--encode-rate", type=float, default=DEFAULT_ENCODE_RATE, help="one GPU's encode audio-s/s")
-    parser.add_argument("--gpu-bench", help="a GPU check's JSON (jobs/gpu_check, jobs/bench_gpu.py --json): its "
-                                            "float32 rate is used too")
+    parser.add_argument("--gpu-bench", help="a GPU check's JSON (jobs/gpu_check.py --json, jobs/bench_gpu.py --json): "
+                                            "its float32 rate is used too")
+    parser.add_argument("--formats", help="comma-separated substrings of the formats' labels to measure (default all)")
     args = parser.parse_args()
+    formats = [fmt for fmt in FORMATS if not args.formats or any(part in fmt.label for part in args.formats.split(","))]
 
     began = time.perf_counter()
     rng = np.random.default_rng(0)
-    files = [make_file(fmt, args.seconds, rng) for fmt in FORMATS]
+    files = [make_file(fmt, args.seconds, rng) for fmt in formats]
     cores = os.cpu_count() or 1
     gpu = gpu_rate(args.gpu_bench) if args.gpu_bench else None
     print(f"decode + downmix + resample to 24 kHz (soxr HQ), {args.seconds:g} s files, x realtime per core (one "
@@ -240,7 +249,7 @@ def main():
           f"| cores per GPU at {args.encode_rate:,.0f}x{gpu_column} |")
     print("| --- " * (7 + bool(gpu)) + "|")
     rates = []
-    for fmt, data in zip(FORMATS, files):
+    for fmt, data in zip(formats, files):
         runs = {"pipeline": pipeline, "pyav": candidate(pyav_decode), "soundfile": candidate(soundfile_decode)}
         if sniff(data[:64]) is Format_.MP4:
             del runs["soundfile"]  # libsndfile cannot read AAC in MP4
@@ -261,13 +270,17 @@ def main():
     print(f"\n| threads | audio-s per wall s (x one thread) | cores kept busy (CPU s / wall s) |")
     print("| --- | --- | --- |")
     scaling = {}
-    for workers in range(1, cores + 1):
-        scaling[workers] = threaded(workers, mixed, args.seconds)
-        rate, busy = scaling[workers]
+    for _ in range(args.thread_repeats):  # thread counts taken in turn, each one's best: the load falls on all
+        for workers in range(1, cores + 1):
+            rate, busy = threaded(workers, mixed, args.seconds)
+            if workers not in scaling or rate > scaling[workers][0]:
+                scaling[workers] = (rate, busy)
+    for workers, (rate, busy) in scaling.items():
         print(f"| {workers} | {rate:,.0f} ({rate / scaling[1][0]:.2f}x) | {busy:.2f} |")
     print("\n| one call, in one thread | its longest wall time | another Python thread's longest wait for the GIL |")
     print("| --- | --- | --- |")
-    flac, opus = files[2], files[5]
+    made = {fmt: data for fmt, data in zip(formats, files)}
+    flac, opus = (made.get(fmt) or make_file(fmt, args.seconds, rng) for fmt in (FORMATS[2], FORMATS[5]))
     array, rate = soundfile_decode(flac)
     mono = np.ascontiguousarray(downmix(array))
     numbers = list(range(3_000_000, 0, -1))
@@ -279,16 +292,17 @@ def main():
         wait, longest = longest_gil_wait(run)
         print(f"| {label} | {longest * 1e3:.0f} ms | {wait * 1e3:.1f} ms |")
     load = os.getloadavg()[0]
-    per_thread = scaling[cores][1] / cores  # the share of each thread's time it ran, GIL and load together
     print(f"\nload average {load:.1f} on {cores} cores at the end (other work shares them)")
 
     encode_rate = gpu[0] if gpu else args.encode_rate
     source = gpu[1] if gpu else ("issue 19's estimate" if args.encode_rate == DEFAULT_ENCODE_RATE else "--encode-rate")
     per_gpu = encode_rate / mix
+    speedup = scaling[cores][0] / scaling[1][0]
     print(f"On paper, a {NODE_CORES}-core node of {NODE_GPUS} GPUs at {encode_rate:,.0f} audio-s/s per GPU ({source}): "
-          f"the mix needs {per_gpu:.1f} decode cores per GPU at the one-thread rate, {NODE_GPUS * per_gpu:.0f} of "
-          f"{NODE_CORES} cores for all {NODE_GPUS} (threads scale with free cores: {cores} threads here kept "
-          f"{scaling[cores][1]:.2f} cores busy, {per_thread:.0%} of each)")
+          f"{encode_rate:,.0f} / {mix:,.0f} (the mix per core) = {per_gpu:.1f} decode cores per GPU, x {NODE_GPUS} = "
+          f"{NODE_GPUS * per_gpu:.0f} of its {NODE_CORES} cores at the one-thread rate; at the {cores}-thread scaling "
+          f"measured here ({speedup:.2f}x on {cores} cores, {speedup / cores:.0%} per thread), "
+          f"{NODE_GPUS * per_gpu:.0f} / {speedup / cores:.2f} = {NODE_GPUS * per_gpu / (speedup / cores):.0f} cores")
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
 
 
