@@ -269,14 +269,17 @@ def main():
     mixed = files * args.mix_rounds
     print(f"\n| threads | audio-s per wall s (x one thread) | cores kept busy (CPU s / wall s) |")
     print("| --- | --- | --- |")
-    scaling = {}
+    scaling, load_during = {}, os.getloadavg()[0]
     for _ in range(args.thread_repeats):  # thread counts taken in turn, each one's best: the load falls on all
         for workers in range(1, cores + 1):
             rate, busy = threaded(workers, mixed, args.seconds)
             if workers not in scaling or rate > scaling[workers][0]:
                 scaling[workers] = (rate, busy)
+    load_during = (load_during + os.getloadavg()[0]) / 2
     for workers, (rate, busy) in scaling.items():
         print(f"| {workers} | {rate:,.0f} ({rate / scaling[1][0]:.2f}x) | {busy:.2f} |")
+    print(f"(load average {load_during:.1f} on {cores} cores while measured: N threads have N cores only where the "
+          f"load leaves them free)")
     print("\n| one call, in one thread | its longest wall time | another Python thread's longest wait for the GIL |")
     print("| --- | --- | --- |")
     made = {fmt: data for fmt, data in zip(formats, files)}
@@ -300,9 +303,8 @@ def main():
     speedup = scaling[cores][0] / scaling[1][0]
     print(f"On paper, a {NODE_CORES}-core node of {NODE_GPUS} GPUs at {encode_rate:,.0f} audio-s/s per GPU ({source}): "
           f"{encode_rate:,.0f} / {mix:,.0f} (the mix per core) = {per_gpu:.1f} decode cores per GPU, x {NODE_GPUS} = "
-          f"{NODE_GPUS * per_gpu:.0f} of its {NODE_CORES} cores at the one-thread rate; at the {cores}-thread scaling "
-          f"measured here ({speedup:.2f}x on {cores} cores, {speedup / cores:.0%} per thread), "
-          f"{NODE_GPUS * per_gpu:.0f} / {speedup / cores:.2f} = {NODE_GPUS * per_gpu / (speedup / cores):.0f} cores")
+          f"{NODE_GPUS * per_gpu:.0f} of its {NODE_CORES} cores, where N decode threads deliver N times one ({cores} "
+          f"threads here: {speedup:.2f}x one, under load average {load_during:.1f})")
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
 
 
