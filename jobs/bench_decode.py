@@ -234,6 +234,8 @@ def main():
     parser.add_argument("--formats", help="comma-separated substrings of the formats' labels to measure (default all)")
     args = parser.parse_args()
     formats = [fmt for fmt in FORMATS if not args.formats or any(part in fmt.label for part in args.formats.split(","))]
+    if not formats:
+        parser.error(f"--formats {args.formats!r} names none of: " + "; ".join(fmt.label for fmt in FORMATS))
 
     began = time.perf_counter()
     rng = np.random.default_rng(0)
