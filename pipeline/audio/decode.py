@@ -44,10 +44,10 @@ from .loudness import LoudnessMeter, Normalisation, apply_gain, normalisation
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "oga", "m4a", "mp4", "aiff", "aif", "au", "sph", "w64", "caf")
 
 BLOCK_S = 10.0  # decoded and resampled at a time, for clips over BLOCKED_ABOVE_S
-# ffmpeg's formats decode every clip a block at a time, in blocks of their own: small enough that a block's buffers
-# (ffmpeg's FIFO, the block, its mono) stay near the core's caches, large enough that the Python work per block is
-# small (chosen by the pipeline's own share, jobs/bench_decode.py). soxr's stream gives the same samples for any
-# block size (tests/test_audio.py), so the size changes no output.
+# ffmpeg's formats decode every clip a block at a time, in blocks of their own, shorter than BLOCK_S: a block's
+# buffers (ffmpeg's FIFO, the block taken from it, soxr's output) are smaller, so the allocator recycles them
+# rather than mapping fresh pages for each, while the Python work per block stays small (jobs/bench_decode.py's
+# own share). soxr's stream gives the same samples for any block size (tests/test_audio.py), so it changes no output.
 PYAV_BLOCK_S = 2.0
 BLOCKED_ABOVE_S = 120.0
 # A clip decodes whole only if it also holds no more samples (frames x channels) than `blocked_above_s` of 48 kHz
