@@ -14,7 +14,9 @@ soundfile, MP3, Opus and AAC with ffmpeg's encoders through PyAV):
      decoder alone) and resampling (soxr alone); the cores one GPU needs at 10,000x and at --gpu-bench's rate;
   2. an equal-audio mix of the formats decoded by 1..N threads of one process (N: this machine's cores): audio-s
      per wall second, and the cores the process kept busy (its CPU time over wall time): N threads keep N cores
-     busy where N are free; on a loaded machine the wall rate shows the load;
+     busy where N are free; on a loaded machine the wall rate shows the load. Beside it a control, soxr alone in
+     as many threads (C that releases the GIL, no Python between calls): where it does not scale either, the
+     machine gave the process fewer cores (Linux's autogroup shares the cores per session, not per thread);
   3. whether decoding releases the GIL, whatever the load: the longest another Python thread waits for the GIL
      while one call decodes or resamples, against the call's own length (libsndfile through cffi, ffmpeg's
      decoders in PyAV and soxr run without the GIL; a C call that holds it makes the other thread wait all of it);
@@ -162,15 +164,16 @@ def own_share(data: bytes, seconds: float, min_cpu_s: float) -> float:
     return 1 - (1 / rates["decode"] + 1 / resample) / (1 / rates["pipeline"])
 
 
-def threaded(workers: int, files: list[bytes], seconds: float) -> tuple[float, float]:
-    """Audio-s per wall second of `workers` threads decoding `files`, and the cores the process kept busy."""
+def threaded(workers: int, run: Callable, items: list, seconds: float) -> tuple[float, float]:
+    """Audio-s per wall second of `workers` threads doing `run` on each of `items` (`seconds` of audio each), and
+    the cores the process kept busy."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(pipeline, files[:workers]))  # threads started and warm
+        list(pool.map(run, items[:workers]))  # threads started and warm
         wall, cpu = time.perf_counter(), time.process_time()
-        for wave in pool.map(pipeline, files):
+        for wave in pool.map(run, items):
             del wave
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return len(files) * seconds / wall, cpu / wall
+    return len(items) * seconds / wall, cpu / wall
 
 
 def longest_gil_wait(run: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
@@ -269,17 +272,25 @@ def main():
     print(f"| equal-audio mix | {mix:,.0f}x | | | | | {args.encode_rate / mix:.1f}{gpu_cell} |")
 
     mixed = files * args.mix_rounds
-    print(f"\n| threads | audio-s per wall s (x one thread) | cores kept busy (CPU s / wall s) |")
-    print("| --- | --- | --- |")
-    scaling, load_during = {}, os.getloadavg()[0]
+    # the control: soxr alone, C with the GIL released and no Python between calls: where its threads do not scale
+    # either, the machine (its load, or a scheduler that shares the cores per session) left this process one core
+    clip = synth_clip(np.random.default_rng(1), args.seconds, 44100, 1)[:, 0]
+    control = lambda mono: soxr.resample(mono, 44100, TARGET_RATE, quality=QUALITY)
+    print(f"\n| threads | the pipeline: audio-s per wall s (x one thread) | cores kept busy (CPU s / wall s) | "
+          f"control, soxr alone: x one thread | cores kept busy |")
+    print("| --- | --- | --- | --- | --- |")
+    scaling, checks, load_during = {}, {}, os.getloadavg()[0]
     for _ in range(args.thread_repeats):  # thread counts taken in turn, each one's best: the load falls on all
         for workers in range(1, cores + 1):
-            rate, busy = threaded(workers, mixed, args.seconds)
-            if workers not in scaling or rate > scaling[workers][0]:
-                scaling[workers] = (rate, busy)
+            for measured, run, items in ((scaling, pipeline, mixed), (checks, control, [clip] * len(mixed))):
+                rate, busy = threaded(workers, run, items, args.seconds)
+                if workers not in measured or rate > measured[workers][0]:
+                    measured[workers] = (rate, busy)
     load_during = (load_during + os.getloadavg()[0]) / 2
     for workers, (rate, busy) in scaling.items():
-        print(f"| {workers} | {rate:,.0f} ({rate / scaling[1][0]:.2f}x) | {busy:.2f} |")
+        check, check_busy = checks[workers]
+        print(f"| {workers} | {rate:,.0f} ({rate / scaling[1][0]:.2f}x) | {busy:.2f} | {check / checks[1][0]:.2f}x | "
+              f"{check_busy:.2f} |")
     print(f"(load average {load_during:.1f} on {cores} cores while measured: N threads have N cores only where the "
           f"load leaves them free)")
     print("\n| one call, in one thread | its longest wall time | another Python thread's longest wait for the GIL |")
@@ -306,7 +317,8 @@ def main():
     print(f"On paper, a {NODE_CORES}-core node of {NODE_GPUS} GPUs at {encode_rate:,.0f} audio-s/s per GPU ({source}): "
           f"{encode_rate:,.0f} / {mix:,.0f} (the mix per core) = {per_gpu:.1f} decode cores per GPU, x {NODE_GPUS} = "
           f"{NODE_GPUS * per_gpu:.0f} of its {NODE_CORES} cores, where N decode threads deliver N times one ({cores} "
-          f"threads here: {speedup:.2f}x one, under load average {load_during:.1f})")
+          f"threads here: {speedup:.2f}x one, soxr alone {checks[cores][0] / checks[1][0]:.2f}x, under load average "
+          f"{load_during:.1f})")
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
 
 
