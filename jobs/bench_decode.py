@@ -316,9 +316,10 @@ def main():
     speedup = scaling[cores][0] / scaling[1][0]
     print(f"On paper, a {NODE_CORES}-core node of {NODE_GPUS} GPUs at {encode_rate:,.0f} audio-s/s per GPU ({source}): "
           f"{encode_rate:,.0f} / {mix:,.0f} (the mix per core) = {per_gpu:.1f} decode cores per GPU, x {NODE_GPUS} = "
-          f"{NODE_GPUS * per_gpu:.0f} of its {NODE_CORES} cores, where N decode threads deliver N times one ({cores} "
-          f"threads here: {speedup:.2f}x one, soxr alone {checks[cores][0] / checks[1][0]:.2f}x, under load average "
-          f"{load_during:.1f})")
+          f"{NODE_GPUS * per_gpu:.0f} of its {NODE_CORES} cores, where decoding scales with cores. In one process's "
+          f"threads here: {cores} threads gave {speedup:.2f}x one where soxr alone gave "
+          f"{checks[cores][0] / checks[1][0]:.2f}x (load average {load_during:.1f}): the share of the scaling the GIL "
+          f"left, {speedup / (checks[cores][0] / checks[1][0]):.0%}")
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
 
 
