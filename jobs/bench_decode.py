@@ -4,6 +4,7 @@ candidate library at equal quality, and how many cores keep one GPU fed.
     python jobs/bench_decode.py                                  # 1-2 minutes here, with the machine loaded
     python jobs/bench_decode.py --seconds 60 --min-cpu-s 2       # longer files, steadier rates
     python jobs/bench_decode.py --gpu-bench gpu.json             # also at the rate the GPU check measured
+    python jobs/bench_decode.py --formats Vorbis,Opus,AAC        # some formats only (label substrings)
 
 Prints, for one --seconds file of each format (synthetic speech-like audio; wav, FLAC and Vorbis written with
 soundfile, MP3, Opus and AAC with ffmpeg's encoders through PyAV):
@@ -13,11 +14,14 @@ soundfile, MP3, Opus and AAC with ffmpeg's encoders through PyAV):
      decoder alone) and resampling (soxr alone); the cores one GPU needs at 10,000x and at --gpu-bench's rate;
   2. an equal-audio mix of the formats decoded by 1..N threads of one process (N: this machine's cores): audio-s
      per wall second, and the cores the process kept busy (its CPU time over wall time): N threads keep N cores
-     busy where N are free; on a loaded machine the wall rate shows the load;
+     busy where N are free; on a loaded machine the wall rate shows the load. Beside it a control, soxr alone in
+     as many threads (C that releases the GIL, no Python between calls): where it does not scale either, the
+     machine gave the process fewer cores (Linux's autogroup shares the cores per session, not per thread);
   3. whether decoding releases the GIL, whatever the load: the longest another Python thread waits for the GIL
      while one call decodes or resamples, against the call's own length (libsndfile through cffi, ffmpeg's
      decoders in PyAV and soxr run without the GIL; a C call that holds it makes the other thread wait all of it);
-  4. what that means for a 112-core node of 8 GPUs.
+  4. what that means for a 112-core node of 8 GPUs, the arithmetic shown: at the one-thread rate, and at the thread
+     scaling measured in 2.
 CPU time, not wall time, is measured for the rates: other work on the machine slows the wall clock, not them.
 """
 
@@ -160,15 +164,16 @@ def own_share(data: bytes, seconds: float, min_cpu_s: float) -> float:
     return 1 - (1 / rates["decode"] + 1 / resample) / (1 / rates["pipeline"])
 
 
-def threaded(workers: int, files: list[bytes], seconds: float) -> tuple[float, float]:
-    """Audio-s per wall second of `workers` threads decoding `files`, and the cores the process kept busy."""
+def threaded(workers: int, run: Callable, items: list, seconds: float) -> tuple[float, float]:
+    """Audio-s per wall second of `workers` threads doing `run` on each of `items` (`seconds` of audio each), and
+    the cores the process kept busy."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(pipeline, files[:workers]))  # threads started and warm
+        list(pool.map(run, items[:workers]))  # threads started and warm
         wall, cpu = time.perf_counter(), time.process_time()
-        for wave in pool.map(pipeline, files):
+        for wave in pool.map(run, items):
             del wave
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return len(files) * seconds / wall, cpu / wall
+    return len(items) * seconds / wall, cpu / wall
 
 
 def longest_gil_wait(run: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
@@ -201,19 +206,22 @@ def longest_gil_wait(run: Callable[[], object], repeats: int = 3) -> tuple[float
 
 
 def gpu_rate(path: str) -> tuple[float, str]:
-    """The float32 encode rate (audio-s/s) in a GPU check's JSON: jobs/gpu_check's `best_float32_audio_s_per_s`,
-    or bench_gpu.py --json's `best_audio_s_per_s` {dtype: rate}."""
+    """The float32 encode rate (audio-s/s) in a GPU check's JSON: jobs/gpu_check.py --json's
+    `modes.float32.audio_hours_per_gpu_hour` (audio hours per GPU hour: audio-s/s), or bench_gpu.py --json's
+    `best_audio_s_per_s` {dtype: rate}."""
     with open(path) as f:
         measured = json.load(f)
     device = measured.get("device", "the GPU")
-    for key, value in measured.items():
-        if "float32" in key and key.endswith("audio_s_per_s") and isinstance(value, (int, float)):
-            return float(value), f"{key} on {device}"
+    modes = measured.get("modes")
+    if isinstance(modes, dict) and modes:
+        label = "float32" if "float32" in modes else next(iter(modes))
+        return float(modes[label]["audio_hours_per_gpu_hour"]), f"jobs/gpu_check's {label} rate on {device}"
     best = measured.get("best_audio_s_per_s")
     if isinstance(best, dict) and best:
         label = "float32" if "float32" in best else next(iter(best))
-        return float(best[label]), f"best {label} rate on {device}"
-    raise SystemExit(f"{path}: no float32 audio-s/s rate (best_float32_audio_s_per_s or best_audio_s_per_s)")
+        return float(best[label]), f"bench_gpu.py's {label} rate on {device}"
+    raise SystemExit(f"{path}: no encode rate (gpu_check's modes.float32.audio_hours_per_gpu_hour or bench_gpu.py's "
+                     f"best_audio_s_per_s)")
 
 
 def main():
@@ -221,14 +229,20 @@ def main():
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each format's file")
     parser.add_argument("--min-cpu-s", type=float, default=0.4, help="CPU time per measurement")
     parser.add_argument("--mix-rounds", type=int, default=2, help="times the mix of formats is decoded per thread count")
+    parser.add_argument("--thread-repeats", type=int, default=3, help="times each thread count is measured (its best "
+                                                                      "counts)")
     parser.add_argument("--encode-rate", type=float, default=DEFAULT_ENCODE_RATE, help="one GPU's encode audio-s/s")
-    parser.add_argument("--gpu-bench", help="a GPU check's JSON (jobs/gpu_check, jobs/bench_gpu.py --json): its "
-                                            "float32 rate is used too")
+    parser.add_argument("--gpu-bench", help="a GPU check's JSON (jobs/gpu_check.py --json, jobs/bench_gpu.py --json): "
+                                            "its float32 rate is used too")
+    parser.add_argument("--formats", help="comma-separated substrings of the formats' labels to measure (default all)")
     args = parser.parse_args()
+    formats = [fmt for fmt in FORMATS if not args.formats or any(part in fmt.label for part in args.formats.split(","))]
+    if not formats:
+        parser.error(f"--formats {args.formats!r} names none of: " + "; ".join(fmt.label for fmt in FORMATS))
 
     began = time.perf_counter()
     rng = np.random.default_rng(0)
-    files = [make_file(fmt, args.seconds, rng) for fmt in FORMATS]
+    files = [make_file(fmt, args.seconds, rng) for fmt in formats]
     cores = os.cpu_count() or 1
     gpu = gpu_rate(args.gpu_bench) if args.gpu_bench else None
     print(f"decode + downmix + resample to 24 kHz (soxr HQ), {args.seconds:g} s files, x realtime per core (one "
@@ -240,7 +254,7 @@ def main():
           f"| cores per GPU at {args.encode_rate:,.0f}x{gpu_column} |")
     print("| --- " * (7 + bool(gpu)) + "|")
     rates = []
-    for fmt, data in zip(FORMATS, files):
+    for fmt, data in zip(formats, files):
         runs = {"pipeline": pipeline, "pyav": candidate(pyav_decode), "soundfile": candidate(soundfile_decode)}
         if sniff(data[:64]) is Format_.MP4:
             del runs["soundfile"]  # libsndfile cannot read AAC in MP4
@@ -258,16 +272,31 @@ def main():
     print(f"| equal-audio mix | {mix:,.0f}x | | | | | {args.encode_rate / mix:.1f}{gpu_cell} |")
 
     mixed = files * args.mix_rounds
-    print(f"\n| threads | audio-s per wall s (x one thread) | cores kept busy (CPU s / wall s) |")
-    print("| --- | --- | --- |")
-    scaling = {}
-    for workers in range(1, cores + 1):
-        scaling[workers] = threaded(workers, mixed, args.seconds)
-        rate, busy = scaling[workers]
-        print(f"| {workers} | {rate:,.0f} ({rate / scaling[1][0]:.2f}x) | {busy:.2f} |")
+    # the control: soxr alone, C with the GIL released and no Python between calls: where its threads do not scale
+    # either, the machine (its load, or a scheduler that shares the cores per session) left this process one core
+    clip = synth_clip(np.random.default_rng(1), args.seconds, 44100, 1)[:, 0]
+    control = lambda mono: soxr.resample(mono, 44100, TARGET_RATE, quality=QUALITY)
+    print(f"\n| threads | the pipeline: audio-s per wall s (x one thread) | cores kept busy (CPU s / wall s) | "
+          f"control, soxr alone: x one thread | cores kept busy |")
+    print("| --- | --- | --- | --- | --- |")
+    scaling, checks, load_during = {}, {}, os.getloadavg()[0]
+    for _ in range(args.thread_repeats):  # thread counts taken in turn, each one's best: the load falls on all
+        for workers in range(1, cores + 1):
+            for measured, run, items in ((scaling, pipeline, mixed), (checks, control, [clip] * len(mixed))):
+                rate, busy = threaded(workers, run, items, args.seconds)
+                if workers not in measured or rate > measured[workers][0]:
+                    measured[workers] = (rate, busy)
+    load_during = (load_during + os.getloadavg()[0]) / 2
+    for workers, (rate, busy) in scaling.items():
+        check, check_busy = checks[workers]
+        print(f"| {workers} | {rate:,.0f} ({rate / scaling[1][0]:.2f}x) | {busy:.2f} | {check / checks[1][0]:.2f}x | "
+              f"{check_busy:.2f} |")
+    print(f"(load average {load_during:.1f} on {cores} cores while measured: N threads have N cores only where the "
+          f"load leaves them free)")
     print("\n| one call, in one thread | its longest wall time | another Python thread's longest wait for the GIL |")
     print("| --- | --- | --- |")
-    flac, opus = files[2], files[5]
+    made = {fmt: data for fmt, data in zip(formats, files)}
+    flac, opus = (made.get(fmt) or make_file(fmt, args.seconds, rng) for fmt in (FORMATS[2], FORMATS[5]))
     array, rate = soundfile_decode(flac)
     mono = np.ascontiguousarray(downmix(array))
     numbers = list(range(3_000_000, 0, -1))
@@ -279,16 +308,18 @@ def main():
         wait, longest = longest_gil_wait(run)
         print(f"| {label} | {longest * 1e3:.0f} ms | {wait * 1e3:.1f} ms |")
     load = os.getloadavg()[0]
-    per_thread = scaling[cores][1] / cores  # the share of each thread's time it ran, GIL and load together
     print(f"\nload average {load:.1f} on {cores} cores at the end (other work shares them)")
 
     encode_rate = gpu[0] if gpu else args.encode_rate
     source = gpu[1] if gpu else ("issue 19's estimate" if args.encode_rate == DEFAULT_ENCODE_RATE else "--encode-rate")
     per_gpu = encode_rate / mix
+    speedup = scaling[cores][0] / scaling[1][0]
     print(f"On paper, a {NODE_CORES}-core node of {NODE_GPUS} GPUs at {encode_rate:,.0f} audio-s/s per GPU ({source}): "
-          f"the mix needs {per_gpu:.1f} decode cores per GPU at the one-thread rate, {NODE_GPUS * per_gpu:.0f} of "
-          f"{NODE_CORES} cores for all {NODE_GPUS} (threads scale with free cores: {cores} threads here kept "
-          f"{scaling[cores][1]:.2f} cores busy, {per_thread:.0%} of each)")
+          f"{encode_rate:,.0f} / {mix:,.0f} (the mix per core) = {per_gpu:.1f} decode cores per GPU, x {NODE_GPUS} = "
+          f"{NODE_GPUS * per_gpu:.0f} of its {NODE_CORES} cores, where decoding scales with cores. In one process's "
+          f"threads here: {cores} threads gave {speedup:.2f}x one where soxr alone gave "
+          f"{checks[cores][0] / checks[1][0]:.2f}x (load average {load_during:.1f}): the share of the scaling the GIL "
+          f"left, {speedup / (checks[cores][0] / checks[1][0]):.0%}")
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
 
 

@@ -216,3 +216,36 @@ def test_a_short_vorbis_stream_decodes_to_its_granule_length_not_its_last_blocks
     clip = synth_clip(rng, seconds, 44100, 2)
     audio = decode_audio(encode_audio(clip, 44100, "ogg"), 44100, "HQ", 3600)
     assert np.asarray(audio.wave).size == clip.shape[0]
+
+
+@pytest.mark.parametrize("ext", ["ogg", "opus", "m4a"])
+def test_ffmpeg_decoded_formats_give_the_same_samples_whatever_their_block_size(ext, monkeypatch):
+    """ffmpeg's formats always decode in blocks (`PYAV_BLOCK_S`, chosen for speed): a block's downmix written into
+    its own arrays and soxr's stream across blocks give the samples of the whole clip resampled at once."""
+    import av
+
+    from pipeline.audio import decode as decode_module
+    from pipeline.audio.decode import decode_bytes, to_model_audio
+
+    rng = np.random.default_rng(5)
+    rate = 48000 if ext == "opus" else 44100
+    clip = synth_clip(rng, 2.3, rate, 2)
+    if ext == "ogg":
+        data = encode_audio(clip, rate, "ogg")
+    else:
+        buffer = io.BytesIO()
+        with av.open(buffer, "w", format="ogg" if ext == "opus" else "ipod") as container:
+            stream = container.add_stream("libopus" if ext == "opus" else "aac", rate=rate, layout="stereo")
+            for start in range(0, len(clip), 4096):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(clip[start:start + 4096].T), format="fltp",
+                                                   layout="stereo")
+                frame.sample_rate, frame.pts = rate, start
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+        data = buffer.getvalue()
+    whole = to_model_audio(*decode_bytes(data), 24000, "HQ", 3600).wave
+    for block_s in (0.37, 1.0, 10.0):
+        monkeypatch.setattr(decode_module, "PYAV_BLOCK_S", block_s)
+        np.testing.assert_array_equal(np.asarray(decode_audio(data, 24000, "HQ", 3600).wave), whole, err_msg=block_s)

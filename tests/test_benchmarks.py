@@ -29,10 +29,28 @@ def test_gpu_benchmark_runs_every_measurement_on_a_cpu_smoke_corpus(tmp_path):
     assert rates["device"] == "cpu" and set(rates["best_audio_s_per_s"]) == {"float32", "tf32", "bfloat16"}
 
 
+def test_decode_benchmark_reads_the_float32_rate_from_gpu_checks_json_and_bench_gpus(tmp_path):
+    """jobs/gpu_check.py --json writes its rates per math mode (audio hours per GPU hour: audio-s/s), bench_gpu.py
+    --json as `best_audio_s_per_s`: --gpu-bench takes the float32 rate from either."""
+    sys.path.insert(0, os.path.join(REPO, "jobs"))
+    try:
+        from bench_decode import gpu_rate
+    finally:
+        sys.path.pop(0)
+    for name, written in (("gpu_check", {"device": "NVIDIA H100", "modes": {
+                              "bfloat16": {"audio_hours_per_gpu_hour": 9000.0},
+                              "float32": {"audio_hours_per_gpu_hour": 5000.0}}}),
+                          ("bench_gpu", {"device": "NVIDIA H100", "best_audio_s_per_s": {"float32": 5000.0}})):
+        (tmp_path / f"{name}.json").write_text(json.dumps(written))
+        rate, source = gpu_rate(str(tmp_path / f"{name}.json"))
+        assert rate == 5000.0 and "float32" in source and "NVIDIA H100" in source, (name, source)
+
+
 def test_decode_benchmark_prints_each_format_against_each_library_threads_and_cores_per_gpu_at_the_gpu_rate(tmp_path):
     (tmp_path / "gpu.json").write_text(json.dumps({"device": "NVIDIA H100", "best_audio_s_per_s": {"float32": 5000.0}}))
     done = subprocess.run([sys.executable, "jobs/bench_decode.py", "--seconds", "1", "--min-cpu-s", "0.05",
-                           "--mix-rounds", "1", "--gpu-bench", str(tmp_path / "gpu.json")], cwd=REPO,
+                           "--mix-rounds", "1", "--thread-repeats", "1", "--gpu-bench", str(tmp_path / "gpu.json")],
+                          cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout

@@ -605,3 +605,26 @@ def test_http_path_cells_are_bounded_by_max_file_bytes_and_a_503_is_the_shards_t
         with pytest.raises(ShardError) as error:
             read(["good.wav", "flaky-a.wav"])
         assert error.value.kind == TRANSIENT
+
+
+def test_a_stream_whose_channels_change_midway_is_a_decoder_error_not_a_read_past_a_frame():
+    """ffmpeg's FIFO copies as many planes from every frame as its first frame had: a later frame of fewer channels
+    would be read past its end (a crash, not a record). The reader refuses the change (a ValueError: `undecodable`)."""
+    import av
+
+    from pipeline.audio import pyav_reader
+
+    def frame(layout: str) -> av.AudioFrame:
+        channels = av.AudioLayout(layout).nb_channels
+        made = av.AudioFrame.from_ndarray(np.zeros((channels, 1024), np.float32), format="fltp", layout=layout)
+        made.sample_rate = 48000
+        return made
+
+    class Container:  # what ffmpeg's decoders would give for a stream whose parameters change
+        def decode(self, stream):
+            yield frame("stereo")
+            yield frame("mono")
+
+    reader = pyav_reader.PyavInput(Container(), None, 48000, 2, None)
+    with pytest.raises(ValueError, match="changes from 2 to 1 channels"):
+        list(reader.blocks(48000))

@@ -44,6 +44,11 @@ from .loudness import LoudnessMeter, Normalisation, apply_gain, normalisation
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "oga", "m4a", "mp4", "aiff", "aif", "au", "sph", "w64", "caf")
 
 BLOCK_S = 10.0  # decoded and resampled at a time, for clips over BLOCKED_ABOVE_S
+# ffmpeg's formats decode every clip a block at a time, in blocks of their own, shorter than BLOCK_S: a block's
+# buffers (ffmpeg's FIFO, the block taken from it, soxr's output) are smaller, so the allocator recycles them
+# rather than mapping fresh pages for each, while the Python work per block stays small (jobs/bench_decode.py's
+# own share). soxr's stream gives the same samples for any block size (tests/test_audio.py), so it changes no output.
+PYAV_BLOCK_S = 2.0
 BLOCKED_ABOVE_S = 120.0
 # A clip decodes whole only if it also holds no more samples (frames x channels) than `blocked_above_s` of 48 kHz
 # stereo: a small file of many channels at a high rate is decoded in blocks too, so what it declares cannot claim
@@ -121,6 +126,7 @@ class _Input:
     mono_blocks: Callable[[int], Iterator[tuple[np.ndarray, bool]]]  # block frames -> (mono block, is the last)
     read_whole: Callable[[], np.ndarray] | None  # [frames, channels] at once (libsndfile); None: always streamed
     complete_slack: int = 0  # frames a whole file may decode short of `complete_share` of `declared`
+    block_s: float = BLOCK_S  # seconds decoded at a time
     read_channels: Callable[[], np.ndarray] | None = None  # [frames, channels] of a streamed one, whole (ffmpeg)
 
 
@@ -219,7 +225,7 @@ def _soundfile_input(f: soundfile.SoundFile) -> _Input:
 def _pyav_input(f: pyav_reader.PyavInput) -> _Input:
     def mono_blocks(frames: int) -> Iterator[tuple[np.ndarray, bool]]:
         for channels in f.blocks(frames):
-            yield _channel_mean(channels), False  # added in order (no earlier samples to match)
+            yield _channel_mean(channels, in_place=True), False  # each block's arrays are its own
         yield np.empty(0, np.float32), True  # flushes the resampler
 
     def read_channels() -> np.ndarray:
@@ -227,7 +233,7 @@ def _pyav_input(f: pyav_reader.PyavInput) -> _Input:
         return np.concatenate(blocks) if blocks else np.empty((0, f.channels), np.float32)
 
     return _Input(f.rate, f.channels, f.declared_frames, PYAV_COMPLETE_SHARE, False, mono_blocks, None,
-                  round(PYAV_COMPLETE_SLACK_S * f.rate), read_channels=read_channels)
+                  round(PYAV_COMPLETE_SLACK_S * f.rate), read_channels=read_channels, block_s=PYAV_BLOCK_S)
 
 
 def _read_whole(f: soundfile.SoundFile) -> np.ndarray:
@@ -279,7 +285,7 @@ def _decode_in_blocks(f: _Input, target_rate: int, quality: str, loudness_lufs: 
     measured block by block and the gain is the FileWave's, applied as it is read. A clip found longer than
     `max_seconds` as it decodes is `too_long`."""
     rate, declared = f.rate, f.declared
-    block = max(1, min(round(BLOCK_S * rate), BLOCK_MAX_BYTES // (4 * f.channels)))
+    block = max(1, min(round(f.block_s * rate), BLOCK_MAX_BYTES // (4 * f.channels)))
     resampler = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality=quality) if rate != target_rate else None
     meter = LoudnessMeter(rate) if loudness_lufs is not None else None
     wave, decoded, non_finite, peak, loudness = _Resampled(in_memory), 0, 0, 0.0, None
@@ -358,11 +364,11 @@ def downmix(frames: np.ndarray) -> np.ndarray:
     return _channel_mean([frames[:, channel] for channel in range(frames.shape[1])])
 
 
-def _channel_mean(channels: list[np.ndarray]) -> np.ndarray:
-    """The mean of float32 channels, added in order."""
+def _channel_mean(channels: list[np.ndarray], in_place: bool = False) -> np.ndarray:
+    """The mean of float32 channels, added in order; `in_place`: into the first channel's array (no new one)."""
     if len(channels) == 1:
         return channels[0]
-    mono = np.add(channels[0], channels[1])
+    mono = np.add(channels[0], channels[1], out=channels[0] if in_place else None)
     for channel in channels[2:]:
         np.add(mono, channel, out=mono)
     mono /= np.float32(len(channels))

@@ -46,14 +46,25 @@ class PyavInput:
 
 
     def blocks(self, frames: int) -> Iterator[list[np.ndarray]]:
-        """The whole stream in order, <= `frames` at a time: each block a float32 array per channel."""
-        fifo, convert = av.AudioFifo(), None
+        """The whole stream in order, <= `frames` at a time: each block a float32 array per channel, the block's
+        own (a new frame's planes: its reader may write into them)."""
+        fifo, convert, channels = av.AudioFifo(), None, 0
+        write = fifo.write  # what is done per frame (20-120 ms of audio) is kept to the least
         for frame in self.container.decode(self.stream):
-            if convert is None and (frame.format.name != PLANAR_FLOAT or frame.layout.nb_channels >= MAX_PLANES):
+            if frame.layout.nb_channels != channels:
+                # the FIFO copies as many planes as its first frame had: a frame with fewer would be read past
+                if channels:
+                    raise ValueError(f"the stream changes from {channels} to {frame.layout.nb_channels} channels")
+                channels = frame.layout.nb_channels
+            if convert is None and (frame.format.name != PLANAR_FLOAT or channels >= MAX_PLANES):
                 convert = av.AudioResampler(format=INTERLEAVED_FLOAT, layout=frame.layout, rate=frame.sample_rate)
-            for part in convert.resample(frame) if convert is not None else (frame,):
-                part.pts = None  # the FIFO checks timestamps are continuous; a gap is not ours to refuse
-                fifo.write(part)
+            if convert is None:
+                frame.pts = None  # the FIFO checks timestamps are continuous; a gap is not ours to refuse
+                write(frame)
+            else:
+                for part in convert.resample(frame):
+                    part.pts = None
+                    write(part)
             while fifo.samples >= frames:
                 yield from self._within_end(_channels(fifo.read(frames)))
         rest = fifo.read()
