@@ -134,7 +134,8 @@ class ShardProcessor:
         pool_batches = POOL_BATCHES if self.codec.policy.max_clips > 1 else 1
         self.pool_target = config.ray.pool_seconds or pool_batches * self.codec.policy.max_batch_seconds
         self.budget = BatchBudget(self.codec.policy)
-        self._decode = SampleDecoder(config.audio, self.codec.sample_rate, self.codec.resamples_to_ceil(self.codec.convention))
+        self._decode = SampleDecoder(config.audio, self.codec.sample_rate,
+                                     self.codec.resamples_to_ceil(self.codec.convention))
 
     @property
     def in_shard(self) -> dict:

@@ -97,38 +97,15 @@ codec = {load}
     def is_out_of_memory(error: BaseException) -> bool:
         return codec.is_out_of_memory(error)
 
-    # ---- facts -----------------------------------------------------------------------------------------
-    @property
-    def identity(self):
-        return self.codec.identity
-
-    @property
-    def device(self):
-        return self.codec.device
-
-    @property
-    def sample_rate(self) -> int:
-        return self.codec.sample_rate
-
-    @property
-    def hop_length(self) -> int:
-        return self.codec.hop_length
-
-    @property
-    def frame_rate(self) -> float:
-        return self.codec.frame_rate
-
-    @property
-    def bandwidths(self) -> list[float]:
-        return self.codec.bandwidths
-
-    @property
-    def convention(self) -> str:
-        return self.codec.convention
-
-    @property
-    def encoded_frames(self) -> int:
-        return self.codec.encoded_frames
+    # ---- facts: the codec's own ---------------------------------------------------------------------------
+    identity = property(lambda self: self.codec.identity)
+    device = property(lambda self: self.codec.device)
+    sample_rate = property(lambda self: self.codec.sample_rate)
+    hop_length = property(lambda self: self.codec.hop_length)
+    frame_rate = property(lambda self: self.codec.frame_rate)
+    bandwidths = property(lambda self: self.codec.bandwidths)
+    convention = property(lambda self: self.codec.convention)
+    encoded_frames = property(lambda self: self.codec.encoded_frames)
 
     @property
     def policy(self) -> BatchPolicy:
