@@ -176,6 +176,11 @@ def manifest_convention(manifest: dict) -> str:
     return manifest.get("identity", {}).get("convention", "model_card")
 
 
+def manifest_tokenizer(manifest: dict) -> type[Tokenizer]:
+    """The tokenizer kind the manifest's codec spec names (the default kind where it records none)."""
+    return tokenizer_class(str(manifest.get("codec", {}).get("spec", "")))
+
+
 def codebook_levels(codec, stored: int, stored_kbps: float) -> dict[int, float]:
     """codebooks -> kbps: each bandwidth of the codec whose codebooks the stored codes hold, and the stored one."""
     levels = {stored: float(stored_kbps)}
@@ -245,8 +250,7 @@ def _decode_original(raw, row: RowRef, url: str, manifest: dict, sample_rate: in
         # the audio the codec was given: loudness-normalised too when the run was (an older manifest: off)
         decoded = decode_audio(raw.audio, sample_rate, settings["resampler_quality"], settings["max_seconds"],
                                loudness_lufs=settings.get("loudness_lufs"),
-                               ceil_length=tokenizer_class(manifest["codec"]["spec"]).resamples_to_ceil(
-                                   manifest_convention(manifest)))
+                               ceil_length=manifest_tokenizer(manifest).resamples_to_ceil(manifest_convention(manifest)))
     except SampleError as error:
         raise SourceUnavailable(f"sample {row.key} of {url} no longer decodes ({error}): the source changed") from None
     finally:

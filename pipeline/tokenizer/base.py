@@ -78,7 +78,8 @@ class Tokenizer(ABC):
     @classmethod
     @abstractmethod
     def resolve(cls, spec: str, revision: str | None = None, seed: int = 0) -> Resolved:
-        """The facts of `spec` without loading weights; TokenizerSpecError when it cannot be used."""
+        """The facts of `spec` without loading weights; TokenizerSpecError when it cannot be used. The identity's
+        `spec` is `spec` as given, prefix included: the readers find the kind again by it."""
 
     @classmethod
     @abstractmethod
