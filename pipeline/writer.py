@@ -78,7 +78,8 @@ class ShardWriter:
         table = self.table()
         pq.write_table(table, local, compression=compression, row_group_size=ROW_GROUP_ROWS)
         data_name = data_file(self.shard_id)
-        checksums[data_name] = hashlib.sha256(Path(local).read_bytes()).hexdigest()  # codes are small: read whole
+        # read whole: the file is the compressed table this writer holds in memory already
+        checksums[data_name] = hashlib.sha256(Path(local).read_bytes()).hexdigest()
         row_groups = {data_name: _row_groups(local, table.column("num_frames").to_numpy())}
         written = os.path.getsize(local)
         self.storage.put_file(local, data_name)
