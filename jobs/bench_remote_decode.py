@@ -29,7 +29,7 @@ from pipeline.actor.decode_tasks import DecodeInTask  # noqa: E402
 from pipeline.actor.prefetch import DecodeAhead  # noqa: E402
 from pipeline.sources import RawSample, list_shards, read_shard  # noqa: E402
 from demo.synth import random_sample, write_tar  # noqa: E402
-from pipeline.audio.sample_decoder import SampleDecoder  # noqa: E402
+from pipeline.actor.sample_decoder import SampleDecoder  # noqa: E402
 
 
 def write_corpus(folder: str, shards: int, clips: int) -> float:

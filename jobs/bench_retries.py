@@ -7,10 +7,10 @@ A Monte Carlo of one shard's reads, not a run: each of a shard's files costs `--
 (1, as the issue counts; fsspec's HTTP reads cost 2: a HEAD, then the GET), each failing on its own with
 probability p and taking a modelled `--latency-s` (50 ms: an object store's time to first byte; decoding and
 encoding are left out, so the wall times are the reading's only). Two policies, with the pipeline's defaults:
-- shard-only (before pipeline/sources/reads.py): a failed request fails the shard's attempt; the shard is tried again
+- shard-only (before pipeline/reads.py): a failed request fails the shard's attempt; the shard is tried again
   from its start after ray.retry_backoff_s (10 s) x 2^(attempt-1), jittered x U(0.75, 1.25) as the driver does
   (pipeline/driver/policy.py), up to ray.max_attempts (3);
-- per-read (pipeline/sources/reads.py): a failed request is tried again after source.read_backoff_s (1 s) x 2^(try-1),
+- per-read (pipeline/reads.py): a failed request is tried again after source.read_backoff_s (1 s) x 2^(try-1),
   jittered x U(0.5, 1) (pipeline.failures.backoff_delay), up to source.read_attempts (5); only a request that
   failed 5 times fails the attempt, which is then retried whole as above.
 Printed per failure rate: the share of shards done within their attempts (simulated, and the closed form beside

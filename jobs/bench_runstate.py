@@ -126,7 +126,7 @@ def bench_commits(url: str, count: int) -> None:
 
 
 def bench_e2e(shards: int, work: str) -> None:
-    from pipeline.driver.job import run_job
+    from pipeline.run import run_job
     from demo.synth import random_sample, write_tar
 
     rng = np.random.default_rng(0)

@@ -110,7 +110,7 @@ class RayConfig:
     pending_actor_warn_s: float = 120.0  # say so when replacement actors wait this long for resources
     progress_interval_s: float = 10.0
     # the metrics export port of a local Ray runtime the driver starts (0: Ray's choice); on a cluster Ray's own
-    # settings apply. Prometheus scrapes http://HOST:PORT/metrics (see pipeline/metrics.py)
+    # settings apply. Prometheus scrapes http://HOST:PORT/metrics (see pipeline/telemetry/metrics.py)
     metrics_export_port: int = 0
     metrics_report_interval_s: float = 5.0  # how often processes report their metrics (local runtime)
 

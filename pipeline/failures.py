@@ -128,3 +128,22 @@ class ConfigError(ValueError):
     def __init__(self, key: str, problem: str, fix: str = ""):
         self.key = key
         super().__init__(f"config key '{key}': {problem}" + (f" ({fix})" if fix else ""))
+
+
+class ShardError(Exception):
+    """A whole shard cannot be read: missing, truncated, not the format it claims (permanent), or the
+    store or network failed while reading it (transient: worth another try)."""
+
+    def __init__(self, reason: str, detail: str = "", kind: str = PERMANENT):
+        self.reason = reason
+        self.detail = detail
+        self.kind = kind  # TRANSIENT | PERMANENT | UNEXPECTED
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class ObjectChanged(ShardError):
+    """An object that changed while its shard read it (another ETag or size on a resumed read): the shard fails
+    as `changed`, never mixing two versions."""
+
+    def __init__(self, detail: str):
+        super().__init__("changed", detail, PERMANENT)

@@ -16,12 +16,18 @@ import time
 from datetime import timedelta
 
 from .config import ConfigError, load_config
-from .driver.job import run_job
+from .actor.side import CodecActorSide
+from .driver.job import JobSummary, drive
 from .driver import ActorStartFailed, GuardTripped
 from .runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, StoreWriteFailed
-from .logs import DriverLog
+from .telemetry.logs import DriverLog
 from .storage import Storage
 from .urls import redact_text
+
+
+def run_job(config, on_event=lambda kind, info: None) -> JobSummary:
+    """A run of this package: the driver scheduling shards on codec actors (the one place the two sides meet)."""
+    return drive(config, CodecActorSide(), on_event)
 
 
 def _hms(seconds: float) -> str:

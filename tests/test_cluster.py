@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import ray
 
-from pipeline.driver.job import run_job
+from pipeline.run import run_job
 from tests.corpus import mixed_tar
 from tests.test_pipeline import config_for, expected_codes, read_rows
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.reading.dataset import TokenDataset, apply_delay_pattern, undo_delay_pattern
 from pipeline.reading.inspect import main as inspect_main
-from pipeline.driver.job import run_job
+from pipeline.run import run_job
 from tests.corpus import mixed_tar
 from tests.test_pipeline import config_for, read_rows
 

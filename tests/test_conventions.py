@@ -11,7 +11,7 @@ from codec import AUTHORS, MODEL_CARD, load_codec
 from codec.conventions import resamples_to_ceil
 from pipeline.audio.decode import decode_bytes, to_model_audio
 from pipeline.config import ConfigError, load_config
-from pipeline.driver.job import run_job
+from pipeline.run import run_job
 from pipeline.runstate import IdentityChanged
 from pipeline.runstate.identity import check_identity
 from demo.synth import SynthSample, encode_audio, synth_clip, write_tar

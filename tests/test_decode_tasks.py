@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import ray
 
-from pipeline.driver.job import run_job
+from pipeline.run import run_job
 from pipeline.runstate import read_run
 from pipeline.storage import Storage
 from tests.corpus import mixed_tar

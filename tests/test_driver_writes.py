@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipeline.driver.job import run_job
+from pipeline.run import run_job
 from pipeline.reading.verify import verify
 from pipeline.runstate import LeaseHeld, LeaseLost, RunState, StoreWriteFailed
 from pipeline.runstate.lease import LEASE

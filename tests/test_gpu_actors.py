@@ -17,16 +17,18 @@ def test_codec_device_naming_one_gpu_is_refused_with_why():
 
 
 def test_cuda_on_a_cluster_without_gpus_stops_before_any_actor_with_the_fix(ray_local):
-    from pipeline.actor.device import probe_device
+    from pipeline.actor.side import CodecActorSide
+    from pipeline.driver.job import probe_device
 
     with pytest.raises(ConfigError, match=r"codec.device.*no node of this Ray cluster offers a GPU.*codec.device: cpu"):
-        probe_device(load_config(None, [*BASE, "codec.device=cuda"]))
+        probe_device(load_config(None, [*BASE, "codec.device=cuda"]), CodecActorSide())
 
 
 def test_device_probe_holds_the_actors_own_resources(ray_local, monkeypatch):
     """The probe reads the device where an actor will land: it asks for what an actor asks for, custom
     resources (ray.actor_resources, e.g. a GPU model's accelerator_type) included."""
-    import pipeline.actor.device as device
+    import pipeline.actor.side as side
+    from pipeline.driver.job import probe_device
 
     asked = {}
 
@@ -38,9 +40,9 @@ def test_device_probe_holds_the_actors_own_resources(ray_local, monkeypatch):
         def remote(self, configured):
             return ray.put({"type": "cpu"})
 
-    monkeypatch.setattr(device, "_facts_here", Probe())
+    monkeypatch.setattr(side, "facts_here", Probe())
     config = load_config(None, [*BASE, "codec.device=cpu", "ray.actor_resources={fast_disk: 1}"])
-    device.probe_device(config)
+    probe_device(config, side.CodecActorSide())
     assert asked["resources"] == {"fast_disk": 1} and asked["num_gpus"] == 0 and asked["num_cpus"] >= 1
 
 

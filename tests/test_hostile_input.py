@@ -554,7 +554,7 @@ def test_tar_member_no_field_uses_is_passed_over_without_being_read_locally_and_
 def test_hostile_tar_members_are_each_a_row_or_an_error_record_in_a_real_run(tmp_path, ray_local):
     from tests.test_pipeline import config_for, read_rows, records_of
     from tests.test_reliability import errors_of
-    from pipeline.driver.job import run_job
+    from pipeline.run import run_job
 
     wav, opus = wav_bytes(clip(), 16000), encoded("OGG", "OPUS")
     with tarfile.open(tmp_path / "s.tar", "w") as tar:

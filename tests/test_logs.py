@@ -7,7 +7,7 @@ import threading
 import time
 import warnings
 
-from pipeline.logs import ActorLog, DriverLog, ShardLogs, shard_log_path
+from pipeline.telemetry.logs import ActorLog, DriverLog, ShardLogs, shard_log_path
 from pipeline.storage import Storage
 from tests.corpus import mixed_tar
 from tests.test_pipeline import config_for
@@ -116,7 +116,7 @@ def test_an_actors_warnings_no_shard_claims_reach_its_log_in_the_output_and_a_sh
     logging.getLogger().addHandler(log)
     path = "_run/logs/actor-7-19700101T000000Z.log"
     try:
-        logging.getLogger("pipeline.metrics").warning("metrics: cannot export to %s", SECRET_URL)  # the actor's own
+        logging.getLogger("pipeline.telemetry.metrics").warning("metrics: cannot export to %s", SECRET_URL)  # the actor's own
         for _ in range(100):  # written at once, not a minute later: an actor is killed when its run ends
             if storage.exists(path):
                 break
@@ -129,7 +129,7 @@ def test_an_actors_warnings_no_shard_claims_reach_its_log_in_the_output_and_a_sh
     finally:
         logging.getLogger().removeHandler(log)
     text = storage.read_bytes(path).decode()
-    assert "WARNING pipeline.metrics: metrics: cannot export to https://REDACTED@store.example" in text, text
+    assert "WARNING pipeline.telemetry.metrics: metrics: cannot export to https://REDACTED@store.example" in text, text
     assert "hunter2" not in text and "resampling" not in text and "resampling s_000" in shard_text
 
 

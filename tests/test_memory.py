@@ -10,8 +10,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import numpy as np
 import soundfile
 
-from pipeline.actor.ray_actor import SHARDS_IN_FLIGHT
-from pipeline.driver.job import run_job
+from pipeline.driver.protocol import SHARDS_IN_FLIGHT
+from pipeline.run import run_job
 from pipeline.sources import list_shards
 from pipeline.actor.processor import ShardProcessor
 from demo.synth import SynthSample, encode_audio, synth_clip, write_long_audio, write_tar

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from demo.synth import SynthSample, random_sample, write_tar
-from pipeline.driver.job import run_job
-from pipeline.metrics import RunMetrics, ray_init_options
+from pipeline.run import run_job
+from pipeline.telemetry.metrics import RunMetrics, ray_init_options
 from pipeline.runstate import ShardRecord
 from tests.test_pipeline import config_for
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from codec import reference_encode
 from pipeline.audio.decode import decode_bytes, to_model_audio
 from pipeline.config import ConfigError, load_config
-from pipeline.driver.job import run_job
+from pipeline.run import run_job
 from pipeline.driver import actor_options as _actor_options
 from pipeline.runstate import IdentityChanged, read_run
 from pipeline.storage import Storage
@@ -230,7 +230,7 @@ def test_actor_sizing_by_device_cpus_and_memory_fits_each_node():
 
 def test_encoder_busy_share_counts_overlapping_shards_once():
     from pipeline.runstate import ShardRecord
-    from pipeline.actor.processor import encoder_busy_share
+    from pipeline.driver.job import encoder_busy_share
 
     def result(worker, started_at, seconds, encode_s):
         return ShardRecord("s", "u", "done", worker=worker, started_at=started_at, seconds=seconds, encode_s=encode_s)

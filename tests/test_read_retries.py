@@ -1,4 +1,4 @@
-"""Transient errors retried where they happen (pipeline/sources/reads.py): a flaky store costs a retried request, not a
+"""Transient errors retried where they happen (pipeline/reads.py): a flaky store costs a retried request, not a
 retried shard. A misbehaving HTTP server on 127.0.0.1 (tests/httpserver.py) answers 503s, cuts bodies, stalls,
 and has its files replaced between two reads."""
 
@@ -14,7 +14,7 @@ import pytest
 from demo.synth import SynthSample, write_tar
 from pipeline.config import ConfigError, load_config
 from pipeline.failures import TRANSIENT
-from pipeline.sources.reads import ReadRetry, Reads
+from pipeline.reads import ReadRetry, Reads
 from pipeline.runstate import ShardRecord
 from pipeline.runstate.summary import Totals
 from pipeline.sources import Shard, ShardError, list_shards, read_shard

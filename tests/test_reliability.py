@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from codec import load_codec
-from pipeline.driver.job import run_job
+from pipeline.run import run_job
 from pipeline.driver import GuardTripped
 from pipeline.run import Progress
 from pipeline.run import main as cli_main

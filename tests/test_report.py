@@ -79,7 +79,7 @@ def output(tmp_path_factory):
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    from pipeline.driver.job import run_job
+    from pipeline.run import run_job
 
     tmp = tmp_path_factory.mktemp("report")
     samples = {}

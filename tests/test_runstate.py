@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
+from pipeline.actor.side import CodecActorSide
 from pipeline.driver.job import open_run_state, resolve_codec
 from pipeline.run import main as run_main
 from pipeline.runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, RunState, ShardRecord, read_run
@@ -240,7 +241,7 @@ def test_changed_settings_name_what_changed_and_how_to_continue(tmp_path, monkey
         config = load_config(None, ["source.kind=webdataset", f"source.urls={tmp_path}/in/a.tar",
                                     f"output.dir={tmp_path}/out", "codec.model=org/tiny-tokenizer", *overrides])
         state = open_run_state(config, Storage(config.output.dir), resolve_codec(config), list_shards(config.source),
-                               lambda kind, info: None)
+                               lambda kind, info: None, CodecActorSide().identity(config))
         state.close()
         return state
 
@@ -277,7 +278,8 @@ def test_a_rerun_on_another_device_is_refused_like_a_library_upgrade_and_an_outp
     def open_on(device, *overrides, out="out"):
         run_config = load_config(None, [f"source.urls={tmp_path}/in/a.tar", f"output.dir={tmp_path}/{out}",
                                         "source.kind=webdataset", "codec.model=random:tiny", *overrides])
-        state = open_run_state(run_config, Storage(str(tmp_path / out)), codec, listing, lambda kind, info: None, device)
+        state = open_run_state(run_config, Storage(str(tmp_path / out)), codec, listing, lambda kind, info: None,
+                               CodecActorSide().identity(run_config), device)
         state.close()
         return json.loads((tmp_path / out / "manifest.json").read_text())
 
@@ -296,10 +298,11 @@ def test_a_rerun_on_another_device_is_refused_like_a_library_upgrade_and_an_outp
 
 
 def test_the_device_probe_reads_the_device_where_an_actor_runs(tmp_path, ray_local):
-    from pipeline.actor.device import cpu_model, device_facts, probe_device
+    from pipeline.actor.device import cpu_model, device_facts
+    from pipeline.driver.job import probe_device
 
     config = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", f"output.dir={tmp_path}/out"])
-    facts = probe_device(config)  # a Ray task on this one-node runtime, on its CPU
+    facts = probe_device(config, CodecActorSide())  # a Ray task on this one-node runtime, on its CPU
     assert facts == device_facts("cpu") == {"type": "cpu", "name": cpu_model(), "cuda": None, "cudnn": None}
     assert facts["name"] and facts["name"] != "cpu"
 
@@ -313,7 +316,7 @@ def test_hf_key_and_audio_columns_are_part_of_the_identity(tmp_path):
         config = load_config(None, ["source.kind=hf", f"source.path={tmp_path}/a.parquet", f"output.dir={tmp_path}/out",
                                     "codec.model=random:tiny", *overrides])
         open_run_state(config, Storage(config.output.dir), resolve_codec(config), list_shards(config.source),
-                       lambda kind, info: None).close()
+                       lambda kind, info: None, CodecActorSide().identity(config)).close()
 
     open_with()
     open_with("source.key_column=id")  # the default it resolved to: the same keys

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from pipeline.reading.dataset import TokenDataset
-from pipeline.driver.job import run_job
+from pipeline.run import run_job
 from pipeline.runstate import read_run
 from pipeline.storage import Storage
 from pipeline.reading.verify import verify
@@ -160,7 +160,7 @@ def test_s3_tar_read_through_503s_in_one_try_and_an_object_replaced_between_rang
     s3 = s3_store
     import fsspec
 
-    from pipeline.sources.reads import RANGE_BYTES, ReadRetry, Reads
+    from pipeline.reads import RANGE_BYTES, ReadRetry, Reads
     from pipeline.sources import Shard, ShardError
     from pipeline.sources.webdataset import read_tar_shard
     from tests.test_read_retries import big_tar

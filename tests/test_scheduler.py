@@ -41,8 +41,7 @@ def run(tmp_path, behaviours: dict, *overrides, events=None, start_plan=None):
     shards = [Shard(name, f"script:{how}/{name}", "webdataset") for name, how in behaviours.items()]
     seen = events if events is not None else []
     scheduler = Scheduler(config, state, storage, shards, lambda kind, info: seen.append((kind, info)),
-                          (None, pa.schema([]), {}), [])
-    scheduler.actor_class = ScriptedActor
+                          (None, pa.schema([]), {}), [], ScriptedActor)
     try:
         scheduler.run()
     finally:

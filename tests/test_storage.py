@@ -4,7 +4,7 @@ import os
 
 import pyarrow.dataset as pads
 
-from pipeline.driver.job import run_job
+from pipeline.run import run_job
 from pipeline.storage import Storage
 from tests.corpus import mixed_tar
 from tests.test_pipeline import config_for

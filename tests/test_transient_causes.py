@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.failures import TRANSIENT
-from pipeline.driver.job import run_job
+from pipeline.run import run_job
 from tests.corpus import wav_bytes
 from tests.httpserver import TroubleServer
 from tests.test_pipeline import config_for, manifest_of, read_rows, records_of

@@ -31,7 +31,7 @@ from ..audio.decode import Audio, SampleError
 from ..config import Config
 from ..failures import TRANSIENT, UNEXPECTED
 from .prefetch import DecodeAhead
-from ..sources.reads import Reads
+from ..reads import Reads
 from ..sources import RawSample, Shard, ShardError, read_shard
 
 CHUNKS_AHEAD = 4  # chunks a decode task may have ready before the actor takes them (then it waits)
@@ -43,7 +43,7 @@ class DecodedChunk:
     items: list  # (RawSample without its audio bytes, Audio with an array wave | SampleError), or (None, ShardError)
     node_id: str  # where it was decoded
     pid: int
-    read_retries: int = 0  # the shard's remote reads retried so far (pipeline/sources/reads.py)
+    read_retries: int = 0  # the shard's remote reads retried so far (pipeline/reads.py)
 
 
 def _portable(raw: RawSample, decoded) -> tuple:

@@ -14,8 +14,6 @@ import platform
 import ray
 import torch
 
-from ..config import Config, ConfigError
-from ..driver.pool import actor_options
 from ..tokenizer import resolve_device
 
 
@@ -50,17 +48,6 @@ def device_for_actor(device: str) -> str:
 
 
 @ray.remote(max_retries=0)
-def _facts_here(device: str) -> dict:
+def facts_here(device: str) -> dict:
+    """The device facts in a task Ray placed as it would place an actor (actor/side.py's probe)."""
     return device_facts(device_for_actor(device))
-
-
-def probe_device(config: Config) -> dict:
-    """The device facts where a codec actor of this run would run (on the Ray of `ensure_ray`): a task holding
-    an actor's own resources (GPU, CPUs, memory, ray.actor_resources), so it lands on the kind of node they will.
-    ConfigError when codec.device asks for a GPU that no node offers: no actor could start."""
-    _, options = actor_options(config, [n["Resources"] for n in ray.nodes() if n["Alive"]])
-    if config.codec.device == "cuda" and not options["num_gpus"]:
-        wanted = f" with ray.actor_resources {config.ray.actor_resources}" if config.ray.actor_resources else ""
-        raise ConfigError("codec.device", f"cuda asked for, but no node of this Ray cluster{wanted} offers a GPU",
-                          "set codec.device: cpu (or auto), or add GPU nodes")
-    return ray.get(_facts_here.options(**options).remote(config.codec.device))

@@ -23,14 +23,14 @@ from ..audio.decode import Audio, SampleError
 from .batch_budget import BatchBudget
 from ..config import Config
 from .decode_tasks import DecodeInTask
-from ..audio.sample_decoder import SampleDecoder
+from .sample_decoder import SampleDecoder
 from ..failures import TRANSIENT, UNEXPECTED, WrongDeviceError, traceback_summary, is_transient
-from ..logs import ShardLogs, write_shard_log
+from ..telemetry.logs import ShardLogs, write_shard_log
 from ..audio.loudness import CLIPPED
-from ..metrics import Recorder, run_label
+from ..telemetry.metrics import Recorder, run_label
 from .prefetch import DecodeAhead
 from .process_memory import resident_mb
-from ..sources.reads import Reads
+from ..reads import Reads
 from ..runstate import ShardRecord, library_versions
 from ..runstate.retry import WriteRetry
 from ..schema import output_schema
@@ -56,23 +56,6 @@ class ClipFailure:
 
     reason: str
     detail: str
-
-
-def actor_spans(results: list[ShardRecord]) -> dict[str, float]:
-    """Per actor, the time it had shards: first start to last end (its shards overlap)."""
-    spans: dict[str, tuple[float, float]] = {}
-    for r in results:
-        if r.started_at:
-            begin, end = spans.get(r.worker, (r.started_at, r.started_at + r.seconds))
-            spans[r.worker] = (min(begin, r.started_at), max(end, r.started_at + r.seconds))
-    return {worker: end - begin for worker, (begin, end) in spans.items()}
-
-
-def encoder_busy_share(results: list[ShardRecord]) -> float | None:
-    """Of the time each actor had shards, the share its device spent encoding. Below ~0.95 something
-    else (decoding, reading, writing) is on the critical path."""
-    total = sum(actor_spans(results).values())
-    return sum(r.encode_s for r in results) / total if total else None
 
 
 def load_codec_for(config: Config, resolved: Resolved | None = None, device: str | None = None) -> Tokenizer:

@@ -11,7 +11,7 @@ from transformers.utils import logging as transformers_logging
 
 from ..config import Config
 from ..failures import classified_start
-from ..logs import ActorLog
+from ..telemetry.logs import ActorLog
 from ..sources import Shard
 from ..runstate import ShardRecord
 from ..tokenizer import Resolved
@@ -19,13 +19,8 @@ from .process_memory import prefer_expandable_segments
 from .processor import ShardProcessor
 
 
-# The driver keeps this many shards on each actor: while one encodes, the next one reads and decodes
-# its first pool, so the device does not idle at shard boundaries (start-up decode, Parquet publish).
-SHARDS_IN_FLIGHT = 2
-
-
-# + 1: `progress`, `facts` and `set_threads` answer while shards are processed
-@ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=SHARDS_IN_FLIGHT + 1)
+# the pool starts it with max_concurrency (driver/protocol.py's SHARDS_IN_FLIGHT + 1)
+@ray.remote(max_restarts=0, max_task_retries=0)
 class CodecActor:
     def __init__(self, config: Config, name: str, resolved: Resolved, schema, versions: dict,
                  device: dict | None = None):

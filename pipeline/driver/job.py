@@ -8,18 +8,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..audio.decode import DECODE_METHOD
+import ray
+
 from ..config import Config, ConfigError, as_dict
-from ..actor.device import probe_device
-from ..audio.loudness import METHOD as LOUDNESS_METHOD
-from ..metrics import RunMetrics
+from ..telemetry.metrics import RunMetrics
 from ..runstate import RunState, ShardRecord, StoreWriteFailed, error_text, library_versions
-from . import Scheduler, ensure_ray
+from . import Scheduler, actor_options, ensure_ray
+from .protocol import ActorSide
 from ..schema import column_lines, output_schema, schema_to_text
 from ..sources import SourceListing, distinct_shards, largest_first, list_shards
 from ..storage import Storage
 from ..tokenizer import Resolved, TokenizerSpecError, resolve_tokenizer, tokenizer_class
-from ..actor.processor import encoder_busy_share
 
 
 @dataclass
@@ -30,7 +29,7 @@ class JobSummary:
     shards_run: int
     wall_seconds: float
     run_audio_seconds: float
-    encoder_busy_share: float | None  # this run: see worker.encoder_busy_share
+    encoder_busy_share: float | None  # this run: see encoder_busy_share below
     totals: dict
     output_dir: str
     actor_start_failures: list = field(default_factory=list)  # constructor errors of actors that were replaced
@@ -65,26 +64,26 @@ def resolve_codec(config: Config) -> CodecFacts:
                       tokenizer_class(c.model).CONVENTIONS[c.convention])
 
 
-def _identity(config: Config, codec: CodecFacts, source_identity: dict, device: dict | None = None) -> dict:
-    """Everything that decides which samples a shard id denotes, their keys and their codes.
-    device: where the codes come from (pipeline.actor.device); outputs written before it was recorded have none."""
-    c, loud = config.codec, config.audio.loudness_lufs
+def _identity(config: Config, codec: CodecFacts, source_identity: dict, actor: dict, device: dict | None = None
+              ) -> dict:
+    """Everything that decides which samples a shard id denotes, their keys and their codes. `actor`: the actor
+    side's part (ActorSide.identity: its decoders, its loudness method).
+    device: where the codes come from (the actor side's probe); outputs written before it was recorded have none."""
+    c = config.codec
     return ({"device": device} if device is not None else {}) | {
         "codec": codec.resolved.identity, "bandwidth": c.bandwidth, "convention": c.convention, "dtype": c.dtype,
         "allow_tf32": c.allow_tf32,
         "window_s": c.window_s, "context_s": c.context_s, "resampler": f"soxr-{config.audio.resampler_quality}",
-        "decode": DECODE_METHOD,
-        # None when off, which is also what an output written before the option reads as: it goes on unchanged
-        "audio": {"loudness_lufs": loud, "loudness_method": LOUDNESS_METHOD if loud is not None else None},
+        "decode": actor["decode"], "audio": actor["audio"],
         "source": source_identity, "versions": library_versions(),
     }
 
 
 def open_run_state(config: Config, storage: Storage, codec: CodecFacts, listing: SourceListing, on_event,
-                   device: dict | None = None) -> RunState:
+                   actor: dict, device: dict | None = None) -> RunState:
     schema = output_schema(listing.fields)
     header = {
-        "identity": _identity(config, codec, listing.identity, device), "codec": codec.resolved.identity,
+        "identity": _identity(config, codec, listing.identity, actor, device), "codec": codec.resolved.identity,
         "bandwidth": config.codec.bandwidth, "num_codebooks": codec.num_codebooks,
         "frame_rate": codec.resolved.frame_rate, "codebook_size": codec.resolved.codebook_size, "config": as_dict(config),
         "output_schema": schema_to_text(schema), "output_columns": column_lines(schema),
@@ -98,7 +97,38 @@ def open_run_state(config: Config, storage: Storage, codec: CodecFacts, listing:
         raise ConfigError("output.dir", f"cannot write there: {cause}", "a writable folder or URL") from None
 
 
-def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
+def probe_device(config: Config, side: ActorSide) -> dict:
+    """The device facts where an actor of this run would run (on the Ray of `ensure_ray`): a task holding an
+    actor's own resources (GPU, CPUs, memory, ray.actor_resources), so it lands on the kind of node they will.
+    ConfigError when codec.device asks for a GPU that no node offers: no actor could start."""
+    _, options = actor_options(config, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    if config.codec.device == "cuda" and not options["num_gpus"]:
+        wanted = f" with ray.actor_resources {config.ray.actor_resources}" if config.ray.actor_resources else ""
+        raise ConfigError("codec.device", f"cuda asked for, but no node of this Ray cluster{wanted} offers a GPU",
+                          "set codec.device: cpu (or auto), or add GPU nodes")
+    return side.probe_device(config, options)
+
+
+def actor_spans(results: list[ShardRecord]) -> dict[str, float]:
+    """Per actor, the time it had shards: first start to last end (its shards overlap)."""
+    spans: dict[str, tuple[float, float]] = {}
+    for r in results:
+        if r.started_at:
+            begin, end = spans.get(r.worker, (r.started_at, r.started_at + r.seconds))
+            spans[r.worker] = (min(begin, r.started_at), max(end, r.started_at + r.seconds))
+    return {worker: end - begin for worker, (begin, end) in spans.items()}
+
+
+def encoder_busy_share(results: list[ShardRecord]) -> float | None:
+    """Of the time each actor had shards, the share its device spent encoding. Below ~0.95 something
+    else (decoding, reading, writing) is on the critical path."""
+    total = sum(actor_spans(results).values())
+    return sum(r.encode_s for r in results) / total if total else None
+
+
+def drive(config: Config, side: ActorSide, on_event=lambda kind, info: None) -> JobSummary:
+    """A run: list the shards, resolve the codec, open the run state, and schedule the pending shards on the
+    actors of `side` (pipeline/run.py's run_job hands it the codec actor's)."""
     start = time.time()
     on_event = RunMetrics(config.output.dir, on_event).listen  # every event also feeds the run's metrics
     storage = Storage(config.output.dir)
@@ -108,8 +138,8 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
     codec = resolve_codec(config)
     on_event("codec", {"codec": codec})
     ray_start_s = ensure_ray(config, on_event)  # the device probe runs where an actor would
-    device = probe_device(config)
-    state = open_run_state(config, storage, codec, listing, on_event, device)
+    device = probe_device(config, side)
+    state = open_run_state(config, storage, codec, listing, on_event, side.identity(config), device)
     try:
         shards = listing.settle(state.storage)  # recorded shards are read (and new ones recorded) under the lease
         distinct_shards(shards)
@@ -123,7 +153,8 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         if pending:
             identity = state.header["identity"]
             setup = (codec.resolved, state.schema, identity["versions"], identity.get("device"))
-            scheduler = Scheduler(config, state, state.storage, pending, on_event, setup, start_failures)
+            scheduler = Scheduler(config, state, state.storage, pending, on_event, setup, start_failures,
+                                  side.actor_class)
             prepared = time.time() - start - ray_start_s  # listing, codec resolution, device probe, run state
             results = scheduler.run()
             startup = scheduler.startup()

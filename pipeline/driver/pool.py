@@ -27,7 +27,8 @@ from ray.exceptions import RayActorError
 
 from ..config import Config
 from ..failures import TransientStartError, WrongDeviceError
-from ..metrics import ray_init_options
+from ..telemetry.metrics import ray_init_options
+from .protocol import SHARDS_IN_FLIGHT
 
 CPU_ACTOR_MEMORY_GB = 4.5
 START_STAGGER_S = 0.25  # between the first starts of consecutive actors: they do not all ask the hub at once
@@ -191,7 +192,8 @@ class ActorPool:
         return min(waits) if waits else None
 
     def _start(self, slot: Slot) -> None:
-        slot.actor = self.actor_class.options(**self.options).remote(self.config, f"actor-{slot.index}", *self.setup)
+        slot.actor = self.actor_class.options(**self.options, max_concurrency=SHARDS_IN_FLIGHT + 1).remote(
+            self.config, f"actor-{slot.index}", *self.setup)
         slot.generation += 1
         slot.ready_ref = slot.actor.facts.remote()
         slot.created = slot.warned_at = time.time()

@@ -15,10 +15,9 @@ from collections import deque
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from ..actor.ray_actor import SHARDS_IN_FLIGHT, CodecActor
 from ..config import Config
 from ..failures import UNEXPECTED
-from ..logs import append_shard_log
+from ..telemetry.logs import append_shard_log
 from ..runstate import RunState, ShardRecord
 from ..runstate.retry import WriteRetry
 from ..sources import Shard
@@ -27,16 +26,16 @@ from ..writer import publish_shard_failure
 from .deadlines import Deadlines
 from .policy import FailurePolicy
 from .pool import ActorPool, Slot, ensure_ray
+from .protocol import SHARDS_IN_FLIGHT, ActorClass
 
 TIMEOUT, ACTOR_LOST = "timeout", "actor_lost"  # transient failures the driver itself observes
 
 
 class Scheduler:
-    actor_class = CodecActor  # any Ray actor with facts(), progress() and process(shard) -> ShardRecord
-
     def __init__(self, config: Config, state: RunState, storage: Storage, shards: list[Shard], on_event,
-                 setup: tuple, start_failures: list[str]):
+                 setup: tuple, start_failures: list[str], actor_class: ActorClass):
         self.config, self.state, self.storage, self.on_event = config, state, storage, on_event
+        self.actor_class = actor_class  # what processes the shards, through driver/protocol.py's interface
         self.log_storage = Storage(config.output.dir)  # a shard log that cannot be written never stops the run
         self.setup = setup  # (checkpoint, schema, versions) every actor is built with
         self.start_failures = start_failures
@@ -141,7 +140,7 @@ class Scheduler:
             slot.running[ref] = shard  # still counted among what the actor held
             self._actor_lost(slot, str(error))
             return
-        except RayTaskError as error:  # the worker's own guard failed: treat as unexpected
+        except RayTaskError as error:  # the shard processor's own guard failed: treat as unexpected
             record = ShardRecord(shard.id, shard.source, "failed", failure=UNEXPECTED, reason="worker_exception",
                                  detail=str(error).splitlines()[0][:200], traceback=str(error)[-2000:])
         self._settle(slot, shard, record)

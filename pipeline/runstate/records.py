@@ -70,7 +70,7 @@ class ShardRecord:
     batch_budget: dict = field(default_factory=dict)  # the actor's batch budget when the shard ended (see BatchBudget)
     budget_halvings: int = 0  # out-of-memory errors during this shard that halved the actor's budget
     decode_nodes: list = field(default_factory=list)  # nodes whose decode tasks decoded it (audio.decode_task_cpus)
-    read_retries: int = 0  # remote reads of this try tried again after a transient error (pipeline/sources/reads.py)
+    read_retries: int = 0  # remote reads of this try tried again after a transient error (pipeline/reads.py)
     finished_at: float = 0.0  # when the driver committed it
 
     @property

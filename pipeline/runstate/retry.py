@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..failures import backoff_delay, transient_cause
-from ..sources.reads import ReadRetry, Reads, retryable
+from ..reads import ReadRetry, Reads, retryable
 from ..storage import Storage
 
 
@@ -65,7 +65,7 @@ class WriteRetry:
 
 
 class RetriedStorage:
-    """A Storage whose writes go through a WriteRetry and whose reads through a pipeline.sources.reads.Reads of the same
+    """A Storage whose writes go through a WriteRetry and whose reads through a pipeline.reads.Reads of the same
     tries and backoff (a read that still fails raises the store's error, as before)."""
 
     def __init__(self, storage: Storage, retry: WriteRetry, on_event=lambda kind, info: None):

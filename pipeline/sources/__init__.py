@@ -12,7 +12,7 @@ from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from .reads import Reads
+from ..reads import Reads
 from .base import (MAX_FILE_BYTES, ObjectChanged, RawSample, Shard, ShardError, Source, SourceListing, by_redacted,
                    distinct_shards, full_url, glob_with_sizes, is_pattern, largest_first, local_size, normalise_url,
                    read_error, recorded_shards, shard_from_record, shard_id, shard_record, source_class, source_kinds,
@@ -43,7 +43,7 @@ def list_shards(source: Source) -> SourceListing:
 def read_shard(shard: Shard, source: Source, max_file_bytes: int = MAX_FILE_BYTES,
                reads: Reads | None = None) -> Iterator[RawSample]:
     """`max_file_bytes`: audio.max_file_bytes, the largest audio file or member a sample may be (tars and HF
-    cells; the files, nemo and lhotse readers open each file where it is). `reads`: a pipeline.sources.reads.Reads that
+    cells; the files, nemo and lhotse readers open each file where it is). `reads`: a pipeline.reads.Reads that
     retries and counts the shard's remote reads (None: a new one of `source`'s settings)."""
     return source.read(shard, max_file_bytes, reads if reads is not None else Reads.of(source))
 

@@ -17,29 +17,11 @@ from typing import Any, ClassVar, Iterator
 import fsspec
 from omegaconf import MISSING
 
-from ..failures import PERMANENT, TRANSIENT, ConfigError, transient_cause, transient_reason
-from .reads import Reads
+from ..failures import (PERMANENT, TRANSIENT, ConfigError, ObjectChanged, ShardError, transient_cause,
+                        transient_reason)
+from ..reads import Reads
 from ..runstate.plan import read_plan
 from ..urls import redact, split_query
-
-
-class ShardError(Exception):
-    """A whole shard cannot be read: missing, truncated, not the format it claims (permanent), or the
-    store or network failed while reading it (transient: worth another try)."""
-
-    def __init__(self, reason: str, detail: str = "", kind: str = PERMANENT):
-        self.reason = reason
-        self.detail = detail
-        self.kind = kind  # failures.TRANSIENT | PERMANENT | UNEXPECTED
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-
-
-class ObjectChanged(ShardError):
-    """An object that changed while its shard read it (another ETag or size on a resumed read): the shard fails
-    as `changed`, never mixing two versions."""
-
-    def __init__(self, detail: str):
-        super().__init__("changed", detail, PERMANENT)
 
 
 def transient_error(error: BaseException, where: str) -> ShardError | None:
@@ -206,7 +188,7 @@ class Source:
     # transient error (5xx, throttling, reset, timeout, a short body), the first delay doubling per try (jittered);
     # no try starts once a read has spent read_budget_s; a read with no byte for read_stall_s is cut and retried.
     # Only a read that used its tries fails its shard (transient). How reads are retried decides no code: not in
-    # the output's identity. See pipeline/sources/reads.py
+    # the output's identity. See pipeline/reads.py
     read_attempts: int = 5
     read_backoff_s: float = 1.0
     read_budget_s: float = 600.0

@@ -24,7 +24,7 @@ from braceexpand import braceexpand
 
 from ..audio.decode import AUDIO_EXTENSIONS, SPILL_ABOVE_BYTES, SampleError, SpilledFile
 from ..failures import ConfigError, transient_cause
-from .reads import Reads
+from ..reads import Reads
 from ..runstate.plan import read_plan, record_plan
 from ..urls import redact
 from .base import (RawSample, Shard, Source, SourceListing, by_redacted, check_urls, full_url, glob_with_sizes,
@@ -145,7 +145,7 @@ def _sample(root: str, rel: str, size: int, sidecar_exts: str, reads: Reads) -> 
 
 
 def read_files_shard(shard: Shard, reads: Reads | None = None) -> Iterator[RawSample]:
-    """Each file read through `reads` (pipeline/sources/reads.py): retried where it fails, resumed where it broke."""
+    """Each file read through `reads` (pipeline/reads.py): retried where it fails, resumed where it broke."""
     reads = reads or Reads()
     for rel, size, sidecar_exts in shard.members:
         yield _sample(shard.url, rel, int(size), sidecar_exts, reads)

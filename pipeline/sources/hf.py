@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from ..audio.decode import SampleError
 from ..failures import ConfigError
-from .reads import Reads
+from ..reads import Reads
 from .base import (MAX_FILE_BYTES, RawSample, Shard, ShardError, Source, SourceListing, _is_local, full_url,
                    glob_with_sizes, is_pattern, local_size, read_error, shard_id, transient_error)
 from .hf_cells import audio_value

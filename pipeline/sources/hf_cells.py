@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..audio.decode import SPILL_ABOVE_BYTES, SampleError, SpilledFile
-from .reads import Reads
+from ..reads import Reads
 from .base import ShardError, _is_local, transient_error
 
 MAX_CHANNELS = 64  # an audio array's channel axis is at most this long, and its frame axis longer

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from ..audio.decode import SampleError
 from ..failures import ConfigError
-from .reads import Reads
+from ..reads import Reads
 from .base import (RawSample, Shard, Source, SourceListing, full_url, glob_with_sizes, normalise_url, read_error,
                    shard_id, transient_error)
 from .lines import check_lines_per_shard, line_range_plan, manifests, read_line_range

@@ -19,7 +19,7 @@ from fsspec.compression import compr
 from fsspec.utils import infer_compression
 
 from ..failures import ConfigError
-from .reads import Reads
+from ..reads import Reads
 from ..runstate import IdentityChanged
 from ..runstate.plan import read_plan, record_plan
 from .base import (Shard, ShardError, by_redacted, full_url, glob_with_sizes, is_pattern, read_error, shard_from_record,

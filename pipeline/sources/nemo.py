@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from ..audio.decode import SampleError
 from ..failures import ConfigError
-from .reads import Reads
+from ..reads import Reads
 from ..urls import redact
 from .base import RawSample, Shard, Source, SourceListing, normalise_url
 from .lines import check_lines_per_shard, line_range_plan, manifests, read_line_range

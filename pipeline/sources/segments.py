@@ -22,7 +22,7 @@ import soundfile
 
 from ..audio.decode import BLOCK_S, BLOCKED_ABOVE_S, SampleError, SpilledFile
 from ..failures import transient_cause
-from .reads import Reads
+from ..reads import Reads
 from .base import RawSample, ShardError, read_error
 
 

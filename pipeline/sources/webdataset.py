@@ -14,7 +14,7 @@ from braceexpand import braceexpand
 
 from ..audio.decode import AUDIO_EXTENSIONS, SPILL_ABOVE_BYTES, SampleError, SpilledFile
 from ..failures import ConfigError
-from .reads import Reads
+from ..reads import Reads
 from .base import (MAX_FILE_BYTES, RawSample, Shard, ShardError, Source, SourceListing, _is_local, check_urls,
                    full_url, glob_with_sizes, is_pattern, local_size, read_error, shard_id)
 
@@ -178,7 +178,7 @@ def read_tar_shard(shard: Shard, max_text_bytes: int = Source.max_text_bytes,
                    max_file_bytes: int = MAX_FILE_BYTES, reads: Reads | None = None) -> Iterator[RawSample]:
     """Every member is part of a row or of an error record: a name repeated within a sample is
     `duplicate_member`, a hard link reads as its target, symlinks and devices are `unsupported_member`;
-    folders hold no sample and are passed over. A remote tar is streamed through `reads` (pipeline/sources/reads.py):
+    folders hold no sample and are passed over. A remote tar is streamed through `reads` (pipeline/reads.py):
     a broken stream resumes at the byte reached."""
     limits = _Limits(max_text_bytes, max_file_bytes)
     reads = reads or Reads()

@@ -16,10 +16,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-if TYPE_CHECKING:  # types only: the config imports this package
+if TYPE_CHECKING:
     import numpy as np
-
-    from ..config import CodecConfig
 
 _KINDS: dict[str, type[Tokenizer]] = {}  # kind name -> its class, filled by Tokenizer.__init_subclass__
 _DEFAULT: list[str] = []  # the kind of every spec without a registered prefix
@@ -83,9 +81,10 @@ class Tokenizer(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, model: str | Resolved, settings: CodecConfig, device: str) -> Tokenizer:
-        """The tokenizer `model` names (a spec, or what the driver resolved), under the `codec` config section's
-        settings, on `device` (a torch device name, or 'auto')."""
+    def load(cls, model: str | Resolved, settings, device: str) -> Tokenizer:
+        """The tokenizer `model` names (a spec, or what the driver resolved), under `settings` (the config's `codec`
+        section, `pipeline.config.CodecConfig`: this package is below the config, which checks conventions by it),
+        on `device` (a torch device name, or 'auto')."""
 
     @classmethod
     @abstractmethod
@@ -167,7 +166,7 @@ def resolve_tokenizer(spec: str, revision: str | None = None, seed: int = 0) -> 
     return tokenizer_class(spec).resolve(spec, revision, seed)
 
 
-def load_tokenizer(model: str | Resolved, settings: CodecConfig, device: str | None = None) -> Tokenizer:
+def load_tokenizer(model: str | Resolved, settings, device: str | None = None) -> Tokenizer:
     """The tokenizer of `model` (a spec, or what the driver resolved) under the `codec` settings; `device`
     (default codec.device): where this process may run it."""
     cls = _KINDS[model.kind] if isinstance(model, Resolved) else tokenizer_class(model)

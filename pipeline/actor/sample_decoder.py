@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .decode import Audio, SampleError, SpilledFile, decode_audio
+from ..audio.decode import Audio, SampleError, SpilledFile, decode_audio
 from ..config import AudioConfig
 from ..sources import RawSample, ShardError, transient_error
 

@@ -1,4 +1,4 @@
-"""Logs kept with the output, so they outlive the cluster: the driver's, and each shard's worker lines.
+"""Logs kept with the output, so they outlive the cluster: the driver's, and each shard's lines from its actor.
 
 - `DriverLog`: the driver's lines in `_run/logs/driver-<start time>.log`, written through `Storage` (object stores
   too) in parts as the run goes: the current part is rewritten when it has new lines, at once after a quiet spell,
@@ -24,11 +24,11 @@ import threading
 import time
 import warnings
 
-from .runstate.records import shard_log_path
-from .runstate.summary import MANIFEST
-from .runstate.retry import WriteRetry
-from .storage import Storage
-from .urls import redact_text
+from ..runstate.records import shard_log_path
+from ..runstate.summary import MANIFEST
+from ..runstate.retry import WriteRetry
+from ..storage import Storage
+from ..urls import redact_text
 
 LOGS = "_run/logs"
 PART_BYTES = 4 << 20

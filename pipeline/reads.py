@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from ..failures import backoff_delay, precondition_failed, transient_cause, transient_reason
+from .failures import ObjectChanged, backoff_delay, precondition_failed, transient_cause, transient_reason
 
 BUFFER_BYTES = 1 << 20  # what a ResumableFile reads per request of its consumer (a tar header is 512 bytes)
 RANGE_BYTES = 4 << 20  # a ranged GET's size where the filesystem's own file reads (s3fs's default: 50 MiB)
@@ -244,8 +244,6 @@ class ResumableFile(io.RawIOBase):
         return handle
 
     def _changed(self, how: str):
-        from . import ObjectChanged
-
         return ObjectChanged(f"{self.url} changed while it was read, at byte {self.pos} ({how}): its samples would "
                              "mix two versions; a rerun reads the new one")
 
