@@ -16,6 +16,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..kinds import register
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -64,11 +66,7 @@ class Tokenizer(ABC):
         super().__init_subclass__(**kwargs)
         if not kind:
             return  # a base of kinds, not one
-        known = _KINDS.get(kind)
-        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise TypeError(f"tokenizer kind {kind!r} is {known.__module__}.{known.__qualname__} already")
-        cls.KIND = kind
-        _KINDS[kind] = cls
+        register(_KINDS, kind, cls, "tokenizer")
         if default:
             _DEFAULT[:] = [kind]
 
