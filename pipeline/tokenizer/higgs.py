@@ -20,6 +20,12 @@ from .base import Resolved, Tokenizer, TokenizerSpecError
 
 __all__ = ["BatchPolicy", "CodecInputError", "FileWave", "HiggsTokenizer", "release_freed_heap", "resolve_device"]
 
+def _seed_of(identity: dict) -> int:
+    """A random preset's seed, as its identity records it (revision `seed=N`); 0 for any other checkpoint."""
+    revision = str(identity.get("revision") or "")
+    return int(revision.split("=", 1)[1]) if revision.startswith("seed=") else 0
+
+
 def resolve_device(device: str):
     """The torch device `codec.device` names in this process ('auto': CUDA where torch sees it, else CPU)."""
     return codec.resolve_device(device)
@@ -62,9 +68,8 @@ class HiggsTokenizer(Tokenizer, kind="higgs", default=True):
 
     @classmethod
     def from_identity(cls, identity: dict, convention: str, device: str = "auto") -> HiggsTokenizer:
-        spec, revision = identity["spec"], str(identity.get("revision") or "")
-        seed = int(revision.split("=", 1)[1]) if revision.startswith("seed=") else 0  # a random preset's
-        return cls(codec.load_codec(spec, device=device, seed=seed,
+        spec = identity["spec"]
+        return cls(codec.load_codec(spec, device=device, seed=_seed_of(identity),
                                     revision=None if spec.startswith("random:") else identity.get("revision"),
                                     convention=convention))
 
@@ -72,8 +77,7 @@ class HiggsTokenizer(Tokenizer, kind="higgs", default=True):
     def decode_snippet(cls, identity: dict, num_codebooks: int) -> str:
         spec, revision = identity.get("spec"), identity.get("revision")
         if str(spec).startswith("random:"):
-            seed = int(str(revision).split("=", 1)[1]) if str(revision).startswith("seed=") else 0
-            load = f"load_codec({spec!r}, seed={seed})"
+            load = f"load_codec({spec!r}, seed={_seed_of(identity)})"
         else:
             load = f"load_codec({spec!r}, revision={revision!r})"
         return f"""```python
