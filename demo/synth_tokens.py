@@ -58,7 +58,7 @@ def write_rows(url: str, shards: list[list[tuple[str, np.ndarray, dict]]], num_c
             for key, codes, metadata in rows:
                 writer.add(key, codes, codes.shape[1] / FRAME_RATE, metadata)
             published = writer.publish()
-            frames = int(sum(c.shape[1] for c in writer.codes))
+            frames = int(sum(s.codes.shape[1] for s in writer.samples))
             record = ShardRecord(shard_id, writer.source, "done", samples_read=len(rows), rows=len(rows),
                                  audio_seconds=frames / FRAME_RATE, frames=frames, encoded_frames=frames,
                                  tokens=frames * num_codebooks, files=published["files"], sha256=published["sha256"],

@@ -1,17 +1,25 @@
-"""The output's Arrow schema and its version: one place for the writer, the readers, `verify` and `inspect`.
+"""The output's columns, Arrow schema and version: one place for the writer, the readers and the card.
 
-Every data file of a run has the same schema, fixed when the run starts: the output columns below,
+Every data file of a run has the same schema, fixed when the run starts: the output columns of `COLUMNS`,
 then the source's declared metadata columns (WebDataset: `text`; HF: the dataset's scalar columns),
 nullable and never of the null type, then `metadata` (JSON text). A value the schema has no
 column for (a column that appears in a later shard, or one whose values do not fit the declared
 type) goes into the `metadata` JSON of its row instead of becoming a column of its own, so readers
 that merge files by schema (pyarrow.dataset, Ray Data) see one schema.
+
+`COLUMNS` owns each output column: its name, Arrow type, meaning (the dataset card shows it) and how a
+row's value is made from the encoded sample. The writer, the schema recorded in the manifest and the card
+all follow it, so adding a column is one entry there (and its test). An output keeps the schema it was
+started with: a column added later appears in new outputs, not in rows written into an older one.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -19,16 +27,74 @@ import pyarrow as pa
 # 2: one schema per run (fixed at start), commit records under _run/, no rows for failed shards
 SCHEMA_VERSION = 2
 
-OUTPUT_FIELDS = [
-    pa.field("key", pa.string()),
-    pa.field("codes", pa.list_(pa.list_(pa.int16()))),  # outer: codebook, inner: frame
-    pa.field("num_frames", pa.int32()),
-    pa.field("num_codebooks", pa.int16()),
-    pa.field("duration_s", pa.float32()),
-    pa.field("source", pa.string()),
-]
+KEY, CODES, NUM_FRAMES, NUM_CODEBOOKS, DURATION_S, SOURCE = (
+    "key", "codes", "num_frames", "num_codebooks", "duration_s", "source")
 METADATA = "metadata"  # JSON text: the WebDataset .json member, or values outside the schema
-_OUTPUT_NAMES = {f.name for f in OUTPUT_FIELDS} | {METADATA}
+METADATA_DOC = ("JSON text: the WebDataset `.json` member or a file's `.json` sidecar, and the source's values "
+                "the schema has no column for")
+
+
+@dataclass(frozen=True)
+class EncodedSample:
+    """One encoded clip, as the shard's writer holds it until the shard ends: every output column's value is
+    made from it. Facts of the decoded audio (not its wave) ride along for columns made from them."""
+
+    key: str
+    codes: np.ndarray  # [num_codebooks, num_frames] int16
+    duration_s: float  # of the input audio
+    source: str  # the input shard, as written (no URL secret)
+    metadata: dict  # the source's values for the sample (declared columns, `metadata` JSON text, the rest)
+    source_rate: int | None = None  # the input audio's (None: the writer's caller gave no decoded audio)
+    source_channels: int | None = None
+
+
+@dataclass(frozen=True)
+class Column:
+    """One output column. `value(sample)` makes one row's value; `values(samples)` a whole column at once, for a
+    column whose values per-row Python objects would make slowly (codes). `doc` is its line in the dataset card."""
+
+    name: str
+    type: pa.DataType
+    doc: str
+    value: Callable[[EncodedSample], object] | None = None
+    values: Callable[[list[EncodedSample]], pa.Array] | None = None
+    nullable: bool = True
+
+    def __post_init__(self):
+        if (self.value is None) == (self.values is None):
+            raise TypeError(f"column {self.name!r}: give exactly one of value (per row) and values (per column)")
+
+    @property
+    def field(self) -> pa.Field:
+        return pa.field(self.name, self.type, nullable=self.nullable)
+
+    def array(self, samples: list[EncodedSample]) -> pa.Array:
+        if self.values is not None:
+            return self.values(samples)
+        return pa.array([self.value(s) for s in samples], self.type)
+
+
+# in file order; a new column goes last (before the source's columns), so the columns before it keep their places
+COLUMNS = [
+    Column(KEY, pa.string(), "the sample's key (WebDataset key, HF `id`/key column, or `SHARD/ROW`)",
+           value=attrgetter("key")),
+    Column(CODES, pa.list_(pa.list_(pa.int16())), "the codes: `codes[k][t]` is codebook `k` at frame `t`",
+           values=lambda samples: codes_array([s.codes for s in samples])),
+    Column(NUM_FRAMES, pa.int32(), "frames per codebook (`len(codes[k])`)", value=lambda s: s.codes.shape[1]),
+    Column(NUM_CODEBOOKS, pa.int16(), "codebooks per frame (`len(codes)`), from the bandwidth",
+           value=lambda s: s.codes.shape[0]),
+    Column(DURATION_S, pa.float32(), "seconds of the input audio", value=attrgetter("duration_s")),
+    Column(SOURCE, pa.string(), "the input shard (its URL without query or credentials)", value=attrgetter("source")),
+]
+
+
+class UnknownColumn(ValueError):
+    """The run's recorded schema has a column `COLUMNS` does not make (an output started by another version)."""
+
+
+def output_fields() -> list[pa.Field]:
+    """The fields of `COLUMNS`, in order: the schema's first columns."""
+    return [c.field for c in COLUMNS]
 
 
 def row_group_summary(num_frames: np.ndarray) -> list:
@@ -43,12 +109,12 @@ def row_group_summary(num_frames: np.ndarray) -> list:
 
 def column_name(source_name: str) -> str:
     """The output column of a source metadata column: a name the output uses itself gets a `meta_` prefix."""
-    return f"meta_{source_name}" if source_name in _OUTPUT_NAMES else source_name
+    return f"meta_{source_name}" if source_name in {c.name for c in COLUMNS} | {METADATA} else source_name
 
 
 def output_schema(source_fields: list[pa.Field]) -> pa.Schema:
     """The run's schema from the source's declared metadata fields (name in the source, Arrow type)."""
-    fields = list(OUTPUT_FIELDS)
+    fields = output_fields()
     for field in source_fields:
         kind = pa.string() if pa.types.is_null(field.type) else field.type  # never the null type
         fields.append(pa.field(column_name(field.name), kind, nullable=True, metadata={"source_name": field.name}))
@@ -59,6 +125,16 @@ def output_schema(source_fields: list[pa.Field]) -> pa.Schema:
 def metadata_fields(schema: pa.Schema) -> list[tuple[str, pa.Field]]:
     """(source name, output field) of each declared metadata column."""
     return [(f.metadata[b"source_name"].decode(), f) for f in schema if f.metadata and b"source_name" in f.metadata]
+
+
+def column_doc(schema: pa.Schema, name: str) -> str:
+    """What column `name` of `schema` holds, for the dataset card."""
+    declared = {field.name: source_name for source_name, field in metadata_fields(schema)}
+    if name in declared:
+        return f"the source's `{declared[name]}` (null where a sample has none)"
+    if name == METADATA:
+        return METADATA_DOC
+    return next((c.doc for c in COLUMNS if c.name == name), "")
 
 
 def schema_to_text(schema: pa.Schema) -> str:
@@ -84,35 +160,36 @@ def codes_array(codes: list[np.ndarray]) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(outer_offsets), inner)
 
 
-def build_table(schema: pa.Schema, keys: list[str], codes: list[np.ndarray], durations: list[float], source: str,
-                metadata: list[dict]) -> pa.Table:
-    """One shard's rows in `schema`; metadata values without a column of their own go to the JSON column."""
-    columns = [
-        pa.array(keys, pa.string()),
-        codes_array(codes),
-        pa.array([c.shape[1] for c in codes], pa.int32()),
-        pa.array([c.shape[0] for c in codes], pa.int16()),
-        pa.array(durations, pa.float32()),
-        pa.array([source] * len(keys), pa.string()),
-    ]
-    extras: list[dict] = [{} for _ in keys]
+def build_table(schema: pa.Schema, samples: list[EncodedSample]) -> pa.Table:
+    """One shard's rows in `schema` (the run's, as recorded): its `COLUMNS` made from the samples, the declared
+    metadata columns, and the `metadata` JSON holding the values without a column of their own."""
+    arrays: dict[str, pa.Array] = {}
+    extras: list[dict] = [{} for _ in samples]
     placed = set()
     for source_name, field in metadata_fields(schema):
-        values = [meta.get(source_name) for meta in metadata]
+        values = [s.metadata.get(source_name) for s in samples]
         placed.add(source_name)
         try:
-            columns.append(pa.array(values, field.type))
+            arrays[field.name] = pa.array(values, field.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError):
             # this shard's values do not fit the declared type: keep them, in the JSON column
-            columns.append(pa.nulls(len(keys), field.type))
+            arrays[field.name] = pa.nulls(len(samples), field.type)
             for extra, value in zip(extras, values):
                 if value is not None:
                     extra[source_name] = value
-    for extra, meta in zip(extras, metadata):
-        extra.update({k: v for k, v in meta.items() if k not in placed and k != METADATA})
-    raw = [meta.get(METADATA) for meta in metadata]
-    columns.append(pa.array([_merge_json(r, e) for r, e in zip(raw, extras)], pa.string()))
-    return pa.Table.from_arrays(columns, schema=schema)
+    for extra, s in zip(extras, samples):
+        extra.update({k: v for k, v in s.metadata.items() if k not in placed and k != METADATA})
+    raw = [s.metadata.get(METADATA) for s in samples]
+    arrays[METADATA] = pa.array([_merge_json(r, e) for r, e in zip(raw, extras)], pa.string())
+    made = {c.name: c for c in COLUMNS}
+    for field in schema:
+        if field.name not in arrays:
+            if field.name not in made:
+                raise UnknownColumn(f"the run's schema has a column {field.name!r} that this audiotok does not make "
+                                    "(an output started by another version): continue it with that version, or start "
+                                    "a new output.dir (or set output.overwrite=true to re-encode this one)")
+            arrays[field.name] = made[field.name].array(samples)
+    return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
 
 def _merge_json(raw: str | None, extra: dict) -> str | None:

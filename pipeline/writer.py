@@ -10,14 +10,18 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schema import build_table, row_group_summary
+from .schema import NUM_FRAMES, EncodedSample, build_table, row_group_summary
 from .storage import Storage
 from .urls import redact_text
+
+if TYPE_CHECKING:
+    from .audio.decode import Audio
 
 ROW_GROUP_ROWS = 1024
 
@@ -49,23 +53,20 @@ class ShardWriter:
     def __init__(self, storage: Storage, shard_id: str, source: str, schema: pa.Schema, compression: str = "zstd"):
         self.storage, self.shard_id, self.source, self.compression = storage, shard_id, source, compression
         self.schema = schema
-        self.keys: list[str] = []
-        self.codes: list[np.ndarray] = []
-        self.durations: list[float] = []
-        self.metadata: list[dict] = []
+        self.samples: list[EncodedSample] = []  # the rows, as `schema.COLUMNS` makes their values
         self.errors: list[ErrorRecord] = []
 
-    def add(self, key: str, codes: np.ndarray, duration_s: float, metadata: dict) -> None:
-        self.keys.append(key)
-        self.codes.append(codes)
-        self.durations.append(duration_s)
-        self.metadata.append(metadata)
+    def add(self, key: str, codes: np.ndarray, duration_s: float, metadata: dict, audio: Audio | None = None) -> None:
+        """One encoded clip; `audio`: its decoded audio, whose facts (not its wave) columns may be made from."""
+        self.samples.append(EncodedSample(key, codes, duration_s, self.source, metadata,
+                                          source_rate=audio.source_rate if audio is not None else None,
+                                          source_channels=audio.source_channels if audio is not None else None))
 
     def add_error(self, key: str | None, reason: str, detail: str = "") -> None:
         self.errors.append(ErrorRecord(key, self.shard_id, self.source, reason, detail))
 
     def table(self) -> pa.Table:
-        return build_table(self.schema, self.keys, self.codes, self.durations, self.source, self.metadata)
+        return build_table(self.schema, self.samples)
 
     def publish(self) -> dict:
         """Write data/ and errors/ files; returns what the commit record keeps of them: `files`, `sha256` and
@@ -80,7 +81,7 @@ class ShardWriter:
         data_name = data_file(self.shard_id)
         # read whole: the file is the compressed table this writer holds in memory already
         checksums[data_name] = hashlib.sha256(Path(local).read_bytes()).hexdigest()
-        row_groups = {data_name: _row_groups(local, table.column("num_frames").to_numpy())}
+        row_groups = {data_name: _row_groups(local, table.column(NUM_FRAMES).to_numpy())}
         written = os.path.getsize(local)
         self.storage.put_file(local, data_name)
         files.append(data_name)

@@ -217,12 +217,12 @@ class ShardProcessor:
         self.metrics.record("output_bytes_written_total", published["bytes"], run=run_label(self.config.output.dir),
                             actor=self.name)
         result.files, result.sha256, result.row_groups = published["files"], published["sha256"], published["row_groups"]
-        result.rows = len(writer.keys)
+        result.rows = len(writer.samples)
         result.errors = sum(1 for e in writer.errors if e.key is not None)
         result.error_reasons = dict(Counter(e.reason for e in writer.errors if e.key is not None))
-        result.audio_seconds = float(sum(writer.durations))
-        result.frames = int(sum(c.shape[1] for c in writer.codes))
-        result.tokens = int(sum(c.size for c in writer.codes))
+        result.audio_seconds = float(sum(s.duration_s for s in writer.samples))
+        result.frames = int(sum(s.codes.shape[1] for s in writer.samples))
+        result.tokens = int(sum(s.codes.size for s in writer.samples))
         result.encoded_frames, result.encode_s = progress["encoded_frames"], progress["encode_s"]
         result.threads = progress["threads"]
         result.decode_wait_s = decoded_ahead.wait_seconds
@@ -247,7 +247,7 @@ class ShardProcessor:
             if isinstance(clip_codes, ClipFailure):
                 writer.add_error(raw.key, clip_codes.reason, clip_codes.detail)
             else:
-                writer.add(raw.key, clip_codes, audio.duration_s, raw.metadata)
+                writer.add(raw.key, clip_codes, audio.duration_s, raw.metadata, audio)
                 if audio.loudness is not None:
                     progress["loudness_clipped"] += int(audio.loudness.status == CLIPPED)
                     progress["loudness_unmeasured"] += int(audio.loudness.unmeasured)

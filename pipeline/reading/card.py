@@ -4,7 +4,8 @@ The card's YAML header is what the Hub and `datasets.load_dataset(OUTPUT_DIR)` r
 whose train split is `data/*.parquet` (so `errors/` and the run state are never rows), and the features of
 the run's schema as the installed `datasets` writes them. The body states what the codes are (codec, commit,
 convention, bandwidth, codebooks, frame rate), how much there is (hours, rows, error records, failed shards),
-where it came from (the source and its settings), and a snippet that decodes one row.
+where it came from (the source and its settings), what each column holds (`schema.COLUMNS`), and a snippet that
+decodes one row.
 
 Exit status: 0 written; 2 not an output folder (nothing written).
 """
@@ -18,7 +19,7 @@ import sys
 import yaml
 
 from ..runstate import Totals
-from ..schema import schema_from_text
+from ..schema import column_doc, schema_from_text
 from ..storage import Storage
 from ..tokenizer import tokenizer_class
 from .stats import NotAnOutput, open_run
@@ -69,7 +70,7 @@ def card_text(output_dir: str) -> str:
         ("done shards", f"{totals['shards_done']:,}"),
         ("source", f"`{json.dumps(source, sort_keys=True)}` {json.dumps(configured, sort_keys=True)}"),
     ]
-    columns = "\n".join(f"- `{f.name}`: {f.type}" for f in schema)
+    columns = "\n".join(f"- `{f.name}` ({f.type}): {column_doc(schema, f.name)}" for f in schema)
     table = "\n".join(f"| {name} | {value} |" for name, value in facts)
     tokenizer = tokenizer_class(str(codec.get("spec")))
     return f"""{_header(schema, tokenizer.CARD_TAGS)}

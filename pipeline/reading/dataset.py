@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..schema import CODES, METADATA, NUM_CODEBOOKS, NUM_FRAMES
 from ..storage import Storage
 from .batching import Batcher, apply_delay_pattern, undo_delay_pattern
 from .epochs import EpochPlan, Unit, load_units
@@ -65,9 +66,9 @@ def read_unit(output_dir: str, name: str, group: int):
 
 def row_codes(table) -> Iterator[np.ndarray]:
     """The codes of each row of a table as [num_codebooks, num_frames] int16, without Python lists."""
-    values = table.column("codes").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
-    books = table.column("num_codebooks").to_numpy()
-    frames = table.column("num_frames").to_numpy()
+    values = table.column(CODES).combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+    books = table.column(NUM_CODEBOOKS).to_numpy()
+    frames = table.column(NUM_FRAMES).to_numpy()
     start = 0
     for k, t in zip(books, frames):
         stop = start + int(k) * int(t)
@@ -138,7 +139,7 @@ class TokenDataset(IterableDataset):
         filtering = bool(min_frames > 0 or max_frames is not None or self.where or filter_fn)
         self._filter_fn = filter_fn
         self.units: list[Unit] = load_units(self.output_dirs, self._keep if filtering else None,
-                                            ["num_frames"] if not (self.where or filter_fn) else None)
+                                            [NUM_FRAMES] if not (self.where or filter_fn) else None)
         self._filter_fn = None  # applied: the workers need not pickle it
         if batcher is not None and len({u.books for u in self.units}) > 1:
             raise ValueError("outputs with different num_codebooks cannot share batches: "
@@ -209,7 +210,7 @@ class TokenDataset(IterableDataset):
 
     # ---- filters (applied when the dataset is built) -------------------------------------------------
     def _keep(self, table: pa.Table) -> np.ndarray:
-        frames = table.column("num_frames").to_numpy()
+        frames = table.column(NUM_FRAMES).to_numpy()
         keep = frames >= self.min_frames
         if self.max_frames is not None:
             keep &= frames <= self.max_frames
@@ -223,7 +224,7 @@ class TokenDataset(IterableDataset):
             if name in row:
                 if row[name] != value:
                     return False
-            elif json.loads(row.get("metadata") or "{}").get(name) != value:
+            elif json.loads(row.get(METADATA) or "{}").get(name) != value:
                 return False
         return self._filter_fn is None or self._filter_fn(row)
 
@@ -257,10 +258,10 @@ class TokenDataset(IterableDataset):
             else:
                 index = unit.kept[first:end]
                 table = table.take(pa.array(index))
-            meta = table.select([c for c in table.column_names if c != "codes"]).to_pylist()
+            meta = table.select([c for c in table.column_names if c != CODES]).to_pylist()
             origin = zlib.crc32(f"{unit.output_dir}|{unit.file}".encode())
             for row, codes, i in zip(meta, row_codes(table), index):
-                row["codes"], row["_origin"] = codes, (origin, unit.group, int(i))
+                row[CODES], row["_origin"] = codes, (origin, unit.group, int(i))
                 row.setdefault("output_dir", unit.output_dir)
                 yield row
 
@@ -279,7 +280,7 @@ class TokenDataset(IterableDataset):
     def _cropped(self, rows: Iterator[dict]) -> Iterator[dict]:
         size = self.crop_frames
         for row in rows:
-            codes, origin = row.pop("codes"), row.pop("_origin")
+            codes, origin = row.pop(CODES), row.pop("_origin")
             frames = codes.shape[1]
             if size is None or frames <= size:
                 starts = [0]

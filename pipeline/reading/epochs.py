@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..runstate import read_run
-from ..schema import row_group_summary
+from ..schema import CODES, NUM_FRAMES, row_group_summary
 from ..storage import Storage
 
 READ_THREADS = 16  # files read at once when footers or filter columns must be read (latency-bound on object stores)
@@ -69,10 +69,10 @@ def _read_groups(output_dir: str, name: str, columns: list[str] | None,
     storage = Storage(output_dir)
     with storage.fs.open(storage.path(name), "rb") as f:
         parquet = pq.ParquetFile(f)
-        wanted = ["num_frames"] if keep is None else columns or [c for c in parquet.schema_arrow.names if c != "codes"]
-        table = parquet.read(columns=sorted(set(wanted) | {"num_frames"}))
+        wanted = [NUM_FRAMES] if keep is None else columns or [c for c in parquet.schema_arrow.names if c != CODES]
+        table = parquet.read(columns=sorted(set(wanted) | {NUM_FRAMES}))
         sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
-    frames = table.column("num_frames").to_numpy().astype(np.int64)
+    frames = table.column(NUM_FRAMES).to_numpy().astype(np.int64)
     mask = np.ones(len(frames), bool) if keep is None else np.asarray(keep(table), bool)
     groups, start = [], 0
     for size in sizes:

@@ -27,6 +27,7 @@ import uuid
 from .dataset import list_units, read_unit, row_codes
 from .fidelity import AUDIT_MAX_SECONDS, SourceUnavailable, audit, codec_from_manifest
 from .stats import NotAnOutput, collect, fidelity_text, open_run, summary_text
+from ..schema import DURATION_S, KEY
 
 EXIT_BAD_INPUT = 2
 EXIT_SOURCE_UNAVAILABLE = 3
@@ -43,14 +44,14 @@ def decode_key(output_dir: str, key: str, out_path: str) -> float:
     manifest = open_run(output_dir).manifest
     for _, name, group in list_units([output_dir]):
         table = read_unit(output_dir, name, group)
-        keys = table.column("key").to_pylist()
+        keys = table.column(KEY).to_pylist()
         if key in keys:
             row = keys.index(key)
             (codes,) = row_codes(table.slice(row, 1))
             codec = codec_from_manifest(manifest)
             # the clip's length at the codec's rate, from its duration: it also tells the codec whether the
             # authors' convention encoded the clip with leading zeros (cut off again here)
-            length = int(round(table.column("duration_s")[row].as_py() * codec.sample_rate))
+            length = int(round(table.column(DURATION_S)[row].as_py() * codec.sample_rate))
             (audio,) = codec.decode([codes], lengths=[length])
             folder = os.path.dirname(os.path.abspath(out_path))
             staged = os.path.join(folder, f".tmp-{uuid.uuid4().hex}.wav")

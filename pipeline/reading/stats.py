@@ -12,6 +12,7 @@ import numpy as np
 from .dataset import list_units, read_unit, row_codes
 from .fidelity import Reservoir, RowRef
 from ..runstate import Totals, read_run
+from ..schema import CODES, DURATION_S, KEY, METADATA, SOURCE
 from ..storage import Storage
 
 NO_CATEGORY = "(none)"
@@ -34,9 +35,9 @@ def open_run(output_dir: str):
 def row_category(row: dict) -> str | None:
     """The `category` column, else the WebDataset `metadata` JSON's `category`, else None."""
     category = row.get("category")
-    if category is None and row.get("metadata"):
+    if category is None and row.get(METADATA):
         try:
-            meta = json.loads(row["metadata"])
+            meta = json.loads(row[METADATA])
         except ValueError:
             meta = None
         category = meta.get("category") if isinstance(meta, dict) else None
@@ -56,19 +57,19 @@ def collect(output_dir: str, audit_rows: int = 0, seed: int = 0) -> dict:
     durations = []
     for _, name, group in list_units([output_dir]):
         table = read_unit(output_dir, name, group)
-        rows = table.select([c for c in table.column_names if c != "codes"]).to_pylist()
+        rows = table.select([c for c in table.column_names if c != CODES]).to_pylist()
         for index, (row, codes) in enumerate(zip(rows, row_codes(table))):
             category = row_category(row)
-            source = os.path.basename(row["source"])
+            source = os.path.basename(row[SOURCE])
             for bucket in (per_source[source], per_category[category or NO_CATEGORY]):
                 bucket["samples"] += 1
-                bucket["seconds"] += row["duration_s"]
+                bucket["seconds"] += row[DURATION_S]
                 bucket["tokens"] += codes.size
-            durations.append(row["duration_s"])
+            durations.append(row[DURATION_S])
             for k in range(min(codes.shape[0], usage.shape[0])):
                 usage[k] += np.bincount(codes[k].astype(np.int64), minlength=size)[:size]
             if audit_rows:
-                ref = RowRef(output_dir, name, group, index, row["key"], row["source"], float(row["duration_s"]))
+                ref = RowRef(output_dir, name, group, index, row[KEY], row[SOURCE], float(row[DURATION_S]))
                 by_category.offer(category or NO_CATEGORY, ref)
                 by_source.offer(source, ref)
     has_category = any(name != NO_CATEGORY for name in per_category)
