@@ -20,6 +20,7 @@ from .base import Resolved, Tokenizer, TokenizerSpecError
 
 __all__ = ["BatchPolicy", "CodecInputError", "FileWave", "HiggsTokenizer", "release_freed_heap", "resolve_device"]
 
+
 def _seed_of(identity: dict) -> int:
     """A random preset's seed, as its identity records it (revision `seed=N`); 0 for any other checkpoint."""
     revision = str(identity.get("revision") or "")
