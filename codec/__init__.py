@@ -12,7 +12,8 @@ _WHERE = {
     "Codec": "codec", "CodecIdentity": "codec", "codebooks_for_bandwidth": "codec", "reference_encode": "codec",
     "AUTHORS": "conventions", "CONVENTIONS": "conventions", "MODEL_CARD": "conventions",
     "Checkpoint": "checkpoint", "CheckpointError": "checkpoint", "resolve_checkpoint": "checkpoint",
-    "load_codec": "loading",
+    "load_codec": "loading", "resolve_device": "loading",
+    "is_out_of_memory": "memory", "release_device_memory": "memory",
     "CodecInputError": "validation",
     "FileWave": "waves",
 }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 
 
 def _malloc_trim():
@@ -26,12 +25,3 @@ _MALLOC_TRIM = _malloc_trim()
 def release_freed_heap() -> None:
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
-
-
-def resident_mb() -> float:
-    """This process's resident memory now (Linux /proc; 0 where it is not available)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0

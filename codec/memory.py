@@ -8,7 +8,6 @@ nothing. Callers keep only the message, leave the `except` block, then call `rel
 from __future__ import annotations
 
 import gc
-import os
 
 import torch
 
@@ -16,11 +15,6 @@ import torch
 # so does torch's CPU allocator
 ALLOCATION_FAILURES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
                        "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE", "can't allocate memory")
-
-ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
-# expandable segments let the caching allocator grow a segment instead of failing on a fragmented heap
-# when batch shapes vary (every batch of length-bucketed audio has another shape)
-EXPANDABLE_SEGMENTS = "expandable_segments:True"
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -35,9 +29,3 @@ def release_device_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def prefer_expandable_segments(environ=os.environ) -> str:
-    """Set the CUDA allocator to expandable segments unless the user configured it; before CUDA starts.
-    Returns the setting in force."""
-    return environ.setdefault(ALLOC_CONF, EXPANDABLE_SEGMENTS)

@@ -11,11 +11,11 @@ from typing import Dict, Optional
 import yaml
 from omegaconf import MISSING, OmegaConf
 
-from codec.conventions import CONVENTIONS
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .failures import ConfigError
 from .sources import MAX_FILE_BYTES, Source, recorded_settings, source_class, unknown_setting
+from .tokenizer import tokenizer_class
 
 __all__ = ["AudioConfig", "CodecConfig", "Config", "ConfigError", "GuardConfig", "OutputConfig", "RayConfig",
            "Source", "as_dict", "load_config", "validate"]
@@ -235,10 +235,11 @@ def validate(config: Config) -> None:
                           "which the actor sees as device 0", "use cuda (or auto): one actor per GPU")
     if c.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError("codec.dtype", f"{c.dtype!r}", "use float32, bfloat16 or float16")
-    if c.convention not in CONVENTIONS:
-        raise ConfigError("codec.convention", f"{c.convention!r} is not a convention",
-                          f"use one of {', '.join(CONVENTIONS)} (model_card: zero-padded to whole hops, as the model "
-                          "card encodes; authors: as boson-ai's HiggsAudioTokenizer.encode)")
+    conventions = tokenizer_class(c.model).CONVENTIONS
+    if c.convention not in conventions:
+        raise ConfigError("codec.convention", f"{c.convention!r} is not a convention of {c.model}",
+                          f"use one of {', '.join(conventions)} ("
+                          + "; ".join(f"{name}: {meaning}" for name, meaning in conventions.items()) + ")")
     if c.bandwidth <= 0:
         raise ConfigError("codec.bandwidth", f"{c.bandwidth} kbps", "the real checkpoint offers 0.5, 1, 1.5 and 2")
     if c.window_s <= 0 or c.context_s < 0:

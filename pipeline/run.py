@@ -157,18 +157,13 @@ def _indent(text: str, lines: int = 12) -> str:
 
 def codec_lines(codec) -> list[str]:
     """The loaded codec's facts, printed at start."""
-    c = codec.checkpoint
-    where = f"{c.repo} @ commit {c.commit}" if c.repo else c.spec
-    fmt = {"original": "original release format, converted on load", "transformers": "transformers format",
-           "random": f"random weights, seed {c.seed}"}[c.format]
-    bandwidths = ", ".join(f"{b:g} kbps -> {n}" for b, n in codec.codebooks_per_bandwidth.items())
-    lines = [f"codec: {where} ({fmt}); weights sha256 {(c.weights_sha256 or 'n/a')[:16]}",
-             f"codec: {codec.sample_rate} Hz, hop {codec.hop_length} ({codec.frame_rate:g} frames/s), "
-             f"{codec.codebook_size} codes per codebook; codebooks per bandwidth: {bandwidths}",
-             f"codec: convention {codec.convention} (" + ("the authors' HiggsAudioTokenizer.encode: no padding"
-                                                           if codec.convention == "authors" else
-                                                           "the model card's: zero-padded to whole hops") + ")"]
-    return lines + [f"codec: note: {note}" for note in c.notes]
+    r = codec.resolved
+    bandwidths = ", ".join(f"{b:g} kbps -> {n}" for b, n in r.codebooks_per_bandwidth.items())
+    lines = [f"codec: {r.origin}",
+             f"codec: {r.sample_rate} Hz, hop {r.hop_length} ({r.frame_rate:g} frames/s), "
+             f"{r.codebook_size} codes per codebook; codebooks per bandwidth: {bandwidths}",
+             f"codec: convention {codec.convention} ({codec.convention_meaning})"]
+    return lines + [f"codec: note: {note}" for note in r.notes]
 
 
 def format_summary(summary, before_job_s: float | None = None) -> str:

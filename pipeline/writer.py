@@ -4,17 +4,17 @@ attempt's data file is removed first)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from codec.hashing import sha256_file
 
 from .schema import NUM_FRAMES, EncodedSample, build_table, row_group_summary
 from .storage import Storage
@@ -79,7 +79,8 @@ class ShardWriter:
         table = self.table()
         pq.write_table(table, local, compression=compression, row_group_size=ROW_GROUP_ROWS)
         data_name = data_file(self.shard_id)
-        checksums[data_name] = sha256_file(local)
+        # read whole: the file is the compressed table this writer holds in memory already
+        checksums[data_name] = hashlib.sha256(Path(local).read_bytes()).hexdigest()
         row_groups = {data_name: _row_groups(local, table.column(NUM_FRAMES).to_numpy())}
         written = os.path.getsize(local)
         self.storage.put_file(local, data_name)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from codec.memory import ALLOC_CONF, is_out_of_memory, prefer_expandable_segments
-from pipeline.actor import processor as worker_module
+from codec.memory import is_out_of_memory
 from pipeline.actor.batch_budget import BatchBudget
+from pipeline.actor.process_memory import ALLOC_CONF, prefer_expandable_segments
 from pipeline.config import load_config
 from pipeline.sources import list_shards
 from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
@@ -42,7 +42,7 @@ def processor_for(tmp_path, *overrides: str) -> tuple[ShardProcessor, list]:
 def inject_oom(monkeypatch, processor, error, max_clips: int, longest_s: float) -> list[str]:
     """The device runs out of memory for batches of more than `max_clips` clips, or any batch holding more
     than `longest_s` of audio per clip; returns the cause of each failure raised."""
-    real, raised = processor.codec._embeddings, []
+    real, raised = processor.codec.codec._embeddings, []
 
     def embeddings(batch):
         audio = batch.acoustic
@@ -51,7 +51,7 @@ def inject_oom(monkeypatch, processor, error, max_clips: int, longest_s: float) 
             raise error()
         return real(batch)
 
-    monkeypatch.setattr(processor.codec, "_embeddings", embeddings)
+    monkeypatch.setattr(processor.codec.codec, "_embeddings", embeddings)
     return raised
 
 
@@ -80,7 +80,7 @@ def test_out_of_memory_halves_the_actor_budget_for_good_and_a_clip_too_big_alone
     assert processor.budget.as_dict()["halvings"] == 3
 
     for row in read_rows(tmp_path / "out"):  # the pools encoded again after an out-of-memory give exact codes
-        np.testing.assert_array_equal(np.array(row["codes"], np.int16), expected_codes(processor.codec, clips[row["key"]]))
+        np.testing.assert_array_equal(np.array(row["codes"], np.int16), expected_codes(processor.codec.codec, clips[row["key"]]))
 
 
 def test_out_of_memory_releases_the_failed_pass_before_emptying_the_cache(tmp_path, monkeypatch):
@@ -93,11 +93,11 @@ def test_out_of_memory_releases_the_failed_pass_before_emptying_the_cache(tmp_pa
         activations.append(weakref.ref(held))
         raise OOM_ERRORS["torch"]()
 
-    def release(device):
+    def release():
         alive_at_release.append(any(ref() is not None for ref in activations))
 
-    monkeypatch.setattr(processor.codec, "_embeddings", embeddings)
-    monkeypatch.setattr(worker_module, "release_device_memory", release)
+    monkeypatch.setattr(processor.codec.codec, "_embeddings", embeddings)
+    monkeypatch.setattr(processor.codec, "release_memory", release)
     result = processor.process(a)
     assert result.status == "done" and result.error_reasons == {"out_of_memory": 4}
     assert alive_at_release and not any(alive_at_release)

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # pipeline/run.py (the CLI) puts the two together.
 LAYERS = [
     ["codec"],
-    ["pipeline.failures", "pipeline.urls"],
-    ["pipeline.storage", "pipeline.schema", "pipeline.reads", "pipeline.telemetry.metrics"],
+    ["pipeline.failures", "pipeline.urls", "pipeline.kinds"],
+    ["pipeline.storage", "pipeline.schema", "pipeline.reads", "pipeline.telemetry.metrics", "pipeline.tokenizer"],
     ["pipeline.audio"],
     ["pipeline.runstate"],
     ["pipeline.sources"],

@@ -8,7 +8,7 @@ halving doubles the clean pools the next growth waits for, so a budget that keep
 
 from __future__ import annotations
 
-from codec import BatchPolicy
+from ..tokenizer import BatchPolicy
 
 # clean pools (of ~8 batches each) before a lowered budget doubles once
 GROW_AFTER_POOLS = 200

@@ -14,12 +14,11 @@ import platform
 import ray
 import torch
 
+from ..tokenizer import resolve_device
 
 
 def device_facts(device: str) -> dict:
     """{type, name, cuda, cudnn} of the device `codec.device` resolves to in this process."""
-    from codec.loading import resolve_device
-
     resolved = resolve_device(device)
     on_gpu = resolved.type == "cuda"
     return {"type": resolved.type, "name": torch.cuda.get_device_name(resolved) if on_gpu else cpu_model(),

@@ -19,11 +19,6 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import torch
 
-from codec import Checkpoint, CodecInputError, calibrate, load_codec
-from codec.conventions import resamples_to_ceil
-from codec.heap import release_freed_heap, resident_mb
-from codec.memory import is_out_of_memory, release_device_memory
-
 from ..audio.decode import Audio, SampleError
 from .batch_budget import BatchBudget
 from ..config import Config
@@ -34,12 +29,14 @@ from ..telemetry.logs import ShardLogs, write_shard_log
 from ..audio.loudness import CLIPPED
 from ..telemetry.metrics import Recorder, run_label
 from .prefetch import DecodeAhead
+from .process_memory import resident_mb
 from ..reads import Reads
 from ..runstate import ShardRecord, library_versions
 from ..runstate.retry import WriteRetry
 from ..schema import output_schema
 from ..sources import RawSample, Shard, read_shard
 from ..storage import Storage
+from ..tokenizer import CodecInputError, Resolved, Tokenizer, load_tokenizer, release_freed_heap
 from ..urls import redact_text
 from ..writer import ShardWriter
 
@@ -61,22 +58,11 @@ class ClipFailure:
     detail: str
 
 
-def load_codec_for(config: Config, checkpoint: Checkpoint | None = None, device: str | None = None):
-    """The codec of `config`; `checkpoint`: the one the driver resolved (pins the commit for every actor);
+def load_codec_for(config: Config, resolved: Resolved | None = None, device: str | None = None) -> Tokenizer:
+    """The tokenizer of `config`; `resolved`: what the driver resolved (pins the commit for every actor);
     `device`: where this process may run it (default codec.device; see pipeline.actor.device.device_for_actor)."""
     c = config.codec
-    codec = load_codec(
-        checkpoint or c.model,
-        device=device or c.device,
-        dtype=c.dtype,
-        seed=c.seed,
-        revision=c.revision,
-        window_s=c.window_s,
-        context_s=c.context_s,
-        allow_tf32=c.allow_tf32,
-        cache_dir=c.cache_dir,
-        convention=c.convention,
-    )
+    codec = load_tokenizer(resolved or c.model, c, device)
     # limits the config fixes replace the device default's
     codec.policy = codec.policy_with(c.max_batch_seconds, c.max_clips)
     return codec
@@ -84,9 +70,9 @@ def load_codec_for(config: Config, checkpoint: Checkpoint | None = None, device:
 
 class ShardProcessor:
     def __init__(self, config: Config, name: str = "local", cpus: int | None = None,
-                 checkpoint: Checkpoint | None = None, schema: pa.Schema | None = None, versions: dict | None = None,
+                 resolved: Resolved | None = None, schema: pa.Schema | None = None, versions: dict | None = None,
                  device: dict | None = None):
-        """checkpoint, schema, versions, device: what the driver resolved and recorded for the run (None: work them
+        """resolved, schema, versions, device: what the driver resolved and recorded for the run (None: work them
         out here, for use outside a run). An actor whose libraries or device differ from the run's refuses to start:
         the run's device was probed on one node, and another node's GPU model would change codes without a word."""
         if versions is not None and versions != library_versions():
@@ -115,13 +101,13 @@ class ShardProcessor:
         self.decode_threads = config.audio.decode_threads or cpus or torch.get_num_threads()
         self.threads = torch.get_num_threads()  # for encoding; the driver lends idle actors' cores (set_threads)
         began = time.perf_counter()
-        self.codec = load_codec_for(config, checkpoint, self.device)
+        self.codec = load_codec_for(config, resolved, self.device)
         self.codec.num_codebooks(config.codec.bandwidth)  # a bandwidth the checkpoint lacks fails here, not mid-shard
         self.startup["load_s"] = time.perf_counter() - began
         self.calibration: list[dict] = []
         began = time.perf_counter()
         if self._should_calibrate():
-            self.codec.policy, self.calibration = calibrate(self.codec, config.codec.bandwidth)
+            self.codec.policy, self.calibration = self.codec.calibrate(config.codec.bandwidth)
         self.startup["calibrate_s"] = time.perf_counter() - began
         self.storage = Storage(config.output.dir)
         self.metrics = Recorder()  # the bytes this actor writes (the driver records the rest from commit records)
@@ -131,7 +117,8 @@ class ShardProcessor:
         pool_batches = POOL_BATCHES if self.codec.policy.max_clips > 1 else 1
         self.pool_target = config.ray.pool_seconds or pool_batches * self.codec.policy.max_batch_seconds
         self.budget = BatchBudget(self.codec.policy)
-        self._decode = SampleDecoder(config.audio, self.codec.sample_rate, resamples_to_ceil(self.codec.convention))
+        self._decode = SampleDecoder(config.audio, self.codec.sample_rate,
+                                     self.codec.resamples_to_ceil(self.codec.convention))
 
     @property
     def in_shard(self) -> dict:
@@ -170,7 +157,7 @@ class ShardProcessor:
             result.files, result.rows = [], 0
         finally:
             self._progress.pop(shard.id, None)
-            release_freed_heap()  # a shard's decoded audio is gone: give its freed heap back (see codec.heap)
+            release_freed_heap()  # a shard's decoded audio is gone: give its freed heap back
         result.rss_after_mb = resident_mb()
         result.seconds = time.perf_counter() - start
         result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -300,9 +287,9 @@ class ShardProcessor:
         except CodecInputError as error:
             return ClipFailure(ENCODE_FAILED, str(error)[:200])
         except Exception as error:
-            if not is_out_of_memory(error):
+            if not self.codec.is_out_of_memory(error):
                 raise
             failure = ClipFailure(OUT_OF_MEMORY, str(error).strip().splitlines()[0][:200])
         # out of the except block: the traceback, and the failed pass's tensors its frames held, are gone
-        release_device_memory(self.codec.device)
+        self.codec.release_memory()
         return failure

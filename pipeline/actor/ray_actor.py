@@ -1,4 +1,4 @@
-"""The Ray actor that holds one codec (one GPU, or CPU cores) and processes shards on request."""
+"""The Ray actor that holds one tokenizer (one GPU, or CPU cores) and processes shards on request."""
 
 from __future__ import annotations
 
@@ -9,21 +9,20 @@ import ray
 import torch
 from transformers.utils import logging as transformers_logging
 
-from codec import Checkpoint
-from codec.memory import prefer_expandable_segments
-
 from ..config import Config
 from ..failures import classified_start
 from ..telemetry.logs import ActorLog
 from ..sources import Shard
 from ..runstate import ShardRecord
+from ..tokenizer import Resolved
+from .process_memory import prefer_expandable_segments
 from .processor import ShardProcessor
 
 
 # the pool starts it with max_concurrency (driver/protocol.py's SHARDS_IN_FLIGHT + 1)
 @ray.remote(max_restarts=0, max_task_retries=0)
 class CodecActor:
-    def __init__(self, config: Config, name: str, checkpoint: Checkpoint, schema, versions: dict,
+    def __init__(self, config: Config, name: str, resolved: Resolved, schema, versions: dict,
                  device: dict | None = None):
         # actors' output reaches the driver's log: keep it to warnings and errors, not loading bars
         transformers_logging.disable_progress_bar()
@@ -32,7 +31,7 @@ class CodecActor:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         with classified_start():  # loading from the hub may meet its throttling: the driver retries that later
             self.processor = ShardProcessor(config, name, cpus=max(1, round(cpus)) if cpus else None,
-                                            checkpoint=checkpoint, schema=schema, versions=versions,
+                                            resolved=resolved, schema=schema, versions=versions,
                                             device=device)
 
     def facts(self) -> dict:

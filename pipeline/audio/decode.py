@@ -36,8 +36,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from codec import FileWave
-
+from ..tokenizer import FileWave
 from . import containers, decoders, pyav_reader
 from .loudness import LoudnessMeter, Normalisation, apply_gain, normalisation
 

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 
 import ray
 
-from codec import Checkpoint, CheckpointError, CodecInputError, codebooks_for_bandwidth, resolve_checkpoint
-
 from ..config import Config, ConfigError, as_dict
 from ..telemetry.metrics import RunMetrics
 from ..runstate import RunState, ShardRecord, StoreWriteFailed, error_text, library_versions
@@ -20,6 +18,7 @@ from .protocol import ActorSide
 from ..schema import column_lines, output_schema, schema_to_text
 from ..sources import SourceListing, distinct_shards, largest_first, list_shards
 from ..storage import Storage
+from ..tokenizer import Resolved, TokenizerSpecError, resolve_tokenizer, tokenizer_class
 
 
 @dataclass
@@ -41,36 +40,28 @@ class JobSummary:
 
 @dataclass
 class CodecFacts:
-    """The codec as the driver resolved it: every actor loads `checkpoint` (the same commit)."""
+    """The tokenizer as the driver resolved it, at the run's bandwidth and convention: every actor loads
+    `resolved` (the same commit)."""
 
-    checkpoint: Checkpoint
-    identity: dict
+    resolved: Resolved
     num_codebooks: int
-    frame_rate: float
-    codebook_size: int
-    sample_rate: int
-    hop_length: int
-    codebooks_per_bandwidth: dict
-    convention: str = "model_card"  # codec.convention: which codes a clip has
+    convention: str  # codec.convention: which codes a clip has
+    convention_meaning: str
 
 
 def resolve_codec(config: Config) -> CodecFacts:
     """Check `codec.model` and `codec.bandwidth` before any actor starts: a ConfigError says what was found."""
     c = config.codec
     try:
-        checkpoint, codec_config = resolve_checkpoint(c.model, c.revision, c.seed)
-    except CheckpointError as error:
+        resolved = resolve_tokenizer(c.model, c.revision, c.seed)
+    except TokenizerSpecError as error:
         raise ConfigError("codec.model", str(error), "a hub repo id (ORG/NAME), a folder in transformers' or the "
                           "original release's format, or random:tiny|full") from None
-    try:
-        num_codebooks = codebooks_for_bandwidth(codec_config, c.bandwidth)
-    except CodecInputError as error:
-        raise ConfigError("codec.bandwidth", f"{error} ({c.model})",
-                          f"choose one of {list(codec_config.target_bandwidths)}") from None
-    per_bandwidth = {float(b): codebooks_for_bandwidth(codec_config, b) for b in codec_config.target_bandwidths}
-    return CodecFacts(checkpoint, checkpoint.identity().as_dict(), num_codebooks,
-                      codec_config.sample_rate / codec_config.hop_length, codec_config.codebook_size,
-                      codec_config.sample_rate, codec_config.hop_length, per_bandwidth, c.convention)
+    if c.bandwidth not in resolved.codebooks_per_bandwidth:
+        raise ConfigError("codec.bandwidth", f"bandwidth {c.bandwidth} kbps is not in this checkpoint's list "
+                          f"{resolved.bandwidths} ({c.model})", f"choose one of {resolved.bandwidths}")
+    return CodecFacts(resolved, resolved.codebooks_per_bandwidth[c.bandwidth], c.convention,
+                      tokenizer_class(c.model).CONVENTIONS[c.convention])
 
 
 def _identity(config: Config, codec: CodecFacts, source_identity: dict, actor: dict, device: dict | None = None
@@ -80,7 +71,7 @@ def _identity(config: Config, codec: CodecFacts, source_identity: dict, actor: d
     device: where the codes come from (the actor side's probe); outputs written before it was recorded have none."""
     c = config.codec
     return ({"device": device} if device is not None else {}) | {
-        "codec": codec.identity, "bandwidth": c.bandwidth, "convention": c.convention, "dtype": c.dtype,
+        "codec": codec.resolved.identity, "bandwidth": c.bandwidth, "convention": c.convention, "dtype": c.dtype,
         "allow_tf32": c.allow_tf32,
         "window_s": c.window_s, "context_s": c.context_s, "resampler": f"soxr-{config.audio.resampler_quality}",
         "decode": actor["decode"], "audio": actor["audio"],
@@ -92,9 +83,9 @@ def open_run_state(config: Config, storage: Storage, codec: CodecFacts, listing:
                    actor: dict, device: dict | None = None) -> RunState:
     schema = output_schema(listing.fields)
     header = {
-        "identity": _identity(config, codec, listing.identity, actor, device), "codec": codec.identity,
-        "bandwidth": config.codec.bandwidth, "num_codebooks": codec.num_codebooks, "frame_rate": codec.frame_rate,
-        "codebook_size": codec.codebook_size, "config": as_dict(config),
+        "identity": _identity(config, codec, listing.identity, actor, device), "codec": codec.resolved.identity,
+        "bandwidth": config.codec.bandwidth, "num_codebooks": codec.num_codebooks,
+        "frame_rate": codec.resolved.frame_rate, "codebook_size": codec.resolved.codebook_size, "config": as_dict(config),
         "output_schema": schema_to_text(schema), "output_columns": column_lines(schema),
     }
     try:
@@ -161,7 +152,7 @@ def drive(config: Config, side: ActorSide, on_event=lambda kind, info: None) -> 
         startup = None
         if pending:
             identity = state.header["identity"]
-            setup = (codec.checkpoint, state.schema, identity["versions"], identity.get("device"))
+            setup = (codec.resolved, state.schema, identity["versions"], identity.get("device"))
             scheduler = Scheduler(config, state, state.storage, pending, on_event, setup, start_failures,
                                   side.actor_class)
             prepared = time.time() - start - ray_start_s  # listing, codec resolution, device probe, run state

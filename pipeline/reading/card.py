@@ -21,6 +21,7 @@ import yaml
 from ..runstate import Totals
 from ..schema import column_doc, schema_from_text
 from ..storage import Storage
+from ..tokenizer import tokenizer_class
 from .stats import NotAnOutput, open_run
 
 CARD = "README.md"
@@ -34,34 +35,13 @@ def _features(schema) -> list:
     return datasets.Features.from_arrow_schema(schema.remove_metadata())._to_yaml_list()
 
 
-def _header(schema) -> str:
+def _header(schema, tags: list[str]) -> str:
     header = {
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
         "dataset_info": {"features": _features(schema)},
-        "tags": ["audio-tokens", "higgs-audio-v2"],
+        "tags": tags,
     }
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n"
-
-
-def _snippet(codec: dict, num_codebooks: int) -> str:
-    spec, revision = codec.get("spec"), codec.get("revision")
-    if str(spec).startswith("random:"):
-        seed = int(str(revision).split("=", 1)[1]) if str(revision).startswith("seed=") else 0
-        load = f"load_codec({spec!r}, seed={seed})"
-    else:
-        load = f"load_codec({spec!r}, revision={revision!r})"
-    return f"""```python
-import numpy as np
-from datasets import load_dataset
-from codec import load_codec   # this project's codec package (audiotok)
-
-rows = load_dataset("ORG/NAME", split="train")   # or the output folder itself
-row = rows[0]
-codes = np.asarray(row["codes"], dtype=np.int64)   # [{num_codebooks}, num_frames]
-codec = {load}
-(audio,) = codec.decode([codes], lengths=[round(row["duration_s"] * codec.sample_rate)])   # 24 kHz mono
-```
-"""
 
 
 def card_text(output_dir: str) -> str:
@@ -92,8 +72,9 @@ def card_text(output_dir: str) -> str:
     ]
     columns = "\n".join(f"- `{f.name}` ({f.type}): {column_doc(schema, f.name)}" for f in schema)
     table = "\n".join(f"| {name} | {value} |" for name, value in facts)
-    return f"""{_header(schema)}
-# Higgs Audio V2 codec tokens
+    tokenizer = tokenizer_class(str(codec.get("spec")))
+    return f"""{_header(schema, tokenizer.CARD_TAGS)}
+# {tokenizer.CARD_TITLE}
 
 Discrete audio tokens written by audiotok: one row per clip, `codes[k][t]` the code of codebook `k` at frame
 `t` (`num_codebooks` x `num_frames`). Rows whose audio could not be encoded are not here; they are counted
@@ -109,7 +90,7 @@ below and listed in `errors/`.
 
 ## Decode one row
 
-{_snippet(codec, manifest['num_codebooks'])}"""
+{tokenizer.decode_snippet(codec, manifest['num_codebooks'])}"""
 
 
 def write_card(output_dir: str) -> str:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..tokenizer import Tokenizer, tokenizer_class, tokenizer_from_identity
+
 MEL_FFT = 1024  # 43 ms at 24 kHz
 MEL_HOP = 240  # 10 ms
 MEL_BANDS = 80
@@ -164,21 +166,19 @@ class FidelityResult:
         return dict(sorted(out.items()))
 
 
-def codec_from_manifest(manifest: dict, device: str = "auto"):
-    """The codec the manifest records (spec, commit or random seed), so decoding matches the codes."""
-    from codec import load_codec
-
-    identity = manifest["codec"]
-    revision = str(identity.get("revision") or "")
-    seed = int(revision.split("=", 1)[1]) if revision.startswith("seed=") else 0
-    return load_codec(identity["spec"], device=device, seed=seed,
-                      revision=None if identity["spec"].startswith("random:") else identity.get("revision"),
-                      convention=manifest_convention(manifest))
+def codec_from_manifest(manifest: dict, device: str = "auto") -> Tokenizer:
+    """The tokenizer the manifest records (spec, commit or random seed), so decoding matches the codes."""
+    return tokenizer_from_identity(manifest["codec"], manifest_convention(manifest), device)
 
 
 def manifest_convention(manifest: dict) -> str:
     """The output's codec.convention; an output written before the option has the model card's."""
     return manifest.get("identity", {}).get("convention", "model_card")
+
+
+def manifest_tokenizer(manifest: dict) -> type[Tokenizer]:
+    """The tokenizer kind the manifest's codec spec names (the default kind where it records none)."""
+    return tokenizer_class(str(manifest.get("codec", {}).get("spec", "")))
 
 
 def codebook_levels(codec, stored: int, stored_kbps: float) -> dict[int, float]:
@@ -241,8 +241,6 @@ def read_originals(manifest: dict, shard_ids: dict, wanted: list[RowRef], sample
 
 
 def _decode_original(raw, row: RowRef, url: str, manifest: dict, sample_rate: int, max_seconds: float) -> Original:
-    from codec.conventions import resamples_to_ceil
-
     from ..audio.decode import SampleError, SpilledFile, decode_audio
 
     if raw.error is not None:
@@ -252,7 +250,7 @@ def _decode_original(raw, row: RowRef, url: str, manifest: dict, sample_rate: in
         # the audio the codec was given: loudness-normalised too when the run was (an older manifest: off)
         decoded = decode_audio(raw.audio, sample_rate, settings["resampler_quality"], settings["max_seconds"],
                                loudness_lufs=settings.get("loudness_lufs"),
-                               ceil_length=resamples_to_ceil(manifest_convention(manifest)))
+                               ceil_length=manifest_tokenizer(manifest).resamples_to_ceil(manifest_convention(manifest)))
     except SampleError as error:
         raise SourceUnavailable(f"sample {row.key} of {url} no longer decodes ({error}): the source changed") from None
     finally:
@@ -301,9 +299,8 @@ def audit(manifest: dict, shard_ids: dict, chosen: dict[str, list[RowRef]], grou
     for group, rows in sorted(chosen.items()):
         for row in rows:
             original, clip_samples = originals[row.key].audio, originals[row.key].clip_samples
-            # the frames that reach into the audited seconds (past the authors' leading zeros, where encoded so)
-            shift = codec.layout(clip_samples).acoustic_shift
-            row_codes_ = codes[row.key][:, : -(-(original.size + shift) // codec.hop_length)]
+            # the frames that reach into the audited seconds (past any zeros the clip was encoded after)
+            row_codes_ = codes[row.key][:, : codec.frames_reaching(original.size, clip_samples)]
             scores, full = {}, None
             for k in levels:
                 (reconstruction,) = codec.decode([row_codes_[:k]], lengths=[original.size],

@@ -19,6 +19,7 @@ from omegaconf import MISSING
 
 from ..failures import (PERMANENT, TRANSIENT, ConfigError, ObjectChanged, ShardError, transient_cause,
                         transient_reason)
+from ..kinds import register
 from ..reads import Reads
 from ..runstate.plan import read_plan
 from ..urls import redact, split_query
@@ -200,11 +201,7 @@ class Source:
         super().__init_subclass__(**kwargs)
         if not kind:
             return  # a base of kinds, not one
-        known = _KINDS.get(kind)
-        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise TypeError(f"source kind {kind!r} is {known.__module__}.{known.__qualname__} already")
-        cls.KIND = kind
-        _KINDS[kind] = cls
+        register(_KINDS, kind, cls, "source")
 
     def __post_init__(self):
         if self.kind == MISSING and self.KIND:  # built in Python: HfSource(path=...) is of kind hf
