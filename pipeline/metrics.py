@@ -18,6 +18,9 @@ import os
 import socket
 from dataclasses import dataclass
 
+from .failures import Reason
+from .runstate.records import DONE
+
 log = logging.getLogger(__name__)
 
 PREFIX = "audiotok_"
@@ -130,8 +133,8 @@ class RunMetrics:
             self._add("shards_in_flight", info["in_flight"])
         if r.read_retries:
             self._add("read_retries_total", r.read_retries)
-        if r.status != "done":
-            self._add("shards_failed_total", 1, reason=r.reason or "failed")
+        if r.status != DONE:
+            self._add("shards_failed_total", 1, reason=r.reason or Reason.FAILED)
             return
         actor = r.worker or "?"
         self._add("shards_done_total", 1)

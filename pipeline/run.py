@@ -18,7 +18,7 @@ from datetime import timedelta
 from .config import ConfigError, load_config
 from .driver.job import run_job
 from .driver import ActorStartFailed, GuardTripped
-from .runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, StoreWriteFailed
+from .runstate import DONE, IdentityChanged, LeaseHeld, LeaseLost, OutputError, StoreWriteFailed
 from .logs import DriverLog
 from .storage import Storage
 from .urls import redact_text
@@ -98,7 +98,7 @@ class Progress:
             result = info["result"]
             self.done += 1
             self.audio += result.audio_seconds
-            if result.status != "done":
+            if result.status != DONE:
                 self.say(f"[{self.done}/{self.total}] {result.shard_id}: FAILED ({result.error})")
             self.show_progress(info.get("in_flight", 0))
         elif kind == "heartbeat":

@@ -29,13 +29,13 @@ from .batch_budget import BatchBudget
 from ..config import Config
 from .decode_tasks import DecodeInTask
 from ..audio.sample_decoder import SampleDecoder
-from ..failures import TRANSIENT, UNEXPECTED, WrongDeviceError, traceback_summary, is_transient
+from ..failures import TRANSIENT, UNEXPECTED, Reason, WrongDeviceError, traceback_summary, is_transient
 from ..logs import ShardLogs, write_shard_log
 from ..audio.loudness import CLIPPED
 from ..metrics import Recorder, run_label
 from .prefetch import DecodeAhead
 from ..sources.reads import Reads
-from ..runstate import ShardRecord, library_versions
+from ..runstate import DONE, FAILED, ShardRecord, library_versions
 from ..runstate.retry import WriteRetry
 from ..schema import output_schema
 from ..sources import RawSample, Shard, read_shard
@@ -50,14 +50,14 @@ log = logging.getLogger(__name__)
 POOL_BATCHES = 8
 
 
-ENCODE_FAILED, OUT_OF_MEMORY = "encode_failed", "out_of_memory"  # reasons of a clip's error record
+ENCODE_FAILED, OUT_OF_MEMORY = Reason.ENCODE_FAILED, Reason.OUT_OF_MEMORY  # reasons of a clip's error record
 
 
 @dataclass
 class ClipFailure:
     """A clip the codec could not encode: its error record's reason and detail."""
 
-    reason: str
+    reason: Reason
     detail: str
 
 
@@ -168,7 +168,7 @@ class ShardProcessor:
         start = time.perf_counter()
         self.startup.setdefault("first_shard_at", time.time())
         writer = ShardWriter(self.storage, shard.id, shard.source, self.schema, self.config.output.compression)
-        result = ShardRecord(shard.id, shard.source, "done", worker=self.name)
+        result = ShardRecord(shard.id, shard.source, DONE, worker=self.name)
         result.started_at = time.time()
         progress = self._progress[shard.id] = {"samples": 0, "audio_seconds": 0.0, "encoded_frames": 0, "encode_s": 0.0,
                                                "started_at": result.started_at, "threads": 0, "loudness_clipped": 0,
@@ -179,8 +179,8 @@ class ShardProcessor:
         try:
             self._process(shard, writer, result, progress)
         except Exception as error:  # the store failing a write (transient), a bug or a device error (unexpected)
-            result.status, result.failure = "failed", TRANSIENT if is_transient(error) else UNEXPECTED
-            result.reason, result.detail = "worker_exception", f"{type(error).__name__}: {str(error)[:200]}"
+            result.status, result.failure = FAILED, TRANSIENT if is_transient(error) else UNEXPECTED
+            result.reason, result.detail = Reason.WORKER_EXCEPTION, f"{type(error).__name__}: {str(error)[:200]}"
             result.traceback = traceback_summary(error)
             if result.failure == UNEXPECTED:  # Ray forwards actors' logs to the driver's: no URL's secret in them
                 log.error("shard %s failed unexpectedly on %s: %s", shard.id, self.name, redact_text(result.traceback))
@@ -198,7 +198,7 @@ class ShardProcessor:
         return result
 
     def _write_log(self, shard: Shard, result: ShardRecord) -> None:
-        if result.status == "done":
+        if result.status == DONE:
             outcome = (f"done: {result.rows} rows, {result.errors} error records, {result.audio_seconds:.1f} s of audio "
                        f"in {result.seconds:.1f} s")
         else:
@@ -221,7 +221,7 @@ class ShardProcessor:
         for raw, decoded in decoded_ahead:
             result.read_retries = getattr(decoded_ahead, "read_retries", reads.retries)
             if raw is None:  # the shard itself broke off: no rows; the driver retries it or records its failure
-                result.status, result.reason, result.detail = "failed", decoded.reason, decoded.detail
+                result.status, result.reason, result.detail = FAILED, decoded.reason, decoded.detail
                 result.failure = decoded.kind
                 if decoded.kind == UNEXPECTED:
                     result.traceback = decoded.detail
@@ -233,7 +233,7 @@ class ShardProcessor:
                 writer.add_error(raw.key, decoded.reason, decoded.detail)
                 continue
             if raw.key in seen:
-                writer.add_error(raw.key, "duplicate_key", "an earlier sample of this shard has the same key")
+                writer.add_error(raw.key, Reason.DUPLICATE_KEY, "an earlier sample of this shard has the same key")
                 continue
             seen.add(raw.key)
             pool.append((raw, decoded))

@@ -21,8 +21,8 @@ import random
 from collections import Counter, deque
 
 from ..config import Config
-from ..failures import PERMANENT, UNEXPECTED
-from ..runstate import ShardRecord, Totals
+from ..failures import PERMANENT, UNEXPECTED, FailureKind, Reason
+from ..runstate import DONE, FAILED, ShardRecord, Totals
 from ..sources import Shard
 
 
@@ -126,7 +126,7 @@ class FailurePolicy:
     # ---- outcomes ---------------------------------------------------------------------------------------
     def settle(self, shard: Shard, record: ShardRecord, actor: tuple[int, int], now: float) -> bool:
         """A shard's outcome from its actor; True when it counts as a failure of that actor."""
-        if record.status == "done":
+        if record.status == DONE:
             self._final(shard, record)
             return False
         kind = record.failure or PERMANENT
@@ -141,10 +141,10 @@ class FailurePolicy:
         elif kind == UNEXPECTED:
             self._final(shard, record)
         else:
-            self.charge(shard, actor, kind, record.reason or "transient", record.detail or "", now)
+            self.charge(shard, actor, kind, record.reason or Reason.TRANSIENT, record.detail or "", now)
         return True
 
-    def charge(self, shard: Shard, actor: tuple[int, int] | None, kind: str, reason: str, detail: str,
+    def charge(self, shard: Shard, actor: tuple[int, int] | None, kind: FailureKind, reason: Reason, detail: str,
                now: float) -> None:
         """A transient failure of this shard: retry with backoff, or fail past ray.max_attempts."""
         self.attempts[shard.id] += 1
@@ -154,7 +154,7 @@ class FailurePolicy:
                                           "reason": f"{reason}: {detail}"[:300], "delay": delay})
             self.retry(shard, actor, delay, now)
         else:
-            self._final(shard, ShardRecord(shard.id, shard.source, "failed", reason=reason, detail=detail, failure=kind),
+            self._final(shard, ShardRecord(shard.id, shard.source, FAILED, reason=reason, detail=detail, failure=kind),
                         charged=True)
 
     def requeue_uncharged(self, shards: list[Shard], now: float, suspect: bool = False) -> None:

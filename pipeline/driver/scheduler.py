@@ -17,9 +17,9 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from ..actor.ray_actor import SHARDS_IN_FLIGHT, CodecActor
 from ..config import Config
-from ..failures import UNEXPECTED
+from ..failures import UNEXPECTED, FailureKind, Reason
 from ..logs import append_shard_log
-from ..runstate import RunState, ShardRecord
+from ..runstate import DONE, FAILED, RunState, ShardRecord
 from ..runstate.retry import WriteRetry
 from ..sources import Shard
 from ..storage import Storage
@@ -28,7 +28,7 @@ from .deadlines import Deadlines
 from .policy import FailurePolicy
 from .pool import ActorPool, Slot, ensure_ray
 
-TIMEOUT, ACTOR_LOST = "timeout", "actor_lost"  # transient failures the driver itself observes
+TIMEOUT, ACTOR_LOST = FailureKind.TIMEOUT, FailureKind.ACTOR_LOST  # transient failures the driver itself observes
 
 
 class Scheduler:
@@ -81,8 +81,8 @@ class Scheduler:
     # ---- outcomes ---------------------------------------------------------------------------------
     def _commit(self, shard: Shard, record: ShardRecord) -> None:
         """Write a shard's final outcome: a failed shard's error file, then its commit record."""
-        if record.status != "done":
-            record.files = publish_shard_failure(self.storage, shard.id, shard.source, record.reason or "failed",
+        if record.status != DONE:
+            record.files = publish_shard_failure(self.storage, shard.id, shard.source, record.reason or Reason.FAILED,
                                                  record.traceback or record.detail or "")
             append_shard_log(self.log_storage, shard.id, f"failed for good after {record.attempts} attempt(s) "
                              f"({record.failure}): {record.error}", WriteRetry.of(self.config.output))
@@ -105,7 +105,7 @@ class Scheduler:
     def _settle(self, slot: Slot, shard: Shard, record: ShardRecord) -> None:
         if slot.solo and shard.id in self.policy.suspects:
             slot.solo = False
-        if record.status != "done":
+        if record.status != DONE:
             self.deadlines.finish(shard, None)
         failed = self.policy.settle(shard, record, slot.key, time.time())
         slot.consecutive_failures = slot.consecutive_failures + 1 if failed else 0
@@ -116,7 +116,7 @@ class Scheduler:
             slot.consecutive_failures = 0
             self.pool.replace(slot)
 
-    def _actor_lost(self, slot: Slot, error: str, culprit: Shard | None = None, kind: str = ACTOR_LOST) -> None:
+    def _actor_lost(self, slot: Slot, error: str, culprit: Shard | None = None, kind: FailureKind = ACTOR_LOST) -> None:
         """The slot's actor died or was killed: charge the shard that did it, requeue the others uncharged."""
         lost = self._take_back(slot)
         if culprit is None and len(lost) == 1:
@@ -129,7 +129,7 @@ class Scheduler:
         # without a culprit, each runs again alone: the one that kills its actor then is charged
         self.policy.requeue_uncharged(innocent, now, suspect=culprit is None)
         if culprit is not None:
-            self.policy.charge(culprit, None, kind, kind, error[:200], now)
+            self.policy.charge(culprit, None, kind, Reason(kind), error[:200], now)  # timeout | actor_lost
 
     def _on_result(self, ref) -> None:
         slot, shard = self.refs.pop(ref)
@@ -142,7 +142,7 @@ class Scheduler:
             self._actor_lost(slot, str(error))
             return
         except RayTaskError as error:  # the worker's own guard failed: treat as unexpected
-            record = ShardRecord(shard.id, shard.source, "failed", failure=UNEXPECTED, reason="worker_exception",
+            record = ShardRecord(shard.id, shard.source, FAILED, failure=UNEXPECTED, reason=Reason.WORKER_EXCEPTION,
                                  detail=str(error).splitlines()[0][:200], traceback=str(error)[-2000:])
         self._settle(slot, shard, record)
 

@@ -188,7 +188,7 @@ def throughput(records: dict, bins: int = 60) -> dict | None:
     (audio seconds finished by then), and `rate` (audio s per wall s in each of `bins` intervals of `edges`),
     each shard's audio spread evenly over its processing time (`seconds`, ending at its finish);
     `note` says when finish times are estimated. None when the records hold no times."""
-    done = [r for r in records.values() if r.get("status") == "done"]
+    done = [r for r in records.values() if r.get("status") == DONE]
     finish, note = _finish_times(done)
     if finish is None:
         return {"note": note}

@@ -8,13 +8,24 @@ a rerun reads only the records the summary does not hold yet.
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from ..failures import FailureKind, Reason
 from ..storage import Storage
 
 COMMITS = "_run/commits"
-DONE, FAILED = "done", "failed"
+
+
+class Status(enum.StrEnum):
+    """A shard's outcome, in its commit record's name and its `status` (a `str`: the JSON is as it was)."""
+
+    DONE = "done"
+    FAILED = "failed"
+
+
+DONE, FAILED = Status.DONE, Status.FAILED
 REQUIRED = ("shard_id", "status", "source")
 
 
@@ -39,14 +50,14 @@ class ShardRecord:
 
     shard_id: str
     source: str
-    status: str  # done | failed
+    status: Status
     samples_read: int = 0
     rows: int = 0
     errors: int = 0
     error_reasons: dict = field(default_factory=dict)
-    reason: str | None = None  # why a failed shard failed: corrupt_tar, timeout, worker_exception, ...
+    reason: Reason | str | None = None  # why a failed shard failed (a str: a reason an older version wrote)
     detail: str | None = None  # what the failure said
-    failure: str | None = None  # failures.TRANSIENT | PERMANENT | UNEXPECTED | "timeout" | "actor_lost"
+    failure: FailureKind | None = None
     traceback: str | None = None  # type, message and last frames, for unexpected failures
     attempts: int = 1  # tries this shard took in this run, this one included
     audio_seconds: float = 0.0
@@ -72,6 +83,17 @@ class ShardRecord:
     decode_nodes: list = field(default_factory=list)  # nodes whose decode tasks decoded it (audio.decode_task_cpus)
     read_retries: int = 0  # remote reads of this try tried again after a transient error (pipeline/sources/reads.py)
     finished_at: float = 0.0  # when the driver committed it
+
+    def __post_init__(self):
+        # plain strings from a commit record's JSON (or a caller) become the enums they name
+        self.status = Status(self.status)
+        if self.failure is not None:
+            self.failure = FailureKind(self.failure)
+        if self.reason is not None:
+            try:
+                self.reason = Reason(self.reason)
+            except ValueError:
+                pass  # kept as written: what status and the totals count it as
 
     @property
     def error(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Iterator
 import fsspec
 from omegaconf import MISSING
 
-from ..failures import PERMANENT, TRANSIENT, ConfigError, transient_cause, transient_reason
+from ..failures import PERMANENT, TRANSIENT, ConfigError, FailureKind, Reason, transient_cause, transient_reason
 from .reads import Reads
 from ..runstate.plan import read_plan
 from ..urls import redact, split_query
@@ -27,10 +27,10 @@ class ShardError(Exception):
     """A whole shard cannot be read: missing, truncated, not the format it claims (permanent), or the
     store or network failed while reading it (transient: worth another try)."""
 
-    def __init__(self, reason: str, detail: str = "", kind: str = PERMANENT):
-        self.reason = reason
+    def __init__(self, reason: Reason | str, detail: str = "", kind: FailureKind = PERMANENT):
+        self.reason = Reason(reason)  # a plain string names a member (ValueError for one that is none)
         self.detail = detail
-        self.kind = kind  # failures.TRANSIENT | PERMANENT | UNEXPECTED
+        self.kind = FailureKind(kind)
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -39,7 +39,7 @@ class ObjectChanged(ShardError):
     as `changed`, never mixing two versions."""
 
     def __init__(self, detail: str):
-        super().__init__("changed", detail, PERMANENT)
+        super().__init__(Reason.CHANGED, detail, PERMANENT)
 
 
 def transient_error(error: BaseException, where: str) -> ShardError | None:
