@@ -61,7 +61,7 @@ def test_cpu_only_node_decodes_for_the_encoder_node_and_codes_equal_each_clip_al
     assert summary.status == "complete"
     _assert_each_sample_once_with_its_own_codes(config, samples, tiny_codec)
     records = read_run(Storage(config.output.dir)).done().values()
-    assert [r["decode_nodes"] for r in records] == [[decoder.node_id]] * 3  # decoded where the CPUs are, not beside the actor
+    assert [r.decode_nodes for r in records] == [[decoder.node_id]] * 3  # decoded where the CPUs are, not beside the actor
 
 
 def _decode_task_pids() -> list[int]:

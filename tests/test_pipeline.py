@@ -94,10 +94,10 @@ def test_webdataset_run_writes_canonical_codes_with_metadata(tmp_path, ray_local
     assert manifest["codec"]["spec"] == "random:tiny" and len(manifest["fingerprint"]) == 64
     assert manifest["shard_count"] == 3 and manifest["totals"]["rows"] == len(samples)
     for entry in records_of(config.output.dir).values():
-        assert entry["status"] == "done" and entry["rows"] + entry["errors"] == entry["samples_read"] == 7
-    schema = pq.read_schema(os.path.join(config.output.dir, entry["files"][0]))
+        assert entry.status == "done" and entry.rows + entry.errors == entry.samples_read == 7
+    schema = pq.read_schema(os.path.join(config.output.dir, entry.files[0]))
     assert str(schema.field("codes").type) == "list<element: list<element: int16>>"
-    assert pq.ParquetFile(os.path.join(config.output.dir, entry["files"][0])).metadata.row_group(0).column(1).compression == "ZSTD"
+    assert pq.ParquetFile(os.path.join(config.output.dir, entry.files[0])).metadata.row_group(0).column(1).compression == "ZSTD"
 
 
 def test_hf_datasets_save_to_disk_and_parquet(tmp_path, ray_local, tiny_codec):

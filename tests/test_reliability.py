@@ -87,7 +87,7 @@ def test_bad_samples_get_codes_or_a_specific_error(tmp_path, ray_local):
             np.testing.assert_array_equal(codes, expected)
     assert rows["tiny"]["num_frames"] == 1 and rows["long"]["num_frames"] == 225
     entry = next(iter(records_of(config.output.dir).values()))
-    assert entry["samples_read"] == len(samples) == entry["rows"] + entry["errors"]
+    assert entry.samples_read == len(samples) == entry.rows + entry.errors
 
 
 def _flac_24bit(array, rate):
@@ -111,19 +111,19 @@ def test_bad_shards_are_recorded_without_partial_rows_and_the_run_goes_on(tmp_pa
     err = capsys.readouterr().err
     assert status == 1 and "status: INCOMPLETE" in err and "rerun the same command" in err
 
-    by_source = {os.path.basename(e["source"]): e for e in records_of(tmp_path / "out").values()}
-    assert by_source["good.tar"]["status"] == "done"
-    assert by_source["missing.tar"]["status"] == "failed" and by_source["missing.tar"]["reason"] == "missing_shard"
+    by_source = {os.path.basename(e.source): e for e in records_of(tmp_path / "out").values()}
+    assert by_source["good.tar"].status == "done"
+    assert by_source["missing.tar"].status == "failed" and by_source["missing.tar"].reason == "missing_shard"
     cut = by_source["cut.tar"]
-    assert cut["status"] == "failed" and cut["reason"] == "corrupt_tar"
+    assert cut.status == "failed" and cut.reason == "corrupt_tar"
     # the cut tar read some samples before it broke; none of them reach data/ (glob readers would see them),
     # its shard-level record stands for all of them and a rerun redoes it whole
-    assert cut["samples_read"] >= 1 and cut["rows"] == 0 and cut["files"] == [f"errors/{cut['shard_id']}.jsonl"]
-    assert sorted(os.listdir(tmp_path / "out/data")) == [f"{by_source['good.tar']['shard_id']}.parquet"]
+    assert cut.samples_read >= 1 and cut.rows == 0 and cut.files == [f"errors/{cut.shard_id}.jsonl"]
+    assert sorted(os.listdir(tmp_path / "out/data")) == [f"{by_source['good.tar'].shard_id}.parquet"]
     assert {r["key"] for r in read_rows(tmp_path / "out")} == {f"g_{i:03d}" for i in range(3)}
     errors = errors_of(tmp_path / "out")
     assert sorted(e["reason"] for e in errors if e["key"] is None) == ["corrupt_tar", "missing_shard"]
-    assert not [e for e in errors if e["shard"] == cut["shard_id"] and e["key"] is not None]
+    assert not [e for e in errors if e["shard"] == cut.shard_id and e["key"] is not None]
 
 
 def test_hf_bad_files_are_shard_errors(tmp_path, ray_local):

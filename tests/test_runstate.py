@@ -70,7 +70,7 @@ def test_rerun_trusts_commit_records_over_a_summary_that_lags_and_rebuilds_it(st
     # killed before the next compaction: the summary holds one shard, the commit records hold four
     state.lease.release()
     view = read_run(storage)
-    assert sorted(view.done()) == ["s0", "s1", "s2"] and view.records["bad"]["status"] == "failed"
+    assert sorted(view.done()) == ["s0", "s1", "s2"] and view.records["bad"].status == "failed"
     assert view.summary_stale
     again = RunState.open(storage, header(), output_settings())
     assert again.done("s1") and not again.done("bad") and again.totals()["shards_done"] == 3
@@ -95,8 +95,8 @@ def test_failed_record_written_with_shard_error_only_reads_with_its_reason_and_d
            "files": ["errors/old.jsonl"]}
     storage.write_bytes(record_path("old", "failed"), json.dumps(old).encode())
     view = read_run(storage)
-    assert (view.records["new"]["reason"], view.records["new"]["detail"]) == ("corrupt_tar", "cut")
-    record = ShardRecord.from_dict(view.records["old"])
+    assert (view.records["new"].reason, view.records["new"].detail) == ("corrupt_tar", "cut")
+    record = view.records["old"]
     assert (record.reason, record.detail, record.error) == ("corrupt_tar", "cut at 512", "corrupt_tar: cut at 512")
     again = RunState.open(storage, header(), output_settings())
     assert again.totals()["shard_error_reasons"] == {"corrupt_tar": 2}

@@ -70,7 +70,7 @@ def test_s3_run_survives_503s_with_nothing_lost_duplicated_or_failed(tmp_path, s
     assert summary.status == "complete" and summary.totals["shards_failed"] == 0
     assert any(p.startswith("/audio/in/") for p in s3.failed) and any(p.startswith("/audio/out/data/") for p in s3.failed)
     records = read_run(Storage("s3://audio/out")).records
-    assert all(r["status"] == "done" for r in records.values()) and max(r["attempts"] for r in records.values()) > 1
+    assert all(r.status == "done" for r in records.values()) and max(r.attempts for r in records.values()) > 1
     assert verify("s3://audio/out") == []
     rows = [row["key"] for row in TokenDataset("s3://audio/out")]
     assert sorted(rows) == sorted(keys)  # every sample once
@@ -128,7 +128,7 @@ def test_s3_driver_writes_through_503s_on_run_state_summary_lease_and_a_failed_s
     assert retried == {path.removeprefix("/audio/out/") for path in set(s3.failed) - logs}
     assert logs and all(Storage("s3://audio/out").read_bytes(p.removeprefix("/audio/out/")) for p in logs)
     records = read_run(Storage("s3://audio/out")).records
-    assert sorted(r["status"] for r in records.values()) == ["done", "done", "failed"]
+    assert sorted(r.status for r in records.values()) == ["done", "done", "failed"]
     assert [p for p in verify("s3://audio/out") if not p.startswith("shard gone-")] == []
     assert sorted(row["key"] for row in TokenDataset("s3://audio/out")) == sorted(keys)
 

@@ -58,10 +58,10 @@ def test_transient_failures_are_retried_on_another_actor_and_permanent_ones_are_
     records, events = run(tmp_path, {"a": "ok", "b": "ok", "flaky": "transient-2", "down": "transient-9",
                                      "broken": "permanent"}, "ray.max_attempts=3", "guard.min_shards=10",
                           "ray.max_consecutive_failures=10", "ray.retry_backoff_s=2")  # both actors up by the retries
-    assert records["flaky"]["status"] == "done" and records["flaky"]["attempts"] == 3
-    assert records["down"]["status"] == "failed" and records["down"]["attempts"] == 3
-    assert records["down"]["reason"] == "transient_io"
-    assert records["broken"]["status"] == "failed" and records["broken"]["attempts"] == 1
+    assert records["flaky"].status == "done" and records["flaky"].attempts == 3
+    assert records["down"].status == "failed" and records["down"].attempts == 3
+    assert records["down"].reason == "transient_io"
+    assert records["broken"].status == "failed" and records["broken"].attempts == 1
     assert len(calls(tmp_path, "broken")) == 1  # a permanent failure is not tried again
     flaky = calls(tmp_path, "flaky")
     assert all(a.split(":")[0] != b.split(":")[0] for a, b in zip(flaky, flaky[1:])), flaky  # another actor each time
@@ -70,7 +70,7 @@ def test_transient_failures_are_retried_on_another_actor_and_permanent_ones_are_
 
 def test_unexpected_error_is_retried_once_then_fails_with_its_traceback(tmp_path, ray_local):
     records, _ = run(tmp_path, {"bug": "unexpected", "fine": "ok"})
-    assert len(calls(tmp_path, "bug")) == 2 and records["bug"]["status"] == "failed"
+    assert len(calls(tmp_path, "bug")) == 2 and records["bug"].status == "failed"
     errors = [json.loads(line) for line in open(tmp_path / "out" / "errors" / "bug.jsonl")]
     assert errors[0]["key"] is None and "ZeroDivisionError" in errors[0]["detail"]
     assert "scripted bug in bug" in errors[0]["detail"] and "_act" in errors[0]["detail"]  # the traceback's frames
@@ -82,8 +82,8 @@ def test_only_the_shard_that_kills_its_actor_is_charged(tmp_path, ray_local):
     lost = [i for k, i in events if k == "actor_lost"]
     assert sorted(lost[0]["lost"]) == ["neighbour", "poison"] and lost[0]["charged"] is None
     assert all(i["charged"] == "poison" for i in lost[1:]) and len(lost) == 3  # alone, it kills: charged twice
-    assert records["neighbour"]["status"] == "done" and records["neighbour"]["attempts"] == 1
-    assert records["poison"]["status"] == "failed" and records["poison"]["reason"] == "actor_lost"
+    assert records["neighbour"].status == "done" and records["neighbour"].attempts == 1
+    assert records["poison"].status == "failed" and records["poison"].reason == "actor_lost"
 
 
 def test_actor_failing_shards_in_a_row_is_replaced(tmp_path, ray_local):
@@ -91,7 +91,7 @@ def test_actor_failing_shards_in_a_row_is_replaced(tmp_path, ray_local):
     records, events = run(tmp_path, shards, "ray.num_actors=1", "ray.max_consecutive_failures=3", "ray.max_attempts=3")
     sick = [i for k, i in events if k == "actor_sick"]
     assert len(sick) == 1 and sick[0]["failures"] == 3 and "cuda_error" in sick[0]["last"]
-    assert all(r["status"] == "done" for r in records.values()) and len(records) == 8
+    assert all(r.status == "done" for r in records.values()) and len(records) == 8
 
 
 def test_hung_shard_is_bounded_by_its_time_limit(tmp_path, ray_local):
@@ -99,8 +99,8 @@ def test_hung_shard_is_bounded_by_its_time_limit(tmp_path, ray_local):
     records, events = run(tmp_path, {"stuck": "hang", "fine": "slow-0.5"}, "ray.num_actors=1",
                           "ray.shard_timeout_s=3", "ray.max_attempts=2", "guard.min_shards=10")
     assert time.time() - start < 60
-    assert records["stuck"]["status"] == "failed" and records["stuck"]["reason"] == "timeout"
-    assert records["fine"]["status"] == "done" and records["fine"]["attempts"] == 1
+    assert records["stuck"].status == "failed" and records["stuck"].reason == "timeout"
+    assert records["fine"].status == "done" and records["fine"].attempts == 1
     assert [i["charged"] for k, i in events if k == "actor_lost"] == ["stuck", "stuck"]
 
 
@@ -119,8 +119,8 @@ def test_guard_counts_this_runs_outcomes_so_a_rerun_after_fixing_the_source_comp
         run(tmp_path, {**broken, "ok": "slow-3"}, "guard.min_shards=4", "guard.max_failed_shard_fraction=0.5")
     fixed = {"bad0": "permanent", **{f"bad{i}": "slow-1" for i in range(1, 5)}, "ok": "slow-1"}
     records, _ = run(tmp_path, fixed, "guard.min_shards=4", "guard.max_failed_shard_fraction=0.5")
-    assert records["bad0"]["status"] == "failed" and records["bad0"]["reason"] == "corrupt_tar"
-    assert all(records[k]["status"] == "done" for k in fixed if k != "bad0"), records
+    assert records["bad0"].status == "failed" and records["bad0"].reason == "corrupt_tar"
+    assert all(records[k].status == "done" for k in fixed if k != "bad0"), records
 
 
 def test_actor_killed_while_loading_is_counted_backed_off_and_then_given_up(tmp_path, ray_local, monkeypatch):
@@ -132,7 +132,7 @@ def test_actor_killed_while_loading_is_counted_backed_off_and_then_given_up(tmp_
     retries = [i for k, i in events if k == "actor_start_retry"]
     assert [(i["cause"], i["count"]) for i in retries] == [("lost", 1), ("lost", 2)]
     assert all(i["delay"] > 0 for i in retries) and not [k for k, _ in events if k == "actor_start_failed"]
-    assert all(r["status"] == "done" for r in records.values()) and len(records) == 2
+    assert all(r.status == "done" for r in records.values()) and len(records) == 2
 
     monkeypatch.setattr("pipeline.driver.pool.START_RETRIES", 2)
     events = []
@@ -149,7 +149,7 @@ def test_transient_start_errors_do_not_count_toward_the_two_strike_stop(tmp_path
     assert [i["cause"] for k, i in events if k == "actor_start_retry"] == ["transient"] * 3
     failed = [i for k, i in events if k == "actor_start_failed"]
     assert len(failed) == 1 and failed[0]["replacing"] and "cannot load" in failed[0]["error"]
-    assert all(r["status"] == "done" for r in records.values()) and len(records) == 2
+    assert all(r.status == "done" for r in records.values()) and len(records) == 2
 
 
 def test_actor_on_another_device_gives_up_its_place_and_the_run_goes_on(tmp_path, ray_local):
@@ -162,7 +162,7 @@ def test_actor_on_another_device_gives_up_its_place_and_the_run_goes_on(tmp_path
     assert [(i["cause"], i["left"]) for i in given_up] == [("wrong_device", 1)]
     assert "another device than the run's" in given_up[0]["why"] and "device differs" in given_up[0]["error"]
     assert not [k for k, _ in events if k == "actor_start_failed"]
-    assert all(r["status"] == "done" for r in records.values()) and len(records) == 2
+    assert all(r.status == "done" for r in records.values()) and len(records) == 2
 
 
 def test_shard_whose_actor_never_answers_is_timed_out_from_dispatch(tmp_path, ray_local):
@@ -170,7 +170,7 @@ def test_shard_whose_actor_never_answers_is_timed_out_from_dispatch(tmp_path, ra
     alone the shard would end done after 30 s.)"""
     records, events = run(tmp_path, {"mute": "mute-30"}, "ray.num_actors=1", "ray.shard_timeout_s=2",
                           "ray.max_attempts=1", "guard.min_shards=10")
-    assert records["mute"]["status"] == "failed" and records["mute"]["reason"] == "timeout"
+    assert records["mute"].status == "failed" and records["mute"].reason == "timeout"
     assert [i["charged"] for k, i in events if k == "actor_lost"] == ["mute"]
 
 
@@ -228,7 +228,7 @@ def test_actors_waiting_for_resources_are_reported_while_the_others_work(tmp_pat
     records, events = run(tmp_path, behaviours, "ray.num_actors=3", "ray.pending_actor_warn_s=1")
     waiting = [i for k, i in events if k == "actors_waiting"]  # 2 CPUs, 3 one-CPU actors: one cannot start
     assert any(w["count"] == 1 and w["running"] == 2 for w in waiting), waiting
-    assert all(r["status"] == "done" for r in records.values()) and len(records) == 20
+    assert all(r.status == "done" for r in records.values()) and len(records) == 20
 
 
 def test_idle_actors_cores_go_to_the_busy_one_in_the_tail(tmp_path, ray_local):
@@ -236,17 +236,17 @@ def test_idle_actors_cores_go_to_the_busy_one_in_the_tail(tmp_path, ray_local):
     encoding gets the idle actor's core instead of leaving it idle until the job ends."""
     records, events = run(tmp_path, {"long": "slow-4", "short0": "slow-0.2", "short1": "slow-0.2"},
                           "ray.num_actors=2", "ray.cpus_per_actor=1")
-    assert all(r["status"] == "done" for r in records.values())
-    assert records["long"]["threads"] == 2, records
-    assert records["short0"]["threads"] == 1 and records["short1"]["threads"] == 1  # nothing lent while both were busy
+    assert all(r.status == "done" for r in records.values())
+    assert records["long"].threads == 2, records
+    assert records["short0"].threads == 1 and records["short1"].threads == 1  # nothing lent while both were busy
 
 
 def test_last_shards_are_not_queued_behind_a_busy_actor(tmp_path, ray_local):
     """Three shards on two actors: the third goes to whichever actor frees first, not as a second shard
     queued on an actor that still encodes its first (which leaves the other actor idle)."""
     records, _ = run(tmp_path, {"a-long": "slow-3", "b-short": "slow-0.3", "c-next": "slow-0.3"}, "ray.num_actors=2")
-    long_worker = records["a-long"]["worker"]
-    assert [records[k]["worker"] != long_worker for k in ("b-short", "c-next")] == [True, True], records
+    long_worker = records["a-long"].worker
+    assert [records[k].worker != long_worker for k in ("b-short", "c-next")] == [True, True], records
 
 
 def test_fewer_shards_than_actor_places_get_fewer_bigger_actors():

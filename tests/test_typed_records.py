@@ -68,3 +68,76 @@ def test_enum_fields_serialize_as_the_strings_a_commit_record_held():
     assert plain.status == "failed" and f"{plain.reason}" == "timeout" and str(plain.status) == "failed"
     older = ShardRecord.from_dict({"shard_id": "o", "source": "x", "status": "failed", "reason": "since_renamed"})
     assert older.reason == "since_renamed"  # a reason an older version wrote is kept as it was
+
+
+# ---- an output written before the run state held ShardRecords ----------------------------------------------
+
+PRE_TYPED = ROOT / "tests" / "data" / "pre_typed_output"
+def output_settings():
+    """The output settings of a resume (tests/test_runstate.py's helper imports the driver: seconds)."""
+    from pipeline.config import load_config
+
+    return load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x"]).output
+
+
+DONE_SHARD, FAILED_SHARDS = "good-84ed3679c8", {"cut-70f76425f0": "corrupt_tar", "missing-09966d2d0f": "missing_shard"}
+
+
+@pytest.fixture
+def pre_typed(tmp_path, monkeypatch):
+    """A copy of the old output (status caches, and a resume rewrites the summary), and status's cache kept here."""
+    import shutil
+
+    monkeypatch.setenv("AUDIOTOK_CACHE", str(tmp_path / "cache"))
+    return pathlib.Path(shutil.copytree(PRE_TYPED, tmp_path / "out"))
+
+
+def test_status_of_an_output_written_before_typed_records_counts_what_it_did(pre_typed):
+    from pipeline.status import read_status, status_text
+
+    s = read_status(str(pre_typed))
+    assert (s.shards_listed, s.shards_done, s.shards_failed, s.shards_to_do) == (3, 1, 2, 0)
+    assert (s.samples, s.error_records, s.error_reasons) == (2, 1, {"no_audio": 1})
+    assert s.shard_error_reasons == {"corrupt_tar": 1, "missing_shard": 1}
+    assert "1 done, 2 failed, 0 to do (of 3 listed)" in status_text(s)
+
+
+def test_run_state_of_an_older_output_loads_shard_records_with_enums_and_a_resume_redoes_no_done_shard(pre_typed):
+    from pipeline.runstate import RunState, read_run
+    from pipeline.storage import Storage
+
+    view = read_run(Storage(str(pre_typed)))
+    assert all(isinstance(r, ShardRecord) for r in view.records.values()) and not view.corrupt
+    assert view.records[DONE_SHARD].status is Status.DONE and view.records[DONE_SHARD].error_reasons == {"no_audio": 1}
+    for shard_id, reason in FAILED_SHARDS.items():
+        record = view.records[shard_id]
+        assert record.status is Status.FAILED and record.reason is Reason(reason)
+        assert record.failure is FailureKind.PERMANENT and record.error.startswith(f"{reason}: ")
+    manifest = json.loads((pre_typed / "manifest.json").read_text())
+    header = {k: v for k, v in manifest.items() if k not in ("totals", "shard_count", "shard_list", "compacted_at")}
+    state = RunState.open(Storage(str(pre_typed)), header, output_settings())
+    try:
+        assert all(isinstance(r, ShardRecord) for r in state.records.values())
+        pending = sorted(k for k in view.records if not state.done(k))
+        assert pending == sorted(FAILED_SHARDS)  # the done shard is not run again; the failed ones are
+        assert state.totals() == manifest["totals"]
+    finally:
+        state.close()  # compacts: the summary is written again from the loaded records
+
+
+def test_older_records_loaded_and_written_again_are_the_same_bytes(pre_typed):
+    from pipeline.runstate import RunState
+    from pipeline.runstate.records import COMMITS, record_bytes
+    from pipeline.storage import Storage
+
+    commits = sorted((PRE_TYPED / COMMITS).glob("*.json"))
+    assert len(commits) == 3
+    for path in commits:
+        assert record_bytes(ShardRecord.from_dict(json.loads(path.read_bytes()))) == path.read_bytes(), path.name
+    manifest = json.loads((pre_typed / "manifest.json").read_text())
+    header = {k: v for k, v in manifest.items() if k not in ("totals", "shard_count", "shard_list", "compacted_at")}
+    RunState.open(Storage(str(pre_typed)), header, output_settings()).close()  # a resume's final summary
+    for name in ("_run/shards.jsonl", "_run/digest.json"):
+        assert (pre_typed / name).read_bytes() == (PRE_TYPED / name).read_bytes(), name
+    rewritten = json.loads((pre_typed / "manifest.json").read_text())
+    assert rewritten.pop("compacted_at") > manifest.pop("compacted_at") and rewritten == manifest

@@ -15,7 +15,7 @@ from ..config import Config, ConfigError, as_dict
 from ..actor.device import probe_device
 from ..audio.loudness import METHOD as LOUDNESS_METHOD
 from ..metrics import RunMetrics
-from ..runstate import DONE, RunState, ShardRecord, StoreWriteFailed, error_text, library_versions
+from ..runstate import DONE, RunState, ShardRecord, StoreWriteFailed, library_versions
 from . import Scheduler, ensure_ray
 from ..schema import column_lines, output_schema, schema_to_text
 from ..sources import SourceListing, distinct_shards, largest_first, list_shards
@@ -140,7 +140,7 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
                 startup = {"prepare_s": prepared, **startup, "ray_start_s": ray_start_s,
                            "to_first_batch_s": startup.pop("first_batch_at") - start}
         complete = all(state.done(s.id) for s in shards)
-        failed = sorted((k, error_text(r)) for k, r in state.records.items() if r["status"] != DONE)
+        failed = sorted((k, r.error) for k, r in state.records.items() if r.status != DONE)
     finally:
         state.close()
     return JobSummary("complete" if complete else "incomplete", len(shards), skipped, len(shards) - skipped,

@@ -140,7 +140,7 @@ def list_records(storage: Storage) -> dict[str, list[str]]:
     return found
 
 
-def decode(shard_id: str, status: str, data: bytes | Exception) -> dict | str:
+def decode(shard_id: str, status: str, data: bytes | Exception) -> ShardRecord | str:
     """The record, or a reason it cannot be trusted (so its shard counts as not done)."""
     if isinstance(data, Exception):
         return f"unreadable: {type(data).__name__}"
@@ -154,11 +154,11 @@ def decode(shard_id: str, status: str, data: bytes | Exception) -> dict | str:
         return f"names shard {record['shard_id']!r} with status {record['status']!r}"
     if status == DONE and not record.get("files"):
         return "a done record without files"
-    return record
+    return ShardRecord.from_dict(record)
 
 
 def read_records(storage: Storage, wanted: list[tuple[str, str]]) -> tuple[dict, dict]:
-    """Read the records (shard id, status) -> ({shard id: record}, {shard id: why it is not trusted})."""
+    """Read the records (shard id, status) -> ({shard id: ShardRecord}, {shard id: why it is not trusted})."""
     raw = storage.read_many([record_path(i, s) for i, s in wanted])
     records, corrupt = {}, {}
     for shard_id, status in wanted:
@@ -170,6 +170,10 @@ def read_records(storage: Storage, wanted: list[tuple[str, str]]) -> tuple[dict,
     return records, corrupt
 
 
-def write_record(storage: Storage, record: dict) -> None:
-    """`record`: a ShardRecord's `to_dict`."""
-    storage.write_bytes(record_path(record["shard_id"], record["status"]), json.dumps(record, sort_keys=True).encode())
+def record_bytes(record: ShardRecord) -> bytes:
+    """A record's JSON as commit records and the shard list hold it (keys sorted: field order does not matter)."""
+    return json.dumps(record.to_dict(), sort_keys=True).encode()
+
+
+def write_record(storage: Storage, record: ShardRecord) -> None:
+    storage.write_bytes(record_path(record.shard_id, record.status), record_bytes(record))

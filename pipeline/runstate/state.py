@@ -34,12 +34,12 @@ class OutputError(RuntimeError):
 @dataclass
 class RunView:
     manifest: dict
-    records: dict  # shard id -> its latest trusted commit record
+    records: dict[str, ShardRecord]  # shard id -> its latest trusted commit record
     corrupt: dict  # shard id -> why its record is not trusted (the shard counts as not done)
     summary_stale: bool  # the summary disagrees with the commit records
 
-    def done(self) -> dict:
-        return {k: r for k, r in self.records.items() if r["status"] == DONE}
+    def done(self) -> dict[str, ShardRecord]:
+        return {k: r for k, r in self.records.items() if r.status == DONE}
 
 
 def _load(storage: Storage) -> tuple[dict, dict, bool, set]:
@@ -50,13 +50,13 @@ def _load(storage: Storage) -> tuple[dict, dict, bool, set]:
     for shard_id, statuses in listed.items():
         status = DONE if DONE in statuses else FAILED
         held = summary.get(shard_id)
-        if status == DONE and held is not None and held.get("status") == DONE:
+        if status == DONE and held is not None and held.status == DONE:
             records[shard_id] = held  # a done record never changes: the summary's copy is it
         else:
             wanted.append((shard_id, status))
     fresh, corrupt = read_records(storage, wanted)
     records.update(fresh)
-    stale = set(summary) != set(records) or any(summary[k].get("status") != r["status"] for k, r in records.items())
+    stale = set(summary) != set(records) or any(summary[k].status != r.status for k, r in records.items())
     failed_files = {k for k, statuses in listed.items() if FAILED in statuses}
     return records, corrupt, stale, failed_files
 
@@ -83,7 +83,7 @@ class RunState:
     def __init__(self, storage: Storage, header: dict, lease: Lease, summary_interval_s: float, on_event):
         self.storage, self.header, self.lease = storage, header, lease
         self.summary_interval_s, self.on_event = summary_interval_s, on_event
-        self.records: dict = {}
+        self.records: dict[str, ShardRecord] = {}
         self.corrupt: dict = {}
         self._failed_files: set = set()
         self._totals = Totals()
@@ -157,7 +157,8 @@ class RunState:
         return schema_from_text(self.header["output_schema"])
 
     def done(self, shard_id: str) -> bool:
-        return self.records.get(shard_id, {}).get("status") == DONE
+        record = self.records.get(shard_id)
+        return record is not None and record.status == DONE
 
     def totals(self) -> dict:
         return self._totals.as_dict()
@@ -166,8 +167,8 @@ class RunState:
         """Record a finished shard (its data and error files are already written); URLs in it without secrets."""
         self.lease.check()
         result.finished_at = time.time()
-        record = redact_tree(result.to_dict())
-        shard_id = record["shard_id"]
+        record = ShardRecord.from_dict(redact_tree(result.to_dict()))
+        shard_id = record.shard_id
         write_record(self.storage, record)
         old = self.records.get(shard_id)
         if old is not None:
@@ -175,7 +176,7 @@ class RunState:
         self.records[shard_id] = record
         self._totals.add(record)
         self.corrupt.pop(shard_id, None)
-        if record["status"] == FAILED:
+        if record.status == FAILED:
             self._failed_files.add(shard_id)
         elif shard_id in self._failed_files:
             self.storage.remove_file(record_path(shard_id, FAILED))  # the done record wins even if this is cut short
