@@ -12,6 +12,7 @@ import pytest
 import ray
 
 from pipeline.driver.job import run_job
+from pipeline.events import ShardRetry
 from pipeline.runstate import read_run
 from pipeline.storage import Storage
 from tests.corpus import mixed_tar
@@ -91,9 +92,9 @@ def test_decode_task_killed_mid_shard_costs_a_retry_not_a_sample(tmp_path, encod
             time.sleep(0.01)
 
     threading.Thread(target=kill_the_first_decode_task, daemon=True).start()
-    summary = run_job(config, lambda kind, info: events.append((kind, info)))
+    summary = run_job(config, events.append)
     assert killed, "no decode task was seen running"
     assert summary.status == "complete"
-    retries = [info for kind, info in events if kind == "shard_retry"]
-    assert retries and "decode_task_lost" in retries[0]["reason"]
+    retries = [e for e in events if isinstance(e, ShardRetry)]
+    assert retries and "decode_task_lost" in retries[0].reason
     _assert_each_sample_once_with_its_own_codes(config, samples, tiny_codec)

@@ -16,6 +16,7 @@ import pytest
 from codec import load_codec
 from pipeline.driver.job import run_job
 from pipeline.driver import GuardTripped
+from pipeline.events import ActorLost, ActorsStarted
 from pipeline.run import Progress
 from pipeline.run import main as cli_main
 from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
@@ -176,31 +177,31 @@ def test_killed_actor_mid_shard_is_replaced_and_the_shard_appears_once(tmp_path,
     events, killed, replacements = [], [], []
 
     def kill_once_it_has_encoded_something(actor):
-        pid = ray.get(actor.facts.remote())["pid"]
+        pid = ray.get(actor.facts.remote()).pid
         deadline = time.time() + 120
         while time.time() < deadline:
             progress = ray.get(actor.progress.remote())
-            if progress["shards"] == 2 and progress["samples"] > 0:
+            if progress.shards == 2 and progress.samples > 0:
                 os.kill(pid, signal.SIGKILL)
-                killed.append(progress["samples"])
+                killed.append(progress.samples)
                 return
             time.sleep(0.02)
 
     shown = io.StringIO()
     progress = Progress(shown)  # what the CLI would print
 
-    def on_event(kind, info):
-        events.append(kind)
-        progress(kind, info)
-        if kind == "actor_lost":
-            replacements.append(info)
-        if kind == "actors" and events.count("actors") == 1:
-            threading.Thread(target=kill_once_it_has_encoded_something, args=(info["actors"][0],)).start()
+    def on_event(event):
+        events.append(type(event))
+        progress(event)
+        if isinstance(event, ActorLost):
+            replacements.append(event)
+        if isinstance(event, ActorsStarted) and events.count(ActorsStarted) == 1:
+            threading.Thread(target=kill_once_it_has_encoded_something, args=(event.actors[0],)).start()
 
     summary = run_job(config, on_event)
     assert killed and summary.status == "complete"
     # both shards lost, one replacement; neither charged (which one killed it is unknown), each rerun alone
-    assert [(len(r["lost"]), r["charged"]) for r in replacements] == [(2, None)]
+    assert [(len(r.lost), r.charged) for r in replacements] == [(2, None)]
     assert "replaced, its shards run again, each alone, uncharged" in shown.getvalue()
     assert all(r["attempts"] == 1 for r in records_of(config.output.dir).values())
     keys = [r["key"] for r in read_rows(config.output.dir)]

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.driver.job import open_run_state, resolve_codec
+from pipeline.events import CorruptCommits, LeaseTakenOver
 from pipeline.run import main as run_main
 from pipeline.runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, RunState, ShardRecord, read_run
 from pipeline.runstate.digest import DIGEST
@@ -112,10 +113,10 @@ def test_commit_record_cut_short_counts_as_not_done_and_is_reported(storage):
     cut = f"{COMMITS}/b.done.json"
     storage.write_bytes(cut, storage.read_bytes(cut)[:40])  # a crash mid-write without atomic rename
     events = []
-    again = RunState.open(storage, header(), output_settings(), lambda kind, info: events.append((kind, info)))
+    again = RunState.open(storage, header(), output_settings(), events.append)
     assert again.done("a") and not again.done("b")
-    (kind, info), = [e for e in events if e[0] == "corrupt_commits"]
-    assert "b" in info["corrupt"] and "not JSON" in info["corrupt"]["b"]
+    (event,) = [e for e in events if isinstance(e, CorruptCommits)]
+    assert "b" in event.corrupt and "not JSON" in event.corrupt["b"]
     again.close()
 
 
@@ -142,8 +143,8 @@ def test_lease_of_a_dead_driver_on_this_host_is_taken_over_at_once(storage):
              "heartbeat_at": time.time()}
     storage.write_bytes(LEASE, json.dumps(lease).encode())
     events = []
-    RunState.open(storage, header(), output_settings(), lambda kind, info: events.append((kind, info))).close()
-    assert [info["note"] for kind, info in events if kind == "lease_taken_over"][0].endswith("is gone")
+    RunState.open(storage, header(), output_settings(), events.append).close()
+    assert [e.note for e in events if isinstance(e, LeaseTakenOver)][0].endswith("is gone")
 
 
 def test_lease_without_heartbeat_is_taken_over_only_after_the_timeout(storage):
@@ -153,8 +154,8 @@ def test_lease_without_heartbeat_is_taken_over_only_after_the_timeout(storage):
         RunState.open(storage, header(), output_settings(lease_timeout_s=60))
     storage.write_bytes(LEASE, json.dumps(dict(lease, heartbeat_at=time.time() - 61)).encode())
     events = []
-    RunState.open(storage, header(), output_settings(lease_timeout_s=60), lambda k, i: events.append(i)).close()
-    assert "no heartbeat for" in events[0]["note"]
+    RunState.open(storage, header(), output_settings(lease_timeout_s=60), events.append).close()
+    assert "no heartbeat for" in events[0].note
 
 
 def test_run_whose_lease_was_taken_over_stops_instead_of_writing_beside_the_new_holder(storage):
@@ -240,7 +241,7 @@ def test_changed_settings_name_what_changed_and_how_to_continue(tmp_path, monkey
         config = load_config(None, ["source.kind=webdataset", f"source.urls={tmp_path}/in/a.tar",
                                     f"output.dir={tmp_path}/out", "codec.model=org/tiny-tokenizer", *overrides])
         state = open_run_state(config, Storage(config.output.dir), resolve_codec(config), list_shards(config.source),
-                               lambda kind, info: None)
+                               lambda event: None)
         state.close()
         return state
 
@@ -277,7 +278,7 @@ def test_a_rerun_on_another_device_is_refused_like_a_library_upgrade_and_an_outp
     def open_on(device, *overrides, out="out"):
         run_config = load_config(None, [f"source.urls={tmp_path}/in/a.tar", f"output.dir={tmp_path}/{out}",
                                         "source.kind=webdataset", "codec.model=random:tiny", *overrides])
-        state = open_run_state(run_config, Storage(str(tmp_path / out)), codec, listing, lambda kind, info: None, device)
+        state = open_run_state(run_config, Storage(str(tmp_path / out)), codec, listing, lambda event: None, device)
         state.close()
         return json.loads((tmp_path / out / "manifest.json").read_text())
 
@@ -313,7 +314,7 @@ def test_hf_key_and_audio_columns_are_part_of_the_identity(tmp_path):
         config = load_config(None, ["source.kind=hf", f"source.path={tmp_path}/a.parquet", f"output.dir={tmp_path}/out",
                                     "codec.model=random:tiny", *overrides])
         open_run_state(config, Storage(config.output.dir), resolve_codec(config), list_shards(config.source),
-                       lambda kind, info: None).close()
+                       lambda event: None).close()
 
     open_with()
     open_with("source.key_column=id")  # the default it resolved to: the same keys

@@ -66,8 +66,10 @@ def test_enum_fields_serialize_as_the_strings_a_commit_record_held():
     assert plain.status is Status.FAILED and plain.reason is Reason.TIMEOUT and plain.failure is FailureKind.TIMEOUT
     # comparisons, f-strings and str() (metrics tags, file names) as before
     assert plain.status == "failed" and f"{plain.reason}" == "timeout" and str(plain.status) == "failed"
-    older = ShardRecord.from_dict({"shard_id": "o", "source": "x", "status": "failed", "reason": "since_renamed"})
-    assert older.reason == "since_renamed"  # a reason an older version wrote is kept as it was
+    older = ShardRecord.from_dict({"shard_id": "o", "source": "x", "status": "failed", "reason": "since_renamed",
+                                   "failure": "since_renamed_too"})
+    # a reason or kind an older version wrote is kept as it was, not a record that cannot be read
+    assert (older.reason, older.failure) == ("since_renamed", "since_renamed_too")
 
 
 # ---- an output written before the run state held ShardRecords ----------------------------------------------
@@ -141,3 +143,15 @@ def test_older_records_loaded_and_written_again_are_the_same_bytes(pre_typed):
         assert (pre_typed / name).read_bytes() == (PRE_TYPED / name).read_bytes(), name
     rewritten = json.loads((pre_typed / "manifest.json").read_text())
     assert rewritten.pop("compacted_at") > manifest.pop("compacted_at") and rewritten == manifest
+
+
+def test_actor_setup_reaches_the_codec_actors_constructor_under_the_names_it_was_given():
+    import inspect
+
+    from pipeline.actor.ray_actor import CodecActor
+    from pipeline.driver import ActorSetup
+
+    setup = ActorSetup(checkpoint="ckpt", schema="schema", versions={"torch": "x"}, device={"name": "cpu"})
+    init = inspect.signature(CodecActor.__ray_actor_class__.__init__)
+    bound = init.bind("self", "config", "actor-0", *setup.args()).arguments
+    assert {k: bound[k] for k in ("checkpoint", "schema", "versions", "device")} == vars(setup)

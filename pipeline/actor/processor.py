@@ -27,6 +27,7 @@ from codec.memory import is_out_of_memory, release_device_memory
 from ..audio.decode import Audio, SampleError
 from .batch_budget import BatchBudget
 from ..config import Config
+from .facts import ActorProgress, Startup
 from .decode_tasks import DecodeInTask
 from ..audio.sample_decoder import SampleDecoder
 from ..failures import TRANSIENT, UNEXPECTED, Reason, WrongDeviceError, traceback_summary, is_transient
@@ -119,7 +120,7 @@ class ShardProcessor:
                                "or start a new output.dir for the other device")
         self.schema = schema if schema is not None else output_schema([])
         self.started = time.perf_counter()
-        self.startup = {"init_at": time.time()}  # wall clock, so the driver can line it up with its own
+        self.startup = Startup(init_at=time.time())  # wall clock, so the driver can line it up with its own
         self.first_encode_at: float | None = None
         self._reported_first = False
         # Shards may be processed two at a time (the next one decodes while this one encodes), but the
@@ -134,12 +135,12 @@ class ShardProcessor:
         began = time.perf_counter()
         self.codec = load_codec_for(config, checkpoint, self.device)
         self.codec.num_codebooks(config.codec.bandwidth)  # a bandwidth the checkpoint lacks fails here, not mid-shard
-        self.startup["load_s"] = time.perf_counter() - began
+        self.startup.load_s = time.perf_counter() - began
         self.calibration: list[dict] = []
         began = time.perf_counter()
         if self._should_calibrate():
             self.codec.policy, self.calibration = calibrate(self.codec, config.codec.bandwidth)
-        self.startup["calibrate_s"] = time.perf_counter() - began
+        self.startup.calibrate_s = time.perf_counter() - began
         self.storage = Storage(config.output.dir)
         self.metrics = Recorder()  # the bytes this actor writes (the driver records the rest from commit records)
         self.logs = ShardLogs.install()  # each shard's log records, written beside its commit record
@@ -151,12 +152,12 @@ class ShardProcessor:
         self._decode = SampleDecoder(config.audio, self.codec.sample_rate, resamples_to_ceil(self.codec.convention))
 
     @property
-    def in_shard(self) -> dict:
+    def in_shard(self) -> ActorProgress:
         under_way = dict(self._progress)
-        return {"shards": len(under_way), "samples": sum(p["samples"] for p in under_way.values()),
-                "audio_seconds": sum(p["audio_seconds"] for p in under_way.values()),
-                "started": {shard: p["started_at"] for shard, p in under_way.items()},
-                "audio": {shard: p["audio_seconds"] for shard, p in under_way.items()}}  # the driver's deadlines
+        return ActorProgress(len(under_way), sum(p["samples"] for p in under_way.values()),
+                             sum(p["audio_seconds"] for p in under_way.values()),
+                             {shard: p["started_at"] for shard, p in under_way.items()},
+                             {shard: p["audio_seconds"] for shard, p in under_way.items()})
 
     def _should_calibrate(self) -> bool:
         c = self.config.codec
@@ -166,7 +167,8 @@ class ShardProcessor:
 
     def process(self, shard: Shard) -> ShardRecord:
         start = time.perf_counter()
-        self.startup.setdefault("first_shard_at", time.time())
+        if self.startup.first_shard_at is None:
+            self.startup.first_shard_at = time.time()
         writer = ShardWriter(self.storage, shard.id, shard.source, self.schema, self.config.output.compression)
         result = ShardRecord(shard.id, shard.source, DONE, worker=self.name)
         result.started_at = time.time()
@@ -244,9 +246,9 @@ class ShardProcessor:
         result.read_retries = getattr(decoded_ahead, "read_retries", reads.retries)
         self._encode(pool, writer, progress)
         published = writer.publish()
-        self.metrics.record("output_bytes_written_total", published["bytes"], run=run_label(self.config.output.dir),
+        self.metrics.record("output_bytes_written_total", published.bytes, run=run_label(self.config.output.dir),
                             actor=self.name)
-        result.files, result.sha256, result.row_groups = published["files"], published["sha256"], published["row_groups"]
+        result.files, result.sha256, result.row_groups = published.files, published.sha256, published.row_groups
         result.rows = len(writer.keys)
         result.errors = sum(1 for e in writer.errors if e.key is not None)
         result.error_reasons = dict(Counter(e.reason for e in writer.errors if e.key is not None))

@@ -1,6 +1,6 @@
 """The driver: list the source, resolve the codec, open the run state, let the scheduler run the shards.
 
-Library code: it reports through `on_event(kind, info)` and never prints.
+Library code: it reports through `on_event(event)` (pipeline.events) and never prints.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from codec import Checkpoint, CheckpointError, CodecInputError, codebooks_for_ba
 
 from ..audio.decode import DECODE_METHOD
 from ..config import Config, ConfigError, as_dict
+from ..events import CodecResolved, RunStarted
 from ..actor.device import probe_device
 from ..audio.loudness import METHOD as LOUDNESS_METHOD
 from ..metrics import RunMetrics
 from ..runstate import DONE, RunState, ShardRecord, StoreWriteFailed, library_versions
-from . import Scheduler, ensure_ray
+from . import ActorSetup, Scheduler, ensure_ray
 from ..schema import column_lines, output_schema, schema_to_text
 from ..sources import SourceListing, distinct_shards, largest_first, list_shards
 from ..storage import Storage
@@ -107,7 +108,7 @@ def open_run_state(config: Config, storage: Storage, codec: CodecFacts, listing:
         raise ConfigError("output.dir", f"cannot write there: {cause}", "a writable folder or URL") from None
 
 
-def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
+def run_job(config: Config, on_event=lambda event: None) -> JobSummary:
     start = time.time()
     on_event = RunMetrics(config.output.dir, on_event).listen  # every event also feeds the run's metrics
     storage = Storage(config.output.dir)
@@ -115,7 +116,7 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
     if not listing.shards and listing.plan is None:
         raise ConfigError("source", "no shards found", "check source.urls / source.path")
     codec = resolve_codec(config)
-    on_event("codec", {"codec": codec})
+    on_event(CodecResolved(codec))
     ray_start_s = ensure_ray(config, on_event)  # the device probe runs where an actor would
     device = probe_device(config)
     state = open_run_state(config, storage, codec, listing, on_event, device)
@@ -125,13 +126,13 @@ def run_job(config: Config, on_event=lambda kind, info: None) -> JobSummary:
         pending = largest_first(s for s in shards if not state.done(s.id))
         skipped = len(shards) - len(pending)
         state.announce(len(shards), len(pending))
-        on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped})
+        on_event(RunStarted(len(shards), len(pending), skipped))
         results: list[ShardRecord] = []
         start_failures: list[str] = []
         startup = None
         if pending:
             identity = state.header["identity"]
-            setup = (codec.checkpoint, state.schema, identity["versions"], identity.get("device"))
+            setup = ActorSetup(codec.checkpoint, state.schema, identity["versions"], identity.get("device"))
             scheduler = Scheduler(config, state, state.storage, pending, on_event, setup, start_failures)
             prepared = time.time() - start - ray_start_s  # listing, codec resolution, device probe, run state
             results = scheduler.run()

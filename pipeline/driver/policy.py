@@ -21,6 +21,7 @@ import random
 from collections import Counter, deque
 
 from ..config import Config
+from ..events import ShardRetry
 from ..failures import PERMANENT, UNEXPECTED, FailureKind, Reason
 from ..runstate import DONE, FAILED, ShardRecord, Totals
 from ..sources import Shard
@@ -135,8 +136,7 @@ class FailurePolicy:
             return False
         if kind == UNEXPECTED and self.unexpected[shard.id] == 0:
             self.unexpected[shard.id] += 1
-            self.on_event("shard_retry", {"shard": shard.id, "attempt": 1, "failure": kind,
-                                          "reason": record.error[:300], "delay": 0.0})
+            self.on_event(ShardRetry(shard.id, 1, kind, record.error[:300], 0.0))
             self.retry(shard, actor, 0.0, now)
         elif kind == UNEXPECTED:
             self._final(shard, record)
@@ -150,8 +150,7 @@ class FailurePolicy:
         self.attempts[shard.id] += 1
         if self.attempts[shard.id] < self.config.ray.max_attempts:
             delay = self._backoff(shard)
-            self.on_event("shard_retry", {"shard": shard.id, "attempt": self.attempts[shard.id], "failure": kind,
-                                          "reason": f"{reason}: {detail}"[:300], "delay": delay})
+            self.on_event(ShardRetry(shard.id, self.attempts[shard.id], kind, f"{reason}: {detail}"[:300], delay))
             self.retry(shard, actor, delay, now)
         else:
             self._final(shard, ShardRecord(shard.id, shard.source, FAILED, reason=reason, detail=detail, failure=kind),
@@ -168,5 +167,5 @@ class FailurePolicy:
         record.attempts = self.attempts[shard.id] + self.unexpected[shard.id] + (0 if charged else 1)
         self.suspects.discard(shard.id)
         self.commit(shard, record)
-        self.this_run.add(record.to_dict())
+        self.this_run.add(record)
         check_guard(self.config, self.this_run.as_dict())

@@ -15,8 +15,10 @@ from collections import deque
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from ..actor.facts import ActorProgress
 from ..actor.ray_actor import SHARDS_IN_FLIGHT, CodecActor
 from ..config import Config
+from ..events import ActorLost, ActorSick, Heartbeat, ShardDone
 from ..failures import UNEXPECTED, FailureKind, Reason
 from ..logs import append_shard_log
 from ..runstate import DONE, FAILED, RunState, ShardRecord
@@ -26,19 +28,20 @@ from ..storage import Storage
 from ..writer import publish_shard_failure
 from .deadlines import Deadlines
 from .policy import FailurePolicy
-from .pool import ActorPool, Slot, ensure_ray
+from .pool import ActorPool, ActorSetup, Slot, ensure_ray
 
 TIMEOUT, ACTOR_LOST = FailureKind.TIMEOUT, FailureKind.ACTOR_LOST  # transient failures the driver itself observes
 
 
 class Scheduler:
-    actor_class = CodecActor  # any Ray actor with facts(), progress() and process(shard) -> ShardRecord
+    # any Ray actor with facts() -> ActorFacts, progress() -> ActorProgress and process(shard) -> ShardRecord
+    actor_class = CodecActor
 
     def __init__(self, config: Config, state: RunState, storage: Storage, shards: list[Shard], on_event,
-                 setup: tuple, start_failures: list[str]):
+                 setup: ActorSetup, start_failures: list[str]):
         self.config, self.state, self.storage, self.on_event = config, state, storage, on_event
         self.log_storage = Storage(config.output.dir)  # a shard log that cannot be written never stops the run
-        self.setup = setup  # (checkpoint, schema, versions) every actor is built with
+        self.setup = setup
         self.start_failures = start_failures
         self.queue = deque(shards)
         self.policy = FailurePolicy(config, on_event, self._commit)
@@ -89,8 +92,8 @@ class Scheduler:
         self.deadlines.finish(shard, record)
         self.state.commit(record)
         self.results.append(record)
-        self.on_event("shard_done", {"result": record, "shard_size": shard.size, "in_flight": len(self.refs),
-                                     "remaining": len(self.queue) + len(self.policy.retries) + len(self.refs)})
+        self.on_event(ShardDone(record, shard.size, len(self.refs),
+                                len(self.queue) + len(self.policy.retries) + len(self.refs)))
 
     def _take_back(self, slot: Slot) -> list[Shard]:
         """The shards the slot's actor held, no longer awaited."""
@@ -110,8 +113,7 @@ class Scheduler:
         failed = self.policy.settle(shard, record, slot.key, time.time())
         slot.consecutive_failures = slot.consecutive_failures + 1 if failed else 0
         if slot.consecutive_failures >= self.config.ray.max_consecutive_failures and slot.actor is not None:
-            self.on_event("actor_sick", {"actor": slot.index, "failures": slot.consecutive_failures,
-                                         "last": record.error[:200]})
+            self.on_event(ActorSick(slot.index, slot.consecutive_failures, record.error[:200]))
             self.policy.requeue_uncharged(self._take_back(slot), time.time())
             slot.consecutive_failures = 0
             self.pool.replace(slot)
@@ -122,8 +124,7 @@ class Scheduler:
         if culprit is None and len(lost) == 1:
             culprit = lost[0]  # it had the actor to itself
         innocent = [s for s in lost if s is not culprit]
-        self.on_event("actor_lost", {"actor": slot.index, "lost": [s.id for s in lost],
-                                     "charged": culprit.id if culprit else None, "failure": kind, "error": error[:300]})
+        self.on_event(ActorLost(slot.index, [s.id for s in lost], culprit.id if culprit else None, kind, error[:300]))
         self.pool.replace(slot)
         now = time.time()
         # without a culprit, each runs again alone: the one that kills its actor then is charged
@@ -157,12 +158,12 @@ class Scheduler:
         total = {"audio_seconds": 0.0, "samples": 0}
         for ref in ready:
             try:
-                progress = ray.get(ref)
+                progress: ActorProgress = ray.get(ref)
             except ray.exceptions.RayError:
                 continue  # a dying actor: its shards' own results will say so
-            total["audio_seconds"] += progress["audio_seconds"]
-            total["samples"] += progress["samples"]
-            self.deadlines.progress(progress.get("audio", {}))
+            total["audio_seconds"] += progress.audio_seconds
+            total["samples"] += progress.samples
+            self.deadlines.progress(progress.audio)
         now = time.time()
         for slot in busy:
             for shard in list(slot.running.values()):
@@ -178,20 +179,20 @@ class Scheduler:
         that actor's calibration table. None when no actor encoded (every shard failed, or none ran)."""
         firsts = []
         for r in self.results:
-            facts = self.pool.first_facts.get(r.worker) if self.pool else None
-            if r.first_encode_s is not None and facts and "startup" in facts:
-                firsts.append((facts["startup"]["init_at"] + r.first_encode_s, facts))
+            up = self.pool.first_facts.get(r.worker) if self.pool else None
+            if r.first_encode_s is not None and up is not None and up.facts.startup is not None:
+                firsts.append((up.facts.startup.init_at + r.first_encode_s, up))
         if not firsts:
             return None
-        first_encode, facts = min(firsts, key=lambda f: f[0])
-        up = facts["startup"]
-        read_from = max(facts["ready"], up.get("first_shard_at", facts["ready"]))
+        first_encode, up = min(firsts, key=lambda f: f[0])
+        start = up.facts.startup
+        read_from = max(up.ready, start.first_shard_at or up.ready)
         return {"ray_start_s": self.ray_start_s,
-                "actor_process_s": up["init_at"] - facts["created"],  # worker process and imports
-                "checkpoint_load_s": up["load_s"], "calibrate_s": up["calibrate_s"],
+                "actor_process_s": start.init_at - up.created,  # worker process and imports
+                "checkpoint_load_s": start.load_s, "calibrate_s": start.calibrate_s,
                 "first_read_s": first_encode - read_from,  # first shard: read and decode its first pool
-                "ray_up_to_first_batch_s": first_encode - facts["created"], "first_batch_at": first_encode,
-                "calibration": facts.get("calibration") or []}  # that actor's table (see codec.calibrate)
+                "ray_up_to_first_batch_s": first_encode - up.created, "first_batch_at": first_encode,
+                "calibration": up.facts.calibration or []}  # that actor's table (see codec.calibrate)
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _wait_for(self, now: float, poll_every: float) -> float:
@@ -227,7 +228,7 @@ class Scheduler:
                     progress = self._poll()
                     if time.time() - self._last_result >= r.progress_interval_s:
                         self._last_result = time.time()
-                        self.on_event("heartbeat", {"in_flight": len(self.refs), **progress})
+                        self.on_event(Heartbeat(len(self.refs), progress["audio_seconds"], progress["samples"]))
         finally:
             self.pool.close()
         return self.results

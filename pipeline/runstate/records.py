@@ -57,7 +57,7 @@ class ShardRecord:
     error_reasons: dict = field(default_factory=dict)
     reason: Reason | str | None = None  # why a failed shard failed (a str: a reason an older version wrote)
     detail: str | None = None  # what the failure said
-    failure: FailureKind | None = None
+    failure: FailureKind | str | None = None  # a str: a kind an older version wrote
     traceback: str | None = None  # type, message and last frames, for unexpected failures
     attempts: int = 1  # tries this shard took in this run, this one included
     audio_seconds: float = 0.0
@@ -87,13 +87,8 @@ class ShardRecord:
     def __post_init__(self):
         # plain strings from a commit record's JSON (or a caller) become the enums they name
         self.status = Status(self.status)
-        if self.failure is not None:
-            self.failure = FailureKind(self.failure)
-        if self.reason is not None:
-            try:
-                self.reason = Reason(self.reason)
-            except ValueError:
-                pass  # kept as written: what status and the totals count it as
+        self.failure = _member(FailureKind, self.failure)
+        self.reason = _member(Reason, self.reason)
 
     @property
     def error(self) -> str:
@@ -111,6 +106,15 @@ class ShardRecord:
         if record.get("status") != DONE and "reason" not in record:
             values["reason"], values["detail"] = reason_and_detail(record)
         return cls(**values)
+
+
+def _member(enum_type, value):
+    """`value` as a member of `enum_type`; a string that names none is kept as written (older versions' labels are
+    what status and the totals count them as)."""
+    try:
+        return value if value is None else enum_type(value)
+    except ValueError:
+        return value
 
 
 def record_path(shard_id: str, status: str) -> str:
@@ -154,7 +158,10 @@ def decode(shard_id: str, status: str, data: bytes | Exception) -> ShardRecord |
         return f"names shard {record['shard_id']!r} with status {record['status']!r}"
     if status == DONE and not record.get("files"):
         return "a done record without files"
-    return ShardRecord.from_dict(record)
+    try:
+        return ShardRecord.from_dict(record)
+    except (TypeError, ValueError) as error:
+        return f"not a commit record ({str(error)[:120]})"
 
 
 def read_records(storage: Storage, wanted: list[tuple[str, str]]) -> tuple[dict, dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..events import CorruptCommits, OutputCleared, VersionsAccepted
 from ..schema import SCHEMA_VERSION, schema_from_text
 from ..storage import Storage
 from ..urls import redact_tree
@@ -90,7 +91,7 @@ class RunState:
         self._compacted = time.time()
 
     @classmethod
-    def open(cls, storage: Storage, header: dict, output, on_event=lambda kind, info: None) -> "RunState":
+    def open(cls, storage: Storage, header: dict, output, on_event=lambda event: None) -> "RunState":
         """Take the lease, check or record the identity, learn what is done. `header`: what this run is
         (identity inputs, codec, schema, config); an existing output keeps its own header."""
         storage = RetriedStorage(storage, WriteRetry.of(output), on_event)  # every write of the run state
@@ -135,11 +136,11 @@ class RunState:
                     {"at": time.time(), "changes": accepted}]
                 self.header["identity"] = current["identity"]
                 self.header["fingerprint"] = fingerprint(current["identity"])
-                self.on_event("identity_changed", {"changes": accepted})
+                self.on_event(VersionsAccepted(accepted))
             self.records, self.corrupt, stale, self._failed_files = _load(self.storage)
             self._totals = Totals(self.records.values())
             if self.corrupt:
-                self.on_event("corrupt_commits", {"corrupt": dict(self.corrupt)})
+                self.on_event(CorruptCommits(dict(self.corrupt)))
             if stale or accepted:
                 self.compact()  # a summary that disagrees with the commit records is rebuilt
         for folder in (*OUTPUT_FOLDERS, COMMITS, "_run"):
@@ -150,7 +151,7 @@ class RunState:
         # to mix with (and overwrite=true finishes clearing), never a manifest claiming deleted files
         for path in (*RUN_STATE, *OUTPUT_FOLDERS):
             self.storage.remove(path)
-        self.on_event("cleared", {"output": self.storage.url})
+        self.on_event(OutputCleared(self.storage.url))
 
     @property
     def schema(self):
