@@ -1,10 +1,27 @@
-"""What a codec actor tells the driver about itself: its facts once it is up (`facts()`) and its progress on the
-shards it holds (`progress()`). Plain dataclasses with no heavy imports, so that the driver reads them without
-importing the shard processor (any actor the driver drives answers with these; see tests/scripted_actor.py)."""
+"""What the driver and a codec actor tell each other: what every actor is built with (`ActorSetup`), its facts once
+it is up (`facts()`) and its progress on the shards it holds (`progress()`). Plain dataclasses with no heavy
+imports, so that the driver uses them without importing the shard processor (any actor the driver drives answers
+with these; see tests/scripted_actor.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ActorSetup:
+    """What every codec actor of a run is built with, beside the config and its name: the run's own, not the
+    actor's choice (an actor that cannot match the versions or the device refuses to start)."""
+
+    checkpoint: Any  # codec.Checkpoint: the resolved commit every actor loads
+    schema: Any  # pyarrow.Schema of the output's data files
+    versions: dict  # the run's library versions (identity)
+    device: dict | None = None  # the run's recorded device (None: an output written before it was)
+
+    def args(self) -> tuple:
+        """The actor constructor's arguments after (config, name)."""
+        return self.checkpoint, self.schema, self.versions, self.device
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from ..actor.facts import ActorFacts
+from ..actor.facts import ActorFacts, ActorSetup
 from ..config import Config
 from ..events import (ActorGivenUp, ActorsStarted, ActorStartFailure, ActorStartRetry, ActorsWaiting,
                       MetricsUnavailable)
@@ -36,21 +36,6 @@ CPU_ACTOR_MEMORY_GB = 4.5
 START_STAGGER_S = 0.25  # between the first starts of consecutive actors: they do not all ask the hub at once
 START_RETRIES = 8  # transient or lost starts in a row after which an actor place is given up
 PERMANENT_START, TRANSIENT_START, LOST_START, WRONG_DEVICE = "permanent", "transient", "lost", "wrong_device"
-
-
-@dataclass(frozen=True)
-class ActorSetup:
-    """What every codec actor of a run is built with, beside the config and its name: the run's own, not the
-    actor's choice (an actor that cannot match the versions or the device refuses to start)."""
-
-    checkpoint: Any  # codec.Checkpoint: the resolved commit every actor loads
-    schema: Any  # pyarrow.Schema of the output's data files
-    versions: dict  # the run's library versions (identity)
-    device: dict | None = None  # the run's recorded device (None: an output written before it was)
-
-    def args(self) -> tuple:
-        """The actor constructor's arguments after (config, name)."""
-        return self.checkpoint, self.schema, self.versions, self.device
 
 
 @dataclass(frozen=True)
@@ -209,7 +194,8 @@ class ActorPool:
                 self._start(slot)
         if not self._announced and all(s.generation or s.given_up for s in self.slots):
             self._announced = True  # once every place had its first start
-            self.on_event(ActorsStarted(len(self.slots), self.options, [s.actor for s in self.slots if s.actor is not None]))
+            actors = [s.actor for s in self.slots if s.actor is not None]
+            self.on_event(ActorsStarted(len(self.slots), self.options, actors))
 
     def next_start_in(self, now: float) -> float | None:
         """Seconds until the next actor start that waits out its stagger or backoff; None when none waits."""
@@ -217,7 +203,8 @@ class ActorPool:
         return min(waits) if waits else None
 
     def _start(self, slot: Slot) -> None:
-        slot.actor = self.actor_class.options(**self.options).remote(self.config, f"actor-{slot.index}", *self.setup.args())
+        name = f"actor-{slot.index}"
+        slot.actor = self.actor_class.options(**self.options).remote(self.config, name, *self.setup.args())
         slot.generation += 1
         slot.ready_ref = slot.actor.facts.remote()
         slot.created = slot.warned_at = time.time()

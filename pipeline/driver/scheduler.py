@@ -15,7 +15,7 @@ from collections import deque
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from ..actor.facts import ActorProgress
+from ..actor.facts import ActorProgress, ActorSetup
 from ..actor.ray_actor import SHARDS_IN_FLIGHT, CodecActor
 from ..config import Config
 from ..events import ActorLost, ActorSick, Heartbeat, ShardDone
@@ -28,7 +28,7 @@ from ..storage import Storage
 from ..writer import publish_shard_failure
 from .deadlines import Deadlines
 from .policy import FailurePolicy
-from .pool import ActorPool, ActorSetup, Slot, ensure_ray
+from .pool import ActorPool, Slot, ensure_ray
 
 TIMEOUT, ACTOR_LOST = FailureKind.TIMEOUT, FailureKind.ACTOR_LOST  # transient failures the driver itself observes
 
