@@ -203,7 +203,7 @@ def test_killed_actor_mid_shard_is_replaced_and_the_shard_appears_once(tmp_path,
     # both shards lost, one replacement; neither charged (which one killed it is unknown), each rerun alone
     assert [(len(r.lost), r.charged) for r in replacements] == [(2, None)]
     assert "replaced, its shards run again, each alone, uncharged" in shown.getvalue()
-    assert all(r["attempts"] == 1 for r in records_of(config.output.dir).values())
+    assert all(r.attempts == 1 for r in records_of(config.output.dir).values())
     keys = [r["key"] for r in read_rows(config.output.dir)]
     assert sorted(keys) == sorted(s.key for s in samples + others)
     assert sorted(os.listdir(tmp_path / "out/data")) == sorted(f"{shard}.parquet" for shard in records_of(config.output.dir))

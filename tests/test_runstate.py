@@ -375,7 +375,7 @@ def test_failed_shard_leaves_no_rows_and_a_cut_record_is_redone(tmp_path, ray_lo
     (out / SHARD_LIST).write_text("".join(line + "\n" for line in lines))  # died before compacting it
     assert any("not JSON" in p for p in verify(str(out)))
     assert run_main([str(tmp_path / "run.yaml")]) == 0
-    assert records_of(out)[victim]["status"] == "done" and verify(str(out)) == []
+    assert records_of(out)[victim].status == "done" and verify(str(out)) == []
     assert sorted(r["key"] for r in read_rows(out)) == sorted(f"r{i}_{j:03d}" for i in range(3) for j in range(2))
 
 
