@@ -61,8 +61,8 @@ def write_rows(url: str, shards: list[list[tuple[str, np.ndarray, dict]]], num_c
             frames = int(sum(s.codes.shape[1] for s in writer.samples))
             record = ShardRecord(shard_id, writer.source, "done", samples_read=len(rows), rows=len(rows),
                                  audio_seconds=frames / FRAME_RATE, frames=frames, encoded_frames=frames,
-                                 tokens=frames * num_codebooks, files=published["files"], sha256=published["sha256"],
-                                 row_groups={} if legacy else published["row_groups"])
+                                 tokens=frames * num_codebooks, files=published.files, sha256=published.sha256,
+                                 row_groups={} if legacy else published.row_groups)
             state.commit(record)
     finally:
         state.close()

@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # demo/ is not installed
 
 from pipeline.config import load_config  # noqa: E402
+from pipeline.telemetry.events import ShardDone  # noqa: E402
 from pipeline.runstate import RunState, ShardRecord  # noqa: E402
 from pipeline.runstate.digest import DIGEST  # noqa: E402
 from pipeline.runstate.summary import SHARD_LIST  # noqa: E402
@@ -138,7 +139,7 @@ def bench_e2e(shards: int, work: str) -> None:
                                 f"output.dir={work}/out", "codec.model=random:tiny"])
     finished: list[float] = []
     start = time.perf_counter()
-    summary = run_job(config, lambda kind, info: finished.append(time.perf_counter()) if kind == "shard_done" else None)
+    summary = run_job(config, lambda event: finished.append(time.perf_counter()) if isinstance(event, ShardDone) else None)
     wall = time.perf_counter() - start
     tenth = max(1, len(finished) // 10)
     first = tenth / (finished[tenth] - finished[0])  # from the first completion, not from start-up

@@ -9,14 +9,92 @@ and by duck typing: no client library has to be imported to classify its errors.
 
 from __future__ import annotations
 
+import enum
 import errno
 import random
 import traceback
 from contextlib import contextmanager
 
-TRANSIENT = "transient"  # retried with backoff on another actor, up to ray.max_attempts
-PERMANENT = "permanent"  # the shard fails at once
-UNEXPECTED = "unexpected"  # a bug or a sick device: retried once elsewhere, then fails with its traceback
+
+class FailureKind(enum.StrEnum):
+    """How a shard's try failed, which decides whether it runs again (driver/policy.py). A `str`: records and
+    events hold it as the same string as before it was an enum."""
+
+    TRANSIENT = "transient"  # retried with backoff on another actor, up to ray.max_attempts
+    PERMANENT = "permanent"  # the shard fails at once
+    UNEXPECTED = "unexpected"  # a bug or a sick device: retried once elsewhere, then fails with its traceback
+    TIMEOUT = "timeout"  # the driver killed its actor past ray.shard_timeout_s: transient
+    ACTOR_LOST = "actor_lost"  # its actor died under it: transient
+
+
+TRANSIENT, PERMANENT, UNEXPECTED = FailureKind.TRANSIENT, FailureKind.PERMANENT, FailureKind.UNEXPECTED
+
+
+class Reason(enum.StrEnum):
+    """Why a sample (an error record's `reason`) or a whole shard (a failed commit record's `reason`) failed: a
+    closed set, so that summaries, metrics and the guard count the same labels. `SampleError`, `ShardError` and
+    `ClipFailure` take the plain string too and turn it into a member (an unknown one raises ValueError), so a new
+    reason is added here; tests/test_typed_records.py checks every literal in pipeline/ is one."""
+
+    # a sample: its bytes or its audio
+    EMPTY_FILE = "empty_file"
+    TRUNCATED = "truncated"
+    UNDECODABLE = "undecodable"
+    DECODE_FAILED = "decode_failed"
+    EMPTY_AUDIO = "empty_audio"
+    TOO_LONG = "too_long"
+    NON_FINITE = "non_finite"
+    BAD_SHAPE = "bad_shape"
+    BAD_SAMPLE_RATE = "bad_sample_rate"
+    BAD_SAMPLE = "bad_sample"
+    BAD_ARRAY = "bad_array"
+    BAD_AUDIO_CELL = "bad_audio_cell"
+    NO_AUDIO = "no_audio"
+    NO_RECORDING = "no_recording"
+    # a sample: where it comes from
+    BAD_METADATA = "bad_metadata"
+    METADATA_TOO_LARGE = "metadata_too_large"
+    FILE_TOO_LARGE = "file_too_large"
+    MISSING_FILE = "missing_file"
+    MISSING_AUDIO_FILE = "missing_audio_file"
+    UNREADABLE_FILE = "unreadable_file"
+    UNREADABLE_AUDIO_PATH = "unreadable_audio_path"
+    NOT_A_REGULAR_FILE = "not_a_regular_file"
+    BAD_MANIFEST_LINE = "bad_manifest_line"
+    MISSING_FIELD = "missing_field"
+    BAD_SEGMENT = "bad_segment"
+    SEGMENT_PAST_END = "segment_past_end"
+    OUTSIDE_AUDIO_ROOT = "outside_audio_root"
+    DUPLICATE_KEY = "duplicate_key"
+    DUPLICATE_MEMBER = "duplicate_member"
+    UNSUPPORTED_MEMBER = "unsupported_member"
+    # a sample: the codec
+    ENCODE_FAILED = "encode_failed"
+    OUT_OF_MEMORY = "out_of_memory"
+    # a shard: its source
+    MISSING_SHARD = "missing_shard"
+    UNREADABLE_SHARD = "unreadable_shard"
+    CORRUPT_TAR = "corrupt_tar"
+    CORRUPT_SHAR = "corrupt_shar"
+    CORRUPT_FILE = "corrupt_file"
+    MISSING_AUDIO_COLUMN = "missing_audio_column"
+    MISSING_KEY_COLUMN = "missing_key_column"
+    MANIFEST_CHANGED = "manifest_changed"
+    CHANGED = "changed"
+    # a shard: the run
+    READ_FAILED = "read_failed"
+    DECODE_TASK_FAILED = "decode_task_failed"
+    DECODE_TASK_LOST = "decode_task_lost"
+    WORKER_EXCEPTION = "worker_exception"
+    TIMEOUT = "timeout"
+    ACTOR_LOST = "actor_lost"
+    # a shard: transient causes (transient_reason)
+    TRANSIENT_IO = "transient_io"
+    NO_SPACE_LEFT = "no_space_left"
+    OUT_OF_HOST_MEMORY = "out_of_host_memory"
+    # what a failed record without a reason is counted as
+    TRANSIENT = "transient"
+    FAILED = "failed"
 
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable",
@@ -29,7 +107,7 @@ _TRANSIENT_TYPES = {  # by name: aiohttp, botocore/urllib3, requests, http.clien
 
 
 # the machine, not the data: another attempt on another node (or once the disk or memory is freed) succeeds
-_RESOURCE_ERRNOS = {errno.ENOSPC: "no_space_left", errno.ENOMEM: "out_of_host_memory"}
+_RESOURCE_ERRNOS = {errno.ENOSPC: Reason.NO_SPACE_LEFT, errno.ENOMEM: Reason.OUT_OF_HOST_MEMORY}
 
 
 def _chain(error: BaseException):
@@ -76,14 +154,14 @@ def is_transient(error: BaseException) -> bool:
     return transient_cause(error) is not None
 
 
-def transient_reason(cause: BaseException) -> str:
+def transient_reason(cause: BaseException) -> Reason:
     """The reason a shard failed for a transient `cause` (one transient_cause returned): the store or network
     (`transient_io`), a full disk (`no_space_left`) or no memory left (`out_of_host_memory`)."""
     if isinstance(cause, MemoryError):
-        return "out_of_host_memory"
+        return Reason.OUT_OF_HOST_MEMORY
     if isinstance(cause, OSError) and cause.errno in _RESOURCE_ERRNOS:
         return _RESOURCE_ERRNOS[cause.errno]
-    return "transient_io"
+    return Reason.TRANSIENT_IO
 
 
 def backoff_delay(backoff_s: float, attempt: int) -> float:
@@ -134,10 +212,10 @@ class ShardError(Exception):
     """A whole shard cannot be read: missing, truncated, not the format it claims (permanent), or the
     store or network failed while reading it (transient: worth another try)."""
 
-    def __init__(self, reason: str, detail: str = "", kind: str = PERMANENT):
-        self.reason = reason
+    def __init__(self, reason: Reason | str, detail: str = "", kind: FailureKind = PERMANENT):
+        self.reason = Reason(reason)  # a plain string names a member (ValueError for one that is none)
         self.detail = detail
-        self.kind = kind  # TRANSIENT | PERMANENT | UNEXPECTED
+        self.kind = FailureKind(kind)
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -146,4 +224,4 @@ class ObjectChanged(ShardError):
     as `changed`, never mixing two versions."""
 
     def __init__(self, detail: str):
-        super().__init__("changed", detail, PERMANENT)
+        super().__init__(Reason.CHANGED, detail, PERMANENT)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from .failures import ObjectChanged, backoff_delay, precondition_failed, transient_cause, transient_reason
+from .failures import ObjectChanged, Reason, backoff_delay, precondition_failed, transient_cause, transient_reason
 
 BUFFER_BYTES = 1 << 20  # what a ResumableFile reads per request of its consumer (a tar header is 512 bytes)
 RANGE_BYTES = 4 << 20  # a ranged GET's size where the filesystem's own file reads (s3fs's default: 50 MiB)
@@ -35,7 +35,7 @@ def retryable(error: BaseException) -> bool:
     """Worth another request now: the store or the network (not a full disk or no memory, which a quick retry of
     the same request on the same machine does not change; those fail the shard, retried elsewhere)."""
     cause = transient_cause(error)
-    return cause is not None and transient_reason(cause) == "transient_io"
+    return cause is not None and transient_reason(cause) == Reason.TRANSIENT_IO
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ write to output.dir that failed past output.write_attempts (rerun to go on);
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -19,13 +20,17 @@ from .config import ConfigError, load_config
 from .actor.side import CodecActorSide
 from .driver.job import JobSummary, drive
 from .driver import ActorStartFailed, GuardTripped
-from .runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, StoreWriteFailed
+from .telemetry.events import (ActorGivenUp, ActorLost, ActorSick, ActorsStarted, ActorStartFailure, ActorStartRetry,
+                     ActorsWaiting, CodecResolved, CorruptCommits, Event, Heartbeat, LeaseTakenOver, MetricsUnavailable,
+                     OutputCleared, RunStarted, ShardDone, ShardRetry, StoreRetry, VersionsAccepted)
+from .failures import FailureKind
+from .runstate import DONE, IdentityChanged, LeaseHeld, LeaseLost, OutputError, StoreWriteFailed
 from .telemetry.logs import DriverLog
 from .storage import Storage
 from .urls import redact_text
 
 
-def run_job(config, on_event=lambda kind, info: None) -> JobSummary:
+def run_job(config, on_event=lambda event: None) -> JobSummary:
     """A run of this package: the driver scheduling shards on codec actors (the one place the two sides meet)."""
     return drive(config, CodecActorSide(), on_event)
 
@@ -35,7 +40,8 @@ def _hms(seconds: float) -> str:
 
 
 class Progress:
-    """Turns job events into progress lines on stderr (and the driver's log in the output, once it is open)."""
+    """Turns job events into progress lines on stderr (and the driver's log in the output, once it is open): a
+    handler per event type (`on`); the events that are one line each are in LINES."""
 
     def __init__(self, stream=None, tty: bool | None = None, interval_s: float = 60.0):
         self.stream = stream  # None: whatever sys.stderr is when a line is written
@@ -48,67 +54,38 @@ class Progress:
         self._live = False  # a live progress line is on the terminal (a line said clears it first)
         self._last_line = float("-inf")
 
-    def __call__(self, kind: str, info: dict) -> None:
-        if kind == "codec":
-            for line in codec_lines(info["codec"]):
-                self.say(line)
-        elif kind == "start":
-            self.total = info["pending"]
-            self.say(f"{info['shards']} shards: {info['skipped']} already done, {info['pending']} to run")
-        elif kind == "actors":
-            o = info["options"]
-            self.say(f"started {info['count']} codec actor(s) ({o['num_gpus']} GPU, {o['num_cpus']} CPU each)")
-        elif kind == "actor_lost":
-            why = "over its time limit" if info["failure"] == "timeout" else "lost"
-            charged = (f"charged to {info['charged']}" if info["charged"] else
-                       "its shards run again, each alone, uncharged")
-            self.say(f"codec actor {info['actor']} {why} holding {', '.join(info['lost']) or 'no shard'}; "
-                     f"replaced, {charged} ({info['error'][:160]})")
-        elif kind == "shard_retry":
-            self.say(f"shard {info['shard']}: {info['failure']} failure, retry {info['attempt']} in "
-                     f"{info['delay']:.0f} s on another actor ({info['reason'][:200]})")
-        elif kind == "actor_sick":
-            self.say(f"codec actor {info['actor']} failed {info['failures']} shards in a row; replacing it "
-                     f"(last: {info['last']})")
-        elif kind == "actors_waiting":
-            self.say(f"{info['count']} codec actor(s) have waited {info['seconds']:.0f} s for resources "
-                     f"({info['options']} each); {info['running']} running take the shards meanwhile; "
-                     f"available now: {info['available']}")
-        elif kind == "store_retry":
-            self.say(f"output.dir: {info['what']} failed (try {info['attempt']}), trying again in {info['delay']:.1f} s "
-                     f"({info['error']})")
-        elif kind == "metrics_unavailable":
-            self.say(f"warning: metrics: {info['why']}")
-        elif kind == "lease_taken_over":
-            self.say(f"output.dir: taking over the lease ({info['note']})")
-        elif kind == "corrupt_commits":
-            self.say(f"{len(info['corrupt'])} commit record(s) cannot be trusted; their shards run again: "
-                     + "; ".join(list(info["corrupt"].values())[:3]))
-        elif kind == "identity_changed":
-            self.say("output.accept_new_versions: going on after " + "; ".join(info["changes"]) + " (recorded in manifest.json)")
-        elif kind == "cleared":
-            self.say(f"output.overwrite: cleared {info['output']} (run state, then data and errors)")
-        elif kind == "actor_start_failed":
-            if info["replacing"]:
-                self.say(f"codec actor {info['actor']} failed to start; replacing it:\n{_indent(info['error'])}")
-            else:
-                self.say(f"codec actor {info['actor']} failed to start; its replacement failed the same way: stopping")
-        elif kind == "actor_start_retry":
-            why = ("died while loading with no Python error (out of host memory?)" if info["cause"] == "lost" else
-                   "failed to start for a transient cause")
-            self.say(f"codec actor {info['actor']} {why}, {info['count']} time(s) in a row; starting it again in "
-                     f"{info['delay']:.0f} s:\n{_indent(info['error'])}")
-        elif kind == "actor_given_up":
-            self.say(f"{info['why']}: given up; {info['left']} codec actor place(s) go on")
-        elif kind == "shard_done":
-            result = info["result"]
-            self.done += 1
-            self.audio += result.audio_seconds
-            if result.status != "done":
-                self.say(f"[{self.done}/{self.total}] {result.shard_id}: FAILED ({result.error})")
-            self.show_progress(info.get("in_flight", 0))
-        elif kind == "heartbeat":
-            self.show_progress(info["in_flight"], info["audio_seconds"])
+    def __call__(self, event: Event) -> None:
+        self.on(event)
+
+    @functools.singledispatchmethod
+    def on(self, event: Event) -> None:
+        """An event that is one line (LINES, by its type), or none."""
+        line = LINES.get(type(event))
+        if line is not None:
+            self.say(line(event))
+
+    @on.register(CodecResolved)
+    def _codec(self, event: CodecResolved) -> None:
+        for line in codec_lines(event.codec):
+            self.say(line)
+
+    @on.register(RunStarted)
+    def _start(self, event: RunStarted) -> None:
+        self.total = event.pending
+        self.say(f"{event.shards} shards: {event.skipped} already done, {event.pending} to run")
+
+    @on.register(ShardDone)
+    def _shard_done(self, event: ShardDone) -> None:
+        result = event.result
+        self.done += 1
+        self.audio += result.audio_seconds
+        if result.status != DONE:
+            self.say(f"[{self.done}/{self.total}] {result.shard_id}: FAILED ({result.error})")
+        self.show_progress(event.in_flight)
+
+    @on.register(Heartbeat)
+    def _heartbeat(self, event: Heartbeat) -> None:
+        self.show_progress(event.in_flight, event.audio_seconds)
 
     def progress_line(self, in_flight: int = 0, under_way_s: float = 0.0) -> str:
         """Shards and audio hours done and (at this run's mean audio per shard) to do, throughput and ETA."""
@@ -147,6 +124,51 @@ class Progress:
         print(redact_text(line), file=stream, flush=True)
         if self.log is not None:
             self.log.write(line)
+
+
+def _actor_lost(e: ActorLost) -> str:
+    why = "over its time limit" if e.failure == FailureKind.TIMEOUT else "lost"
+    charged = f"charged to {e.charged}" if e.charged else "its shards run again, each alone, uncharged"
+    return (f"codec actor {e.actor} {why} holding {', '.join(e.lost) or 'no shard'}; replaced, {charged} "
+            f"({e.error[:160]})")
+
+
+def _actor_start_failure(e: ActorStartFailure) -> str:
+    if e.replacing:
+        return f"codec actor {e.actor} failed to start; replacing it:\n{_indent(e.error)}"
+    return f"codec actor {e.actor} failed to start; its replacement failed the same way: stopping"
+
+
+def _actor_start_retry(e: ActorStartRetry) -> str:
+    why = ("died while loading with no Python error (out of host memory?)" if e.cause == "lost" else
+           "failed to start for a transient cause")
+    return (f"codec actor {e.actor} {why}, {e.count} time(s) in a row; starting it again in {e.delay:.0f} s:\n"
+            f"{_indent(e.error)}")
+
+
+# the events that are one line for people, by type
+LINES = {
+    ActorsStarted: lambda e: (f"started {e.count} codec actor(s) ({e.options['num_gpus']} GPU, "
+                              f"{e.options['num_cpus']} CPU each)"),
+    ActorLost: _actor_lost,
+    ShardRetry: lambda e: (f"shard {e.shard}: {e.failure} failure, retry {e.attempt} in {e.delay:.0f} s on another "
+                           f"actor ({e.reason[:200]})"),
+    ActorSick: lambda e: f"codec actor {e.actor} failed {e.failures} shards in a row; replacing it (last: {e.last})",
+    ActorsWaiting: lambda e: (f"{e.count} codec actor(s) have waited {e.seconds:.0f} s for resources ({e.options} "
+                              f"each); {e.running} running take the shards meanwhile; available now: {e.available}"),
+    StoreRetry: lambda e: (f"output.dir: {e.what} failed (try {e.attempt}), trying again in {e.delay:.1f} s "
+                           f"({e.error})"),
+    MetricsUnavailable: lambda e: f"warning: metrics: {e.why}",
+    LeaseTakenOver: lambda e: f"output.dir: taking over the lease ({e.note})",
+    CorruptCommits: lambda e: (f"{len(e.corrupt)} commit record(s) cannot be trusted; their shards run again: "
+                               + "; ".join(list(e.corrupt.values())[:3])),
+    VersionsAccepted: lambda e: ("output.accept_new_versions: going on after " + "; ".join(e.changes)
+                                 + " (recorded in manifest.json)"),
+    OutputCleared: lambda e: f"output.overwrite: cleared {e.output} (run state, then data and errors)",
+    ActorStartFailure: _actor_start_failure,
+    ActorStartRetry: _actor_start_retry,
+    ActorGivenUp: lambda e: f"{e.why}: given up; {e.left} codec actor place(s) go on",
+}
 
 
 def _indent(text: str, lines: int = 12) -> str:

@@ -26,6 +26,18 @@ if TYPE_CHECKING:
 ROW_GROUP_ROWS = 1024
 
 
+@dataclass(frozen=True)
+class Published:
+    """What a shard's publish wrote, as its commit record keeps it (`files`, `sha256`, `row_groups`: {data file:
+    [[rows, summed num_frames, length bins], ...] per row group, see `schema.row_group_summary`}, from which readers
+    plan their work without opening the files), and the bytes written (for the metrics)."""
+
+    files: list
+    sha256: dict
+    row_groups: dict
+    bytes: int
+
+
 @dataclass
 class ErrorRecord:
     key: str | None  # None for a shard-level error
@@ -68,10 +80,8 @@ class ShardWriter:
     def table(self) -> pa.Table:
         return build_table(self.schema, self.samples)
 
-    def publish(self) -> dict:
-        """Write data/ and errors/ files; returns what the commit record keeps of them: `files`, `sha256` and
-        `row_groups` ({data file: [[rows, summed num_frames, length bins], ...] per row group, see
-        `schema.row_group_summary`}), from which readers plan their work without opening the files; and `bytes` written."""
+    def publish(self) -> Published:
+        """Write data/ and errors/ files."""
         files, checksums = [], {}
         with tempfile.NamedTemporaryFile(suffix=".parquet", delete=False) as tmp:
             local = tmp.name
@@ -93,7 +103,7 @@ class ShardWriter:
             written += len(lines)
         else:
             self.storage.remove(error_name)  # a clean redo of a shard that once failed
-        return {"files": files, "sha256": checksums, "row_groups": row_groups, "bytes": written}
+        return Published(files, checksums, row_groups, written)
 
 
 def _row_groups(local: str, num_frames: np.ndarray) -> list[list]:

@@ -9,6 +9,7 @@ import time
 
 import ray
 
+from pipeline.driver.protocol import ActorFacts, ActorProgress
 from pipeline.failures import PERMANENT, TRANSIENT, WrongDeviceError, classified_start
 from pipeline.runstate import ShardRecord
 from pipeline.sources import Shard
@@ -52,7 +53,7 @@ class ScriptedActor:
                 raise WrongDeviceError("scripted: this worker's device differs from the run's")
 
     def facts(self):
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+        return ActorFacts(os.getpid(), ray.get_runtime_context().get_node_id())
 
     def set_threads(self, threads: int):
         self.threads = threads
@@ -60,7 +61,7 @@ class ScriptedActor:
     def progress(self):
         if self.mute:  # an actor that never answers
             time.sleep(3600)
-        return {"shards": len(self.started), "samples": 0, "audio_seconds": 0.0, "started": dict(self.started)}
+        return ActorProgress(len(self.started), started=dict(self.started))
 
     def _count(self, shard_id: str) -> int:
         """This call's number among all calls for the shard, across actors."""

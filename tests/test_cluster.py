@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import ray
 
+from pipeline.telemetry.events import ActorLost, ActorsStarted, ActorsWaiting
 from pipeline.run import run_job
 from tests.corpus import mixed_tar
 from tests.test_pipeline import config_for, expected_codes, read_rows
@@ -47,25 +48,25 @@ def test_lost_node_mid_encode_loses_no_sample_and_changes_no_code(tmp_path, clus
                     info, progress = ray.get([actor.facts.remote(), actor.progress.remote()], timeout=5)
                 except ray.exceptions.RayError:
                     continue
-                node = next((n for n in nodes if n.node_id == info["node_id"] != driver_node), None)
-                if node is not None and progress["samples"] > 0:
+                node = next((n for n in nodes if n.node_id == info.node_id != driver_node), None)
+                if node is not None and progress.samples > 0:
                     cluster.remove_node(node, allow_graceful=False)
                     removed.append(node)
                     return
             time.sleep(0.05)
 
-    def on_event(kind, info):
-        events.append((kind, info))
-        if kind == "actors":
-            threading.Thread(target=remove_a_node_once_it_encodes, args=(info["actors"],), daemon=True).start()
+    def on_event(event):
+        events.append(event)
+        if isinstance(event, ActorsStarted):
+            threading.Thread(target=remove_a_node_once_it_encodes, args=(event.actors,), daemon=True).start()
 
     summary = run_job(config, on_event)
     assert removed, "no node was removed while encoding"
     assert summary.status == "complete"
-    lost = [info for kind, info in events if kind == "actor_lost"]
+    lost = [e for e in events if isinstance(e, ActorLost)]
     # an actor lost holding several shards charges none of them (each runs again alone); one it held alone is charged
-    assert lost and all((info["charged"] is None) == (len(info["lost"]) > 1) for info in lost)
-    assert any(kind == "actors_waiting" for kind, _ in events)  # its replacement has nowhere to go: said so
+    assert lost and all((e.charged is None) == (len(e.lost) > 1) for e in lost)
+    assert any(isinstance(e, ActorsWaiting) for e in events)  # its replacement has nowhere to go: said so
     rows = read_rows(config.output.dir)
     assert sorted(r["key"] for r in rows) == sorted(s.key for s in samples)  # every sample exactly once
     by_key = {s.key: s for s in samples}

@@ -77,12 +77,12 @@ def test_done_records_of_a_run_carry_their_files_row_groups(output):
     out, rows = output
     done = read_run(Storage(out)).done()
     for record in done.values():
-        (name,) = [f for f in record["files"] if f.endswith(".parquet")]
+        (name,) = [f for f in record.files if f.endswith(".parquet")]
         metadata = pq.ParquetFile(os.path.join(out, name)).metadata
-        groups = record["row_groups"][name]
+        groups = record.row_groups[name]
         assert [n for n, _, _ in groups] == [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
-        assert sum(n for n, _, _ in groups) == record["rows"] and sum(f for _, f, _ in groups) == record["frames"]
-    assert sum(r["rows"] for r in done.values()) == len(rows)
+        assert sum(n for n, _, _ in groups) == record.rows and sum(f for _, f, _ in groups) == record.frames
+    assert sum(r.rows for r in done.values()) == len(rows)
 
 
 def test_delay_pattern_round_trip():

@@ -111,17 +111,17 @@ def test_commit_records_carry_the_row_groups_of_their_files(uneven):
     storage = Storage(out)
     done = read_run(storage).done()
     for record in done.values():
-        (name,) = [f for f in record["files"] if f.endswith(".parquet")]
+        (name,) = [f for f in record.files if f.endswith(".parquet")]
         parquet = pyarrow.parquet.ParquetFile(storage.path(name))
         frames = [parquet.read_row_group(g, columns=["num_frames"]).column(0).to_numpy()
                   for g in range(parquet.metadata.num_row_groups)]
-        summaries = record["row_groups"][name]
+        summaries = record.row_groups[name]
         assert [[n, f] for n, f, _ in summaries] == [[len(x), int(x.sum())] for x in frames]
         for (_, _, bins), x in zip(summaries, frames):  # rows and frames per power-of-two length bin
             assert bins == [[b, int(((x >= 2**b) & (x < 2 ** (b + 1))).sum()), int(x[(x >= 2**b) & (x < 2 ** (b + 1))].sum())]
                             for b in range(17) if ((x >= 2**b) & (x < 2 ** (b + 1))).any()]
-    assert sorted(len(g) for r in done.values() for g in r["row_groups"].values()) == [1, 1, 1, 3]
-    assert max(n for r in done.values() for g in r["row_groups"].values() for n, _, _ in g) == ROW_GROUP_ROWS
+    assert sorted(len(g) for r in done.values() for g in r.row_groups.values()) == [1, 1, 1, 3]
+    assert max(n for r in done.values() for g in r.row_groups.values() for n, _, _ in g) == ROW_GROUP_ROWS
 
 
 class CountingParquetFile(pyarrow.parquet.ParquetFile):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import ray
 
+from pipeline.telemetry.events import ShardRetry
 from pipeline.run import run_job
 from pipeline.runstate import read_run
 from pipeline.storage import Storage
@@ -61,7 +62,7 @@ def test_cpu_only_node_decodes_for_the_encoder_node_and_codes_equal_each_clip_al
     assert summary.status == "complete"
     _assert_each_sample_once_with_its_own_codes(config, samples, tiny_codec)
     records = read_run(Storage(config.output.dir)).done().values()
-    assert [r["decode_nodes"] for r in records] == [[decoder.node_id]] * 3  # decoded where the CPUs are, not beside the actor
+    assert [r.decode_nodes for r in records] == [[decoder.node_id]] * 3  # decoded where the CPUs are, not beside the actor
 
 
 def _decode_task_pids() -> list[int]:
@@ -91,9 +92,9 @@ def test_decode_task_killed_mid_shard_costs_a_retry_not_a_sample(tmp_path, encod
             time.sleep(0.01)
 
     threading.Thread(target=kill_the_first_decode_task, daemon=True).start()
-    summary = run_job(config, lambda kind, info: events.append((kind, info)))
+    summary = run_job(config, events.append)
     assert killed, "no decode task was seen running"
     assert summary.status == "complete"
-    retries = [info for kind, info in events if kind == "shard_retry"]
-    assert retries and "decode_task_lost" in retries[0]["reason"]
+    retries = [e for e in events if isinstance(e, ShardRetry)]
+    assert retries and "decode_task_lost" in retries[0].reason
     _assert_each_sample_once_with_its_own_codes(config, samples, tiny_codec)

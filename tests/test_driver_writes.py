@@ -66,15 +66,15 @@ def test_shard_failing_for_good_after_an_earlier_attempt_published_leaves_no_row
     # the rerun finds b broken for good (a corrupt tar): its failure is committed, and its earlier rows are gone
     (tmp_path / "in/b.tar").write_bytes(b"not a tar" * 100)
     summary = run_job(config)
-    records = {r["shard_id"][0]: r for r in records_of(out).values()}
-    assert records["b"]["status"] == "failed" and records["a"]["status"] == "done"
+    records = {r.shard_id[0]: r for r in records_of(out).values()}
+    assert records["b"].status == "failed" and records["a"].status == "done"
     assert not os.path.exists(out / "data" / b_data[0])
     assert sorted(r["key"] for r in read_rows(out)) == sorted(good)  # readers of data/*.parquet: a's rows only
     assert summary.status == "incomplete"
     assert [p for p in verify(str(out)) if not p.startswith("shard b-")] == []
 
     # verify names a data file that no done record stands for
-    shutil.copy(out / "data" / records["a"]["files"][0].split("/")[-1], out / "data" / b_data[0])
+    shutil.copy(out / "data" / records["a"].files[0].split("/")[-1], out / "data" / b_data[0])
     assert any(p.startswith(f"data file without a done record: data/{b_data[0]}") for p in verify(str(out)))
 
 

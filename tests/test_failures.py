@@ -25,9 +25,9 @@ def test_transient_http_errors_are_retried_where_they_happen_and_no_shard_is_ret
         config_for(tmp_path, {"kind": "webdataset", "urls": [f"{server.url}/{n}" for n in names]})
         assert run_main([str(tmp_path / "run.yaml"), "ray.retry_backoff_s=0.2", "source.read_backoff_s=0.01"]) == 0
     err = capsys.readouterr().err
-    records = {r["source"].rsplit("/", 1)[-1]: r for r in records_of(tmp_path / "out").values()}
-    assert all(r["status"] == "done" and r["attempts"] == 1 for r in records.values())
-    assert [records[n]["read_retries"] for n in names] == [0, 2, 1]  # two 503s; a body cut once, resumed
+    records = {r.source.rsplit("/", 1)[-1]: r for r in records_of(tmp_path / "out").values()}
+    assert all(r.status == "done" and r.attempts == 1 for r in records.values())
+    assert [records[n].read_retries for n in names] == [0, 2, 1]  # two 503s; a body cut once, resumed
     assert server.ranges["drop-2.tar"][0] == 0 and server.ranges["drop-2.tar"][1] > 0  # from the byte reached
     assert "transient failure" not in err, err
     assert sorted(r["key"] for r in read_rows(tmp_path / "out")) == sorted(keys)  # each sample once
@@ -43,10 +43,10 @@ def test_stalled_read_is_bounded_by_the_shard_time_limit(tmp_path, ray_local, ca
                          "ray.retry_backoff_s=0.2"]) == 1
     assert time.time() - start < 60  # each try stalls 90 s unless the time limit ends it
     err = capsys.readouterr().err
-    records = {r["source"].rsplit("/", 1)[-1]: r for r in records_of(tmp_path / "out").values()}
-    assert records["stall-2.tar"]["status"] == "failed" and records["stall-2.tar"]["reason"] == "timeout"
-    assert records["ok-0.tar"]["status"] == records["ok-1.tar"]["status"] == "done"
-    assert "over its time limit" in err and f"failed shard {records['stall-2.tar']['shard_id']}: timeout" in err
+    records = {r.source.rsplit("/", 1)[-1]: r for r in records_of(tmp_path / "out").values()}
+    assert records["stall-2.tar"].status == "failed" and records["stall-2.tar"].reason == "timeout"
+    assert records["ok-0.tar"].status == records["ok-1.tar"].status == "done"
+    assert "over its time limit" in err and f"failed shard {records['stall-2.tar'].shard_id}: timeout" in err
 
 
 def test_unexpected_worker_exception_is_reported_with_its_traceback(tmp_path, tiny_codec, monkeypatch):

@@ -572,7 +572,7 @@ def test_hostile_tar_members_are_each_a_row_or_an_error_record_in_a_real_run(tmp
     assert {e["key"]: e["reason"] for e in errors_of(config.output.dir)} == {
         "b": "duplicate_member", "c": "unsupported_member", "e": "truncated", "g": "metadata_too_large"}
     record = next(iter(records_of(config.output.dir).values()))
-    assert record["samples_read"] == 7 == record["rows"] + record["errors"]
+    assert record.samples_read == 7 == record.rows + record.errors
 
 
 def test_http_path_cells_are_bounded_by_max_file_bytes_and_a_503_is_the_shards_to_retry(tmp_path):

@@ -10,16 +10,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first. A module may import modules of its own unit or of a lower layer, never a higher one or a sibling
-# unit of its own layer. The driver reaches the actor side only through driver/protocol.py's interfaces, and only
-# pipeline/run.py (the CLI) puts the two together.
+# unit of its own layer. The driver reaches the actor side only through driver/protocol.py's interfaces (which the
+# actor side implements, so they sit below both), and only pipeline/run.py (the CLI) puts the two together.
 LAYERS = [
     ["codec"],
     ["pipeline.failures", "pipeline.urls", "pipeline.kinds"],
-    ["pipeline.storage", "pipeline.schema", "pipeline.reads", "pipeline.telemetry.metrics", "pipeline.tokenizer"],
+    ["pipeline.storage", "pipeline.schema", "pipeline.reads", "pipeline.telemetry.events", "pipeline.tokenizer"],
     ["pipeline.audio"],
     ["pipeline.runstate"],
     ["pipeline.sources"],
-    ["pipeline.config", "pipeline.writer", "pipeline.telemetry.logs"],
+    ["pipeline.config", "pipeline.writer", "pipeline.telemetry.logs", "pipeline.telemetry.metrics"],
+    ["pipeline.driver.protocol"],  # the contract between the two sides, below both
     ["pipeline.reading", "pipeline.actor"],
     ["pipeline.driver"],
     ["pipeline.run", "pipeline.status"],

@@ -7,6 +7,7 @@ import threading
 import time
 import warnings
 
+from pipeline.runstate import ShardRecord
 from pipeline.telemetry.logs import ActorLog, DriverLog, ShardLogs, shard_log_path
 from pipeline.storage import Storage
 from tests.corpus import mixed_tar
@@ -89,6 +90,7 @@ def test_report_links_a_failed_shards_log_and_says_when_an_older_output_has_none
     (out / "_run" / "commits" / "bad.log").write_text("failed (permanent): corrupt_tar: cut\n")
     records = {"ok": {"status": "done"}, "bad": {"status": "failed", "reason": "corrupt_tar", "detail": "cut"},
                "old": {"status": "failed", "shard_error": "read_failed: 503"}}
+    records = {k: ShardRecord.from_dict({"shard_id": k, "source": "", **r}) for k, r in records.items()}
     page = _failed_shards({"records": records, "output_dir": str(out)}, str(tmp_path))
     assert '<td>bad</td><td>corrupt_tar: cut</td><td><a href="out/_run/commits/bad.log">log</a>' in page
     assert "<td>old</td><td>read_failed: 503</td><td>no log</td>" in page and "<td>ok</td>" not in page

@@ -191,7 +191,7 @@ def test_run_counts_clipped_and_unmeasured_clips_and_refuses_another_target_on_i
     err = capsys.readouterr().err
     assert "loudness: normalised to -23 LUFS; 1 clips past full scale" in err and "2 too short" in err
     (record,) = records_of(tmp_path / "out").values()
-    assert (record["loudness_clipped"], record["loudness_unmeasured"]) == (1, 2)
+    assert (record.loudness_clipped, record.loudness_unmeasured) == (1, 2)
     totals = manifest_of(tmp_path / "out")["totals"]
     assert (totals["loudness_clipped"], totals["loudness_unmeasured"]) == (1, 2)
     for row in read_rows(tmp_path / "out"):

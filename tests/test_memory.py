@@ -11,6 +11,7 @@ import numpy as np
 import soundfile
 
 from pipeline.driver.protocol import SHARDS_IN_FLIGHT
+from pipeline.telemetry.events import ShardDone
 from pipeline.run import run_job
 from pipeline.sources import list_shards
 from pipeline.actor.processor import ShardProcessor
@@ -71,7 +72,7 @@ def peak_rss_for_one_file(tmp_path, minutes: float) -> float:
                         "ray.num_actors=1", f"ray.memory_per_actor_gb={RESERVED_GB}",
                         "codec.window_s=30", "codec.context_s=2")
     results = []
-    run_job(config, lambda kind, info: results.append(info["result"]) if kind == "shard_done" else None)
+    run_job(config, lambda event: results.append(event.result) if isinstance(event, ShardDone) else None)
     (result,) = results
     assert result.status == "done" and result.rows == 1 and abs(result.audio_seconds - minutes * 60) < 1
     return result.peak_rss_mb

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from demo.synth import SynthSample, random_sample, write_tar
+from pipeline.telemetry.events import MetricsUnavailable, ShardDone
 from pipeline.run import run_job
 from pipeline.telemetry.metrics import RunMetrics, ray_init_options
 from pipeline.runstate import ShardRecord
@@ -56,9 +57,10 @@ def test_metrics_scraped_from_the_ray_endpoint_agree_with_the_runs_summary(tmp_p
                         f"ray.metrics_export_port={port}", "ray.metrics_report_interval_s=0.5", "ray.num_actors=1")
     events = []
     try:
-        summary = run_job(config, lambda kind, info: events.append(kind))
+        summary = run_job(config, events.append)
         t = summary.totals
-        assert summary.status == "complete" and t["errors"] == 2 and "metrics_unavailable" not in events
+        assert summary.status == "complete" and t["errors"] == 2
+        assert not [e for e in events if isinstance(e, MetricsUnavailable)]
         deadline, series = time.time() + 30, {}
         while time.time() < deadline:  # the metrics agent exports what processes report every interval
             series = scrape(port)
@@ -95,19 +97,18 @@ def test_metrics_that_cannot_be_recorded_are_one_warning_and_the_events_still_re
 
     monkeypatch.setattr(ray.util.metrics, "Counter", broken)
     events = []
-    metrics = RunMetrics("/out/run-7", lambda kind, info: events.append((kind, info)))
+    metrics = RunMetrics("/out/run-7", events.append)
     record = ShardRecord("s", "/in/s.tar", "done", rows=3, audio_seconds=2.0, error_reasons={"decode_failed": 1})
     for _ in range(3):
-        metrics.listen("shard_done", {"result": record, "in_flight": 0})
-    assert [kind for kind, _ in events] == ["shard_done", "metrics_unavailable", "shard_done", "shard_done"]
-    assert "no metrics agent" in events[1][1]["why"]
+        metrics.listen(ShardDone(record))
+    assert [type(e) for e in events] == [ShardDone, MetricsUnavailable, ShardDone, ShardDone]
+    assert "no metrics agent" in events[1].why
 
 
 def test_read_retries_of_done_and_failed_shards_reach_the_read_retries_counter():
     recorded = []
-    metrics = RunMetrics("/out/run-7", lambda kind, info: None)
+    metrics = RunMetrics("/out/run-7", lambda event: None)
     metrics.recorder.record = lambda name, value, **tags: recorded.append((name, value))
-    metrics.listen("shard_done", {"result": ShardRecord("a", "/in/a.tar", "done", rows=1, read_retries=3)})
-    metrics.listen("shard_done", {"result": ShardRecord("b", "/in/b.tar", "failed", reason="transient_io",
-                                                        read_retries=5)})
+    metrics.listen(ShardDone(ShardRecord("a", "/in/a.tar", "done", rows=1, read_retries=3)))
+    metrics.listen(ShardDone(ShardRecord("b", "/in/b.tar", "failed", reason="transient_io", read_retries=5)))
     assert sum(value for name, value in recorded if name == "read_retries_total") == 8

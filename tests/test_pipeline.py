@@ -9,7 +9,9 @@ from omegaconf import OmegaConf
 
 from codec import reference_encode
 from pipeline.audio.decode import decode_bytes, to_model_audio
+from pipeline.driver.protocol import ActorProgress
 from pipeline.config import ConfigError, load_config
+from pipeline.telemetry.events import ActorsStarted, ShardDone
 from pipeline.run import run_job
 from pipeline.driver import actor_options as _actor_options
 from pipeline.runstate import IdentityChanged, read_run
@@ -56,18 +58,18 @@ def test_webdataset_run_writes_canonical_codes_with_metadata(tmp_path, ray_local
     config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/part-{0..2}.tar")]})
     events, described = [], []
 
-    def on_event(kind, info):
-        events.append(kind)
-        if kind == "actors":  # what the actors hold, asked while they run
-            described.extend(ray_local.get([actor.facts.remote() for actor in info["actors"]]))
+    def on_event(event):
+        events.append(type(event))
+        if isinstance(event, ActorsStarted):  # what the actors hold, asked while they run
+            described.extend(ray_local.get([actor.facts.remote() for actor in event.actors]))
 
     summary = run_job(config, on_event)
     assert summary.status == "complete" and summary.shards_run == 3
-    assert events.count("shard_done") == 3
+    assert events.count(ShardDone) == 3
     assert 0 < summary.encoder_busy_share <= 1
     # auto sizing on the 2-CPU runtime: two CPU actors of one torch thread and one decode thread each
-    assert len(described) == 2 and len({d["pid"] for d in described}) == 2
-    assert all(d["torch_threads"] == 1 and d["decode_threads"] == 1 for d in described)
+    assert len(described) == 2 and len({d.pid for d in described}) == 2
+    assert all(d.torch_threads == 1 and d.decode_threads == 1 for d in described)
     # the start-up split: each part measured, the parts within the whole, nothing large unaccounted for
     s = summary.startup
     assert s.pop("calibration") == []  # CPU actors do not calibrate
@@ -94,10 +96,10 @@ def test_webdataset_run_writes_canonical_codes_with_metadata(tmp_path, ray_local
     assert manifest["codec"]["spec"] == "random:tiny" and len(manifest["fingerprint"]) == 64
     assert manifest["shard_count"] == 3 and manifest["totals"]["rows"] == len(samples)
     for entry in records_of(config.output.dir).values():
-        assert entry["status"] == "done" and entry["rows"] + entry["errors"] == entry["samples_read"] == 7
-    schema = pq.read_schema(os.path.join(config.output.dir, entry["files"][0]))
+        assert entry.status == "done" and entry.rows + entry.errors == entry.samples_read == 7
+    schema = pq.read_schema(os.path.join(config.output.dir, entry.files[0]))
     assert str(schema.field("codes").type) == "list<element: list<element: int16>>"
-    assert pq.ParquetFile(os.path.join(config.output.dir, entry["files"][0])).metadata.row_group(0).column(1).compression == "ZSTD"
+    assert pq.ParquetFile(os.path.join(config.output.dir, entry.files[0])).metadata.row_group(0).column(1).compression == "ZSTD"
 
 
 def test_hf_datasets_save_to_disk_and_parquet(tmp_path, ray_local, tiny_codec):
@@ -306,11 +308,10 @@ def test_two_shards_at_once_on_one_processor_report_progress_and_their_own_count
     for worker in workers:
         worker.start()
     while any(worker.is_alive() for worker in workers):
-        seen.append(processor.in_shard["samples"])
+        seen.append(processor.in_shard.samples)
         time.sleep(0.005)
     assert len(results) == 2 and all(r.status == "done" and r.rows == 6 for r in results)
-    assert 0 < max(seen) <= 12 and processor.in_shard == {"shards": 0, "samples": 0, "audio_seconds": 0.0, "started": {},
-                                                           "audio": {}}
+    assert 0 < max(seen) <= 12 and processor.in_shard == ActorProgress()
     for r in results:  # CPU encodes clip by clip: each shard's encoded frames are exactly its own frames
         assert r.encoded_frames == r.frames and r.encode_s > 0
     for row in read_rows(config.output.dir):

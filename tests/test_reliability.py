@@ -16,6 +16,7 @@ import pytest
 from codec import load_codec
 from pipeline.run import run_job
 from pipeline.driver import GuardTripped
+from pipeline.telemetry.events import ActorLost, ActorsStarted
 from pipeline.run import Progress
 from pipeline.run import main as cli_main
 from demo.synth import SynthSample, encode_audio, synth_clip, write_tar
@@ -87,7 +88,7 @@ def test_bad_samples_get_codes_or_a_specific_error(tmp_path, ray_local):
             np.testing.assert_array_equal(codes, expected)
     assert rows["tiny"]["num_frames"] == 1 and rows["long"]["num_frames"] == 225
     entry = next(iter(records_of(config.output.dir).values()))
-    assert entry["samples_read"] == len(samples) == entry["rows"] + entry["errors"]
+    assert entry.samples_read == len(samples) == entry.rows + entry.errors
 
 
 def _flac_24bit(array, rate):
@@ -111,19 +112,19 @@ def test_bad_shards_are_recorded_without_partial_rows_and_the_run_goes_on(tmp_pa
     err = capsys.readouterr().err
     assert status == 1 and "status: INCOMPLETE" in err and "rerun the same command" in err
 
-    by_source = {os.path.basename(e["source"]): e for e in records_of(tmp_path / "out").values()}
-    assert by_source["good.tar"]["status"] == "done"
-    assert by_source["missing.tar"]["status"] == "failed" and by_source["missing.tar"]["reason"] == "missing_shard"
+    by_source = {os.path.basename(e.source): e for e in records_of(tmp_path / "out").values()}
+    assert by_source["good.tar"].status == "done"
+    assert by_source["missing.tar"].status == "failed" and by_source["missing.tar"].reason == "missing_shard"
     cut = by_source["cut.tar"]
-    assert cut["status"] == "failed" and cut["reason"] == "corrupt_tar"
+    assert cut.status == "failed" and cut.reason == "corrupt_tar"
     # the cut tar read some samples before it broke; none of them reach data/ (glob readers would see them),
     # its shard-level record stands for all of them and a rerun redoes it whole
-    assert cut["samples_read"] >= 1 and cut["rows"] == 0 and cut["files"] == [f"errors/{cut['shard_id']}.jsonl"]
-    assert sorted(os.listdir(tmp_path / "out/data")) == [f"{by_source['good.tar']['shard_id']}.parquet"]
+    assert cut.samples_read >= 1 and cut.rows == 0 and cut.files == [f"errors/{cut.shard_id}.jsonl"]
+    assert sorted(os.listdir(tmp_path / "out/data")) == [f"{by_source['good.tar'].shard_id}.parquet"]
     assert {r["key"] for r in read_rows(tmp_path / "out")} == {f"g_{i:03d}" for i in range(3)}
     errors = errors_of(tmp_path / "out")
     assert sorted(e["reason"] for e in errors if e["key"] is None) == ["corrupt_tar", "missing_shard"]
-    assert not [e for e in errors if e["shard"] == cut["shard_id"] and e["key"] is not None]
+    assert not [e for e in errors if e["shard"] == cut.shard_id and e["key"] is not None]
 
 
 def test_hf_bad_files_are_shard_errors(tmp_path, ray_local):
@@ -176,33 +177,33 @@ def test_killed_actor_mid_shard_is_replaced_and_the_shard_appears_once(tmp_path,
     events, killed, replacements = [], [], []
 
     def kill_once_it_has_encoded_something(actor):
-        pid = ray.get(actor.facts.remote())["pid"]
+        pid = ray.get(actor.facts.remote()).pid
         deadline = time.time() + 120
         while time.time() < deadline:
             progress = ray.get(actor.progress.remote())
-            if progress["shards"] == 2 and progress["samples"] > 0:
+            if progress.shards == 2 and progress.samples > 0:
                 os.kill(pid, signal.SIGKILL)
-                killed.append(progress["samples"])
+                killed.append(progress.samples)
                 return
             time.sleep(0.02)
 
     shown = io.StringIO()
     progress = Progress(shown)  # what the CLI would print
 
-    def on_event(kind, info):
-        events.append(kind)
-        progress(kind, info)
-        if kind == "actor_lost":
-            replacements.append(info)
-        if kind == "actors" and events.count("actors") == 1:
-            threading.Thread(target=kill_once_it_has_encoded_something, args=(info["actors"][0],)).start()
+    def on_event(event):
+        events.append(type(event))
+        progress(event)
+        if isinstance(event, ActorLost):
+            replacements.append(event)
+        if isinstance(event, ActorsStarted) and events.count(ActorsStarted) == 1:
+            threading.Thread(target=kill_once_it_has_encoded_something, args=(event.actors[0],)).start()
 
     summary = run_job(config, on_event)
     assert killed and summary.status == "complete"
     # both shards lost, one replacement; neither charged (which one killed it is unknown), each rerun alone
-    assert [(len(r["lost"]), r["charged"]) for r in replacements] == [(2, None)]
+    assert [(len(r.lost), r.charged) for r in replacements] == [(2, None)]
     assert "replaced, its shards run again, each alone, uncharged" in shown.getvalue()
-    assert all(r["attempts"] == 1 for r in records_of(config.output.dir).values())
+    assert all(r.attempts == 1 for r in records_of(config.output.dir).values())
     keys = [r["key"] for r in read_rows(config.output.dir)]
     assert sorted(keys) == sorted(s.key for s in samples + others)
     assert sorted(os.listdir(tmp_path / "out/data")) == sorted(f"{shard}.parquet" for shard in records_of(config.output.dir))

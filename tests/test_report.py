@@ -1,5 +1,6 @@
 """The report (figures, players) and the fidelity audit: metrics on known pairs, and the CLI on a real output."""
 
+import dataclasses
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pipeline.reading import report as report_module
 from pipeline.reading.fidelity import mel_distance_db, si_snr_db
 from pipeline.reading.inspect import main as inspect_main
 from pipeline.reading.stats import collect
+from pipeline.runstate import ShardRecord
 from demo.synth import synth_clip
 from tests.corpus import mixed_tar
 from tests.test_pipeline import config_for
@@ -58,13 +60,14 @@ def test_throughput_spreads_each_shards_audio_over_its_processing_time():
         "b": {"status": "done", "finished_at": 115.0, "seconds": 10.0, "audio_seconds": 50.0},
         "c": {"status": "failed", "finished_at": 200.0},
     }
+    records = {k: ShardRecord.from_dict({"shard_id": k, "source": "", **r}) for k, r in records.items()}
     series = report_module.throughput(records, bins=3)
     np.testing.assert_allclose(series["edges"], [0, 5, 10, 15])
     np.testing.assert_allclose(series["rate"], [10.0, 15.0, 5.0])  # a: 10 x realtime over 0-10 s, b: 5 x over 5-15 s
     np.testing.assert_allclose(series["done"], [100.0, 150.0])
     assert series["note"] == ""
-    older = {k: {n: v for n, v in r.items() if n != "finished_at"} | {"started_at": r["finished_at"] - 10.0}
-             for k, r in records.items() if r["status"] == "done"}
+    older = {k: dataclasses.replace(r, finished_at=0.0, started_at=r.finished_at - 10.0)
+             for k, r in records.items() if r.status == "done"}
     series = report_module.throughput(older, bins=3)
     np.testing.assert_allclose(series["rate"], [10.0, 15.0, 5.0])
     assert "no finished_at" in series["note"]

@@ -15,6 +15,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.actor.side import CodecActorSide
 from pipeline.driver.job import open_run_state, resolve_codec
+from pipeline.telemetry.events import CorruptCommits, LeaseTakenOver
 from pipeline.run import main as run_main
 from pipeline.runstate import IdentityChanged, LeaseHeld, LeaseLost, OutputError, RunState, ShardRecord, read_run
 from pipeline.runstate.digest import DIGEST
@@ -71,7 +72,7 @@ def test_rerun_trusts_commit_records_over_a_summary_that_lags_and_rebuilds_it(st
     # killed before the next compaction: the summary holds one shard, the commit records hold four
     state.lease.release()
     view = read_run(storage)
-    assert sorted(view.done()) == ["s0", "s1", "s2"] and view.records["bad"]["status"] == "failed"
+    assert sorted(view.done()) == ["s0", "s1", "s2"] and view.records["bad"].status == "failed"
     assert view.summary_stale
     again = RunState.open(storage, header(), output_settings())
     assert again.done("s1") and not again.done("bad") and again.totals()["shards_done"] == 3
@@ -96,8 +97,8 @@ def test_failed_record_written_with_shard_error_only_reads_with_its_reason_and_d
            "files": ["errors/old.jsonl"]}
     storage.write_bytes(record_path("old", "failed"), json.dumps(old).encode())
     view = read_run(storage)
-    assert (view.records["new"]["reason"], view.records["new"]["detail"]) == ("corrupt_tar", "cut")
-    record = ShardRecord.from_dict(view.records["old"])
+    assert (view.records["new"].reason, view.records["new"].detail) == ("corrupt_tar", "cut")
+    record = view.records["old"]
     assert (record.reason, record.detail, record.error) == ("corrupt_tar", "cut at 512", "corrupt_tar: cut at 512")
     again = RunState.open(storage, header(), output_settings())
     assert again.totals()["shard_error_reasons"] == {"corrupt_tar": 2}
@@ -113,10 +114,10 @@ def test_commit_record_cut_short_counts_as_not_done_and_is_reported(storage):
     cut = f"{COMMITS}/b.done.json"
     storage.write_bytes(cut, storage.read_bytes(cut)[:40])  # a crash mid-write without atomic rename
     events = []
-    again = RunState.open(storage, header(), output_settings(), lambda kind, info: events.append((kind, info)))
+    again = RunState.open(storage, header(), output_settings(), events.append)
     assert again.done("a") and not again.done("b")
-    (kind, info), = [e for e in events if e[0] == "corrupt_commits"]
-    assert "b" in info["corrupt"] and "not JSON" in info["corrupt"]["b"]
+    (event,) = [e for e in events if isinstance(e, CorruptCommits)]
+    assert "b" in event.corrupt and "not JSON" in event.corrupt["b"]
     again.close()
 
 
@@ -143,8 +144,8 @@ def test_lease_of_a_dead_driver_on_this_host_is_taken_over_at_once(storage):
              "heartbeat_at": time.time()}
     storage.write_bytes(LEASE, json.dumps(lease).encode())
     events = []
-    RunState.open(storage, header(), output_settings(), lambda kind, info: events.append((kind, info))).close()
-    assert [info["note"] for kind, info in events if kind == "lease_taken_over"][0].endswith("is gone")
+    RunState.open(storage, header(), output_settings(), events.append).close()
+    assert [e.note for e in events if isinstance(e, LeaseTakenOver)][0].endswith("is gone")
 
 
 def test_lease_without_heartbeat_is_taken_over_only_after_the_timeout(storage):
@@ -154,8 +155,8 @@ def test_lease_without_heartbeat_is_taken_over_only_after_the_timeout(storage):
         RunState.open(storage, header(), output_settings(lease_timeout_s=60))
     storage.write_bytes(LEASE, json.dumps(dict(lease, heartbeat_at=time.time() - 61)).encode())
     events = []
-    RunState.open(storage, header(), output_settings(lease_timeout_s=60), lambda k, i: events.append(i)).close()
-    assert "no heartbeat for" in events[0]["note"]
+    RunState.open(storage, header(), output_settings(lease_timeout_s=60), events.append).close()
+    assert "no heartbeat for" in events[0].note
 
 
 def test_run_whose_lease_was_taken_over_stops_instead_of_writing_beside_the_new_holder(storage):
@@ -241,7 +242,7 @@ def test_changed_settings_name_what_changed_and_how_to_continue(tmp_path, monkey
         config = load_config(None, ["source.kind=webdataset", f"source.urls={tmp_path}/in/a.tar",
                                     f"output.dir={tmp_path}/out", "codec.model=org/tiny-tokenizer", *overrides])
         state = open_run_state(config, Storage(config.output.dir), resolve_codec(config), list_shards(config.source),
-                               lambda kind, info: None, CodecActorSide().identity(config))
+                               lambda event: None, CodecActorSide().identity(config))
         state.close()
         return state
 
@@ -278,7 +279,7 @@ def test_a_rerun_on_another_device_is_refused_like_a_library_upgrade_and_an_outp
     def open_on(device, *overrides, out="out"):
         run_config = load_config(None, [f"source.urls={tmp_path}/in/a.tar", f"output.dir={tmp_path}/{out}",
                                         "source.kind=webdataset", "codec.model=random:tiny", *overrides])
-        state = open_run_state(run_config, Storage(str(tmp_path / out)), codec, listing, lambda kind, info: None,
+        state = open_run_state(run_config, Storage(str(tmp_path / out)), codec, listing, lambda event: None,
                                CodecActorSide().identity(run_config), device)
         state.close()
         return json.loads((tmp_path / out / "manifest.json").read_text())
@@ -316,7 +317,7 @@ def test_hf_key_and_audio_columns_are_part_of_the_identity(tmp_path):
         config = load_config(None, ["source.kind=hf", f"source.path={tmp_path}/a.parquet", f"output.dir={tmp_path}/out",
                                     "codec.model=random:tiny", *overrides])
         open_run_state(config, Storage(config.output.dir), resolve_codec(config), list_shards(config.source),
-                       lambda kind, info: None, CodecActorSide().identity(config)).close()
+                       lambda event: None, CodecActorSide().identity(config)).close()
 
     open_with()
     open_with("source.key_column=id")  # the default it resolved to: the same keys
@@ -377,7 +378,7 @@ def test_failed_shard_leaves_no_rows_and_a_cut_record_is_redone(tmp_path, ray_lo
     (out / SHARD_LIST).write_text("".join(line + "\n" for line in lines))  # died before compacting it
     assert any("not JSON" in p for p in verify(str(out)))
     assert run_main([str(tmp_path / "run.yaml")]) == 0
-    assert records_of(out)[victim]["status"] == "done" and verify(str(out)) == []
+    assert records_of(out)[victim].status == "done" and verify(str(out)) == []
     assert sorted(r["key"] for r in read_rows(out)) == sorted(f"r{i}_{j:03d}" for i in range(3) for j in range(2))
 
 

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from pipeline.reading.dataset import TokenDataset
+from pipeline.telemetry.events import StoreRetry
 from pipeline.run import run_job
 from pipeline.runstate import read_run
 from pipeline.storage import Storage
@@ -70,7 +71,7 @@ def test_s3_run_survives_503s_with_nothing_lost_duplicated_or_failed(tmp_path, s
     assert summary.status == "complete" and summary.totals["shards_failed"] == 0
     assert any(p.startswith("/audio/in/") for p in s3.failed) and any(p.startswith("/audio/out/data/") for p in s3.failed)
     records = read_run(Storage("s3://audio/out")).records
-    assert all(r["status"] == "done" for r in records.values()) and max(r["attempts"] for r in records.values()) > 1
+    assert all(r.status == "done" for r in records.values()) and max(r.attempts for r in records.values()) > 1
     assert verify("s3://audio/out") == []
     rows = [row["key"] for row in TokenDataset("s3://audio/out")]
     assert sorted(rows) == sorted(keys)  # every sample once
@@ -119,16 +120,16 @@ def test_s3_driver_writes_through_503s_on_run_state_summary_lease_and_a_failed_s
     config = config_for(tmp_path, {"kind": "webdataset", "urls": ["s3://audio/in/t-{0..1}.tar", "s3://audio/in/gone.tar"]},
                         "output.dir=s3://audio/out", "output.write_backoff_s=0.05")
     events = []
-    summary = run_job(config, lambda kind, info: events.append((kind, info)))
+    summary = run_job(config, events.append)
     assert summary.totals["shards_done"] == 2 and summary.totals["shards_failed"] == 1  # gone.tar: missing
     failed = {path.split("/", 3)[-1].split("/")[-1].split("-")[0] for path in s3.failed}
     assert {"lease.json", "manifest.json", "shards.jsonl", "gone", "t"} <= failed, s3.failed
-    retried = {info["what"].split()[1] for kind, info in events if kind == "store_retry"}  # by the driver itself
+    retried = {e.what.split()[1] for e in events if isinstance(e, StoreRetry)}  # by the driver itself
     logs = {path for path in s3.failed if path.endswith(".log")}  # shard logs: retried by whoever writes them
     assert retried == {path.removeprefix("/audio/out/") for path in set(s3.failed) - logs}
     assert logs and all(Storage("s3://audio/out").read_bytes(p.removeprefix("/audio/out/")) for p in logs)
     records = read_run(Storage("s3://audio/out")).records
-    assert sorted(r["status"] for r in records.values()) == ["done", "done", "failed"]
+    assert sorted(r.status for r in records.values()) == ["done", "done", "failed"]
     assert [p for p in verify("s3://audio/out") if not p.startswith("shard gone-")] == []
     assert sorted(row["key"] for row in TokenDataset("s3://audio/out")) == sorted(keys)
 

@@ -58,7 +58,7 @@ def test_presigned_url_secrets_reach_no_output_file_nor_the_log_and_a_new_signat
         assert SIGNATURE not in log and NEW_SIGNATURE not in log and TOKEN not in log
     assert "4 shards: 3 already done, 1 to run" in second.err  # a new signature: the same shards
     records = records_of(out)
-    assert sorted(r["source"].rsplit("/", 1)[-1] for r in records.values()) == [
+    assert sorted(r.source.rsplit("/", 1)[-1] for r in records.values()) == [
         "flaky-001.tar?REDACTED", "gone-003.tar?REDACTED", "shard-000.tar?REDACTED", "shard-002.tar"]
     assert sorted(r["key"] for r in read_rows(out)) == sorted(keys)
 

@@ -36,8 +36,8 @@ def test_hf_path_cells_behind_two_503s_per_head_and_get_are_all_encoded_in_the_s
         assert run_main([str(tmp_path / "run.yaml"), "source.read_backoff_s=0.01"]) == 0
     assert all(server.requests[n] == 6 for n in names if n.startswith("flaky-"))  # 2 x (HEAD, GET) 503, HEAD, GET
     (record,) = records_of(tmp_path / "out").values()
-    assert record["status"] == "done" and record["attempts"] == 1  # retried where the reads failed, not whole
-    assert record["read_retries"] == 6 and manifest_of(tmp_path / "out")["totals"]["read_retries"] == 6
+    assert record.status == "done" and record.attempts == 1  # retried where the reads failed, not whole
+    assert record.read_retries == 6 and manifest_of(tmp_path / "out")["totals"]["read_retries"] == 6
     printed = capsys.readouterr()
     assert "6 remote reads retried where they failed" in printed.out + printed.err
     assert sorted(r["key"] for r in read_rows(tmp_path / "out")) == sorted(names)

@@ -22,16 +22,17 @@ import torch
 from ..audio.decode import Audio, SampleError
 from .batch_budget import BatchBudget
 from ..config import Config
+from ..driver.protocol import ActorProgress, Startup
 from .decode_tasks import DecodeInTask
 from .sample_decoder import SampleDecoder
-from ..failures import TRANSIENT, UNEXPECTED, WrongDeviceError, traceback_summary, is_transient
+from ..failures import TRANSIENT, UNEXPECTED, Reason, WrongDeviceError, traceback_summary, is_transient
 from ..telemetry.logs import ShardLogs, write_shard_log
 from ..audio.loudness import CLIPPED
 from ..telemetry.metrics import Recorder, run_label
 from .prefetch import DecodeAhead
 from .process_memory import resident_mb
 from ..reads import Reads
-from ..runstate import ShardRecord, library_versions
+from ..runstate import DONE, FAILED, ShardRecord, library_versions
 from ..runstate.retry import WriteRetry
 from ..schema import output_schema
 from ..sources import RawSample, Shard, read_shard
@@ -47,14 +48,14 @@ log = logging.getLogger(__name__)
 POOL_BATCHES = 8
 
 
-ENCODE_FAILED, OUT_OF_MEMORY = "encode_failed", "out_of_memory"  # reasons of a clip's error record
+ENCODE_FAILED, OUT_OF_MEMORY = Reason.ENCODE_FAILED, Reason.OUT_OF_MEMORY  # reasons of a clip's error record
 
 
 @dataclass
 class ClipFailure:
     """A clip the codec could not encode: its error record's reason and detail."""
 
-    reason: str
+    reason: Reason
     detail: str
 
 
@@ -88,7 +89,7 @@ class ShardProcessor:
                                "or start a new output.dir for the other device")
         self.schema = schema if schema is not None else output_schema([])
         self.started = time.perf_counter()
-        self.startup = {"init_at": time.time()}  # wall clock, so the driver can line it up with its own
+        self.startup = Startup(init_at=time.time())  # wall clock, so the driver can line it up with its own
         self.first_encode_at: float | None = None
         self._reported_first = False
         # Shards may be processed two at a time (the next one decodes while this one encodes), but the
@@ -103,12 +104,12 @@ class ShardProcessor:
         began = time.perf_counter()
         self.codec = load_codec_for(config, resolved, self.device)
         self.codec.num_codebooks(config.codec.bandwidth)  # a bandwidth the checkpoint lacks fails here, not mid-shard
-        self.startup["load_s"] = time.perf_counter() - began
+        self.startup.load_s = time.perf_counter() - began
         self.calibration: list[dict] = []
         began = time.perf_counter()
         if self._should_calibrate():
             self.codec.policy, self.calibration = self.codec.calibrate(config.codec.bandwidth)
-        self.startup["calibrate_s"] = time.perf_counter() - began
+        self.startup.calibrate_s = time.perf_counter() - began
         self.storage = Storage(config.output.dir)
         self.metrics = Recorder()  # the bytes this actor writes (the driver records the rest from commit records)
         self.logs = ShardLogs.install()  # each shard's log records, written beside its commit record
@@ -121,12 +122,12 @@ class ShardProcessor:
                                      self.codec.resamples_to_ceil(self.codec.convention))
 
     @property
-    def in_shard(self) -> dict:
+    def in_shard(self) -> ActorProgress:
         under_way = dict(self._progress)
-        return {"shards": len(under_way), "samples": sum(p["samples"] for p in under_way.values()),
-                "audio_seconds": sum(p["audio_seconds"] for p in under_way.values()),
-                "started": {shard: p["started_at"] for shard, p in under_way.items()},
-                "audio": {shard: p["audio_seconds"] for shard, p in under_way.items()}}  # the driver's deadlines
+        return ActorProgress(len(under_way), sum(p["samples"] for p in under_way.values()),
+                             sum(p["audio_seconds"] for p in under_way.values()),
+                             {shard: p["started_at"] for shard, p in under_way.items()},
+                             {shard: p["audio_seconds"] for shard, p in under_way.items()})
 
     def _should_calibrate(self) -> bool:
         c = self.config.codec
@@ -136,9 +137,10 @@ class ShardProcessor:
 
     def process(self, shard: Shard) -> ShardRecord:
         start = time.perf_counter()
-        self.startup.setdefault("first_shard_at", time.time())
+        if self.startup.first_shard_at is None:
+            self.startup.first_shard_at = time.time()
         writer = ShardWriter(self.storage, shard.id, shard.source, self.schema, self.config.output.compression)
-        result = ShardRecord(shard.id, shard.source, "done", worker=self.name)
+        result = ShardRecord(shard.id, shard.source, DONE, worker=self.name)
         result.started_at = time.time()
         progress = self._progress[shard.id] = {"samples": 0, "audio_seconds": 0.0, "encoded_frames": 0, "encode_s": 0.0,
                                                "started_at": result.started_at, "threads": 0, "loudness_clipped": 0,
@@ -149,8 +151,8 @@ class ShardProcessor:
         try:
             self._process(shard, writer, result, progress)
         except Exception as error:  # the store failing a write (transient), a bug or a device error (unexpected)
-            result.status, result.failure = "failed", TRANSIENT if is_transient(error) else UNEXPECTED
-            result.reason, result.detail = "worker_exception", f"{type(error).__name__}: {str(error)[:200]}"
+            result.status, result.failure = FAILED, TRANSIENT if is_transient(error) else UNEXPECTED
+            result.reason, result.detail = Reason.WORKER_EXCEPTION, f"{type(error).__name__}: {str(error)[:200]}"
             result.traceback = traceback_summary(error)
             if result.failure == UNEXPECTED:  # Ray forwards actors' logs to the driver's: no URL's secret in them
                 log.error("shard %s failed unexpectedly on %s: %s", shard.id, self.name, redact_text(result.traceback))
@@ -168,7 +170,7 @@ class ShardProcessor:
         return result
 
     def _write_log(self, shard: Shard, result: ShardRecord) -> None:
-        if result.status == "done":
+        if result.status == DONE:
             outcome = (f"done: {result.rows} rows, {result.errors} error records, {result.audio_seconds:.1f} s of audio "
                        f"in {result.seconds:.1f} s")
         else:
@@ -191,7 +193,7 @@ class ShardProcessor:
         for raw, decoded in decoded_ahead:
             result.read_retries = getattr(decoded_ahead, "read_retries", reads.retries)
             if raw is None:  # the shard itself broke off: no rows; the driver retries it or records its failure
-                result.status, result.reason, result.detail = "failed", decoded.reason, decoded.detail
+                result.status, result.reason, result.detail = FAILED, decoded.reason, decoded.detail
                 result.failure = decoded.kind
                 if decoded.kind == UNEXPECTED:
                     result.traceback = decoded.detail
@@ -203,7 +205,7 @@ class ShardProcessor:
                 writer.add_error(raw.key, decoded.reason, decoded.detail)
                 continue
             if raw.key in seen:
-                writer.add_error(raw.key, "duplicate_key", "an earlier sample of this shard has the same key")
+                writer.add_error(raw.key, Reason.DUPLICATE_KEY, "an earlier sample of this shard has the same key")
                 continue
             seen.add(raw.key)
             pool.append((raw, decoded))
@@ -214,9 +216,9 @@ class ShardProcessor:
         result.read_retries = getattr(decoded_ahead, "read_retries", reads.retries)
         self._encode(pool, writer, progress)
         published = writer.publish()
-        self.metrics.record("output_bytes_written_total", published["bytes"], run=run_label(self.config.output.dir),
+        self.metrics.record("output_bytes_written_total", published.bytes, run=run_label(self.config.output.dir),
                             actor=self.name)
-        result.files, result.sha256, result.row_groups = published["files"], published["sha256"], published["row_groups"]
+        result.files, result.sha256, result.row_groups = published.files, published.sha256, published.row_groups
         result.rows = len(writer.samples)
         result.errors = sum(1 for e in writer.errors if e.key is not None)
         result.error_reasons = dict(Counter(e.reason for e in writer.errors if e.key is not None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 
@@ -15,6 +16,7 @@ from ..telemetry.logs import ActorLog
 from ..sources import Shard
 from ..runstate import ShardRecord
 from ..tokenizer import Resolved
+from ..driver.protocol import ActorFacts, ActorProgress
 from .process_memory import prefer_expandable_segments
 from .processor import ShardProcessor
 
@@ -34,29 +36,21 @@ class CodecActor:
                                             resolved=resolved, schema=schema, versions=versions,
                                             device=device)
 
-    def facts(self) -> dict:
+    def facts(self) -> ActorFacts:
         codec = self.processor.codec
-        return {
-            "identity": codec.identity.as_dict(),
-            "device": str(codec.device),
-            "policy": codec.policy.__dict__,
-            "batch_budget": self.processor.budget.as_dict(),
-            "cuda_alloc_conf": self.alloc_conf,
-            "calibration": self.processor.calibration,
-            "decode_threads": self.processor.decode_threads,
-            "torch_threads": torch.get_num_threads(),
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "startup": dict(self.processor.startup),
-        }
+        return ActorFacts(
+            pid=os.getpid(), node_id=ray.get_runtime_context().get_node_id(), host=socket.gethostname(),
+            identity=codec.identity.as_dict(), device=str(codec.device), policy=dict(codec.policy.__dict__),
+            batch_budget=self.processor.budget.as_dict(), cuda_alloc_conf=self.alloc_conf,
+            calibration=self.processor.calibration, decode_threads=self.processor.decode_threads,
+            torch_threads=torch.get_num_threads(), startup=dataclasses.replace(self.processor.startup))
 
     def set_threads(self, threads: int) -> None:
         """Torch threads for the next encodes: the driver lends this actor the cores of idle ones."""
         self.processor.threads = max(1, int(threads))
 
-    def progress(self) -> dict:
-        return {**self.processor.in_shard, "batch_budget": self.processor.budget.as_dict()}
+    def progress(self) -> ActorProgress:
+        return dataclasses.replace(self.processor.in_shard, batch_budget=self.processor.budget.as_dict())
 
     def process(self, shard: Shard) -> ShardRecord:
         return self.processor.process(shard)

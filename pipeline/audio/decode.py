@@ -36,6 +36,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from ..failures import Reason
 from ..tokenizer import FileWave
 from . import containers, decoders, pyav_reader
 from .loudness import LoudnessMeter, Normalisation, apply_gain, normalisation
@@ -65,8 +66,8 @@ DECODE_METHOD = f"blocked-v1: {BLOCK_S:g} s blocks above {BLOCKED_ABOVE_S:g} s, 
 class SampleError(Exception):
     """A sample that cannot be encoded; `reason` is a short stable label for summaries."""
 
-    def __init__(self, reason: str, detail: str = ""):
-        self.reason = reason
+    def __init__(self, reason: Reason | str, detail: str = ""):
+        self.reason = Reason(reason)  # a plain string names a member (ValueError for one that is none)
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
 

@@ -3,8 +3,9 @@ lending), `policy` (what a shard's outcome means, retries, the guard), `deadline
 `scheduler` (the loop that hands shards to actors)."""
 
 from .policy import GuardTripped, check_guard
+from .protocol import ActorSetup
 from .pool import ActorStartFailed, actor_options, ensure_ray, threads_to_lend
 from .scheduler import Scheduler
 
-__all__ = ["ActorStartFailed", "GuardTripped", "Scheduler", "actor_options", "check_guard", "ensure_ray",
+__all__ = ["ActorSetup", "ActorStartFailed", "GuardTripped", "Scheduler", "actor_options", "check_guard", "ensure_ray",
            "threads_to_lend"]

@@ -14,7 +14,7 @@ import statistics
 from collections import deque
 
 from ..config import RayConfig
-from ..runstate import ShardRecord
+from ..runstate import DONE, ShardRecord
 from ..sources import Shard
 
 TIMEOUT_FACTOR = 4  # auto time limit: this many times a shard's expected time
@@ -56,7 +56,7 @@ class Deadlines:
         """The shard left its actor (`record`: its outcome, None when it was taken back)."""
         self.dispatched.pop(shard.id, None)
         self.audio.pop(shard.id, None)
-        if record is not None and record.status == "done" and record.seconds > 0:
+        if record is not None and record.status == DONE and record.seconds > 0:
             if shard.size:
                 self.bytes_per_second.add(shard.size / record.seconds)
             if record.audio_seconds > 0:

@@ -1,6 +1,6 @@
 """The driver: list the source, resolve the codec, open the run state, let the scheduler run the shards.
 
-Library code: it reports through `on_event(kind, info)` and never prints.
+Library code: it reports through `on_event(event)` (pipeline.telemetry.events) and never prints.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 import ray
 
 from ..config import Config, ConfigError, as_dict
+from ..telemetry.events import CodecResolved, RunStarted
 from ..telemetry.metrics import RunMetrics
-from ..runstate import RunState, ShardRecord, StoreWriteFailed, error_text, library_versions
+from ..runstate import DONE, RunState, ShardRecord, StoreWriteFailed, library_versions
 from . import Scheduler, actor_options, ensure_ray
-from .protocol import ActorSide
+from .protocol import ActorSetup, ActorSide
 from ..schema import column_lines, output_schema, schema_to_text
 from ..sources import SourceListing, distinct_shards, largest_first, list_shards
 from ..storage import Storage
@@ -126,7 +127,7 @@ def encoder_busy_share(results: list[ShardRecord]) -> float | None:
     return sum(r.encode_s for r in results) / total if total else None
 
 
-def drive(config: Config, side: ActorSide, on_event=lambda kind, info: None) -> JobSummary:
+def drive(config: Config, side: ActorSide, on_event=lambda event: None) -> JobSummary:
     """A run: list the shards, resolve the codec, open the run state, and schedule the pending shards on the
     actors of `side` (pipeline/run.py's run_job hands it the codec actor's)."""
     start = time.time()
@@ -136,7 +137,7 @@ def drive(config: Config, side: ActorSide, on_event=lambda kind, info: None) -> 
     if not listing.shards and listing.plan is None:
         raise ConfigError("source", "no shards found", "check source.urls / source.path")
     codec = resolve_codec(config)
-    on_event("codec", {"codec": codec})
+    on_event(CodecResolved(codec))
     ray_start_s = ensure_ray(config, on_event)  # the device probe runs where an actor would
     device = probe_device(config, side)
     state = open_run_state(config, storage, codec, listing, on_event, side.identity(config), device)
@@ -146,13 +147,13 @@ def drive(config: Config, side: ActorSide, on_event=lambda kind, info: None) -> 
         pending = largest_first(s for s in shards if not state.done(s.id))
         skipped = len(shards) - len(pending)
         state.announce(len(shards), len(pending))
-        on_event("start", {"shards": len(shards), "pending": len(pending), "skipped": skipped})
+        on_event(RunStarted(len(shards), len(pending), skipped))
         results: list[ShardRecord] = []
         start_failures: list[str] = []
         startup = None
         if pending:
             identity = state.header["identity"]
-            setup = (codec.resolved, state.schema, identity["versions"], identity.get("device"))
+            setup = ActorSetup(codec.resolved, state.schema, identity["versions"], identity.get("device"))
             scheduler = Scheduler(config, state, state.storage, pending, on_event, setup, start_failures,
                                   side.actor_class)
             prepared = time.time() - start - ray_start_s  # listing, codec resolution, device probe, run state
@@ -162,7 +163,7 @@ def drive(config: Config, side: ActorSide, on_event=lambda kind, info: None) -> 
                 startup = {"prepare_s": prepared, **startup, "ray_start_s": ray_start_s,
                            "to_first_batch_s": startup.pop("first_batch_at") - start}
         complete = all(state.done(s.id) for s in shards)
-        failed = sorted((k, error_text(r)) for k, r in state.records.items() if r["status"] != "done")
+        failed = sorted((k, r.error) for k, r in state.records.items() if r.status != DONE)
     finally:
         state.close()
     return JobSummary("complete" if complete else "incomplete", len(shards), skipped, len(shards) - skipped,

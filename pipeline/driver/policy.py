@@ -21,8 +21,9 @@ import random
 from collections import Counter, deque
 
 from ..config import Config
-from ..failures import PERMANENT, UNEXPECTED
-from ..runstate import ShardRecord, Totals
+from ..telemetry.events import ShardRetry
+from ..failures import PERMANENT, UNEXPECTED, FailureKind, Reason
+from ..runstate import DONE, FAILED, ShardRecord, Totals
 from ..sources import Shard
 
 
@@ -126,7 +127,7 @@ class FailurePolicy:
     # ---- outcomes ---------------------------------------------------------------------------------------
     def settle(self, shard: Shard, record: ShardRecord, actor: tuple[int, int], now: float) -> bool:
         """A shard's outcome from its actor; True when it counts as a failure of that actor."""
-        if record.status == "done":
+        if record.status == DONE:
             self._final(shard, record)
             return False
         kind = record.failure or PERMANENT
@@ -135,26 +136,24 @@ class FailurePolicy:
             return False
         if kind == UNEXPECTED and self.unexpected[shard.id] == 0:
             self.unexpected[shard.id] += 1
-            self.on_event("shard_retry", {"shard": shard.id, "attempt": 1, "failure": kind,
-                                          "reason": record.error[:300], "delay": 0.0})
+            self.on_event(ShardRetry(shard.id, 1, kind, record.error[:300], 0.0))
             self.retry(shard, actor, 0.0, now)
         elif kind == UNEXPECTED:
             self._final(shard, record)
         else:
-            self.charge(shard, actor, kind, record.reason or "transient", record.detail or "", now)
+            self.charge(shard, actor, kind, record.reason or Reason.TRANSIENT, record.detail or "", now)
         return True
 
-    def charge(self, shard: Shard, actor: tuple[int, int] | None, kind: str, reason: str, detail: str,
+    def charge(self, shard: Shard, actor: tuple[int, int] | None, kind: FailureKind, reason: Reason, detail: str,
                now: float) -> None:
         """A transient failure of this shard: retry with backoff, or fail past ray.max_attempts."""
         self.attempts[shard.id] += 1
         if self.attempts[shard.id] < self.config.ray.max_attempts:
             delay = self._backoff(shard)
-            self.on_event("shard_retry", {"shard": shard.id, "attempt": self.attempts[shard.id], "failure": kind,
-                                          "reason": f"{reason}: {detail}"[:300], "delay": delay})
+            self.on_event(ShardRetry(shard.id, self.attempts[shard.id], kind, f"{reason}: {detail}"[:300], delay))
             self.retry(shard, actor, delay, now)
         else:
-            self._final(shard, ShardRecord(shard.id, shard.source, "failed", reason=reason, detail=detail, failure=kind),
+            self._final(shard, ShardRecord(shard.id, shard.source, FAILED, reason=reason, detail=detail, failure=kind),
                         charged=True)
 
     def requeue_uncharged(self, shards: list[Shard], now: float, suspect: bool = False) -> None:
@@ -168,5 +167,5 @@ class FailurePolicy:
         record.attempts = self.attempts[shard.id] + self.unexpected[shard.id] + (0 if charged else 1)
         self.suspects.discard(shard.id)
         self.commit(shard, record)
-        self.this_run.add(record.to_dict())
+        self.this_run.add(record)
         check_guard(self.config, self.this_run.as_dict())

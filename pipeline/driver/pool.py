@@ -26,9 +26,11 @@ import ray
 from ray.exceptions import RayActorError
 
 from ..config import Config
+from ..telemetry.events import (ActorGivenUp, ActorsStarted, ActorStartFailure, ActorStartRetry, ActorsWaiting,
+                      MetricsUnavailable)
 from ..failures import TransientStartError, WrongDeviceError
 from ..telemetry.metrics import ray_init_options
-from .protocol import SHARDS_IN_FLIGHT
+from .protocol import SHARDS_IN_FLIGHT, ActorFacts, ActorSetup
 
 CPU_ACTOR_MEMORY_GB = 4.5
 START_STAGGER_S = 0.25  # between the first starts of consecutive actors: they do not all ask the hub at once
@@ -36,17 +38,26 @@ START_RETRIES = 8  # transient or lost starts in a row after which an actor plac
 PERMANENT_START, TRANSIENT_START, LOST_START, WRONG_DEVICE = "permanent", "transient", "lost", "wrong_device"
 
 
+@dataclass(frozen=True)
+class ActorUp:
+    """An actor's facts() answer and when its place started it and heard back (driver clock)."""
+
+    facts: ActorFacts
+    created: float
+    ready: float
+
+
 class ActorStartFailed(RuntimeError):
     """Codec actors die in their constructor, and their replacements too: nothing can run."""
 
 
-def ensure_ray(config: Config, on_event=lambda kind, info: None) -> float:
+def ensure_ray(config: Config, on_event=lambda event: None) -> float:
     """Start or join Ray unless this process has; returns the seconds this call took."""
     began = time.time()
     if not ray.is_initialized():
         metrics, warning = ray_init_options(config.ray)  # a local runtime's metrics export port and interval
         if warning:
-            on_event("metrics_unavailable", {"why": warning})
+            on_event(MetricsUnavailable(warning))
         # address None: RAY_ADDRESS (set by `ray job submit`) if present, else a local runtime. Actors'
         # warnings and errors reach the driver's log.
         ray.init(address=config.ray.address, log_to_driver=True, include_dashboard=False, logging_level="ERROR",
@@ -161,13 +172,13 @@ class Slot:
 
 
 class ActorPool:
-    def __init__(self, config: Config, actor_class, setup: tuple, on_event, start_failures: list[str]):
+    def __init__(self, config: Config, actor_class, setup: ActorSetup, on_event, start_failures: list[str]):
         self.config, self.actor_class, self.setup, self.on_event = config, actor_class, setup, on_event
         self.start_failures = start_failures  # messages of every failed start, for the run's summary
         self.slots: list[Slot] = []
         self.options: dict = {}
         self._announced = False  # the "actors" event, sent once every place had its first start
-        self.first_facts: dict[str, dict] = {}  # actor name -> facts() of its first generation
+        self.first_facts: dict[str, ActorUp] = {}  # actor name -> facts() of its first generation
 
     def open(self, pending: int) -> None:
         """Size the pool to the live nodes and `pending` shards; the first starts are staggered."""
@@ -183,8 +194,8 @@ class ActorPool:
                 self._start(slot)
         if not self._announced and all(s.generation or s.given_up for s in self.slots):
             self._announced = True  # once every place had its first start
-            self.on_event("actors", {"count": len(self.slots), "options": self.options,
-                                     "actors": [s.actor for s in self.slots if s.actor is not None]})
+            actors = [s.actor for s in self.slots if s.actor is not None]
+            self.on_event(ActorsStarted(len(self.slots), self.options, actors))
 
     def next_start_in(self, now: float) -> float | None:
         """Seconds until the next actor start that waits out its stagger or backoff; None when none waits."""
@@ -192,8 +203,9 @@ class ActorPool:
         return min(waits) if waits else None
 
     def _start(self, slot: Slot) -> None:
+        name = f"actor-{slot.index}"
         slot.actor = self.actor_class.options(**self.options, max_concurrency=SHARDS_IN_FLIGHT + 1).remote(
-            self.config, f"actor-{slot.index}", *self.setup)
+            self.config, name, *self.setup.args())
         slot.generation += 1
         slot.ready_ref = slot.actor.facts.remote()
         slot.created = slot.warned_at = time.time()
@@ -219,12 +231,12 @@ class ActorPool:
     def on_ready(self, slot: Slot) -> None:
         """The slot's facts() answered: the actor is up, or it died starting (see the module's docstring)."""
         try:
-            facts = {**ray.get(slot.ready_ref), "created": slot.created, "ready": time.time()}
+            up = ActorUp(ray.get(slot.ready_ref), slot.created, time.time())
         except RayActorError as error:
             self._start_failed(slot, *start_cause(error))
             return
-        slot.node = facts.get("node_id", "")
-        self.first_facts.setdefault(f"actor-{slot.index}", facts)
+        slot.node = up.facts.node_id
+        self.first_facts.setdefault(f"actor-{slot.index}", up)
         slot.ready_ref, slot.failed_starts, slot.lost_starts = None, 0, 0
 
     def _start_failed(self, slot: Slot, cause: str, message: str) -> None:
@@ -236,7 +248,7 @@ class ActorPool:
         if cause == PERMANENT_START:
             slot.failed_starts += 1
             replacing = slot.failed_starts < 2
-            self.on_event("actor_start_failed", {"actor": slot.index, "error": message, "replacing": replacing})
+            self.on_event(ActorStartFailure(slot.index, message, replacing))
             if not replacing:
                 raise ActorStartFailed(message)
             self.replace(slot)
@@ -246,8 +258,7 @@ class ActorPool:
             self._give_up(slot, cause, message)
             return
         delay = min(300.0, self.config.ray.retry_backoff_s * 2 ** (slot.lost_starts - 1)) * random.uniform(0.75, 1.25)
-        self.on_event("actor_start_retry", {"actor": slot.index, "cause": cause, "count": slot.lost_starts,
-                                            "delay": delay, "error": message})
+        self.on_event(ActorStartRetry(slot.index, cause, slot.lost_starts, delay, message))
         self.replace(slot, delay)
 
     def _give_up(self, slot: Slot, cause: str, message: str) -> None:
@@ -261,8 +272,7 @@ class ActorPool:
             why = (f"codec actor {slot.index} did not come up {slot.lost_starts} times in a row "
                    + ("(it died while loading with no Python error: out of host memory? lower ray.num_actors or "
                       "raise ray.memory_per_actor_gb)" if cause == LOST_START else "(transient errors while starting)"))
-        self.on_event("actor_given_up", {"actor": slot.index, "cause": cause, "left": left, "error": message,
-                                         "why": why})
+        self.on_event(ActorGivenUp(slot.index, cause, left, message, why))
         if not left:
             raise ActorStartFailed(f"every codec actor place was given up; the last: {why}. Its last error: {message}")
 
@@ -284,9 +294,8 @@ class ActorPool:
             return
         for slot in waiting:
             slot.warned_at = now
-        self.on_event("actors_waiting", {
-            "count": len(waiting), "seconds": now - min(s.created for s in waiting), "options": self.options,
-            "running": sum(s.ready for s in self.slots), "available": ray.available_resources()})
+        self.on_event(ActorsWaiting(len(waiting), now - min(s.created for s in waiting), self.options,
+                                    sum(s.ready for s in self.slots), ray.available_resources()))
 
     def close(self) -> None:
         for slot in self.slots:

@@ -16,9 +16,10 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from ..config import Config
-from ..failures import UNEXPECTED
+from ..telemetry.events import ActorLost, ActorSick, Heartbeat, ShardDone
+from ..failures import UNEXPECTED, FailureKind, Reason
 from ..telemetry.logs import append_shard_log
-from ..runstate import RunState, ShardRecord
+from ..runstate import DONE, FAILED, RunState, ShardRecord
 from ..runstate.retry import WriteRetry
 from ..sources import Shard
 from ..storage import Storage
@@ -28,16 +29,16 @@ from .policy import FailurePolicy
 from .pool import ActorPool, Slot, ensure_ray
 from .protocol import SHARDS_IN_FLIGHT, ActorClass
 
-TIMEOUT, ACTOR_LOST = "timeout", "actor_lost"  # transient failures the driver itself observes
+TIMEOUT, ACTOR_LOST = FailureKind.TIMEOUT, FailureKind.ACTOR_LOST  # transient failures the driver itself observes
 
 
 class Scheduler:
     def __init__(self, config: Config, state: RunState, storage: Storage, shards: list[Shard], on_event,
-                 setup: tuple, start_failures: list[str], actor_class: ActorClass):
+                 setup: ActorSetup, start_failures: list[str], actor_class: ActorClass):
         self.config, self.state, self.storage, self.on_event = config, state, storage, on_event
         self.actor_class = actor_class  # what processes the shards, through driver/protocol.py's interface
         self.log_storage = Storage(config.output.dir)  # a shard log that cannot be written never stops the run
-        self.setup = setup  # (checkpoint, schema, versions) every actor is built with
+        self.setup = setup
         self.start_failures = start_failures
         self.queue = deque(shards)
         self.policy = FailurePolicy(config, on_event, self._commit)
@@ -80,16 +81,16 @@ class Scheduler:
     # ---- outcomes ---------------------------------------------------------------------------------
     def _commit(self, shard: Shard, record: ShardRecord) -> None:
         """Write a shard's final outcome: a failed shard's error file, then its commit record."""
-        if record.status != "done":
-            record.files = publish_shard_failure(self.storage, shard.id, shard.source, record.reason or "failed",
+        if record.status != DONE:
+            record.files = publish_shard_failure(self.storage, shard.id, shard.source, record.reason or Reason.FAILED,
                                                  record.traceback or record.detail or "")
             append_shard_log(self.log_storage, shard.id, f"failed for good after {record.attempts} attempt(s) "
                              f"({record.failure}): {record.error}", WriteRetry.of(self.config.output))
         self.deadlines.finish(shard, record)
         self.state.commit(record)
         self.results.append(record)
-        self.on_event("shard_done", {"result": record, "shard_size": shard.size, "in_flight": len(self.refs),
-                                     "remaining": len(self.queue) + len(self.policy.retries) + len(self.refs)})
+        self.on_event(ShardDone(record, shard.size, len(self.refs),
+                                len(self.queue) + len(self.policy.retries) + len(self.refs)))
 
     def _take_back(self, slot: Slot) -> list[Shard]:
         """The shards the slot's actor held, no longer awaited."""
@@ -104,31 +105,29 @@ class Scheduler:
     def _settle(self, slot: Slot, shard: Shard, record: ShardRecord) -> None:
         if slot.solo and shard.id in self.policy.suspects:
             slot.solo = False
-        if record.status != "done":
+        if record.status != DONE:
             self.deadlines.finish(shard, None)
         failed = self.policy.settle(shard, record, slot.key, time.time())
         slot.consecutive_failures = slot.consecutive_failures + 1 if failed else 0
         if slot.consecutive_failures >= self.config.ray.max_consecutive_failures and slot.actor is not None:
-            self.on_event("actor_sick", {"actor": slot.index, "failures": slot.consecutive_failures,
-                                         "last": record.error[:200]})
+            self.on_event(ActorSick(slot.index, slot.consecutive_failures, record.error[:200]))
             self.policy.requeue_uncharged(self._take_back(slot), time.time())
             slot.consecutive_failures = 0
             self.pool.replace(slot)
 
-    def _actor_lost(self, slot: Slot, error: str, culprit: Shard | None = None, kind: str = ACTOR_LOST) -> None:
+    def _actor_lost(self, slot: Slot, error: str, culprit: Shard | None = None, kind: FailureKind = ACTOR_LOST) -> None:
         """The slot's actor died or was killed: charge the shard that did it, requeue the others uncharged."""
         lost = self._take_back(slot)
         if culprit is None and len(lost) == 1:
             culprit = lost[0]  # it had the actor to itself
         innocent = [s for s in lost if s is not culprit]
-        self.on_event("actor_lost", {"actor": slot.index, "lost": [s.id for s in lost],
-                                     "charged": culprit.id if culprit else None, "failure": kind, "error": error[:300]})
+        self.on_event(ActorLost(slot.index, [s.id for s in lost], culprit.id if culprit else None, kind, error[:300]))
         self.pool.replace(slot)
         now = time.time()
         # without a culprit, each runs again alone: the one that kills its actor then is charged
         self.policy.requeue_uncharged(innocent, now, suspect=culprit is None)
         if culprit is not None:
-            self.policy.charge(culprit, None, kind, kind, error[:200], now)
+            self.policy.charge(culprit, None, kind, Reason(kind), error[:200], now)  # timeout | actor_lost
 
     def _on_result(self, ref) -> None:
         slot, shard = self.refs.pop(ref)
@@ -141,7 +140,7 @@ class Scheduler:
             self._actor_lost(slot, str(error))
             return
         except RayTaskError as error:  # the shard processor's own guard failed: treat as unexpected
-            record = ShardRecord(shard.id, shard.source, "failed", failure=UNEXPECTED, reason="worker_exception",
+            record = ShardRecord(shard.id, shard.source, FAILED, failure=UNEXPECTED, reason=Reason.WORKER_EXCEPTION,
                                  detail=str(error).splitlines()[0][:200], traceback=str(error)[-2000:])
         self._settle(slot, shard, record)
 
@@ -156,12 +155,12 @@ class Scheduler:
         total = {"audio_seconds": 0.0, "samples": 0}
         for ref in ready:
             try:
-                progress = ray.get(ref)
+                progress: ActorProgress = ray.get(ref)
             except ray.exceptions.RayError:
                 continue  # a dying actor: its shards' own results will say so
-            total["audio_seconds"] += progress["audio_seconds"]
-            total["samples"] += progress["samples"]
-            self.deadlines.progress(progress.get("audio", {}))
+            total["audio_seconds"] += progress.audio_seconds
+            total["samples"] += progress.samples
+            self.deadlines.progress(progress.audio)
         now = time.time()
         for slot in busy:
             for shard in list(slot.running.values()):
@@ -177,20 +176,20 @@ class Scheduler:
         that actor's calibration table. None when no actor encoded (every shard failed, or none ran)."""
         firsts = []
         for r in self.results:
-            facts = self.pool.first_facts.get(r.worker) if self.pool else None
-            if r.first_encode_s is not None and facts and "startup" in facts:
-                firsts.append((facts["startup"]["init_at"] + r.first_encode_s, facts))
+            up = self.pool.first_facts.get(r.worker) if self.pool else None
+            if r.first_encode_s is not None and up is not None and up.facts.startup is not None:
+                firsts.append((up.facts.startup.init_at + r.first_encode_s, up))
         if not firsts:
             return None
-        first_encode, facts = min(firsts, key=lambda f: f[0])
-        up = facts["startup"]
-        read_from = max(facts["ready"], up.get("first_shard_at", facts["ready"]))
+        first_encode, up = min(firsts, key=lambda f: f[0])
+        start = up.facts.startup
+        read_from = max(up.ready, start.first_shard_at or up.ready)
         return {"ray_start_s": self.ray_start_s,
-                "actor_process_s": up["init_at"] - facts["created"],  # worker process and imports
-                "checkpoint_load_s": up["load_s"], "calibrate_s": up["calibrate_s"],
+                "actor_process_s": start.init_at - up.created,  # worker process and imports
+                "checkpoint_load_s": start.load_s, "calibrate_s": start.calibrate_s,
                 "first_read_s": first_encode - read_from,  # first shard: read and decode its first pool
-                "ray_up_to_first_batch_s": first_encode - facts["created"], "first_batch_at": first_encode,
-                "calibration": facts.get("calibration") or []}  # that actor's table (see codec.calibrate)
+                "ray_up_to_first_batch_s": first_encode - up.created, "first_batch_at": first_encode,
+                "calibration": up.facts.calibration or []}  # that actor's table (see codec.calibrate)
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _wait_for(self, now: float, poll_every: float) -> float:
@@ -226,7 +225,7 @@ class Scheduler:
                     progress = self._poll()
                     if time.time() - self._last_result >= r.progress_interval_s:
                         self._last_result = time.time()
-                        self.on_event("heartbeat", {"in_flight": len(self.refs), **progress})
+                        self.on_event(Heartbeat(len(self.refs), progress["audio_seconds"], progress["samples"]))
         finally:
             self.pool.close()
         return self.results

@@ -56,9 +56,9 @@ def _data_files(output_dirs: list[str]) -> list[tuple[str, str, int, list | None
         done = run.done()
         for shard_id in sorted(done):
             record = done[shard_id]
-            for name in record["files"]:
+            for name in record.files:
                 if name.endswith(".parquet"):
-                    files.append((output_dir, name, books, record.get("row_groups", {}).get(name)))
+                    files.append((output_dir, name, books, record.row_groups.get(name)))
     return files
 
 

@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 
 from .stats import entropy_bits, summary_text
-from ..runstate import DONE, error_text
+from ..runstate import DONE, ShardRecord
 from ..runstate.records import shard_log_path
 from ..storage import Storage
 from ..urls import redact
@@ -174,28 +174,28 @@ def plot_codebooks(plt, usage: np.ndarray, folder: str) -> str | None:
     return _save(plt, fig, folder, "codebook_usage.png")
 
 
-def _finish_times(done: list[dict]) -> tuple[np.ndarray | None, str]:
-    if done and all(r.get("finished_at") for r in done):
-        return np.array([r["finished_at"] for r in done], float), ""
-    if done and all(r.get("started_at") for r in done):
-        return (np.array([r["started_at"] + r.get("seconds", 0.0) for r in done], float),
+def _finish_times(done: list[ShardRecord]) -> tuple[np.ndarray | None, str]:
+    if done and all(r.finished_at for r in done):
+        return np.array([r.finished_at for r in done], float), ""
+    if done and all(r.started_at for r in done):
+        return (np.array([r.started_at + r.seconds for r in done], float),
                 "finish = start + shard seconds: this output's records have no finished_at")
     return None, "no throughput plot: this output's commit records have no start or finish times"
 
 
-def throughput(records: dict, bins: int = 60) -> dict | None:
+def throughput(records: dict[str, ShardRecord], bins: int = 60) -> dict | None:
     """Over the run, from the done commit records: `finish` (s since the first shard began, sorted), `done`
     (audio seconds finished by then), and `rate` (audio s per wall s in each of `bins` intervals of `edges`),
     each shard's audio spread evenly over its processing time (`seconds`, ending at its finish);
     `note` says when finish times are estimated. None when the records hold no times."""
-    done = [r for r in records.values() if r.get("status") == "done"]
+    done = [r for r in records.values() if r.status == DONE]
     finish, note = _finish_times(done)
     if finish is None:
         return {"note": note}
     order = np.argsort(finish)
     finish = finish[order]
-    audio = np.array([done[i].get("audio_seconds", 0.0) for i in order], float)
-    busy = np.array([max(done[i].get("seconds", 0.0), 1e-9) for i in order], float)
+    audio = np.array([done[i].audio_seconds for i in order], float)
+    busy = np.array([max(done[i].seconds, 1e-9) for i in order], float)
     begin = finish - busy
     t0 = begin.min()
     begin, finish = begin - t0, finish - t0
@@ -405,14 +405,14 @@ def _log_href(output_dir: str, shard_id: str, report_dir: str | None) -> str | N
 
 
 def _failed_shards(stats: dict, report_dir: str | None) -> str:
-    failed = sorted((k, r) for k, r in stats["records"].items() if r["status"] != DONE)
+    failed = sorted(((k, r) for k, r in stats["records"].items() if r.status != DONE), key=lambda kr: kr[0])
     if not failed:
         return ""
     rows = []
     for shard_id, record in failed[:FAILED_SHOWN]:
         href = _log_href(stats["output_dir"], shard_id, report_dir)
         link = f'<a href="{html.escape(href)}">log</a>' if href else "no log"
-        rows.append(f"<tr><td>{html.escape(shard_id)}</td><td>{html.escape(error_text(record)[:200])}</td>"
+        rows.append(f"<tr><td>{html.escape(shard_id)}</td><td>{html.escape(record.error[:200])}</td>"
                     f"<td>{link}</td></tr>")
     more = f"<p>... and {len(failed) - FAILED_SHOWN} more failed shards.</p>" if len(failed) > FAILED_SHOWN else ""
     return ("<h3>Failed shards</h3><table><tr><th>shard</th><th>why</th><th>its log</th></tr>" + "".join(rows)

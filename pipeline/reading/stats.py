@@ -80,7 +80,7 @@ def collect(output_dir: str, audit_rows: int = 0, seed: int = 0) -> dict:
         "num_codebooks": manifest["num_codebooks"],
         "manifest": manifest,
         "records": run.records,
-        "shard_ids": {r["source"]: shard_id for shard_id, r in run.records.items()},
+        "shard_ids": {r.source: shard_id for shard_id, r in run.records.items()},
         "totals": Totals(run.records.values()).as_dict(),
         "per_source": dict(per_source),
         "per_category": dict(per_category),

@@ -19,17 +19,17 @@ import sys
 
 import pyarrow.parquet as pq
 
-from ..runstate import DONE, FAILED, OutputError, Totals, error_text, read_run
+from ..runstate import DONE, FAILED, OutputError, ShardRecord, Totals, read_run
 from ..schema import schema_from_text
 from ..sources import recorded_shards, source_from_record
 from ..storage import Storage
 
 
-def _check_file(storage: Storage, name: str, record: dict, schema) -> str | None:
+def _check_file(storage: Storage, name: str, record: ShardRecord, schema) -> str | None:
     if not storage.exists(name):
         return f"missing: {name}"
     data = storage.read_bytes(name)
-    checksum = record.get("sha256", {}).get(name)
+    checksum = record.sha256.get(name)
     if checksum and hashlib.sha256(data).hexdigest() != checksum:
         return f"corrupt: {name} (checksum differs from its commit record)"
     if name.endswith(".parquet"):
@@ -39,12 +39,12 @@ def _check_file(storage: Storage, name: str, record: dict, schema) -> str | None
             return f"corrupt: {name} ({str(error)[:120]})"
         if not metadata.schema.to_arrow_schema().remove_metadata().equals(schema.remove_metadata()):
             return f"schema: {name} differs from the run's schema"
-        if metadata.num_rows != record["rows"]:
-            return f"row count: {name} has {metadata.num_rows}, its commit record says {record['rows']}"
-    elif name.endswith(".jsonl") and record["status"] == DONE:
+        if metadata.num_rows != record.rows:
+            return f"row count: {name} has {metadata.num_rows}, its commit record says {record.rows}"
+    elif name.endswith(".jsonl") and record.status == DONE:
         lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-        if sum(1 for r in lines if r.get("key") is not None) != record["errors"]:
-            return f"error count: {name} has {len(lines)} records, its commit record says {record['errors']}"
+        if sum(1 for r in lines if r.get("key") is not None) != record.errors:
+            return f"error count: {name} has {len(lines)} records, its commit record says {record.errors}"
     return None
 
 
@@ -59,9 +59,9 @@ def verify(output_dir: str) -> list[str]:
     problems = [f"commit record: {why} (the shard counts as not done)" for why in run.corrupt.values()]
     expected = set()
     for shard_id, record in sorted(run.records.items()):
-        if record["status"] != DONE:
-            problems.append(f"shard {shard_id}: failed ({error_text(record)})")
-        for name in record.get("files", []):
+        if record.status != DONE:
+            problems.append(f"shard {shard_id}: failed ({record.error})")
+        for name in record.files:
             expected.add(name)
             problem = _check_file(storage, name, record, schema)
             if problem:
@@ -70,8 +70,8 @@ def verify(output_dir: str) -> list[str]:
         for name in storage.list(folder):
             if f"{folder}/{name}" in expected:
                 continue
-            record = run.records.get(name.rsplit(".", 1)[0], {})
-            if folder == "data" and record.get("status") == FAILED:
+            record = run.records.get(name.rsplit(".", 1)[0])
+            if folder == "data" and record is not None and record.status == FAILED:
                 problems.append(f"data file without a done record: {folder}/{name} (its shard failed; readers of "
                                 "data/*.parquet read these rows: rerun, or remove the file)")
             else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from ..storage import Storage
-from .records import DONE, reason_and_detail
+from .records import DONE, ShardRecord
 
 DIGEST = "_run/digest.json"
 VERSION = 1
@@ -23,11 +23,10 @@ FIELDS = {"shard_id": "", "status": "", "reason": None, "audio_seconds": 0.0, "r
           "error_reasons": {}, "seconds": 0.0, "started_at": 0.0, "finished_at": 0.0, "worker": ""}
 
 
-def digest_row(record: dict) -> dict:
-    """A commit record cut to what status reads; a failed record's reason as its `reason` (older records hold it in
-    `shard_error`)."""
-    row = {name: record.get(name, default) for name, default in FIELDS.items()}
-    row["reason"] = None if record.get("status") == DONE else reason_and_detail(record)[0]
+def digest_row(record: ShardRecord) -> dict:
+    """A commit record cut to what status reads (a done record's `reason` None)."""
+    row = {name: getattr(record, name) for name in FIELDS}
+    row["reason"] = None if record.status == DONE else "" if record.reason is None else record.reason
     return row
 
 

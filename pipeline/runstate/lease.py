@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 
+from ..telemetry.events import LeaseTakenOver
 from .retry import RetriedStorage, StoreWriteFailed
 
 LEASE = "_run/lease.json"
@@ -40,7 +41,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 class Lease:
-    def __init__(self, storage: RetriedStorage, timeout_s: float, on_event=lambda kind, info: None):
+    def __init__(self, storage: RetriedStorage, timeout_s: float, on_event=lambda event: None):
         self.storage, self.timeout_s, self.on_event = storage, timeout_s, on_event
         now = time.time()
         self.mine = {"holder": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
@@ -95,7 +96,7 @@ class Lease:
         self.storage.write_bytes(LEASE, json.dumps(self.mine).encode())
         if (self._read() or {}).get("holder") != self.mine["holder"]:  # another taker won the race
             raise LeaseHeld(f"output.dir {self.storage.url}: another run took over the lease at the same time")
-        self.on_event("lease_taken_over", {"note": note})
+        self.on_event(LeaseTakenOver(note))
 
     def _beat(self, interval: float) -> None:
         """Renew every `interval`; after a failure (any exception: an error that ended this thread would leave the

@@ -8,13 +8,24 @@ a rerun reads only the records the summary does not hold yet.
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from ..failures import FailureKind, Reason
 from ..storage import Storage
 
 COMMITS = "_run/commits"
-DONE, FAILED = "done", "failed"
+
+
+class Status(enum.StrEnum):
+    """A shard's outcome, in its commit record's name and its `status` (a `str`: the JSON is as it was)."""
+
+    DONE = "done"
+    FAILED = "failed"
+
+
+DONE, FAILED = Status.DONE, Status.FAILED
 REQUIRED = ("shard_id", "status", "source")
 
 
@@ -39,14 +50,14 @@ class ShardRecord:
 
     shard_id: str
     source: str
-    status: str  # done | failed
+    status: Status
     samples_read: int = 0
     rows: int = 0
     errors: int = 0
     error_reasons: dict = field(default_factory=dict)
-    reason: str | None = None  # why a failed shard failed: corrupt_tar, timeout, worker_exception, ...
+    reason: Reason | str | None = None  # why a failed shard failed (a str: a reason an older version wrote)
     detail: str | None = None  # what the failure said
-    failure: str | None = None  # failures.TRANSIENT | PERMANENT | UNEXPECTED | "timeout" | "actor_lost"
+    failure: FailureKind | str | None = None  # a str: a kind an older version wrote
     traceback: str | None = None  # type, message and last frames, for unexpected failures
     attempts: int = 1  # tries this shard took in this run, this one included
     audio_seconds: float = 0.0
@@ -73,6 +84,12 @@ class ShardRecord:
     read_retries: int = 0  # remote reads of this try tried again after a transient error (pipeline/reads.py)
     finished_at: float = 0.0  # when the driver committed it
 
+    def __post_init__(self):
+        # plain strings from a commit record's JSON (or a caller) become the enums they name
+        self.status = Status(self.status)
+        self.failure = _member(FailureKind, self.failure)
+        self.reason = _member(Reason, self.reason)
+
     @property
     def error(self) -> str:
         """Reason and detail as one line, for people ("" for a done shard)."""
@@ -89,6 +106,15 @@ class ShardRecord:
         if record.get("status") != DONE and "reason" not in record:
             values["reason"], values["detail"] = reason_and_detail(record)
         return cls(**values)
+
+
+def _member(enum_type, value):
+    """`value` as a member of `enum_type`; a string that names none is kept as written (older versions' labels are
+    what status and the totals count them as)."""
+    try:
+        return value if value is None else enum_type(value)
+    except ValueError:
+        return value
 
 
 def record_path(shard_id: str, status: str) -> str:
@@ -118,7 +144,7 @@ def list_records(storage: Storage) -> dict[str, list[str]]:
     return found
 
 
-def decode(shard_id: str, status: str, data: bytes | Exception) -> dict | str:
+def decode(shard_id: str, status: str, data: bytes | Exception) -> ShardRecord | str:
     """The record, or a reason it cannot be trusted (so its shard counts as not done)."""
     if isinstance(data, Exception):
         return f"unreadable: {type(data).__name__}"
@@ -132,11 +158,14 @@ def decode(shard_id: str, status: str, data: bytes | Exception) -> dict | str:
         return f"names shard {record['shard_id']!r} with status {record['status']!r}"
     if status == DONE and not record.get("files"):
         return "a done record without files"
-    return record
+    try:
+        return ShardRecord.from_dict(record)
+    except (TypeError, ValueError) as error:
+        return f"not a commit record ({str(error)[:120]})"
 
 
 def read_records(storage: Storage, wanted: list[tuple[str, str]]) -> tuple[dict, dict]:
-    """Read the records (shard id, status) -> ({shard id: record}, {shard id: why it is not trusted})."""
+    """Read the records (shard id, status) -> ({shard id: ShardRecord}, {shard id: why it is not trusted})."""
     raw = storage.read_many([record_path(i, s) for i, s in wanted])
     records, corrupt = {}, {}
     for shard_id, status in wanted:
@@ -148,6 +177,10 @@ def read_records(storage: Storage, wanted: list[tuple[str, str]]) -> tuple[dict,
     return records, corrupt
 
 
-def write_record(storage: Storage, record: dict) -> None:
-    """`record`: a ShardRecord's `to_dict`."""
-    storage.write_bytes(record_path(record["shard_id"], record["status"]), json.dumps(record, sort_keys=True).encode())
+def record_bytes(record: ShardRecord) -> bytes:
+    """A record's JSON as commit records and the shard list hold it (keys sorted: field order does not matter)."""
+    return json.dumps(record.to_dict(), sort_keys=True).encode()
+
+
+def write_record(storage: Storage, record: ShardRecord) -> None:
+    storage.write_bytes(record_path(record.shard_id, record.status), record_bytes(record))

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ..telemetry.events import StoreRetry
 from ..failures import backoff_delay, transient_cause
 from ..reads import ReadRetry, Reads, retryable
 from ..storage import Storage
@@ -68,7 +69,7 @@ class RetriedStorage:
     """A Storage whose writes go through a WriteRetry and whose reads through a pipeline.reads.Reads of the same
     tries and backoff (a read that still fails raises the store's error, as before)."""
 
-    def __init__(self, storage: Storage, retry: WriteRetry, on_event=lambda kind, info: None):
+    def __init__(self, storage: Storage, retry: WriteRetry, on_event=lambda event: None):
         self.storage, self.retry, self.on_event = storage, retry, on_event
         self.reads = Reads(ReadRetry(retry.attempts, retry.backoff_s))
         self.failed: StoreWriteFailed | None = None  # the first write that failed for good
@@ -105,8 +106,7 @@ class RetriedStorage:
             raise
 
     def _say_retry(self, what: str, attempt: int, delay: float, error: Exception) -> None:
-        self.on_event("store_retry", {"what": what, "attempt": attempt, "delay": delay,
-                                      "error": f"{type(error).__name__}: {str(error)[:200]}"})
+        self.on_event(StoreRetry(what, attempt, delay, f"{type(error).__name__}: {str(error)[:200]}"))
 
     def write_bytes(self, relative: str, data: bytes, until: float | None = None) -> None:
         """`until`: give up by this wall-clock time (the lease's heartbeat must renew before the lease expires)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..telemetry.events import CorruptCommits, OutputCleared, VersionsAccepted
 from ..schema import SCHEMA_VERSION, schema_from_text
 from ..storage import Storage
 from ..urls import redact_tree
@@ -34,12 +35,12 @@ class OutputError(RuntimeError):
 @dataclass
 class RunView:
     manifest: dict
-    records: dict  # shard id -> its latest trusted commit record
+    records: dict[str, ShardRecord]  # shard id -> its latest trusted commit record
     corrupt: dict  # shard id -> why its record is not trusted (the shard counts as not done)
     summary_stale: bool  # the summary disagrees with the commit records
 
-    def done(self) -> dict:
-        return {k: r for k, r in self.records.items() if r["status"] == DONE}
+    def done(self) -> dict[str, ShardRecord]:
+        return {k: r for k, r in self.records.items() if r.status == DONE}
 
 
 def _load(storage: Storage) -> tuple[dict, dict, bool, set]:
@@ -50,13 +51,13 @@ def _load(storage: Storage) -> tuple[dict, dict, bool, set]:
     for shard_id, statuses in listed.items():
         status = DONE if DONE in statuses else FAILED
         held = summary.get(shard_id)
-        if status == DONE and held is not None and held.get("status") == DONE:
+        if status == DONE and held is not None and held.status == DONE:
             records[shard_id] = held  # a done record never changes: the summary's copy is it
         else:
             wanted.append((shard_id, status))
     fresh, corrupt = read_records(storage, wanted)
     records.update(fresh)
-    stale = set(summary) != set(records) or any(summary[k].get("status") != r["status"] for k, r in records.items())
+    stale = set(summary) != set(records) or any(summary[k].status != r.status for k, r in records.items())
     failed_files = {k for k, statuses in listed.items() if FAILED in statuses}
     return records, corrupt, stale, failed_files
 
@@ -83,14 +84,14 @@ class RunState:
     def __init__(self, storage: Storage, header: dict, lease: Lease, summary_interval_s: float, on_event):
         self.storage, self.header, self.lease = storage, header, lease
         self.summary_interval_s, self.on_event = summary_interval_s, on_event
-        self.records: dict = {}
+        self.records: dict[str, ShardRecord] = {}
         self.corrupt: dict = {}
         self._failed_files: set = set()
         self._totals = Totals()
         self._compacted = time.time()
 
     @classmethod
-    def open(cls, storage: Storage, header: dict, output, on_event=lambda kind, info: None) -> "RunState":
+    def open(cls, storage: Storage, header: dict, output, on_event=lambda event: None) -> "RunState":
         """Take the lease, check or record the identity, learn what is done. `header`: what this run is
         (identity inputs, codec, schema, config); an existing output keeps its own header."""
         storage = RetriedStorage(storage, WriteRetry.of(output), on_event)  # every write of the run state
@@ -135,11 +136,11 @@ class RunState:
                     {"at": time.time(), "changes": accepted}]
                 self.header["identity"] = current["identity"]
                 self.header["fingerprint"] = fingerprint(current["identity"])
-                self.on_event("identity_changed", {"changes": accepted})
+                self.on_event(VersionsAccepted(accepted))
             self.records, self.corrupt, stale, self._failed_files = _load(self.storage)
             self._totals = Totals(self.records.values())
             if self.corrupt:
-                self.on_event("corrupt_commits", {"corrupt": dict(self.corrupt)})
+                self.on_event(CorruptCommits(dict(self.corrupt)))
             if stale or accepted:
                 self.compact()  # a summary that disagrees with the commit records is rebuilt
         for folder in (*OUTPUT_FOLDERS, COMMITS, "_run"):
@@ -150,14 +151,15 @@ class RunState:
         # to mix with (and overwrite=true finishes clearing), never a manifest claiming deleted files
         for path in (*RUN_STATE, *OUTPUT_FOLDERS):
             self.storage.remove(path)
-        self.on_event("cleared", {"output": self.storage.url})
+        self.on_event(OutputCleared(self.storage.url))
 
     @property
     def schema(self):
         return schema_from_text(self.header["output_schema"])
 
     def done(self, shard_id: str) -> bool:
-        return self.records.get(shard_id, {}).get("status") == DONE
+        record = self.records.get(shard_id)
+        return record is not None and record.status == DONE
 
     def totals(self) -> dict:
         return self._totals.as_dict()
@@ -166,8 +168,8 @@ class RunState:
         """Record a finished shard (its data and error files are already written); URLs in it without secrets."""
         self.lease.check()
         result.finished_at = time.time()
-        record = redact_tree(result.to_dict())
-        shard_id = record["shard_id"]
+        record = ShardRecord.from_dict(redact_tree(result.to_dict()))
+        shard_id = record.shard_id
         write_record(self.storage, record)
         old = self.records.get(shard_id)
         if old is not None:
@@ -175,7 +177,7 @@ class RunState:
         self.records[shard_id] = record
         self._totals.add(record)
         self.corrupt.pop(shard_id, None)
-        if record["status"] == FAILED:
+        if record.status == FAILED:
             self._failed_files.add(shard_id)
         elif shard_id in self._failed_files:
             self.storage.remove_file(record_path(shard_id, FAILED))  # the done record wins even if this is cut short

@@ -15,7 +15,7 @@ from collections import Counter
 
 from ..storage import Storage
 from .digest import write_digest
-from .records import DONE, reason_and_detail
+from .records import DONE, ShardRecord, reason_and_detail, record_bytes
 
 MANIFEST = "manifest.json"
 SHARD_LIST = "_run/shards.jsonl"
@@ -34,7 +34,10 @@ class Totals:
         for record in records:
             self.add(record)
 
-    def add(self, record: dict, sign: int = 1) -> None:
+    def add(self, record: ShardRecord | dict, sign: int = 1) -> None:
+        """A record, or a digest row (pipeline.status sums those: dicts of a record's fields, see digest.py)."""
+        if isinstance(record, ShardRecord):
+            record = vars(record)
         self.sums["read_retries"] += sign * record.get("read_retries", 0)  # done and failed tries alike
         if record["status"] == DONE:
             self.sums["shards_done"] += sign
@@ -63,10 +66,9 @@ class Totals:
         }
 
 
-def write_summary(storage: Storage, header: dict, records: dict) -> dict:
+def write_summary(storage: Storage, header: dict, records: dict[str, ShardRecord]) -> dict:
     """Shard list and its digest first, then manifest.json pointing at the list; returns the totals written."""
-    lines = "".join(json.dumps(records[k], sort_keys=True) + "\n" for k in sorted(records))
-    storage.write_bytes(SHARD_LIST, lines.encode())
+    storage.write_bytes(SHARD_LIST, b"".join(record_bytes(records[k]) + b"\n" for k in sorted(records)))
     write_digest(storage, records)
     totals = Totals(records.values()).as_dict()
     manifest = dict(header, totals=totals, shard_count=len(records), shard_list=SHARD_LIST, compacted_at=time.time())
@@ -84,7 +86,7 @@ def read_manifest(storage: Storage) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def read_shard_list(storage: Storage) -> dict:
+def read_shard_list(storage: Storage) -> dict[str, ShardRecord]:
     """The summary's records by shard id ({} before the first compaction); a torn line is skipped, the
     commit records still hold it."""
     if not storage.exists(SHARD_LIST):
@@ -92,8 +94,8 @@ def read_shard_list(storage: Storage) -> dict:
     records = {}
     for line in storage.read_bytes(SHARD_LIST).decode().splitlines():
         try:
-            record = json.loads(line)
-            records[record["shard_id"]] = record
-        except (ValueError, KeyError, TypeError):
+            record = ShardRecord.from_dict(json.loads(line))
+            records[record.shard_id] = record
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return records

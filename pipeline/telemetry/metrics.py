@@ -13,10 +13,16 @@ failed run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 from dataclasses import dataclass
+
+from .events import (ActorLost, ActorSick, ActorsStarted, ActorStartFailure, ActorStartRetry, Event, Heartbeat,
+                     MetricsUnavailable, ShardDone, ShardRetry)
+from ..failures import Reason
+from ..runstate.records import DONE
 
 log = logging.getLogger(__name__)
 
@@ -108,30 +114,33 @@ class Recorder:
 
 
 class RunMetrics:
-    """The driver's metrics, from the job's events: `listen(on_event)` is the on_event to give the job."""
+    """The driver's metrics, from the job's events: `listen` is the on_event to give the job; `record` has a
+    handler per event type that moves a metric."""
 
     def __init__(self, output_dir: str, on_event):
         self.run = run_label(output_dir)
         self.on_event = on_event
-        self.recorder = Recorder(lambda why: on_event("metrics_unavailable", {"why": why}))
+        self.recorder = Recorder(lambda why: on_event(MetricsUnavailable(why)))
 
-    def listen(self, kind: str, info: dict) -> None:
-        self.on_event(kind, info)
-        handler = getattr(self, f"_on_{kind}", None)
-        if handler is not None:
-            handler(info)
+    def listen(self, event: Event) -> None:
+        self.on_event(event)
+        self.record(event)
+
+    @functools.singledispatchmethod
+    def record(self, event: Event) -> None:
+        """An event no metric follows."""
 
     def _add(self, name: str, value: float, **tags) -> None:
         self.recorder.record(name, value, run=self.run, **tags)
 
-    def _on_shard_done(self, info: dict) -> None:
-        r = info["result"]
-        if "in_flight" in info:
-            self._add("shards_in_flight", info["in_flight"])
+    @record.register(ShardDone)
+    def _shard_done(self, event: ShardDone) -> None:
+        r = event.result
+        self._add("shards_in_flight", event.in_flight)
         if r.read_retries:
             self._add("read_retries_total", r.read_retries)
-        if r.status != "done":
-            self._add("shards_failed_total", 1, reason=r.reason or "failed")
+        if r.status != DONE:
+            self._add("shards_failed_total", 1, reason=r.reason or Reason.FAILED)
             return
         actor = r.worker or "?"
         self._add("shards_done_total", 1)
@@ -147,36 +156,43 @@ class RunMetrics:
             self._add("batch_budget_clips", r.batch_budget["max_clips"], actor=actor)
         self._add("frames_encoded_total", r.encoded_frames)
         self._add("frames_returned_total", r.frames)
-        self._add("source_bytes_read_total", info.get("shard_size") or 0)
+        self._add("source_bytes_read_total", event.shard_size or 0)
         self._add("shard_duration_seconds", r.seconds)
 
-    def _on_shard_retry(self, info: dict) -> None:
-        self._add("shard_retries_total", 1, failure=info["failure"])
+    @record.register(ShardRetry)
+    def _shard_retry(self, event: ShardRetry) -> None:
+        self._add("shard_retries_total", 1, failure=event.failure)
 
-    def _on_heartbeat(self, info: dict) -> None:
-        self._add("shards_in_flight", info["in_flight"])
+    @record.register(Heartbeat)
+    def _heartbeat(self, event: Heartbeat) -> None:
+        self._add("shards_in_flight", event.in_flight)
 
-    def _on_actors(self, info: dict) -> None:
-        self._add("actors", info["count"])
-        self._add("actor_starts_total", info["count"])
+    @record.register(ActorsStarted)
+    def _actors(self, event: ActorsStarted) -> None:
+        self._add("actors", event.count)
+        self._add("actor_starts_total", event.count)
 
     def _restart(self, cause: str) -> None:
         self._add("actor_starts_total", 1)
         self._add("actor_restarts_total", 1, cause=cause)
 
-    def _on_actor_lost(self, info: dict) -> None:
-        self._restart(info["failure"])
-        self._add("shard_retries_total", len(info["lost"]) - bool(info["charged"]), failure="requeued")
+    @record.register(ActorLost)
+    def _actor_lost(self, event: ActorLost) -> None:
+        self._restart(event.failure)
+        self._add("shard_retries_total", len(event.lost) - bool(event.charged), failure="requeued")
 
-    def _on_actor_sick(self, info: dict) -> None:
+    @record.register(ActorSick)
+    def _actor_sick(self, event: ActorSick) -> None:
         self._restart("sick")
 
-    def _on_actor_start_failed(self, info: dict) -> None:
-        if info["replacing"]:
+    @record.register(ActorStartFailure)
+    def _actor_start_failed(self, event: ActorStartFailure) -> None:
+        if event.replacing:
             self._restart("start_failed")
 
-    def _on_actor_start_retry(self, info: dict) -> None:
-        self._restart(f"start_{info['cause']}")
+    @record.register(ActorStartRetry)
+    def _actor_start_retry(self, event: ActorStartRetry) -> None:
+        self._restart(f"start_{event.cause}")
 
 
 def _port_free(port: int) -> bool:
