@@ -162,8 +162,8 @@ def test_nonsense_loudness_target_is_a_config_error_naming_the_key(value):
 def test_an_output_written_before_the_option_goes_on_with_it_off_and_is_refused_with_it_on():
     def identity(*overrides):
         config = load_config(None, ["source.kind=webdataset", "source.urls=[a.tar]", "output.dir=x", *overrides])
-        return _identity(config, SimpleNamespace(identity={"spec": "random:tiny"}), {"kind": "webdataset"},
-                         CodecActorSide().identity(config))
+        codec = SimpleNamespace(resolved=SimpleNamespace(identity={"spec": "random:tiny"}))
+        return _identity(config, codec, {"kind": "webdataset"}, CodecActorSide().identity(config))
 
     before = identity()
     del before["audio"]  # what outputs written before audio.loudness_lufs existed recorded
