@@ -118,7 +118,8 @@ def timed_command(argv: list[str], env: dict) -> tuple[float, str]:
 
 
 def shard_stats(out: str) -> dict:
-    records = [json.load(open(os.path.join(out, "_run/commits", n))) for n in os.listdir(os.path.join(out, "_run/commits"))]
+    commits = os.path.join(out, "_run/commits")  # each shard's commit record beside its log (NAME.log)
+    records = [json.load(open(os.path.join(commits, n))) for n in os.listdir(commits) if n.endswith(".json")]
     spans: dict[str, tuple[float, float]] = {}
     for r in records:
         begin, end = spans.get(r["worker"], (r["started_at"], r["started_at"] + r["seconds"]))
