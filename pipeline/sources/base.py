@@ -17,8 +17,7 @@ from typing import Any, ClassVar, Iterator
 import fsspec
 from omegaconf import MISSING
 
-from ..failures import (PERMANENT, TRANSIENT, ConfigError, FailureKind, ObjectChanged, Reason, ShardError,
-                        transient_cause, transient_reason)
+from ..failures import TRANSIENT, ConfigError, ObjectChanged, ShardError, transient_cause, transient_reason
 from ..kinds import register
 from ..reads import Reads
 from ..runstate.plan import read_plan
