@@ -10,18 +10,22 @@ Prints, for one --seconds file of each format (synthetic speech-like audio; wav,
 soundfile, MP3, Opus and AAC with ffmpeg's encoders through PyAV):
   1. per format, x realtime per core (audio-s per CPU-second of one thread): the pipeline; soundfile + soxr HQ and
      PyAV + soxr HQ (each decoded, downmixed by the pipeline's downmix, resampled by the same soxr HQ: equal
-     quality); the pipeline over the faster candidate; the pipeline's own share of its time beyond decoding (its
-     decoder alone) and resampling (soxr alone); the cores one GPU needs at 10,000x and at --gpu-bench's rate;
+     quality); the pipeline over the faster candidate; the pipeline's own share of its time beyond its decoder
+     alone and resampling (soxr alone): for ffmpeg's formats beyond decoding with the samples handed over through
+     ffmpeg's FIFO and, in brackets, beyond decoding frames never read; the cores one GPU needs at 10,000x and at
+     --gpu-bench's rate;
   2. an equal-audio mix of the formats decoded by 1..N threads of one process (N: this machine's cores): audio-s
-     per wall second, and the cores the process kept busy (its CPU time over wall time): N threads keep N cores
-     busy where N are free; on a loaded machine the wall rate shows the load. Beside it a control, soxr alone in
-     as many threads (C that releases the GIL, no Python between calls): where it does not scale either, the
-     machine gave the process fewer cores (Linux's autogroup shares the cores per session, not per thread);
+     per wall second, and the cores the process kept busy (its CPU time over wall time), the libsndfile and the
+     ffmpeg formats apart, and by 1..N of the pipeline's decode processes (`audio.decode_processes`: a GIL each).
+     N workers keep N cores busy where N are free; on a loaded machine the wall rate shows the load. Beside it a
+     control, soxr alone in as many threads (C that releases the GIL, no Python between calls): where it does not
+     scale either, the machine gave the process fewer cores (Linux's autogroup shares the cores per session, not
+     per thread);
   3. whether decoding releases the GIL, whatever the load: the longest another Python thread waits for the GIL
      while one call decodes or resamples, against the call's own length (libsndfile through cffi, ffmpeg's
      decoders in PyAV and soxr run without the GIL; a C call that holds it makes the other thread wait all of it);
-  4. what that means for a 112-core node of 8 GPUs, the arithmetic shown: at the one-thread rate, and at the thread
-     scaling measured in 2.
+  4. what that means for a 112-core node of 8 GPUs, the arithmetic shown: at the one-thread rate, and at the
+     scaling of threads and of processes measured in 2.
 CPU time, not wall time, is measured for the rates: other work on the machine slows the wall clock, not them.
 """
 
@@ -44,7 +48,11 @@ import soxr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.audio.decode import decode_audio, downmix  # noqa: E402
+from pipeline.actor.decode_processes import DecodeProcesses  # noqa: E402
+from pipeline.actor.sample_decoder import SampleDecoder  # noqa: E402
+from pipeline.audio.decode import decode_audio, decode_bytes, downmix  # noqa: E402
+from pipeline.config import AudioConfig  # noqa: E402
+from pipeline.sources import RawSample  # noqa: E402
 from pipeline.audio.decoders import Decoder, decoder_for, sniff  # noqa: E402
 from pipeline.audio.decoders import Format as Format_  # noqa: E402
 from demo.synth import synth_clip  # noqa: E402
@@ -129,6 +137,19 @@ def pyav_decode_only(data: bytes) -> None:
             pass
 
 
+def pyav_decode_to_samples(data: bytes) -> None:
+    """Decoding, its samples handed over in one buffer the cheapest way PyAV has: each frame into ffmpeg's FIFO (one
+    C call per frame), the FIFO read out once."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        stream.codec_context.thread_count = 1
+        fifo = av.AudioFifo()
+        for frame in container.decode(stream):
+            frame.pts = None
+            fifo.write(frame)
+        fifo.read()
+
+
 def candidate(decode: Callable[[bytes], tuple[np.ndarray, int]]) -> Callable[[bytes], np.ndarray]:
     def run(data: bytes) -> np.ndarray:
         array, rate = decode(data)
@@ -151,29 +172,45 @@ def per_core_rates(runs: dict[str, Callable], data, seconds: float, min_cpu_s: f
     return {name: seconds / min(t) for name, t in times.items()}
 
 
-def own_share(data: bytes, seconds: float, min_cpu_s: float) -> float:
+def own_share(data: bytes, seconds: float, min_cpu_s: float) -> tuple[float, float | None]:
     """The pipeline's share of its time beyond its decoder alone and soxr alone (on the mono clip at the source
-    rate)."""
+    rate). Its decoder alone: for libsndfile's formats, the pipeline's own read of a whole file (`decode_bytes`:
+    libsndfile's float32, or its int16 made float32 by numpy); for ffmpeg's, (1) decoding with its samples handed
+    over through ffmpeg's FIFO, and (2) decoding with the frames never read (None for libsndfile's)."""
     by_soundfile = decoder_for(sniff(data[:64])) is Decoder.SOUNDFILE
-    array, rate = soundfile_decode(data) if by_soundfile else pyav_decode(data)
+    array, rate = decode_bytes(data)
     mono = np.ascontiguousarray(downmix(array))
-    rates = per_core_rates({"pipeline": pipeline, "decode": soundfile_decode if by_soundfile else pyav_decode_only},
-                           data, seconds, min_cpu_s)
+    decoders = ({"decode": lambda d: decode_bytes(d)} if by_soundfile else
+                {"decode": pyav_decode_to_samples, "frames": pyav_decode_only})
+    rates = per_core_rates({"pipeline": pipeline, **decoders}, data, seconds, min_cpu_s)
     resample = per_core_rates({"soxr": lambda m: soxr.resample(m, rate, TARGET_RATE, quality=QUALITY)}, mono, seconds,
                               min_cpu_s)["soxr"] if rate != TARGET_RATE else float("inf")
-    return 1 - (1 / rates["decode"] + 1 / resample) / (1 / rates["pipeline"])
+    shares = {name: 1 - (1 / rates[name] + 1 / resample) / (1 / rates["pipeline"]) for name in decoders}
+    return shares["decode"], shares.get("frames")
 
 
-def threaded(workers: int, run: Callable, items: list, seconds: float) -> tuple[float, float]:
-    """Audio-s per wall second of `workers` threads doing `run` on each of `items` (`seconds` of audio each), and
-    the cores the process kept busy."""
+def threaded(workers: int, run: Callable, items: list) -> tuple[float, float]:
+    """The wall seconds `workers` threads of this process take to do `run` on each of `items`, and the cores the
+    process kept busy (its CPU seconds over them)."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(run, items[:workers]))  # threads started and warm
         wall, cpu = time.perf_counter(), time.process_time()
         for wave in pool.map(run, items):
             del wave
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return len(items) * seconds / wall, cpu / wall
+    return wall, cpu / wall
+
+
+def in_processes(workers: int, run: Callable, items: list) -> tuple[float, float]:
+    """The wall seconds `workers` threads take to decode each of `items` through the pipeline's decode processes
+    (`audio.decode_processes`: each thread hands its file to one of `workers` processes, started and warm before
+    the clock), and the cores this process kept busy (its own CPU time only: the processes' is not counted)."""
+    decode = DecodeProcesses(SampleDecoder(AudioConfig(), TARGET_RATE, ceil_length=False), workers)
+    decode.start()
+    try:
+        return threaded(workers, lambda data: decode(RawSample("clip", data)), items)
+    finally:
+        decode.close()
 
 
 def longest_gil_wait(run: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
@@ -251,6 +288,7 @@ def main():
           f"(FFmpeg {av.ffmpeg_version_info}), soxr {soxr.__version__}\n")
     gpu_column = f" | cores per GPU at {gpu[0]:,.0f}x" if gpu else ""
     print(f"| format | pipeline (decoder) | soundfile + soxr | PyAV + soxr | pipeline / faster | pipeline's own share "
+          f"(ffmpeg's: beyond its samples handed over (frames never read)) "
           f"| cores per GPU at {args.encode_rate:,.0f}x{gpu_column} |")
     print("| --- " * (7 + bool(gpu)) + "|")
     rates = []
@@ -260,38 +298,55 @@ def main():
             del runs["soundfile"]  # libsndfile cannot read AAC in MP4
         measured = per_core_rates(runs, data, args.seconds, args.min_cpu_s)
         rate, by_pyav, by_soundfile = measured["pipeline"], measured["pyav"], measured.get("soundfile")
-        share = own_share(data, args.seconds, args.min_cpu_s)
+        share, share_of_frames = own_share(data, args.seconds, args.min_cpu_s)
         rates.append(rate)
         faster = max(r for r in (by_soundfile, by_pyav) if r is not None)
         gpu_cell = f" | {gpu[0] / rate:.1f}" if gpu else ""
         print(f"| {fmt.label} | {rate:,.0f}x ({decoder_for(sniff(data[:64])).value}) | "
               f"{f'{by_soundfile:,.0f}x' if by_soundfile else 'cannot read it'} | {by_pyav:,.0f}x | "
-              f"{rate / faster:.2f} | {share:.0%} | {args.encode_rate / rate:.1f}{gpu_cell} |")
+              f"{rate / faster:.2f} | {share:.0%}{f' ({share_of_frames:.0%})' if share_of_frames is not None else ''} | "
+              f"{args.encode_rate / rate:.1f}{gpu_cell} |")
     mix = len(rates) / sum(1 / r for r in rates)  # equal audio of each format
     gpu_cell = f" | {gpu[0] / mix:.1f}" if gpu else ""
     print(f"| equal-audio mix | {mix:,.0f}x | | | | | {args.encode_rate / mix:.1f}{gpu_cell} |")
 
-    mixed = files * args.mix_rounds
-    # the control: soxr alone, C with the GIL released and no Python between calls: where its threads do not scale
-    # either, the machine (its load, or a scheduler that shares the cores per session) left this process one core
+    # the mix split by decoder library: libsndfile holds the GIL only around each read; PyAV takes it per packet and
+    # per frame. Beside the threads, processes (a GIL each) on the same files, and a control: soxr alone, C with the
+    # GIL released and no Python between calls: where it does not scale either, the machine (its load, or a
+    # scheduler that shares the cores per session) left this process fewer cores
+    families = {library: [data for data in files if decoder_for(sniff(data[:64])) is library] * args.mix_rounds
+                for library in (Decoder.SOUNDFILE, Decoder.PYAV)}
+    families = {library: items for library, items in families.items() if items}
     clip = synth_clip(np.random.default_rng(1), args.seconds, 44100, 1)[:, 0]
     control = lambda mono: soxr.resample(mono, 44100, TARGET_RATE, quality=QUALITY)
-    print(f"\n| threads | the pipeline: audio-s per wall s (x one thread) | cores kept busy (CPU s / wall s) | "
-          f"control, soxr alone: x one thread | cores kept busy |")
-    print("| --- | --- | --- | --- | --- |")
-    scaling, checks, load_during = {}, {}, os.getloadavg()[0]
-    for _ in range(args.thread_repeats):  # thread counts taken in turn, each one's best: the load falls on all
+    mixed = [data for items in families.values() for data in items]
+    runs = {**{library: (threaded, pipeline, items) for library, items in families.items()},
+            "processes": (in_processes, None, mixed), "control": (threaded, control, [clip] * len(mixed))}
+    best, load_during = {}, os.getloadavg()[0]
+    for _ in range(args.thread_repeats):  # worker counts taken in turn, each one's best: the load falls on all
         for workers in range(1, cores + 1):
-            for measured, run, items in ((scaling, pipeline, mixed), (checks, control, [clip] * len(mixed))):
-                rate, busy = threaded(workers, run, items, args.seconds)
-                if workers not in measured or rate > measured[workers][0]:
-                    measured[workers] = (rate, busy)
+            for name, (way, run, items) in runs.items():
+                wall, busy = way(workers, run, items)
+                if (name, workers) not in best or wall < best[name, workers][0]:
+                    best[name, workers] = (wall, busy, len(items) * args.seconds)
     load_during = (load_during + os.getloadavg()[0]) / 2
-    for workers, (rate, busy) in scaling.items():
-        check, check_busy = checks[workers]
-        print(f"| {workers} | {rate:,.0f} ({rate / scaling[1][0]:.2f}x) | {busy:.2f} | {check / checks[1][0]:.2f}x | "
-              f"{check_busy:.2f} |")
-    print(f"(load average {load_during:.1f} on {cores} cores while measured: N threads have N cores only where the "
+
+    def audio_rate(names, workers):
+        return sum(best[name, workers][2] for name in names) / sum(best[name, workers][0] for name in names)
+
+    threads = {workers: audio_rate(families, workers) for workers in range(1, cores + 1)}
+    print(f"\n| workers | threads, the mix: audio-s per wall s (x one) | cores kept busy | "
+          + " | ".join(f"threads, {library.value}'s formats: x one" for library in families)
+          + " | decode processes, the mix: x one | control, soxr alone in threads: x one |")
+    print("| --- " * (5 + len(families)) + "|")
+    for workers in range(1, cores + 1):
+        busy = sum(best[name, workers][1] * best[name, workers][0] for name in families) / sum(
+            best[name, workers][0] for name in families)
+        cells = [f"{audio_rate([name], workers) / audio_rate([name], 1):.2f}x"
+                 for name in (*families, "processes", "control")]
+        print(f"| {workers} | {threads[workers]:,.0f} ({threads[workers] / threads[1]:.2f}x) | {busy:.2f} | "
+              + " | ".join(cells) + " |")
+    print(f"(load average {load_during:.1f} on {cores} cores while measured: N workers have N cores only where the "
           f"load leaves them free)")
     print("\n| one call, in one thread | its longest wall time | another Python thread's longest wait for the GIL |")
     print("| --- | --- | --- |")
@@ -313,13 +368,15 @@ def main():
     encode_rate = gpu[0] if gpu else args.encode_rate
     source = gpu[1] if gpu else ("issue 19's estimate" if args.encode_rate == DEFAULT_ENCODE_RATE else "--encode-rate")
     per_gpu = encode_rate / mix
-    speedup = scaling[cores][0] / scaling[1][0]
+    speedup = threads[cores] / threads[1]
+    in_processes_x = audio_rate(["processes"], cores) / audio_rate(["processes"], 1)
+    control_x = audio_rate(["control"], cores) / audio_rate(["control"], 1)
     print(f"On paper, a {NODE_CORES}-core node of {NODE_GPUS} GPUs at {encode_rate:,.0f} audio-s/s per GPU ({source}): "
           f"{encode_rate:,.0f} / {mix:,.0f} (the mix per core) = {per_gpu:.1f} decode cores per GPU, x {NODE_GPUS} = "
-          f"{NODE_GPUS * per_gpu:.0f} of its {NODE_CORES} cores, where decoding scales with cores. In one process's "
-          f"threads here: {cores} threads gave {speedup:.2f}x one where soxr alone gave "
-          f"{checks[cores][0] / checks[1][0]:.2f}x (load average {load_during:.1f}): the share of the scaling the GIL "
-          f"left, {speedup / (checks[cores][0] / checks[1][0]):.0%}")
+          f"{NODE_GPUS * per_gpu:.0f} of its {NODE_CORES} cores, where decoding scales with cores. Here {cores} "
+          f"processes gave {in_processes_x:.2f}x one and {cores} threads of one process {speedup:.2f}x, where soxr "
+          f"alone gave {control_x:.2f}x (load average {load_during:.1f}): the share of the cores' scaling that "
+          f"threads kept, {speedup / control_x:.0%}; processes, {in_processes_x / control_x:.0%}")
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
 
 

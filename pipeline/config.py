@@ -35,6 +35,9 @@ class AudioConfig:
     # CPUs (its own process, on any node with free CPUs: CPU-only nodes can feed GPU actors), streamed to the
     # actor through the object store in bounded memory; GPU actors then reserve one CPU. See pipeline/actor/decode_tasks.py
     decode_task_cpus: int = 0
+    # true: the actor's decode threads hand each file to one of as many processes of its own (a GIL each: ffmpeg's
+    # formats do not scale in one process's threads; jobs/bench_decode.py). See pipeline/actor/decode_processes.py
+    decode_processes: bool = False
     # an audio file (an HF path cell) or tar member larger than this is a `file_too_large` record, never read
     max_file_bytes: int = MAX_FILE_BYTES
     # normalise each clip's integrated loudness (BS.1770, pyloudnorm) to this many LUFS before encoding, as the
@@ -223,6 +226,9 @@ def validate(config: Config) -> None:
                               "and memory are ray.cpus_per_actor, codec.device and ray.memory_per_actor_gb")
     if config.audio.decode_task_cpus < 0:
         raise ConfigError("audio.decode_task_cpus", "must be >= 0", "0 decodes in the codec actor's own threads")
+    if config.audio.decode_processes and config.audio.decode_task_cpus:
+        raise ConfigError("audio.decode_processes", "applies to the actor's own decoding, and audio.decode_task_cpus "
+                          "moves decoding into decode tasks", "set one of them: decode_task_cpus=0 or decode_processes=false")
     loudness = config.audio.loudness_lufs
     if loudness is not None and not LOUDNESS_RANGE[0] < loudness <= LOUDNESS_RANGE[1]:  # NaN fails too
         raise ConfigError("audio.loudness_lufs", f"{loudness} LUFS is outside ({LOUDNESS_RANGE[0]:g}, {LOUDNESS_RANGE[1]:g}]",

@@ -85,6 +85,7 @@ class Reason(enum.StrEnum):
     READ_FAILED = "read_failed"
     DECODE_TASK_FAILED = "decode_task_failed"
     DECODE_TASK_LOST = "decode_task_lost"
+    DECODE_PROCESS_LOST = "decode_process_lost"
     WORKER_EXCEPTION = "worker_exception"
     TIMEOUT = "timeout"
     ACTOR_LOST = "actor_lost"
@@ -218,6 +219,10 @@ class ShardError(Exception):
         self.kind = FailureKind(kind)
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
+    def __reduce__(self):
+        # what crosses processes (decode tasks, decode processes) is rebuilt from its fields, not from its message
+        return ShardError, (self.reason, self.detail, self.kind)
+
 
 class ObjectChanged(ShardError):
     """An object that changed while its shard read it (another ETag or size on a resumed read): the shard fails
@@ -225,3 +230,6 @@ class ObjectChanged(ShardError):
 
     def __init__(self, detail: str):
         super().__init__(Reason.CHANGED, detail, PERMANENT)
+
+    def __reduce__(self):
+        return ObjectChanged, (self.detail,)

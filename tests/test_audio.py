@@ -81,6 +81,21 @@ def test_blocked_decoding_keeps_every_sample_error(name):
         assert error.value.detail == "2 NaN/inf samples"
 
 
+def test_a_loud_finite_clip_whose_sum_overflows_is_not_counted_as_non_finite():
+    """The finite check sums a block first (one pass): a sum that overflows must fall back to counting, not count
+    every sample as NaN/inf; a NaN or an inf anywhere is still counted one by one."""
+    from pipeline.audio.decode import _non_finite_count
+
+    loud = np.full(1000, 3e38, np.float32)  # each finite, their float32 sum inf
+    with np.errstate(over="ignore"):
+        assert not math.isfinite(np.add.reduce(loud))
+    assert _non_finite_count(loud) == 0
+    loud[[3, 500]] = np.nan, -np.inf
+    assert _non_finite_count(loud) == 2
+    assert _non_finite_count(np.array([np.inf, -np.inf], np.float32)) == 2  # a sum of NaN
+    assert _non_finite_count(np.zeros(0, np.float32)) == 0
+
+
 def test_a_file_over_max_seconds_is_refused_from_its_header_before_any_sample_is_read(monkeypatch):
     data = encode_audio(synth_clip(np.random.default_rng(4), 3.0, 16000), 16000, "wav")
 
@@ -152,6 +167,8 @@ def todays_decode(data: bytes) -> np.ndarray:
 # lossless formats at channel counts numpy averages one after another (up to 7) and pairwise (8 and more); 24-bit
 # and float samples, independent per channel, so that the order of the sum shows in the last bit
 LOSSLESS = {"wav_16k_mono": ("WAV", "PCM_16", 16000, 1), "wav_48k_stereo": ("WAV", "PCM_16", 48000, 2),
+            "aiff_44k_stereo_big_endian": ("AIFF", "PCM_16", 44100, 2), "au_22k_3ch": ("AU", "PCM_16", 22050, 3),
+            "flac_44k_stereo_16bit": ("FLAC", "PCM_16", 44100, 2),
             "flac_44k_stereo_24bit": ("FLAC", "PCM_24", 44100, 2), "flac_48k_6ch_24bit": ("FLAC", "PCM_24", 48000, 6),
             "wav_48k_8ch_float": ("WAV", "FLOAT", 48000, 8)}
 

@@ -24,6 +24,7 @@ from .batch_budget import BatchBudget
 from ..config import Config
 from ..driver.protocol import ActorProgress, Startup
 from .decode_tasks import DecodeInTask
+from .decode_processes import DecodeProcesses
 from .sample_decoder import SampleDecoder
 from ..failures import TRANSIENT, UNEXPECTED, Reason, WrongDeviceError, traceback_summary, is_transient
 from ..telemetry.logs import ShardLogs, write_shard_log
@@ -118,8 +119,16 @@ class ShardProcessor:
         pool_batches = POOL_BATCHES if self.codec.policy.max_clips > 1 else 1
         self.pool_target = config.ray.pool_seconds or pool_batches * self.codec.policy.max_batch_seconds
         self.budget = BatchBudget(self.codec.policy)
-        self._decode = SampleDecoder(config.audio, self.codec.sample_rate,
-                                     self.codec.resamples_to_ceil(self.codec.convention))
+        self._sample_decoder = SampleDecoder(config.audio, self.codec.sample_rate,
+                                             self.codec.resamples_to_ceil(self.codec.convention))
+        self._decode = self._sample_decoder
+        if config.audio.decode_processes:
+            self._decode = DecodeProcesses(self._sample_decoder, self.decode_threads)
+            self._decode.start()
+
+    @property
+    def decode_process_pids(self) -> list[int]:
+        return self._decode.pids if isinstance(self._decode, DecodeProcesses) else []
 
     @property
     def in_shard(self) -> ActorProgress:
@@ -185,7 +194,7 @@ class ShardProcessor:
         task_cpus = self.config.audio.decode_task_cpus
         reads = Reads.of(self.config.source)  # this shard's remote reads, retried where they fail and counted
         if task_cpus:
-            decoded_ahead = DecodeInTask(shard, self.config, self._decode, task_cpus, self.pool_target)
+            decoded_ahead = DecodeInTask(shard, self.config, self._sample_decoder, task_cpus, self.pool_target)
         else:
             decoded_ahead = DecodeAhead(lambda: read_shard(shard, self.config.source, self.config.audio.max_file_bytes,
                                                            reads),

@@ -43,6 +43,7 @@ class CodecActor:
             identity=codec.identity.as_dict(), device=str(codec.device), policy=dict(codec.policy.__dict__),
             batch_budget=self.processor.budget.as_dict(), cuda_alloc_conf=self.alloc_conf,
             calibration=self.processor.calibration, decode_threads=self.processor.decode_threads,
+            decode_process_pids=self.processor.decode_process_pids,
             torch_threads=torch.get_num_threads(), startup=dataclasses.replace(self.processor.startup))
 
     def set_threads(self, threads: int) -> None:

@@ -71,6 +71,14 @@ class SampleError(Exception):
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
+    def __reduce__(self):
+        # what crosses processes (decode tasks, decode processes) is rebuilt from its fields, not from its message
+        return SampleError, (self.reason, self.detail)
+
+
+class NeedsFileWave(Exception):
+    """decode_audio(file_waves=False): the clip is longer than what decodes in memory."""
+
 
 # Audio files larger than this are copied to a temporary file in chunks (a SpilledFile), not read into memory:
 # an hour of 48 kHz stereo FLAC is hundreds of MB, held per sample in flight.
@@ -138,7 +146,7 @@ PYAV_COMPLETE_SHARE, PYAV_COMPLETE_SLACK_S = 0.99, 0.05
 
 def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
                  blocked_above_s: float | None = None, loudness_lufs: float | None = None,
-                 ceil_length: bool = False) -> Audio:
+                 ceil_length: bool = False, file_waves: bool = True) -> Audio:
     """Bytes, a SpilledFile or an (array, sample_rate) pair -> validated audio at `target_rate`.
 
     A file declaring more than `max_seconds` is refused from its header, before any sample is decoded;
@@ -149,7 +157,9 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
     `loudness_lufs`: normalise the clip's integrated loudness to this target (None: leave it).
     `ceil_length`: a resampled clip holds ceil(frames x target_rate / rate) samples, zero-padded, as
     librosa.resample's `fix_length` gives them (the authors' preprocessing, `codec.convention=authors`);
-    soxr alone returns one sample fewer for some lengths."""
+    soxr alone returns one sample fewer for some lengths.
+    `file_waves=False`: a clip that would go to a FileWave (a temporary file of this process) raises `NeedsFileWave`
+    instead, as soon as that is known (before decoding where its header says so)."""
     blocked_above_s = BLOCKED_ABOVE_S if blocked_above_s is None else blocked_above_s
     if not isinstance(source, (bytes, bytearray, SpilledFile)):
         array, rate = source
@@ -160,8 +170,11 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
             _require_within(declared / rate, max_seconds, " (the header's length; not decoded)")
         in_memory = _whole_frames(blocked_above_s, rate, f.channels)
         if f.read_whole is None:
-            return _decode_in_blocks(f, target_rate, quality, loudness_lufs, max_seconds, ceil_length, in_memory)
+            return _decode_in_blocks(f, target_rate, quality, loudness_lufs, max_seconds, ceil_length, in_memory,
+                                     file_waves)
         if declared is None or declared > in_memory:
+            if not file_waves:
+                raise NeedsFileWave(f"{declared} frames declared" if declared is not None else "no length declared")
             return _decode_in_blocks(f, target_rate, quality, loudness_lufs, max_seconds, ceil_length)
         array = f.read_whole()
     return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs, ceil_length, f.finite)
@@ -238,7 +251,7 @@ def _pyav_input(f: pyav_reader.PyavInput) -> _Input:
 
 def _read_whole(f: soundfile.SoundFile) -> np.ndarray:
     declared = f.frames
-    array = f.read(dtype="float32", always_2d=True)
+    array = _as_float(f.read(dtype=_read_dtype(f), always_2d=True))
     _require_complete(_complete_share(f), declared, len(array))
     return array
 
@@ -251,11 +264,14 @@ def _complete_share(f: soundfile.SoundFile) -> float:
 class _Resampled:
     """A clip's resampled samples as they come: in memory up to `in_memory` source frames, then in a FileWave."""
 
-    def __init__(self, in_memory: float):
+    def __init__(self, in_memory: float, file_waves: bool = True):
         self.in_memory, self.chunks, self.file, self.size = in_memory, [], None, 0
+        self.file_waves = file_waves
 
     def append(self, samples: np.ndarray, decoded: int) -> None:
         if self.file is None and decoded > self.in_memory:
+            if not self.file_waves:
+                raise NeedsFileWave(f"more than {self.in_memory:.0f} frames")
             self.file = FileWave()
             for chunk in self.chunks:
                 self.file.append(chunk)
@@ -279,7 +295,8 @@ class _Resampled:
 
 
 def _decode_in_blocks(f: _Input, target_rate: int, quality: str, loudness_lufs: float | None,
-                      max_seconds: float = math.inf, ceil_length: bool = False, in_memory: float = -1) -> Audio:
+                      max_seconds: float = math.inf, ceil_length: bool = False, in_memory: float = -1,
+                      file_waves: bool = True) -> Audio:
     """Decode, downmix and resample BLOCK_S (at most BLOCK_MAX_BYTES) at a time, in a block's memory, into a FileWave
     (once more than `in_memory` frames are decoded; before that, in memory); with a loudness target, the loudness is
     measured block by block and the gain is the FileWave's, applied as it is read. A clip found longer than
@@ -288,7 +305,7 @@ def _decode_in_blocks(f: _Input, target_rate: int, quality: str, loudness_lufs: 
     block = max(1, min(round(f.block_s * rate), BLOCK_MAX_BYTES // (4 * f.channels)))
     resampler = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality=quality) if rate != target_rate else None
     meter = LoudnessMeter(rate) if loudness_lufs is not None else None
-    wave, decoded, non_finite, peak, loudness = _Resampled(in_memory), 0, 0, 0.0, None
+    wave, decoded, non_finite, peak, loudness = _Resampled(in_memory, file_waves), 0, 0, 0.0, None
     try:
         for mono, last in f.mono_blocks(block):
             decoded += len(mono)
@@ -321,10 +338,27 @@ def _read_block(f: soundfile.SoundFile, frames: int, unknown_length: bool) -> np
     """Up to `frames` [frames, channels] float32. soundfile's read() seeks to its new position after every read,
     which libsndfile refuses for a stream of unknown length, so such a stream is read through libsndfile's call."""
     if not unknown_length:
-        return f.read(frames, dtype="float32", always_2d=True)
-    out = np.empty((frames, f.channels), dtype=np.float32)
+        return _as_float(f.read(frames, dtype=_read_dtype(f), always_2d=True))
+    out = np.empty((frames, f.channels), dtype=np.float32)  # only FLAC declares no length: libsndfile's floats
     got = soundfile._snd.sf_readf_float(f._file, soundfile._ffi.cast("float *", out.ctypes.data), frames)
     return out[:got]
+
+
+# 16-bit PCM (wav, AIFF, AU, ...: not FLAC, whose decoding dominates) is read as libsndfile's int16 and made float32
+# by numpy: libsndfile's own conversion costs several times its whole read of such a file (jobs/bench_decode.py),
+# numpy's is vectorised, and the bits are libsndfile's (an int16 is exact in float32, and 2**-15 scales it exactly,
+# as libsndfile does: tests/test_audio.py compares them)
+PCM16_SCALE = np.float32(2.0 ** -15)
+
+
+def _read_dtype(f: soundfile.SoundFile) -> str:
+    return "int16" if f.subtype == "PCM_16" and f.format != "FLAC" else "float32"
+
+
+def _as_float(samples: np.ndarray) -> np.ndarray:
+    if samples.dtype == np.float32:
+        return samples
+    return np.multiply(samples, PCM16_SCALE, dtype=np.float32)
 
 
 def _integer_coded(f: soundfile.SoundFile) -> bool:
@@ -376,6 +410,11 @@ def _channel_mean(channels: list[np.ndarray], in_place: bool = False) -> np.ndar
 
 
 def _non_finite_count(mono: np.ndarray) -> int:
+    # a finite sum holds no NaN or inf (either makes the sum one): one pass, where (nearly always) there are none
+    with np.errstate(over="ignore", invalid="ignore"):  # a loud clip's sum may overflow: counted below, not warned
+        total = np.add.reduce(mono, dtype=np.float32)
+    if math.isfinite(total):
+        return 0
     return int(mono.size - np.count_nonzero(np.isfinite(mono)))
 
 

@@ -63,6 +63,7 @@ class ActorFacts:
     cuda_alloc_conf: str | None = None
     calibration: list = field(default_factory=list)  # the batch policies measured at start-up (codec.calibrate)
     decode_threads: int = 0
+    decode_process_pids: list = field(default_factory=list)  # audio.decode_processes: its processes (none: threads)
     torch_threads: int = 0
     startup: Startup | None = None  # None: an actor that does not measure its start
 
