@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.actor.decode_processes import DecodeProcesses  # noqa: E402
 from pipeline.actor.sample_decoder import SampleDecoder  # noqa: E402
-from pipeline.audio.decode import decode_audio, decode_bytes, downmix  # noqa: E402
+from pipeline.audio.decode import PYAV_BLOCK_S, decode_audio, decode_bytes, downmix  # noqa: E402
 from pipeline.config import AudioConfig  # noqa: E402
 from pipeline.sources import RawSample  # noqa: E402
 from pipeline.audio.decoders import Decoder, decoder_for, sniff  # noqa: E402
@@ -138,15 +138,18 @@ def pyav_decode_only(data: bytes) -> None:
 
 
 def pyav_decode_to_samples(data: bytes) -> None:
-    """Decoding, its samples handed over in one buffer the cheapest way PyAV has: each frame into ffmpeg's FIFO (one
-    C call per frame), the FIFO read out once."""
+    """Decoding, its samples handed over the cheapest way PyAV has: each frame into ffmpeg's FIFO (one C call per
+    frame), read out PYAV_BLOCK_S at a time (as the pipeline reads it)."""
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
         stream.codec_context.thread_count = 1
+        block = round(PYAV_BLOCK_S * stream.codec_context.sample_rate)
         fifo = av.AudioFifo()
         for frame in container.decode(stream):
             frame.pts = None
             fifo.write(frame)
+            if fifo.samples >= block:
+                fifo.read(block)
         fifo.read()
 
 
@@ -199,18 +202,6 @@ def threaded(workers: int, run: Callable, items: list) -> tuple[float, float]:
             del wave
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return wall, cpu / wall
-
-
-def in_processes(workers: int, run: Callable, items: list) -> tuple[float, float]:
-    """The wall seconds `workers` threads take to decode each of `items` through the pipeline's decode processes
-    (`audio.decode_processes`: each thread hands its file to one of `workers` processes, started and warm before
-    the clock), and the cores this process kept busy (its own CPU time only: the processes' is not counted)."""
-    decode = DecodeProcesses(SampleDecoder(AudioConfig(), TARGET_RATE, ceil_length=False), workers)
-    decode.start()
-    try:
-        return threaded(workers, lambda data: decode(RawSample("clip", data)), items)
-    finally:
-        decode.close()
 
 
 def longest_gil_wait(run: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
@@ -311,41 +302,58 @@ def main():
     print(f"| equal-audio mix | {mix:,.0f}x | | | | | {args.encode_rate / mix:.1f}{gpu_cell} |")
 
     # the mix split by decoder library: libsndfile holds the GIL only around each read; PyAV takes it per packet and
-    # per frame. Beside the threads, processes (a GIL each) on the same files, and a control: soxr alone, C with the
-    # GIL released and no Python between calls: where it does not scale either, the machine (its load, or a
-    # scheduler that shares the cores per session) left this process fewer cores
+    # per frame. Each decoded by threads of this process and by the pipeline's decode processes (a GIL each), and a
+    # control: soxr alone in threads, C with the GIL released and no Python between calls: where it does not scale
+    # either, the machine (its load, or a scheduler that shares the cores per session) left this process fewer cores
     families = {library: [data for data in files if decoder_for(sniff(data[:64])) is library] * args.mix_rounds
                 for library in (Decoder.SOUNDFILE, Decoder.PYAV)}
     families = {library: items for library, items in families.items() if items}
     clip = synth_clip(np.random.default_rng(1), args.seconds, 44100, 1)[:, 0]
     control = lambda mono: soxr.resample(mono, 44100, TARGET_RATE, quality=QUALITY)
-    mixed = [data for items in families.values() for data in items]
-    runs = {**{library: (threaded, pipeline, items) for library, items in families.items()},
-            "processes": (in_processes, None, mixed), "control": (threaded, control, [clip] * len(mixed))}
+    processes = {workers: DecodeProcesses(SampleDecoder(AudioConfig(), TARGET_RATE, ceil_length=False), workers)
+                 for workers in range(1, cores + 1)}
+    for pool in processes.values():
+        pool.start()  # started and warm before any clock
+    runs = {**{("threads", library): (pipeline, items) for library, items in families.items()},
+            **{("processes", library): (None, items) for library, items in families.items()},
+            ("control", None): (control, [clip] * sum(len(items) for items in families.values()))}
     best, load_during = {}, os.getloadavg()[0]
-    for _ in range(args.thread_repeats):  # worker counts taken in turn, each one's best: the load falls on all
-        for workers in range(1, cores + 1):
-            for name, (way, run, items) in runs.items():
-                wall, busy = way(workers, run, items)
-                if (name, workers) not in best or wall < best[name, workers][0]:
-                    best[name, workers] = (wall, busy, len(items) * args.seconds)
+    try:
+        for _ in range(args.thread_repeats):  # worker counts taken in turn, each one's best: the load falls on all
+            for workers in range(1, cores + 1):
+                for (way, library), (run, items) in runs.items():
+                    if way == "processes":
+                        run = (lambda pool: lambda data: pool(RawSample("clip", data)))(processes[workers])
+                    wall, busy = threaded(workers, run, items)
+                    if (way, library, workers) not in best or wall < best[way, library, workers][0]:
+                        best[way, library, workers] = (wall, busy, len(items) * args.seconds)
+    finally:
+        for pool in processes.values():
+            pool.close()
     load_during = (load_during + os.getloadavg()[0]) / 2
 
-    def audio_rate(names, workers):
-        return sum(best[name, workers][2] for name in names) / sum(best[name, workers][0] for name in names)
+    def audio_rate(way, libraries, workers):
+        return (sum(best[way, library, workers][2] for library in libraries)
+                / sum(best[way, library, workers][0] for library in libraries))
 
-    threads = {workers: audio_rate(families, workers) for workers in range(1, cores + 1)}
-    print(f"\n| workers | threads, the mix: audio-s per wall s (x one) | cores kept busy | "
-          + " | ".join(f"threads, {library.value}'s formats: x one" for library in families)
-          + " | decode processes, the mix: x one | control, soxr alone in threads: x one |")
-    print("| --- " * (5 + len(families)) + "|")
+    threads = {workers: audio_rate("threads", families, workers) for workers in range(1, cores + 1)}
+    in_processes = {workers: audio_rate("processes", families, workers) for workers in range(1, cores + 1)}
+    names = {Decoder.SOUNDFILE: "libsndfile's formats", Decoder.PYAV: "ffmpeg's formats"}
+    print("\n| workers | threads: the mix, audio-s per wall s (x one thread) | cores kept busy | "
+          + " | ".join(f"threads: {names[library]}" for library in families)
+          + " | decode processes: the mix (x one thread) | "
+          + " | ".join(f"decode processes: {names[library]}" for library in families)
+          + " | control: soxr alone in threads |")
+    print("| --- " * (5 + 2 * len(families)) + "|")
     for workers in range(1, cores + 1):
-        busy = sum(best[name, workers][1] * best[name, workers][0] for name in families) / sum(
-            best[name, workers][0] for name in families)
-        cells = [f"{audio_rate([name], workers) / audio_rate([name], 1):.2f}x"
-                 for name in (*families, "processes", "control")]
+        busy = sum(best["threads", library, workers][1] * best["threads", library, workers][0] for library in families
+                   ) / sum(best["threads", library, workers][0] for library in families)
+        cells = [f"{audio_rate(way, [library], workers) / audio_rate('threads', [library], 1):.2f}x"
+                 for way in ("threads", "processes") for library in families]
+        cells.insert(len(families), f"{in_processes[workers]:,.0f} ({in_processes[workers] / threads[1]:.2f}x)")
+        control_x = audio_rate("control", [None], workers) / audio_rate("control", [None], 1)
         print(f"| {workers} | {threads[workers]:,.0f} ({threads[workers] / threads[1]:.2f}x) | {busy:.2f} | "
-              + " | ".join(cells) + " |")
+              + " | ".join(cells) + f" | {control_x:.2f}x |")
     print(f"(load average {load_during:.1f} on {cores} cores while measured: N workers have N cores only where the "
           f"load leaves them free)")
     print("\n| one call, in one thread | its longest wall time | another Python thread's longest wait for the GIL |")
@@ -368,15 +376,14 @@ def main():
     encode_rate = gpu[0] if gpu else args.encode_rate
     source = gpu[1] if gpu else ("issue 19's estimate" if args.encode_rate == DEFAULT_ENCODE_RATE else "--encode-rate")
     per_gpu = encode_rate / mix
-    speedup = threads[cores] / threads[1]
-    in_processes_x = audio_rate(["processes"], cores) / audio_rate(["processes"], 1)
-    control_x = audio_rate(["control"], cores) / audio_rate(["control"], 1)
+    speedup, in_processes_x = threads[cores] / threads[1], in_processes[cores] / threads[1]
+    control_x = audio_rate("control", [None], cores) / audio_rate("control", [None], 1)
     print(f"On paper, a {NODE_CORES}-core node of {NODE_GPUS} GPUs at {encode_rate:,.0f} audio-s/s per GPU ({source}): "
           f"{encode_rate:,.0f} / {mix:,.0f} (the mix per core) = {per_gpu:.1f} decode cores per GPU, x {NODE_GPUS} = "
-          f"{NODE_GPUS * per_gpu:.0f} of its {NODE_CORES} cores, where decoding scales with cores. Here {cores} "
-          f"processes gave {in_processes_x:.2f}x one and {cores} threads of one process {speedup:.2f}x, where soxr "
-          f"alone gave {control_x:.2f}x (load average {load_during:.1f}): the share of the cores' scaling that "
-          f"threads kept, {speedup / control_x:.0%}; processes, {in_processes_x / control_x:.0%}")
+          f"{NODE_GPUS * per_gpu:.0f} of its {NODE_CORES} cores, where decoding scales with cores. Here {cores} decode "
+          f"processes gave {in_processes_x:.2f}x one thread and {cores} threads {speedup:.2f}x, where soxr alone gave "
+          f"{control_x:.2f}x (load average {load_during:.1f}): the share of the cores' scaling kept, decode processes "
+          f"{in_processes_x / control_x:.0%}, threads {speedup / control_x:.0%}")
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
 
 

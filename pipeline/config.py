@@ -23,7 +23,8 @@ __all__ = ["AudioConfig", "CodecConfig", "Config", "ConfigError", "GuardConfig",
 SOXR_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
 # loudness targets: above the BS.1770 absolute gate (-70 LUFS), at most 0 LUFS (full scale)
 LOUDNESS_RANGE = (-70.0, 0.0)
-CALIBRATE_WORDS = {"true": "on", "on": "on", "false": "off", "off": "off", "auto": "auto"}
+# auto/on/off settings: YAML's booleans (true, false, read into a string field as "True"/"False") mean on/off
+SWITCH_WORDS = {"true": "on", "on": "on", "false": "off", "off": "off", "auto": "auto"}
 
 
 @dataclass
@@ -35,9 +36,10 @@ class AudioConfig:
     # CPUs (its own process, on any node with free CPUs: CPU-only nodes can feed GPU actors), streamed to the
     # actor through the object store in bounded memory; GPU actors then reserve one CPU. See pipeline/actor/decode_tasks.py
     decode_task_cpus: int = 0
-    # true: the actor's decode threads hand each file to one of as many processes of its own (a GIL each: ffmpeg's
-    # formats do not scale in one process's threads; jobs/bench_decode.py). See pipeline/actor/decode_processes.py
-    decode_processes: bool = False
+    # on: the actor's decode threads hand each file ffmpeg decodes (Vorbis, Opus, AAC) to one of as many processes of
+    # its own (a GIL each: those formats do not scale in one process's threads; jobs/bench_decode.py); auto: on GPU
+    # actors decoding in more than one thread; off. See pipeline/actor/decode_processes.py
+    decode_processes: str = "auto"
     # an audio file (an HF path cell) or tar member larger than this is a `file_too_large` record, never read
     max_file_bytes: int = MAX_FILE_BYTES
     # normalise each clip's integrated loudness (BS.1770, pyloudnorm) to this many LUFS before encoding, as the
@@ -226,9 +228,13 @@ def validate(config: Config) -> None:
                               "and memory are ray.cpus_per_actor, codec.device and ray.memory_per_actor_gb")
     if config.audio.decode_task_cpus < 0:
         raise ConfigError("audio.decode_task_cpus", "must be >= 0", "0 decodes in the codec actor's own threads")
-    if config.audio.decode_processes and config.audio.decode_task_cpus:
+    a = config.audio
+    a.decode_processes = SWITCH_WORDS.get(str(a.decode_processes).lower(), a.decode_processes)
+    if a.decode_processes not in ("auto", "on", "off"):
+        raise ConfigError("audio.decode_processes", f"{a.decode_processes!r}", "use auto (GPU actors), on or off")
+    if a.decode_processes == "on" and a.decode_task_cpus:
         raise ConfigError("audio.decode_processes", "applies to the actor's own decoding, and audio.decode_task_cpus "
-                          "moves decoding into decode tasks", "set one of them: decode_task_cpus=0 or decode_processes=false")
+                          "moves decoding into decode tasks", "set one of them: decode_task_cpus=0 or decode_processes=off")
     loudness = config.audio.loudness_lufs
     if loudness is not None and not LOUDNESS_RANGE[0] < loudness <= LOUDNESS_RANGE[1]:  # NaN fails too
         raise ConfigError("audio.loudness_lufs", f"{loudness} LUFS is outside ({LOUDNESS_RANGE[0]:g}, {LOUDNESS_RANGE[1]:g}]",
@@ -254,7 +260,7 @@ def validate(config: Config) -> None:
         raise ConfigError("codec.max_batch_seconds", "must be > 0, or null for the device default")
     # YAML 1.1 (OmegaConf's, on the command line too) reads on/off/yes/no as booleans, which reach a str field
     # as 'True'/'False': the words as written and the booleans mean the same
-    c.calibrate = CALIBRATE_WORDS.get(str(c.calibrate).lower(), c.calibrate)
+    c.calibrate = SWITCH_WORDS.get(str(c.calibrate).lower(), c.calibrate)
     if c.calibrate not in ("auto", "on", "off"):
         raise ConfigError("codec.calibrate", f"{c.calibrate!r}", "use auto (GPU only), on or off")
     if c.max_clips is not None and c.max_clips < 1:

@@ -7,9 +7,9 @@ from pipeline.actor.sample_decoder import SampleDecoder
 
 
 class DyingDecoder(SampleDecoder):
-    """Its process exits (as one killed for memory, or crashed in a decoder) on the bytes b"die"."""
+    """Its process exits (as one killed for memory, or crashed in a decoder) on the clip keyed "die"."""
 
     def in_memory(self, data: bytes, key: str):
-        if data == b"die":
+        if key == "die":
             os._exit(1)
         return super().in_memory(data, key)

@@ -80,6 +80,8 @@ def test_decode_processes_give_the_threads_audio_and_errors_and_long_clips_decod
                 assert crossed.reason == ("undecodable" if name == "garbage" else "empty_file")
             else:
                 assert isinstance(crossed.wave, np.ndarray), name
+        # ffmpeg's formats went to the processes (the long one came back undecoded); libsndfile's stayed here
+        assert in_processes.decoded_in_processes == 1
         # known bad before decoding, and arrays: decoded in the thread, as before
         bad = RawSample("bad", None, error=SampleError("missing_field", "audio"))
         assert in_processes(bad) is bad.error
@@ -91,27 +93,44 @@ def test_decode_processes_give_the_threads_audio_and_errors_and_long_clips_decod
 
 def test_a_decode_process_killed_mid_clip_is_a_transient_shard_error_and_the_next_clip_decodes():
     in_processes = DecodeProcesses(DyingDecoder(AudioConfig(), 24000, ceil_length=False), 1)
-    wav = _file(1.0, 16000, "WAV", "PCM_16")
+    in_processes.start()
+    vorbis = _file(1.0, 16000, "OGG", "VORBIS")
     try:
-        lost = in_processes(RawSample("k", b"die"))
+        lost = in_processes(RawSample("die", vorbis))
         assert isinstance(lost, ShardError) and lost.reason == "decode_process_lost" and lost.kind == TRANSIENT
-        assert "decoding k" in lost.detail
-        again = in_processes(RawSample("next", wav))  # a new pool
+        assert "decoding die: process" in lost.detail and "exited with code 1" in lost.detail
+        again = in_processes(RawSample("next", vorbis))  # another process took the lost one's place
         assert isinstance(again.wave, np.ndarray) and again.duration_s == 1.0
+        assert len(in_processes.pids) == 2 and in_processes.decoded_in_processes == 1
     finally:
         in_processes.close()
 
 
-def test_decode_processes_with_decode_tasks_is_a_config_error_naming_both_keys(tmp_path):
-    with pytest.raises(ConfigError, match=r"audio\.decode_processes.*decode_task_cpus=0 or decode_processes=false"):
-        config_for(tmp_path, {"kind": "webdataset", "urls": ["x.tar"]}, "audio.decode_processes=true",
-                   "audio.decode_task_cpus=1")
+def test_decode_processes_with_decode_tasks_or_a_bad_word_is_a_config_error_naming_the_key(tmp_path):
+    source = {"kind": "webdataset", "urls": ["x.tar"]}
+    with pytest.raises(ConfigError, match=r"audio\.decode_processes.*decode_task_cpus=0 or decode_processes=off"):
+        config_for(tmp_path, source, "audio.decode_processes=true", "audio.decode_task_cpus=1")
+    with pytest.raises(ConfigError, match=r"audio\.decode_processes.*'sometimes'.*auto \(GPU actors\), on or off"):
+        config_for(tmp_path, source, "audio.decode_processes=sometimes")
+    assert config_for(tmp_path, source, "audio.decode_processes=false").audio.decode_processes == "off"
+
+
+@pytest.mark.parametrize("setting, device, threads, expected", [
+    ("auto", "cuda", 8, True), ("auto", "cuda", 1, False), ("auto", "cpu", 8, False),
+    ("on", "cpu", 1, True), ("off", "cuda", 8, False)])
+def test_auto_decodes_in_processes_on_gpu_actors_with_more_than_one_decode_thread(setting, device, threads, expected):
+    """A GPU actor's node must keep the GPU fed from its cores: auto turns decode processes on there; a CPU actor
+    (one decode thread by default; the encoder is its bottleneck) keeps its threads."""
+    from pipeline.actor.processor import decodes_in_processes
+
+    assert decodes_in_processes(AudioConfig(decode_processes=setting), device, threads) is expected
+    assert decodes_in_processes(AudioConfig(decode_processes=setting, decode_task_cpus=1), device, threads) is False
 
 
 def test_a_run_decoding_in_processes_on_ray_writes_each_clips_codes_as_encoded_alone(tmp_path, ray_local, tiny_codec):
     samples = {s.key: s for s in mixed_tar(str(tmp_path / "in/part-0.tar"), "p", 8, seed=5)}
     config = config_for(tmp_path, {"kind": "webdataset", "urls": [str(tmp_path / "in/part-0.tar")]},
-                        "audio.decode_processes=true", "ray.num_actors=1")
+                        "audio.decode_processes=on", "ray.num_actors=1")
     facts = []
 
     def on_event(event):

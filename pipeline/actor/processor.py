@@ -21,7 +21,7 @@ import torch
 
 from ..audio.decode import Audio, SampleError
 from .batch_budget import BatchBudget
-from ..config import Config
+from ..config import AudioConfig, Config
 from ..driver.protocol import ActorProgress, Startup
 from .decode_tasks import DecodeInTask
 from .decode_processes import DecodeProcesses
@@ -58,6 +58,16 @@ class ClipFailure:
 
     reason: Reason
     detail: str
+
+
+def decodes_in_processes(audio: AudioConfig, device_type: str, decode_threads: int) -> bool:
+    """audio.decode_processes: on; or auto on an actor with an accelerator decoding in more than one thread (where
+    the node's cores must keep a GPU fed: pipeline/actor/decode_processes.py). Decode tasks decode elsewhere."""
+    if audio.decode_task_cpus:
+        return False
+    if audio.decode_processes == "auto":
+        return device_type != "cpu" and decode_threads > 1
+    return audio.decode_processes == "on"
 
 
 def load_codec_for(config: Config, resolved: Resolved | None = None, device: str | None = None) -> Tokenizer:
@@ -122,7 +132,7 @@ class ShardProcessor:
         self._sample_decoder = SampleDecoder(config.audio, self.codec.sample_rate,
                                              self.codec.resamples_to_ceil(self.codec.convention))
         self._decode = self._sample_decoder
-        if config.audio.decode_processes:
+        if decodes_in_processes(config.audio, torch.device(self.codec.device).type, self.decode_threads):
             self._decode = DecodeProcesses(self._sample_decoder, self.decode_threads)
             self._decode.start()
 
