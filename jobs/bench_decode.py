@@ -204,6 +204,11 @@ def threaded(workers: int, run: Callable, items: list) -> tuple[float, float]:
     return wall, cpu / wall
 
 
+def resident_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 def longest_gil_wait(run: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
     """The longest a Python thread (waking every 0.5 ms) waited for the GIL while this thread ran `run`, and
     `run`'s own longest wall time: a call that holds the GIL makes the other thread wait all of it, one that
@@ -327,6 +332,7 @@ def main():
                     wall, busy = threaded(workers, run, items)
                     if (way, library, workers) not in best or wall < best[way, library, workers][0]:
                         best[way, library, workers] = (wall, busy, len(items) * args.seconds)
+        resident = [resident_mb(pid) for pid in processes[cores].pids]
     finally:
         for pool in processes.values():
             pool.close()
@@ -354,6 +360,8 @@ def main():
         control_x = audio_rate("control", [None], workers) / audio_rate("control", [None], 1)
         print(f"| {workers} | {threads[workers]:,.0f} ({threads[workers] / threads[1]:.2f}x) | {busy:.2f} | "
               + " | ".join(cells) + f" | {control_x:.2f}x |")
+    print(f"(decode processes: {len(resident)} of them resident {', '.join(f'{mb:.0f}' for mb in resident)} MB after "
+          f"decoding the mix, outside this process's memory)")
     print(f"(load average {load_during:.1f} on {cores} cores while measured: N workers have N cores only where the "
           f"load leaves them free)")
     print("\n| one call, in one thread | its longest wall time | another Python thread's longest wait for the GIL |")
