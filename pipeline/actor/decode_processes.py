@@ -1,9 +1,9 @@
 """Decoding in processes of the actor's own: a decode thread hands a file ffmpeg decodes to a process and waits.
 
 ffmpeg's decoders (PyAV: Vorbis, Opus, AAC) take and release the GIL several times per packet and per frame, so
-threads of one process decoding them contend for it: on this machine's 2 cores, 2 threads gave about 1.1x one
-thread where libsndfile's formats (one C call per read) gave about 1.9x (jobs/bench_decode.py). Processes have a
-GIL each. With `audio.decode_processes` each of the actor's decode threads (prefetch.DecodeAhead: order, lookahead
+threads of one process decoding them hand it to each other thousands of times a second and do not scale as
+libsndfile's formats (one C call per read) do: jobs/bench_decode.py measures both, and these processes (README
+"Decoding for a GPU"). Processes have a GIL each. With `audio.decode_processes` each of the actor's decode threads (prefetch.DecodeAhead: order, lookahead
 and memory budget unchanged) sends such a file's bytes to one of as many processes and waits on a pipe, without
 the GIL; what comes back is what the thread would have decoded, with the same `SampleDecoder`: the same samples.
 
