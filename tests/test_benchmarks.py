@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -59,7 +60,8 @@ def test_decode_benchmark_prints_each_format_against_each_library_threads_and_co
         row = next((line for line in out.splitlines() if line.startswith(f"| {label} | ")), None)
         assert row is not None and row.count("|") == 9, out  # every column, the GPU's rate's included
     assert "| equal-audio mix | " in out and "| 1 | " in out and "(1.00x) | " in out, out
-    assert "processes, the mix: x one" in out and "threads, pyav's formats: x one" in out, out
+    assert "| decode processes: the mix (x one thread) |" in out and "| threads: ffmpeg's formats |" in out, out
+    assert re.search(r"\(decode processes: \d+ of them resident \d+", out), out
     assert "cores per GPU at 5,000x" in out and "at 5,000 audio-s/s per GPU" in out, out
 
 

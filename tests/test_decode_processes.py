@@ -81,12 +81,47 @@ def test_decode_processes_give_the_threads_audio_and_errors_and_long_clips_decod
             else:
                 assert isinstance(crossed.wave, np.ndarray), name
         # ffmpeg's formats went to the processes (the long one came back undecoded); libsndfile's stayed here
-        assert in_processes.decoded_in_processes == 1
+        assert in_processes.sent == 2
         # known bad before decoding, and arrays: decoded in the thread, as before
         bad = RawSample("bad", None, error=SampleError("missing_field", "audio"))
         assert in_processes(bad) is bad.error
         array = (np.zeros((800, 1), np.float32), 8000)
         _same(decode(RawSample("array", array)), in_processes(RawSample("array", array)))
+    finally:
+        in_processes.close()
+
+
+def test_ffmpeg_decoded_hostile_input_gives_the_same_records_in_a_decode_process():
+    """The hostile inputs of ffmpeg's formats (tests/test_hostile_input.py) sent to a decode process: each the same
+    record as in the thread, and the small file of 8 channels at 384 kHz (past what decodes in memory) decoded in
+    the thread into a FileWave."""
+    from tests.test_hostile_input import encoded, many_channels_at_a_high_rate, pyav_encoded, with_last_page
+
+    rng = np.random.default_rng(9)
+    opus, vorbis, m4a = (encoded("OGG", "OPUS", seconds=1.0, channels=2), encoded("OGG", "VORBIS", seconds=1.0),
+                         pyav_encoded(seconds=1.0))
+    hostile = {
+        "truncated_opus": opus[:len(opus) // 2], "truncated_vorbis": vorbis[:len(vorbis) // 2],
+        "truncated_m4a": m4a[:len(m4a) // 2],
+        "header_claims_a_million_seconds": with_last_page(opus, granule=48000 * 10**6),
+        "not_mp3": b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)),
+        "not_opus": b"OggS\x00\x02" + bytes(22) + b"OpusHead" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)),
+        "not_m4a": b"\x00\x00\x00\x10ftypM4A \x00\x00\x00\x00" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)),
+        "damaged_mid_stream": opus[:2000] + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)) + opus[5000:],
+        "headers_only": with_last_page(encoded("OGG", "OPUS", seconds=0.0), end_of_stream=True),
+        "8_channels_at_384_khz": many_channels_at_a_high_rate("flac_in_mp4"),
+    }
+    decode = SampleDecoder(AudioConfig(), 24000, ceil_length=False)
+    in_processes = DecodeProcesses(decode, 1)
+    in_processes.start()
+    try:
+        for name, data in hostile.items():
+            crossed = in_processes(RawSample(name, data))
+            _same(decode(RawSample(name, data)), crossed)
+            assert isinstance(crossed, SampleError) or name == "8_channels_at_384_khz", (name, crossed)
+        assert isinstance(crossed.wave, FileWave)  # the last: decoded in the thread, in blocks
+        # all but the MP3 (libsndfile's) went to the process, and none was lost
+        assert in_processes.sent == len(hostile) - 1 and len(in_processes.pids) == 1
     finally:
         in_processes.close()
 
@@ -101,7 +136,7 @@ def test_a_decode_process_killed_mid_clip_is_a_transient_shard_error_and_the_nex
         assert "decoding die: process" in lost.detail and "exited with code 1" in lost.detail
         again = in_processes(RawSample("next", vorbis))  # another process took the lost one's place
         assert isinstance(again.wave, np.ndarray) and again.duration_s == 1.0
-        assert len(in_processes.pids) == 2 and in_processes.decoded_in_processes == 1
+        assert len(in_processes.pids) == 2 and in_processes.sent == 2
     finally:
         in_processes.close()
 

@@ -46,7 +46,7 @@ class DecodeProcesses:
         self._lock = threading.Lock()
         self._alive = 0
         self.pids: list[int] = []  # the processes started (a lost one's successor added)
-        self.decoded_in_processes = 0  # clips decoded by a process (the rest went to the thread's SampleDecoder)
+        self.sent = 0  # clips sent to a process (the rest went to the thread's SampleDecoder)
 
     def start(self) -> None:
         """Start every process now and wait until each has imported the decoders (what the first clips would
@@ -75,6 +75,7 @@ class DecodeProcesses:
                 or decoder_for(sniff(bytes(raw.audio[:SNIFF_BYTES]))) is not Decoder.PYAV):
             return self.decode(raw)
         process = self._take()
+        self.sent += 1
         try:
             decoded = process.decode(raw.key, raw.audio)
         except Exception as error:
@@ -85,10 +86,8 @@ class DecodeProcesses:
             # what crossed the pipe was not what the protocol says: a bug, one sample's (the process is replaced)
             return SampleError(Reason.DECODE_FAILED, f"from a decode process: {error!r}"[:200])
         self._idle.put(process)
-        if decoded is None:  # longer than what decodes in memory: decoded here, into a FileWave
-            return self.decode(raw)
-        self.decoded_in_processes += 1
-        return decoded
+        # None: longer than what decodes in memory, decoded here into a FileWave
+        return self.decode(raw) if decoded is None else decoded
 
     def _drop(self, process: _Process) -> None:
         process.close()
