@@ -13,3 +13,11 @@ class DyingDecoder(SampleDecoder):
         if key == "die":
             os._exit(1)
         return super().in_memory(data, key)
+
+
+class UnreadyDecoder(SampleDecoder):
+    """Its processes die before they are ready: what unpickling it in a new process runs fails, as an import of a
+    missing decoder library would."""
+
+    def __reduce__(self):
+        return os._exit, (3,)

@@ -4,6 +4,7 @@ shard, and a run decodes through them on Ray with each clip's codes as encoded a
 
 import io
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from pipeline.run import run_job
 from pipeline.telemetry.events import ActorsStarted
 from pipeline.sources import RawSample
 from tests.corpus import mixed_tar
-from tests.dying_decoder import DyingDecoder
+from tests.dying_decoder import DyingDecoder, UnreadyDecoder
 from tests.test_pipeline import config_for, expected_codes, read_rows
 
 
@@ -139,6 +140,30 @@ def test_a_decode_process_killed_mid_clip_is_a_transient_shard_error_and_the_nex
         assert len(in_processes.pids) == 2 and in_processes.sent == 2
     finally:
         in_processes.close()
+
+
+def test_decode_processes_that_die_before_they_are_ready_fail_the_start_and_leave_no_place_taken():
+    """A process that dies before it is ready (its imports failed) fails the actor's start-up; one that dies so
+    later, when a clip needs it, raises to that clip's caller, and frees its place: no later clip waits forever
+    for a process that will never come."""
+    in_processes = DecodeProcesses(UnreadyDecoder(AudioConfig(), 24000, ceil_length=False), 1)
+    with pytest.raises(EOFError):
+        in_processes.start()
+    vorbis = _file(0.5, 16000, "OGG", "VORBIS")
+    raised = []
+
+    def two_clips():  # in a thread of its own: a place left taken would block it for good, not fail it
+        for _ in range(2):
+            try:
+                in_processes(RawSample("k", vorbis))
+            except EOFError as error:
+                raised.append(error)
+
+    clips = threading.Thread(target=two_clips, daemon=True)
+    clips.start()
+    clips.join(timeout=60)
+    assert not clips.is_alive(), "a clip waits for a process place that a dead process still holds"
+    assert len(raised) == 2 and in_processes.pids == [] and in_processes._alive == 0
 
 
 def test_decode_processes_with_decode_tasks_or_a_bad_word_is_a_config_error_naming_the_key(tmp_path):

@@ -58,7 +58,12 @@ class DecodeProcesses:
             self._ready(process)
 
     def _ready(self, process: _Process) -> None:
-        self.pids.append(process.wait_ready())
+        try:
+            pid = process.wait_ready()
+        except BaseException:  # it died before it was ready (an import failed): its place is free again
+            self._drop(process)
+            raise
+        self.pids.append(pid)
         self._idle.put(process)
 
     def _take(self) -> _Process:
@@ -75,7 +80,8 @@ class DecodeProcesses:
                 or decoder_for(sniff(bytes(raw.audio[:SNIFF_BYTES]))) is not Decoder.PYAV):
             return self.decode(raw)
         process = self._take()
-        self.sent += 1
+        with self._lock:
+            self.sent += 1
         try:
             decoded = process.decode(raw.key, raw.audio)
         except Exception as error:
