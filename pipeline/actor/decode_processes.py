@@ -3,9 +3,10 @@
 ffmpeg's decoders (PyAV: Vorbis, Opus, AAC) take and release the GIL several times per packet and per frame, so
 threads of one process decoding them hand it to each other thousands of times a second and do not scale as
 libsndfile's formats (one C call per read) do: jobs/bench_decode.py measures both, and these processes (README
-"Decoding for a GPU"). Processes have a GIL each. With `audio.decode_processes` each of the actor's decode threads (prefetch.DecodeAhead: order, lookahead
-and memory budget unchanged) sends such a file's bytes to one of as many processes and waits on a pipe, without
-the GIL; what comes back is what the thread would have decoded, with the same `SampleDecoder`: the same samples.
+"Decoding for a GPU"). Processes have a GIL each. With `audio.decode_processes` each of the actor's decode
+threads (prefetch.DecodeAhead: order, lookahead and memory budget unchanged) sends such a file's bytes to one of
+as many processes and waits on a pipe, without the GIL; what comes back is what the thread would have decoded,
+with the same `SampleDecoder`: the same samples.
 
 What stays in the thread: libsndfile's formats (they scale in threads, and a process would add the copies
 through the pipe), samples known bad before decoding, decoded arrays (HF datasets), spilled members (an open
