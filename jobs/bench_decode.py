@@ -177,18 +177,21 @@ def per_core_rates(runs: dict[str, Callable], data, seconds: float, min_cpu_s: f
 
 def own_share(data: bytes, seconds: float, min_cpu_s: float) -> tuple[float, float | None]:
     """The pipeline's share of its time beyond its decoder alone and soxr alone (on the mono clip at the source
-    rate). Its decoder alone: for libsndfile's formats, the pipeline's own read of a whole file (`decode_bytes`:
-    libsndfile's float32, or its int16 made float32 by numpy); for ffmpeg's, (1) decoding with its samples handed
-    over through ffmpeg's FIFO, and (2) decoding with the frames never read (None for libsndfile's)."""
+    rate). Its decoder alone: for libsndfile's formats, the fastest whole-file decode to float32 here
+    (`decode_bytes`: libsndfile's float32, or its int16 made float32 by numpy, faster than libsndfile's float32);
+    the pipeline reads a whole clip in blocks, downmixed as they come, and makes no [frames, channels] array, so its
+    share can come out below zero. For ffmpeg's, (1) decoding with its samples handed over through ffmpeg's FIFO,
+    and (2) decoding with the frames never read (None for libsndfile's)."""
     by_soundfile = decoder_for(sniff(data[:64])) is Decoder.SOUNDFILE
     array, rate = decode_bytes(data)
     mono = np.ascontiguousarray(downmix(array))
     decoders = ({"decode": lambda d: decode_bytes(d)} if by_soundfile else
                 {"decode": pyav_decode_to_samples, "frames": pyav_decode_only})
-    rates = per_core_rates({"pipeline": pipeline, **decoders}, data, seconds, min_cpu_s)
-    resample = per_core_rates({"soxr": lambda m: soxr.resample(m, rate, TARGET_RATE, quality=QUALITY)}, mono, seconds,
-                              min_cpu_s)["soxr"] if rate != TARGET_RATE else float("inf")
-    shares = {name: 1 - (1 / rates[name] + 1 / resample) / (1 / rates["pipeline"]) for name in decoders}
+    # soxr alone in the same turns as the rest, so that a change in the machine's load falls on all the terms
+    resample = {"soxr": lambda _: soxr.resample(mono, rate, TARGET_RATE, quality=QUALITY)} if rate != TARGET_RATE else {}
+    rates = per_core_rates({"pipeline": pipeline, **decoders, **resample}, data, seconds, min_cpu_s)
+    resample_s = 1 / rates["soxr"] if resample else 0.0
+    shares = {name: 1 - (1 / rates[name] + resample_s) / (1 / rates["pipeline"]) for name in decoders}
     return shares["decode"], shares.get("frames")
 
 

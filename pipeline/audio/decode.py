@@ -2,7 +2,8 @@
 
 A file's length is read from its header before any sample is decoded, so one over `audio.max_seconds`
 costs nothing (one whose header declares no length is measured as it decodes). Clips up to BLOCKED_ABOVE_S
-(and up to that many seconds of 48 kHz stereo in samples) decode whole, as they always have. Longer ones decode
+(and up to that many seconds of 48 kHz stereo in samples) decode whole, as they always have (downmixed into one
+mono array as they are read: `_read_mono`). Longer ones decode
 BLOCK_S at a time, each block downmixed and pushed through soxr's streaming resampler into a `FileWave`
 (a temporary file the codec reads a window at a time): memory is a block and a window, not the clip.
 Downmixing is per frame and soxr's stream gives its one-shot resampler's samples exactly, so the blocked
@@ -132,10 +133,10 @@ class _Input:
     complete_share: float
     finite: bool  # its samples are stored as integers: no NaN or inf to look for
     mono_blocks: Callable[[int], Iterator[tuple[np.ndarray, bool]]]  # block frames -> (mono block, is the last)
-    read_whole: Callable[[], np.ndarray] | None  # [frames, channels] at once (libsndfile); None: always streamed
+    read_mono: Callable[[], np.ndarray] | None  # the whole clip downmixed (libsndfile); None: always streamed
+    read_channels: Callable[[], np.ndarray]  # [frames, channels] of the whole clip (`decode_bytes`)
     complete_slack: int = 0  # frames a whole file may decode short of `complete_share` of `declared`
     block_s: float = BLOCK_S  # seconds decoded at a time
-    read_channels: Callable[[], np.ndarray] | None = None  # [frames, channels] of a streamed one, whole (ffmpeg)
 
 
 # ffmpeg decodes past damage in the middle of a stream (a bad Ogg page, a lost MP4 chunk), giving a shorter clip
@@ -169,15 +170,15 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
         if rate > 0 and declared is not None:
             _require_within(declared / rate, max_seconds, " (the header's length; not decoded)")
         in_memory = _whole_frames(blocked_above_s, rate, f.channels)
-        if f.read_whole is None:
+        if f.read_mono is None:
             return _decode_in_blocks(f, target_rate, quality, loudness_lufs, max_seconds, ceil_length, in_memory,
                                      file_waves)
         if declared is None or declared > in_memory:
             if not file_waves:
                 raise NeedsFileWave(f"{declared} frames declared" if declared is not None else "no length declared")
             return _decode_in_blocks(f, target_rate, quality, loudness_lufs, max_seconds, ceil_length)
-        array = f.read_whole()
-    return to_model_audio(array, rate, target_rate, quality, max_seconds, loudness_lufs, ceil_length, f.finite)
+        mono = f.read_mono()
+    return _model_audio(mono, rate, f.channels, target_rate, quality, max_seconds, loudness_lufs, ceil_length, f.finite)
 
 
 def _whole_frames(blocked_above_s: float, rate: int, channels: int) -> float:
@@ -189,7 +190,7 @@ def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
     """[frames, channels] float32 and the sample rate of a whole file, by its format's decoder (the one
     `decode_audio` uses: pipeline/audio/decoders.py), with the same checks."""
     with _opened(data) as f:
-        return (f.read_whole() if f.read_whole is not None else f.read_channels()), f.rate
+        return f.read_channels(), f.rate
 
 
 @contextlib.contextmanager
@@ -232,7 +233,7 @@ def _soundfile_input(f: soundfile.SoundFile) -> _Input:
                 return
 
     return _Input(f.samplerate, f.channels, None if unknown else f.frames, _complete_share(f), _integer_coded(f),
-                  mono_blocks, lambda: _read_whole(f))
+                  mono_blocks, lambda: _read_mono(f), lambda: _read_whole(f))
 
 
 def _pyav_input(f: pyav_reader.PyavInput) -> _Input:
@@ -245,8 +246,8 @@ def _pyav_input(f: pyav_reader.PyavInput) -> _Input:
         blocks = [np.stack(channels, axis=1) for channels in f.blocks(1 << 20)]
         return np.concatenate(blocks) if blocks else np.empty((0, f.channels), np.float32)
 
-    return _Input(f.rate, f.channels, f.declared_frames, PYAV_COMPLETE_SHARE, False, mono_blocks, None,
-                  round(PYAV_COMPLETE_SLACK_S * f.rate), read_channels=read_channels, block_s=PYAV_BLOCK_S)
+    return _Input(f.rate, f.channels, f.declared_frames, PYAV_COMPLETE_SHARE, False, mono_blocks, None, read_channels,
+                  round(PYAV_COMPLETE_SLACK_S * f.rate), block_s=PYAV_BLOCK_S)
 
 
 def _read_whole(f: soundfile.SoundFile) -> np.ndarray:
@@ -254,6 +255,44 @@ def _read_whole(f: soundfile.SoundFile) -> np.ndarray:
     array = _as_float(f.read(dtype=_read_dtype(f), always_2d=True))
     _require_complete(_complete_share(f), declared, len(array))
     return array
+
+
+# A whole clip whose samples libsndfile gives the same whatever the read size (PCM, A-law, mu-law, float: not MP3's,
+# whose MPEG-2 decoding depends on it) is read READ_FRAMES at a time into buffers used again for each read and
+# downmixed from there into the clip's one mono array: no [frames, channels] array of the clip is made, whose fresh
+# pages cost more than the downmix itself (jobs/bench_decode.py's own share). The samples are `_read_whole`'s,
+# downmixed per frame as before (tests/test_audio.py compares them bit for bit).
+READ_FRAMES = 1 << 16
+
+
+def _read_mono(f: soundfile.SoundFile) -> np.ndarray:
+    if not f.subtype.startswith(("PCM_", "ALAW", "ULAW", "FLOAT", "DOUBLE")):
+        return downmix(_read_whole(f))
+    declared, dtype = f.frames, _read_dtype(f)
+    mono = np.empty(declared, np.float32)
+    raw = np.empty((min(READ_FRAMES, declared), f.channels), dtype)
+    floats = raw if dtype == "float32" else np.empty(raw.shape, np.float32)
+    read = _SF_READ[dtype]
+    pointer = soundfile._ffi.cast(f"{_C_TYPES[dtype]} *", raw.ctypes.data)
+    done = 0
+    while done < declared:
+        # libsndfile's own call: soundfile's read() allocates, checks and seeks per call
+        got = read(f._file, pointer, min(len(raw), declared - done))
+        soundfile._error_check(f._errorcode)  # a damaged stream is `undecodable`, as soundfile's read() finds it
+        if got <= 0:
+            break
+        if raw is not floats and f.channels == 1:  # scaled straight into the clip
+            np.multiply(raw[:got, 0], PCM16_SCALE, out=mono[done:done + got])
+        else:
+            block = floats[:got] if raw is floats else np.multiply(raw[:got], PCM16_SCALE, out=floats[:got])
+            downmix(block, out=mono[done:done + got])
+        done += got
+    _require_complete(_complete_share(f), declared, done)
+    return mono[:done]
+
+
+_C_TYPES = {"int16": "short", "float32": "float"}
+_SF_READ = {"int16": soundfile._snd.sf_readf_short, "float32": soundfile._snd.sf_readf_float}
 
 
 def _complete_share(f: soundfile.SoundFile) -> float:
@@ -389,31 +428,37 @@ def _require_within(seconds: float, max_seconds: float, how: str = "") -> None:
 _SEQUENTIAL_CHANNELS = 8
 
 
-def downmix(frames: np.ndarray) -> np.ndarray:
-    """[frames, channels] float32 -> their channel mean, float32: the bits of `frames.mean(axis=1, dtype=float32)`
-    at a fraction of its cost (numpy reduces a short inner axis slowly: on 48 kHz stereo, slower than libsndfile
-    decodes it)."""
+def downmix(frames: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """[frames, channels] float32 -> their channel mean, float32 (into `out` if given): the bits of
+    `frames.mean(axis=1, dtype=float32)` at a fraction of its cost (numpy reduces a short inner axis slowly: on
+    48 kHz stereo, slower than libsndfile decodes it)."""
     if frames.shape[1] >= _SEQUENTIAL_CHANNELS:
-        return frames.mean(axis=1, dtype=np.float32)
-    return _channel_mean([frames[:, channel] for channel in range(frames.shape[1])])
+        return frames.mean(axis=1, dtype=np.float32, out=out)
+    return _channel_mean([frames[:, channel] for channel in range(frames.shape[1])], out=out)
 
 
-def _channel_mean(channels: list[np.ndarray], in_place: bool = False) -> np.ndarray:
+def _channel_mean(channels: list[np.ndarray], in_place: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """The mean of float32 channels, added in order; `in_place`: into the first channel's array (no new one)."""
     if len(channels) == 1:
-        return channels[0]
-    mono = np.add(channels[0], channels[1], out=channels[0] if in_place else None)
+        if out is None:
+            return channels[0]
+        out[...] = channels[0]
+        return out
+    mono = np.add(channels[0], channels[1], out=channels[0] if in_place else out)
     for channel in channels[2:]:
         np.add(mono, channel, out=mono)
-    mono /= np.float32(len(channels))
+    count = len(channels)
+    if count & (count - 1):
+        mono /= np.float32(count)
+    else:  # 1 / count is exact, so this rounds the same real number: the same bits, at a multiply's cost
+        mono *= np.float32(1 / count)
     return mono
 
 
 def _non_finite_count(mono: np.ndarray) -> int:
-    # a finite sum holds no NaN or inf (either makes the sum one): one pass, where (nearly always) there are none
-    with np.errstate(over="ignore", invalid="ignore"):  # a loud clip's sum may overflow: counted below, not warned
-        total = np.add.reduce(mono, dtype=np.float32)
-    if math.isfinite(total):
+    # NaN propagates through max and min and an inf is one of them: two vectorised passes where (nearly always) there
+    # are none, and no arithmetic that a loud clip could overflow
+    if mono.size == 0 or (math.isfinite(mono.max()) and math.isfinite(mono.min())):
         return 0
     return int(mono.size - np.count_nonzero(np.isfinite(mono)))
 
@@ -446,13 +491,19 @@ def to_model_audio(array: np.ndarray, rate: int, target_rate: int, quality: str,
         array = array[:, None]
     if array.ndim != 2:
         raise SampleError("bad_shape", f"audio array of shape {array.shape}")
-    frames, channels = array.shape
+    return _model_audio(downmix(array.astype(np.float32, copy=False)), rate, array.shape[1], target_rate, quality,
+                        max_seconds, loudness_lufs, ceil_length, finite)
+
+
+def _model_audio(mono: np.ndarray, rate: int, channels: int, target_rate: int, quality: str, max_seconds: float,
+                 loudness_lufs: float | None, ceil_length: bool, finite: bool) -> Audio:
+    """Validate, resample and (with a loudness target) normalise one downmixed clip."""
+    frames = len(mono)
     _require_samples(frames)
     if not rate or rate <= 0:
         raise SampleError("bad_sample_rate", str(rate))
     duration = frames / rate
     _require_within(duration, max_seconds)
-    mono = downmix(array.astype(np.float32, copy=False))
     if not finite:
         _require_finite(_non_finite_count(mono))
     measured = None

@@ -56,8 +56,9 @@ class PyavInput:
                 if channels:
                     raise ValueError(f"the stream changes from {channels} to {frame.layout.nb_channels} channels")
                 channels = frame.layout.nb_channels
-            if convert is None and (frame.format.name != PLANAR_FLOAT or channels >= MAX_PLANES):
-                convert = av.AudioResampler(format=INTERLEAVED_FLOAT, layout=frame.layout, rate=frame.sample_rate)
+                # chosen by the first frame: the FIFO refuses a later frame of another sample format (ValueError)
+                if frame.format.name != PLANAR_FLOAT or channels >= MAX_PLANES:
+                    convert = av.AudioResampler(format=INTERLEAVED_FLOAT, layout=frame.layout, rate=frame.sample_rate)
             if convert is None:
                 frame.pts = None  # the FIFO checks timestamps are continuous; a gap is not ours to refuse
                 write(frame)
