@@ -365,6 +365,20 @@ def test_flac_whose_header_declares_no_length_is_decoded_and_measured_not_too_lo
     assert error.value.reason == "too_long" and "while decoding" in error.value.detail
 
 
+@pytest.mark.parametrize("kept", [0.5, 0.99])
+def test_a_cut_flac_whose_header_declares_no_length_is_an_error_record_not_a_shorter_clip(kept):
+    """No declared length to hold the decoded one to: libsndfile's decoder finds the cut frame ('lost sync'), and
+    that error must not be read as the stream's end (a shorter clip written as whole is data lost)."""
+    from pipeline.audio.decode import SampleError, SpilledFile
+
+    unknown = flac_without_length(encoded("FLAC", "PCM_16", seconds=6, rate=16000, channels=2))
+    cut = unknown[:int(len(unknown) * kept)]
+    for source in (cut, SpilledFile(io.BytesIO(cut))):
+        with pytest.raises(SampleError) as error:
+            decoded(source)
+        assert error.value.reason == "undecodable" and "lost sync" in error.value.detail, error.value
+
+
 # -- the ffmpeg decoder (PyAV): the same hostile inputs -------------------------------------------------------
 
 

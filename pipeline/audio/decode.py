@@ -380,6 +380,8 @@ def _read_block(f: soundfile.SoundFile, frames: int, unknown_length: bool) -> np
         return _as_float(f.read(frames, dtype=_read_dtype(f), always_2d=True))
     out = np.empty((frames, f.channels), dtype=np.float32)  # only FLAC declares no length: libsndfile's floats
     got = soundfile._snd.sf_readf_float(f._file, soundfile._ffi.cast("float *", out.ctypes.data), frames)
+    # a cut stream's last frame is an error ('lost sync'), not its end: with no length declared, nothing else tells
+    soundfile._error_check(f._errorcode)
     return out[:got]
 
 
