@@ -178,7 +178,8 @@ def decode_audio(source, target_rate: int, quality: str, max_seconds: float,
                 raise NeedsFileWave(f"{declared} frames declared" if declared is not None else "no length declared")
             return _decode_in_blocks(f, target_rate, quality, loudness_lufs, max_seconds, ceil_length)
         mono = f.read_mono()
-    return _model_audio(mono, rate, f.channels, target_rate, quality, max_seconds, loudness_lufs, ceil_length, f.finite)
+    return _model_audio(mono, rate, f.channels, _clip_duration(len(mono), rate, max_seconds), target_rate, quality,
+                        loudness_lufs, ceil_length, f.finite)
 
 
 def _whole_frames(blocked_above_s: float, rate: int, channels: int) -> float:
@@ -266,19 +267,15 @@ READ_FRAMES = 1 << 16
 
 
 def _read_mono(f: soundfile.SoundFile) -> np.ndarray:
-    if not f.subtype.startswith(("PCM_", "ALAW", "ULAW", "FLOAT", "DOUBLE")):
+    if not (_integer_coded(f) or f.subtype in ("FLOAT", "DOUBLE")):
         return downmix(_read_whole(f))
-    declared, dtype = f.frames, _read_dtype(f)
+    declared = f.frames
     mono = np.empty(declared, np.float32)
-    raw = np.empty((min(READ_FRAMES, declared), f.channels), dtype)
-    floats = raw if dtype == "float32" else np.empty(raw.shape, np.float32)
-    read = _SF_READ[dtype]
-    pointer = soundfile._ffi.cast(f"{_C_TYPES[dtype]} *", raw.ctypes.data)
+    raw = np.empty((min(READ_FRAMES, declared), f.channels), _read_dtype(f))
+    floats = raw if raw.dtype == np.float32 else np.empty(raw.shape, np.float32)
     done = 0
     while done < declared:
-        # libsndfile's own call: soundfile's read() allocates, checks and seeks per call
-        got = read(f._file, pointer, min(len(raw), declared - done))
-        soundfile._error_check(f._errorcode)  # a damaged stream is `undecodable`, as soundfile's read() finds it
+        got = _sf_read_into(f, raw, min(len(raw), declared - done))
         if got <= 0:
             break
         if raw is not floats and f.channels == 1:  # scaled straight into the clip
@@ -291,8 +288,17 @@ def _read_mono(f: soundfile.SoundFile) -> np.ndarray:
     return mono[:done]
 
 
-_C_TYPES = {"int16": "short", "float32": "float"}
-_SF_READ = {"int16": soundfile._snd.sf_readf_short, "float32": soundfile._snd.sf_readf_float}
+def _sf_read_into(f: soundfile.SoundFile, out: np.ndarray, frames: int) -> int:
+    """Up to `frames` frames into the C-contiguous int16 or float32 `out` by libsndfile's own call (soundfile's
+    read() allocates, checks and seeks per call, and seeks where a stream of unknown length cannot): the frames
+    read. libsndfile's error is raised, not read as the end: a cut stream's last frame is one ('lost sync'), and
+    where no length is declared nothing else tells."""
+    if out.dtype == np.int16:
+        got = soundfile._snd.sf_readf_short(f._file, soundfile._ffi.cast("short *", out.ctypes.data), frames)
+    else:
+        got = soundfile._snd.sf_readf_float(f._file, soundfile._ffi.cast("float *", out.ctypes.data), frames)
+    soundfile._error_check(f._errorcode)
+    return got
 
 
 def _complete_share(f: soundfile.SoundFile) -> float:
@@ -379,10 +385,7 @@ def _read_block(f: soundfile.SoundFile, frames: int, unknown_length: bool) -> np
     if not unknown_length:
         return _as_float(f.read(frames, dtype=_read_dtype(f), always_2d=True))
     out = np.empty((frames, f.channels), dtype=np.float32)  # only FLAC declares no length: libsndfile's floats
-    got = soundfile._snd.sf_readf_float(f._file, soundfile._ffi.cast("float *", out.ctypes.data), frames)
-    # a cut stream's last frame is an error ('lost sync'), not its end: with no length declared, nothing else tells
-    soundfile._error_check(f._errorcode)
-    return out[:got]
+    return out[:_sf_read_into(f, out, frames)]
 
 
 # 16-bit PCM (wav, AIFF, AU, ...: not FLAC, whose decoding dominates) is read as libsndfile's int16 and made float32
@@ -493,19 +496,24 @@ def to_model_audio(array: np.ndarray, rate: int, target_rate: int, quality: str,
         array = array[:, None]
     if array.ndim != 2:
         raise SampleError("bad_shape", f"audio array of shape {array.shape}")
-    return _model_audio(downmix(array.astype(np.float32, copy=False)), rate, array.shape[1], target_rate, quality,
-                        max_seconds, loudness_lufs, ceil_length, finite)
+    duration = _clip_duration(len(array), rate, max_seconds)
+    return _model_audio(downmix(array.astype(np.float32, copy=False)), rate, array.shape[1], duration, target_rate,
+                        quality, loudness_lufs, ceil_length, finite)
 
 
-def _model_audio(mono: np.ndarray, rate: int, channels: int, target_rate: int, quality: str, max_seconds: float,
-                 loudness_lufs: float | None, ceil_length: bool, finite: bool) -> Audio:
-    """Validate, resample and (with a loudness target) normalise one downmixed clip."""
-    frames = len(mono)
+def _clip_duration(frames: int, rate: int, max_seconds: float) -> float:
+    """A decoded clip's seconds, once it is known to hold samples at a valid rate within `max_seconds`."""
     _require_samples(frames)
     if not rate or rate <= 0:
         raise SampleError("bad_sample_rate", str(rate))
-    duration = frames / rate
-    _require_within(duration, max_seconds)
+    _require_within(frames / rate, max_seconds)
+    return frames / rate
+
+
+def _model_audio(mono: np.ndarray, rate: int, channels: int, duration: float, target_rate: int, quality: str,
+                 loudness_lufs: float | None, ceil_length: bool, finite: bool) -> Audio:
+    """Check, resample and (with a loudness target) normalise one downmixed clip (`_clip_duration` checked it)."""
+    frames = len(mono)
     if not finite:
         _require_finite(_non_finite_count(mono))
     measured = None
